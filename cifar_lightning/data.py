@@ -1,0 +1,278 @@
+"""Images on disk -> uint8 tensors in memory -> uint8 batches.
+
+Every source is read once into uint8 tensors of shape (N, 3, H, W); the training set is split into
+train/val once, by `split_seed`. Batches leave the loaders still uint8 (4x less to move than float)
+and are normalised and augmented on the device by the LightningModule.
+"""
+import hashlib
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import download_and_extract_archive
+
+log = logging.getLogger(__name__)
+
+
+class DataError(Exception):
+    """The data asked for is missing or unusable; the message says what to do about it."""
+
+
+@dataclass
+class ImageSet:
+    train_images: torch.Tensor  # uint8 (N, 3, H, W)
+    train_labels: torch.Tensor  # int64 (N,)
+    test_images: torch.Tensor | None
+    test_labels: torch.Tensor | None
+    class_names: list[str]
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR
+# torchvision knows the official file names, URLs and md5 sums; we read the pickles ourselves so that a
+# copy that differs from the official one can still be loaded on purpose (data.verify=false).
+CIFAR = {"cifar10": (CIFAR10, "labels"), "cifar100": (CIFAR100, "fine_labels")}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR batches are pickles; refuse anything in them but numpy arrays, so a file can't run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(f, encoding="latin1").load()
+    except Exception as e:
+        raise DataError(f"{path} is not a readable CIFAR batch ({type(e).__name__}: {e}); "
+                        f"delete it and download or unpack the dataset again") from None
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _download_cifar(name: str, root: Path) -> None:
+    spec, _ = CIFAR[name]
+    try:
+        download_and_extract_archive(spec.url, str(root), filename=spec.filename, md5=spec.tgz_md5)
+    except Exception as e:
+        raise DataError(
+            f"{name} is not in {root / spec.base_folder} and could not be downloaded ({type(e).__name__}). "
+            f"Put the python-version batches there (from {spec.url}); for the local copy of CIFAR-10 run "
+            f"`python ../shared/data/unpack.py {root}` and add data.verify=false") from None
+
+
+def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> ImageSet:
+    spec, labels_key = CIFAR[name]
+    folder = root / spec.base_folder
+    sums = dict(spec.train_list + spec.test_list)
+    files = [*sums, spec.meta["filename"]]
+    if not all((folder / f).is_file() for f in files):
+        if not download:
+            raise DataError(f"{name} is not in {folder}: expected the files {', '.join(files)}")
+        _download_cifar(name, root)
+    if verify:
+        bad = [f for f, md5 in sums.items() if _md5(folder / f) != md5]
+        if bad:
+            raise DataError(f"{folder}: {', '.join(bad)} do not match the official checksums; if this copy is "
+                            f"known to differ (e.g. the one unpacked from ../shared/data) add data.verify=false")
+    else:
+        log.warning("%s: checksums not verified (data.verify=false)", folder)
+
+    def read(names):
+        batches = [_unpickle(folder / f) for f in names]
+        try:
+            data = np.concatenate([b["data"] for b in batches])
+            labels = np.concatenate([b[labels_key] for b in batches])
+            images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+        except (KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{folder}: batches {names} are damaged ({type(e).__name__}: {e}); "
+                            f"delete them and download or unpack the dataset again") from None
+        if images.dtype != torch.uint8 or len(images) != len(labels):
+            raise DataError(f"{folder}: batches {names} are damaged (wrong dtype or length)")
+        return images, torch.as_tensor(labels, dtype=torch.long)
+
+    train_images, train_labels = read([f for f, _ in spec.train_list])
+    test_images, test_labels = read([f for f, _ in spec.test_list])
+    class_names = list(_unpickle(folder / spec.meta["filename"])[spec.meta["key"]])
+    return ImageSet(train_images, train_labels, test_images, test_labels, class_names)
+
+
+# -------------------------------------------------------------------------------------- ImageFolder
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def read_image(path: Path, size: int) -> torch.Tensor:
+    """One image file -> uint8 (3, size, size); any size or mode is converted."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+def _read_tree(folder: Path, class_names: list[str], size: int):
+    images, labels = [], []
+    for label, name in enumerate(class_names):
+        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                images.append(read_image(path, size))
+            except Exception as e:
+                raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from None
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def load_folder(root: Path, image_size: int) -> ImageSet:
+    layout = "DIR/train/<class>/*.png (and optionally DIR/test/<class>/*.png)"
+    train = root / "train"
+    if not train.is_dir():
+        raise DataError(f"{root / 'train'} does not exist: data=folder expects the layout {layout}")
+    class_names = sorted(p.name for p in train.iterdir() if p.is_dir())
+    if not class_names:
+        raise DataError(f"{train} has no class folders: data=folder expects the layout {layout}")
+    empty = [c for c in class_names if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in (train / c).iterdir())]
+    if empty:
+        raise DataError(f"{train}: class folders without images: {', '.join(empty)} (expected the layout {layout})")
+    train_images, train_labels = _read_tree(train, class_names, image_size)
+    test_images = test_labels = None
+    if (root / "test").is_dir():
+        test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+        if test_classes != class_names:
+            raise DataError(f"{root / 'test'} has classes {test_classes}, but {train} has {class_names}")
+        test_images, test_labels = _read_tree(root / "test", class_names, image_size)
+    return ImageSet(train_images, train_labels, test_images, test_labels, class_names)
+
+
+# ---------------------------------------------------------------------------------------- synthetic
+def make_synthetic(num_train: int = 2000, num_test: int = 500, num_classes: int = 10, image_size: int = 32,
+                   seed: int = 0) -> ImageSet:
+    """Learnable random data for smoke runs: each class is a noisy colour gradient of its own."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, 3, image_size, image_size, generator=g) * 255
+
+    def draw(n):
+        labels = torch.randint(num_classes, (n,), generator=g)
+        noise = torch.randn(n, 3, image_size, image_size, generator=g) * 60
+        return (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8), labels
+
+    train, test = draw(num_train), draw(num_test)
+    return ImageSet(*train, *test, [f"class_{i}" for i in range(num_classes)])
+
+
+# ------------------------------------------------------------------------------------- the module
+class InMemoryImages(torch.utils.data.Dataset):
+    """Indexable uint8 images. `__getitems__` lets the DataLoader slice a whole batch at once, so there
+    is no per-image Python work; the sample indices travel with the batch (alternating flip needs them)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i], i
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx], idx
+
+
+def keep_batch(batch):
+    """`__getitems__` already returns a batch: nothing to collate."""
+    return batch
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Holds one image classification dataset as uint8 tensors, split once into train / val / test.
+
+    source: cifar10 | cifar100 | folder | synthetic.
+    """
+
+    def __init__(self, source: str = "cifar10", root: str = "data", verify: bool = True, download: bool = True,
+                 val_size: float = 5000, split_seed: int = 0, batch_size: int = 128, eval_batch_size: int = 1000,
+                 image_size: int = 32, num_workers: int = 0):
+        super().__init__()
+        if source not in (*CIFAR, "folder", "synthetic"):
+            raise DataError(f"unknown data source {source!r}: use cifar10, cifar100, folder or synthetic")
+        self.source, self.root, self.verify, self.download = source, Path(root), verify, download
+        self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.splits: dict[str, InMemoryImages] = {}
+        self.class_names: list[str] = []
+
+    def load(self) -> ImageSet:
+        if self.source in CIFAR:
+            return load_cifar(self.source, self.root, self.verify, self.download)
+        if self.source == "folder":
+            return load_folder(self.root, self.image_size)
+        return make_synthetic(image_size=self.image_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:  # loaded once, whichever stage asks first
+            return
+        data = self.load()
+        n = len(data.train_labels)
+        # a fraction below 1 is a share of the training images, anything else a count
+        n_val = round(self.val_size * n) if 0 < self.val_size < 1 else int(self.val_size)
+        if not 0 <= n_val < n:
+            raise DataError(f"data.val_size={self.val_size} must be between 0 and {n - 1} (the training set has {n})")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        train_idx, val_idx = order[n_val:], order[:n_val]
+        if self.batch_size > len(train_idx):
+            raise DataError(f"batch_size={self.batch_size} is larger than the training split "
+                            f"({len(train_idx)} images): lower batch_size or data.val_size")
+        self.class_names = data.class_names
+        self.splits["train"] = InMemoryImages(data.train_images[train_idx], data.train_labels[train_idx])
+        if n_val:
+            self.splits["val"] = InMemoryImages(data.train_images[val_idx], data.train_labels[val_idx])
+        if data.test_images is not None:
+            self.splits["test"] = InMemoryImages(data.test_images, data.test_labels)
+        log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training split, on the 0..1 scale."""
+        x = self.splits["train"].images.float().div_(255)
+        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        if split not in self.splits:
+            raise DataError(f"the {self.source} data in {self.root} has no {split} split")
+        return DataLoader(self.splits[split], batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train, drop_last=train, collate_fn=keep_batch, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("val") if "val" in self.splits else []
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        return self._loader("test")
+
+    def loader(self, split: str) -> DataLoader:
+        """An evaluation loader over any split (evaluate.py uses split=val or test)."""
+        return self._loader(split)

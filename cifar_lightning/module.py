@@ -1,0 +1,101 @@
+"""The LightningModule: normalisation, augmentation, net, loss, metrics, optimizer and schedule.
+
+Its constructor takes plain configs (dicts with `_target_`) rather than built objects, and stores them
+with `save_hyperparameters()`: a checkpoint alone then rebuilds the same model, normalisation and class
+names, and holds nothing but plain containers and tensors (so it loads with `weights_only=True`).
+"""
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def plain(config):
+    """An OmegaConf node as plain dicts and lists, anything else unchanged."""
+    if isinstance(config, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(config, resolve=True)
+    return config
+
+
+class ImageClassifier(L.LightningModule):
+    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, augmentation: dict | None = None,
+                 class_names: list[str] = (), mean: list[float] = (0.5, 0.5, 0.5), std: list[float] = (0.25, 0.25, 0.25),
+                 label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False, tta: int = 0):
+        super().__init__()
+        net, optimizer, scheduler, augmentation = map(plain, (net, optimizer, scheduler, augmentation))
+        class_names, mean, std = list(class_names), list(mean), list(std)
+        self.save_hyperparameters()
+        self.net = instantiate(net, num_classes=len(class_names))
+        self.augment = instantiate(augmentation) if augmentation else None
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # one metric object per stage, so that their running states never mix
+        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(len(class_names)) for _ in range(3))
+
+    # ------------------------------------------------------------------------------------- forward
+    def configure_model(self):
+        if self.hparams.compile:
+            self.net.compile()  # in place: parameter names, and so checkpoints, stay the same
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) in 0..255 -> normalised float."""
+        return (images.float() / 255 - self.mean) / self.std
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels, indices = batch
+        x = self.normalize(images)
+        if self.augment is not None and self.trainer.training:
+            x = self.augment(x, indices, self.current_epoch)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels, indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits with test-time augmentation: tta=0 plain, tta>=1 averages with the mirror image."""
+        logits = self.net(x)
+        if self.hparams.tta >= 1:
+            logits = (logits + self.net(x.flip(3))) / 2
+        return logits
+
+    # ------------------------------------------------------------------------------------- steps
+    def _step(self, stage: str, batch, logits: torch.Tensor) -> torch.Tensor:
+        _, labels, _ = batch
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits, labels)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels),
+                 sync_dist=stage != "train")
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step("train", batch, self(batch[0]))
+
+    def validation_step(self, batch, batch_idx):
+        self._step("val", batch, self.predict_logits(batch[0]))
+
+    def test_step(self, batch, batch_idx):
+        self._step("test", batch, self.predict_logits(batch[0]))
+
+    def predict_step(self, batch, batch_idx):
+        images, labels, _ = batch
+        return self.predict_logits(images), labels
+
+    # ------------------------------------------------------------------------------------- optimization
+    def configure_optimizers(self):
+        optimizer = instantiate(self.hparams.optimizer)(self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        config = dict(self.hparams.scheduler)
+        interval = config.pop("interval", "epoch")
+        if "total_steps" in config and config["total_steps"] is None:  # a null total_steps means "the whole run"
+            config["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(config)(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
