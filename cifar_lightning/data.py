@@ -44,7 +44,7 @@ class _ArraysOnly(pickle.Unpickler):
     """CIFAR batches are pickles; refuse anything in them but numpy arrays, so a file can't run code."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in Python-3 pickles
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:

@@ -1,0 +1,31 @@
+# `make train` / `make test` set up .venv on first use, then run. Extra arguments: make train ARGS="model=resnet18"
+PYTHON := .venv/bin/python
+ARGS ?=
+
+.PHONY: train evaluate test test-fast benchmark setup clean
+
+$(PYTHON): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv .venv
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	touch $(PYTHON)
+
+setup: $(PYTHON)
+
+train: $(PYTHON)
+	$(PYTHON) train.py $(ARGS)
+
+evaluate: $(PYTHON)
+	$(PYTHON) evaluate.py $(ARGS)
+
+test: $(PYTHON)
+	$(PYTHON) -m pytest $(ARGS)
+
+test-fast: $(PYTHON)
+	$(PYTHON) -m pytest -m "not slow" $(ARGS)
+
+benchmark: $(PYTHON)
+	$(PYTHON) benchmarks/throughput.py $(ARGS)
+
+clean:
+	rm -rf .venv outputs .pytest_cache

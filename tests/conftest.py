@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny datasets written into temp folders, and configs composed from configs/."""
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar(root: Path, per_batch: int = 40, test: int = 50, seed: int = 0) -> Path:
+    """CIFAR-10 in the python-version layout with `per_batch` images in each of the 5 training batches.
+    Each class has its own mean colour, so a model can learn it in an epoch."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(n, label):
+        labels = rng.integers(0, 10, n)
+        colours = np.linspace(20, 235, 10)[labels][:, None]
+        data = np.clip(colours + rng.normal(0, 25, (n, 3072)), 0, 255).astype(np.uint8)
+        return {"batch_label": label, "labels": labels.tolist(), "data": data,
+                "filenames": [f"{label}_{i}.png" for i in range(n)]}
+
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch, f"training batch {i}"), protocol=2))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(test, "testing batch"), protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CLASSES, "num_vis": 3072}, protocol=2))
+    return root
+
+
+def write_folder(root: Path, classes=("cat", "dog", "frog"), per_class: int = 12, test: bool = True) -> Path:
+    """An ImageFolder tree of PNGs of mixed sizes (they are resized on load)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", 4)) if test else (("train", per_class),):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                size = 32 if i % 2 else 40
+                pixels = np.clip(60 * c + rng.normal(40, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    return write_cifar(tmp_path / "data")
+
+
+@pytest.fixture
+def folder_root(tmp_path):
+    return write_folder(tmp_path / "folder")
+
+
+def compose_train(overrides=(), output_dir: Path | None = None):
+    """The real train config, composed as `python train.py OVERRIDES` would, with the run folder set."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        extra = [f"paths.output_dir={output_dir}"] if output_dir else ["paths.output_dir=unused"]
+        return compose(config_name="train", overrides=[*overrides, *extra])
+
+
+# Overrides that make a training run take seconds: tiny data, no progress bar.
+FAST = ["epochs=1", "batch_size=32", "data.val_size=40", "data.eval_batch_size=64", "callbacks.progress_bar=null",
+        "trainer.enable_model_summary=false"]
+
+
+def run_script(*args, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,60 @@
+"""End-to-end training runs on tiny data, in-process (train()) and through train.py itself."""
+import csv
+import json
+
+import torch
+
+from cifar_lightning.module import ImageClassifier
+from cifar_lightning.training import train
+from conftest import FAST, compose_train, run_script
+
+
+def test_one_epoch_writes_checkpoints_metrics_and_summary(cifar_root, tmp_path):
+    out = tmp_path / "run"
+    cfg = compose_train([*FAST, f"data.root={cifar_root}", "data.verify=false"], output_dir=out)
+    summary = train(cfg)
+
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0])
+    assert {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= columns
+    val_acc = [float(r["val/acc"]) for r in rows if r["val/acc"]]
+    assert len(val_acc) == 1 and 0 <= val_acc[0] <= 1
+    assert summary["best_val_acc"] == max(val_acc) and 0 <= summary["test_acc"] <= 1
+    assert json.loads((out / "summary.json").read_text())["best_val_acc"] == summary["best_val_acc"]
+
+    # the checkpoint alone rebuilds the model, with the data's classes and normalisation, and loads safely
+    model = ImageClassifier.load_from_checkpoint(out / "checkpoints" / "best.ckpt", map_location="cpu",
+                                                 weights_only=True)
+    assert model.hparams.class_names[0] == "airplane" and len(model.hparams.mean) == 3
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_train_py_runs_and_prints_the_result(cifar_root, tmp_path):
+    result = run_script("train.py", *FAST, f"data.root={cifar_root}", "data.verify=false",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "best val acc" in result.stderr + result.stdout and "test acc" in result.stderr + result.stdout
+    run = tmp_path / "run"
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "metrics.csv").is_file()
+
+
+def test_multirun_gives_each_job_its_own_folder(tmp_path):
+    result = run_script("train.py", "-m", "data=synthetic", "seed=1,2", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job, seed in zip(jobs, (1, 2)):
+        assert (job / "checkpoints" / "best.ckpt").is_file() and (job / "metrics.csv").is_file()
+        assert f"seed: {seed}" in (job / ".hydra" / "config.yaml").read_text()
+
+
+def test_missing_data_is_one_line_and_a_nonzero_exit(tmp_path):
+    result = run_script("train.py", f"data.root={tmp_path / 'empty'}", "data.download=false",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("error: cifar10 is not in") and "empty/cifar-10-batches-py" in lines[-1]
