@@ -8,6 +8,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cifar_lightning.data import ImageDataModule
+from cifar_lightning.module import ImageClassifier
+
 log = logging.getLogger(__name__)
 
 
@@ -16,15 +19,20 @@ def instantiate_all(configs: DictConfig | None) -> list:
     return [instantiate(c) for c in (configs or {}).values() if c is not None]
 
 
-def train(cfg: DictConfig) -> dict:
-    """Trains, tests the best checkpoint, writes summary.json into the run folder and returns the summary."""
+def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
+    """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a config."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     mean, std = datamodule.channel_stats()
     module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std, _recursive_=False)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks),
-                                     logger=instantiate_all(cfg.logger))
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger))
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> dict:
+    """Trains, tests the best checkpoint, writes summary.json into the run folder and returns the summary."""
+    datamodule, module, trainer = build(cfg)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
+
+from cifar_lightning.cli import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -57,11 +58,9 @@ def folder_root(tmp_path):
     return write_folder(tmp_path / "folder")
 
 
-def compose_train(overrides=(), output_dir: Path | None = None):
+def compose_train(overrides=(), output_dir: Path | str = "unused"):
     """The real train config, composed as `python train.py OVERRIDES` would, with the run folder set."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        extra = [f"paths.output_dir={output_dir}"] if output_dir else ["paths.output_dir=unused"]
-        return compose(config_name="train", overrides=[*overrides, *extra])
+    return compose_config("train", overrides, output_dir)
 
 
 # Overrides that make a training run take seconds: tiny data, no progress bar.

@@ -1,0 +1,83 @@
+"""What the benchmarks share: the real pipeline built from overrides, a step timer, the machine's matmul peak."""
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cifar_lightning.cli import compose_config  # noqa: E402
+from cifar_lightning.training import build  # noqa: E402
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepTimer(L.Callback):
+    """Times the training steps after the first `warmup` ones (which pay for allocation and caches)."""
+
+    def __init__(self, warmup: int = 10):
+        self.warmup, self.images, self.start, self.end = warmup, 0, None, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            sync()
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            sync()
+            self.images += len(batch[1])
+            self.end = time.perf_counter()
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / (self.end - self.start)
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def pipeline(overrides, output_dir, steps: int | None = None, warmup: int = 10):
+    """The real pipeline (datamodule, module, trainer) for one epoch with no validation, timed by a StepTimer."""
+    extra = ["epochs=1", "+trainer.limit_val_batches=0", "callbacks.early_stopping=null", "trainer.num_sanity_val_steps=0"]
+    if steps:
+        extra.append(f"+trainer.limit_train_batches={steps}")
+    cfg = compose_config("train", [*overrides, *extra], output_dir)
+    datamodule, module, trainer = build(cfg)
+    timer = StepTimer(warmup)
+    trainer.callbacks.append(timer)
+    return cfg, datamodule, module, trainer, timer
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """The best of `repeats` fp32 n x n matmuls, in FLOP/s: what this machine's BLAS can reach."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def training_flops_per_image(net: torch.nn.Module, batch: int = 32, size: int = 32) -> float:
+    """Forward + backward FLOPs of one image, counted by torch's FlopCounterMode (convs and matmuls)."""
+    x = torch.randn(batch, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        net(x).sum().backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def median(xs):
+    return statistics.median(xs)

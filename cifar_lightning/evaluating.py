@@ -1,0 +1,78 @@
+"""One evaluation from a composed config: checkpoint -> predictions -> metrics, figures and report."""
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_lightning import figures
+from cifar_lightning.checkpoints import load_model, resolve, run_dir_of
+from cifar_lightning.cli import UserError
+from cifar_lightning.evaluation import classification_report, evaluate_predictions
+
+log = logging.getLogger(__name__)
+SPLITS = ("test", "val")
+
+
+def data_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    if cfg.get("data") is not None:
+        return cfg.data
+    run_config = run_dir / ".hydra" / "config.yaml"
+    if not run_config.is_file():
+        raise UserError(f"{run_config} is missing, so the data this model was trained on is unknown: "
+                        f"choose it, e.g. data=cifar10 data.root=data")
+    return OmegaConf.load(run_config).data
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Writes <run>/eval/<split>/ (replacing it only once everything is written) and returns the metrics."""
+    if cfg.split not in SPLITS:
+        raise UserError(f"split={cfg.split} does not exist: use split=test or split=val")
+    checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
+    model = load_model(checkpoint)
+    model.hparams.tta = int(bool(cfg.tta))
+    run_dir = run_dir_of(checkpoint)
+
+    datamodule = instantiate(data_config(cfg, run_dir))
+    datamodule.setup("test")
+    class_names = list(model.hparams.class_names)
+    if datamodule.class_names != class_names:
+        raise UserError(f"the checkpoint's classes ({', '.join(class_names[:5])}, ...: {len(class_names)}) do not "
+                        f"match the data's ({', '.join(datamodule.class_names[:5])}, ...: {datamodule.num_classes})")
+    if cfg.split not in datamodule.splits:
+        raise UserError(f"the data in {datamodule.root} has no {cfg.split} split")
+
+    trainer = instantiate(cfg.trainer)
+    batches = trainer.predict(model, dataloaders=datamodule.loader(cfg.split))
+    logits = torch.cat([b[0] for b in batches]).cpu()
+    labels = torch.cat([b[1] for b in batches]).cpu()
+    evaluation = evaluate_predictions(logits, labels, class_names)
+
+    out = run_dir / "eval" / cfg.split
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{cfg.split}-") as tmp:
+        tmp = Path(tmp)
+        metrics = {**evaluation.metrics, "checkpoint": str(checkpoint), "split": cfg.split, "tta": bool(cfg.tta),
+                   "data_root": str(datamodule.root), "reliability": evaluation.reliability,
+                   "confusion_matrix": evaluation.confusion.tolist()}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "classification_report.txt").write_text(classification_report(evaluation))
+        pngs = [figures.confusion_matrix(evaluation, tmp / "confusion_matrix.png"),
+                figures.misclassified(datamodule.splits[cfg.split].images, labels, logits.softmax(1), class_names,
+                                      tmp / "misclassified.png", cfg.misclassified),
+                figures.reliability(evaluation, tmp / "reliability.png")]
+        if (run_dir / "metrics.csv").is_file():
+            pngs.insert(0, figures.training_curves(run_dir / "metrics.csv", tmp / "training_curves.png"))
+        figures.report(evaluation, pngs, f"Evaluation of {checkpoint.name} on the {cfg.split} split "
+                                         f"({datamodule.root}{', TTA' if cfg.tta else ''})", tmp / "report.md")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        tmp.mkdir()  # TemporaryDirectory cleans up a folder of this name
+    print(classification_report(evaluation))
+    print(f"checkpoint {checkpoint}\nwrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return metrics

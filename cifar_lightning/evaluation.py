@@ -1,0 +1,77 @@
+"""Predictions -> metrics: per-class report, averages, top-k, loss, calibration, confusion matrix (torchmetrics)."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import (MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix,
+                                         MulticlassF1Score, MulticlassPrecision, MulticlassRecall)
+
+ECE_BINS = 15
+
+
+@dataclass
+class Evaluation:
+    class_names: list[str]
+    metrics: dict               # everything in metrics.json
+    confusion: torch.Tensor     # (C, C) counts, rows = true class
+    reliability: list[dict]     # per confidence bin: lower, upper, count, confidence, accuracy
+
+
+def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> Evaluation:
+    n = len(class_names)
+    probs = logits.float().softmax(dim=1)
+    per_class = {name: metric(probs, labels) for name, metric in (
+        ("precision", MulticlassPrecision(n, average=None)), ("recall", MulticlassRecall(n, average=None)),
+        ("f1", MulticlassF1Score(n, average=None)))}
+    support = torch.bincount(labels, minlength=n)
+    averages = {
+        average: {name: float(metric(probs, labels)) for name, metric in (
+            ("precision", MulticlassPrecision(n, average=average)), ("recall", MulticlassRecall(n, average=average)),
+            ("f1", MulticlassF1Score(n, average=average)))} | {"support": int(support.sum())}
+        for average in ("macro", "weighted")}
+    metrics = {
+        "samples": len(labels),
+        "accuracy": float(MulticlassAccuracy(n, average="micro")(probs, labels)),
+        "top3_accuracy": float(MulticlassAccuracy(n, top_k=min(3, n), average="micro")(probs, labels)),
+        "loss": float(F.cross_entropy(logits.float(), labels)),
+        "ece": float(MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1")(probs, labels)),
+        "per_class": {name: {k: float(v[i]) for k, v in per_class.items()} | {"support": int(support[i])}
+                      for i, name in enumerate(class_names)},
+        "macro_avg": averages["macro"],
+        "weighted_avg": averages["weighted"],
+    }
+    confusion = MulticlassConfusionMatrix(n)(probs, labels)
+    return Evaluation(class_names, metrics, confusion, reliability_bins(probs, labels))
+
+
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> list[dict]:
+    """Top-1 confidence vs accuracy in equal-width confidence bins: the data behind the ECE and its diagram."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    which = torch.bucketize(confidence, edges[1:-1], right=True)  # bin i holds (edges[i], edges[i+1]]
+    rows = []
+    for i in range(bins):
+        mask = which == i
+        count = int(mask.sum())
+        rows.append({"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": count,
+                     "confidence": float(confidence[mask].mean()) if count else None,
+                     "accuracy": float(correct[mask].mean()) if count else None})
+    return rows
+
+
+def classification_report(evaluation: Evaluation) -> str:
+    """The per-class table in the familiar layout: precision, recall, f1-score, support."""
+    m = evaluation.metrics
+    width = max(12, *(len(c) for c in evaluation.class_names))
+    header = f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}"
+    lines = [header, ""]
+    for name, row in m["per_class"].items():
+        lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:9d}")
+    lines += ["", f"{'accuracy':>{width}} {'':>9} {'':>9} {m['accuracy']:9.4f} {m['samples']:9d}"]
+    for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
+        row = m[key]
+        lines.append(f"{label:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:9d}")
+    lines += ["", f"top-3 accuracy {m['top3_accuracy']:.4f}   mean loss {m['loss']:.4f}   "
+                  f"expected calibration error {m['ece']:.4f} ({ECE_BINS} bins)"]
+    return "\n".join(lines) + "\n"

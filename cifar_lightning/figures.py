@@ -1,0 +1,134 @@
+"""Metrics -> PNG figures and a one-page report.md. Never opens a window (Agg backend)."""
+import csv
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+
+from cifar_lightning.evaluation import Evaluation, classification_report  # noqa: E402
+
+DPI = 120
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(evaluation: Evaluation, path: Path) -> Path:
+    """Colour = share of the true class (row-normalised); each cell shows the count and that share."""
+    counts = evaluation.confusion.numpy()
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(evaluation.class_names)
+    annotate = n <= 20
+    labels = np.array([[f"{c}\n{r:.0%}" for c, r in zip(cr, rr)] for cr, rr in zip(counts, rates)])
+    size = max(6.0, 0.75 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    sns.heatmap(rates, annot=labels if annotate else False, fmt="", cmap="Blues", vmin=0, vmax=1, square=True,
+                xticklabels=evaluation.class_names, yticklabels=evaluation.class_names, ax=ax,
+                annot_kws={"fontsize": 8}, cbar_kws={"label": "share of the true class", "shrink": 0.8})
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion matrix — accuracy {evaluation.metrics['accuracy']:.2%} "
+                 f"on {evaluation.metrics['samples']:,} images")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    plt.setp(ax.get_yticklabels(), rotation=0)
+    return _save(fig, path)
+
+
+def misclassified(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, class_names: list[str],
+                  path: Path, count: int = 36) -> Path:
+    """The most confident mistakes first, in their real colours (the uint8 source images), upscaled 4x."""
+    confidence, predicted = probs.max(dim=1)
+    wrong = (predicted != labels).nonzero().flatten()
+    wrong = wrong[confidence[wrong].argsort(descending=True)][:count]
+    cols = 6
+    rows = max(1, math.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.3), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong.tolist()):
+        ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({confidence[i]:.0%})",
+                     fontsize=8, color="firebrick")
+    if not len(wrong):
+        axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    fig.suptitle(f"Most confident mistakes ({len(wrong)} of {int((predicted != labels).sum()):,} misclassified)")
+    return _save(fig, path)
+
+
+def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """metrics.csv (Lightning's CSVLogger) -> {column: [(epoch, value), ...]}, one value per epoch."""
+    series: dict[str, dict[int, float]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch"):
+                continue
+            for key, value in row.items():
+                if key not in ("epoch", "step") and value:
+                    series.setdefault(key, {})[int(row["epoch"])] = float(value)
+    return {key: sorted(values.items()) for key, values in series.items()}
+
+
+def training_curves(metrics_csv: Path, path: Path) -> Path:
+    series = read_metrics(metrics_csv)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, what in zip(axes, ("loss", "acc")):
+        for stage, colour in (("train", "tab:blue"), ("val", "tab:orange")):
+            points = series.get(f"{stage}/{what}", [])
+            if points:
+                epochs, values = zip(*points)
+                ax.plot([e + 1 for e in epochs], values, "o-", ms=3, color=colour, label=stage)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel({"loss": "loss", "acc": "accuracy"}[what])
+        ax.grid(alpha=0.3)
+    val = series.get("val/acc", [])
+    if val:
+        best_epoch, best = max(val, key=lambda p: p[1])
+        for ax in axes:
+            ax.axvline(best_epoch + 1, color="grey", ls="--", lw=1, label=f"best epoch {best_epoch + 1}")
+        axes[1].annotate(f"{best:.2%}", (best_epoch + 1, best), textcoords="offset points", xytext=(5, -12))
+    for ax in axes:
+        ax.legend()
+    axes[0].set_title("Loss per epoch")
+    axes[1].set_title("Accuracy per epoch")
+    return _save(fig, path)
+
+
+def reliability(evaluation: Evaluation, path: Path) -> Path:
+    bins = evaluation.reliability
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    width = bins[0]["upper"] - bins[0]["lower"]
+    centres = [b["lower"] + width / 2 for b in bins]
+    accuracy = [b["accuracy"] or 0 for b in bins]
+    ax.bar(centres, accuracy, width=width * 0.95, color="tab:blue", alpha=0.8, label="accuracy")
+    gap_bottom = [min(a, b["confidence"] or 0) for a, b in zip(accuracy, bins)]
+    gap = [abs((b["confidence"] or 0) - a) if b["count"] else 0 for a, b in zip(accuracy, bins)]
+    ax.bar(centres, gap, bottom=gap_bottom, width=width * 0.95, color="tab:red", alpha=0.3, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability — ECE {evaluation.metrics['ece']:.2%}")
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path) -> Path:
+    m = evaluation.metrics
+    lines = [f"# {title}", "",
+             f"Accuracy **{m['accuracy']:.2%}** (top-3 {m['top3_accuracy']:.2%}) on {m['samples']:,} images; "
+             f"mean loss {m['loss']:.4f}; expected calibration error {m['ece']:.2%}.", "",
+             "## Per class", "", "```", classification_report(evaluation).rstrip(), "```", ""]
+    for figure in figures:
+        lines += [f"## {figure.stem.replace('_', ' ').capitalize()}", "", f"![{figure.stem}]({figure.name})", ""]
+    path.write_text("\n".join(lines))
+    return path
