@@ -1,15 +1,22 @@
-"""Train a classifier: `python train.py model=cnn epochs=20`, sweeps with `-m`. See README.md."""
+"""Train a classifier: `python train.py model=cnn epochs=20`, sweeps with `-m`, `resume=RUN|latest`. See README.md."""
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cifar_lightning.cli import exit_on_user_error
+from cifar_lightning.resume import register_resolvers, resume_config
 from cifar_lightning.training import train
+
+register_resolvers()  # before Hydra composes: the run folder depends on resume=
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with exit_on_user_error():
-        return train(cfg)["best_val_acc"]  # returned for sweepers that optimise it
+        resume_from = None
+        if cfg.resume:
+            cfg, resume_from = resume_config(cfg, list(HydraConfig.get().overrides.task))
+        return train(cfg, resume_from)["best_val_acc"]  # returned for sweepers that optimise it
 
 
 if __name__ == "__main__":

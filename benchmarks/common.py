@@ -49,7 +49,7 @@ def pipeline(overrides, output_dir, steps: int | None = None, warmup: int = 10):
     extra = ["epochs=1", "+trainer.limit_val_batches=0", "callbacks.early_stopping=null", "trainer.num_sanity_val_steps=0"]
     if steps:
         extra.append(f"+trainer.limit_train_batches={steps}")
-    cfg = compose_config("train", [*overrides, *extra], output_dir)
+    cfg = compose_config("train", [*overrides, *extra, f"paths.output_dir={output_dir}"])
     datamodule, module, trainer = build(cfg)
     timer = StepTimer(warmup)
     trainer.callbacks.append(timer)

@@ -42,12 +42,14 @@ def resolve(ckpt: str, outputs: Path) -> Path:
 
 
 def load_checkpoint(path: Path) -> dict:
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; a cut-off one loses its directory
+        raise UserError(f"{path} is not a readable checkpoint (truncated, or not a file torch.save wrote)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
         raise UserError(f"{path} was refused: it holds objects other than tensors and plain values, which could "
-                        f"run code when loaded ({first_line[:200]})") from None
+                        f"run code when loaded ({why[:200] or type(e).__name__})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file: "
                         f"{type(e).__name__})") from None

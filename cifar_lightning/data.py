@@ -234,7 +234,7 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"data.val_size={self.val_size} must be between 0 and {n - 1} (the training set has {n})")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         train_idx, val_idx = order[n_val:], order[:n_val]
-        if self.batch_size > len(train_idx):
+        if stage in ("fit", None) and self.batch_size > len(train_idx):
             raise DataError(f"batch_size={self.batch_size} is larger than the training split "
                             f"({len(train_idx)} images): lower batch_size or data.val_size")
         self.class_names = data.class_names

@@ -52,7 +52,8 @@ def evaluate(cfg: DictConfig) -> dict:
     labels = torch.cat([b[1] for b in batches]).cpu()
     evaluation = evaluate_predictions(logits, labels, class_names)
 
-    out = run_dir / "eval" / cfg.split
+    # data other than the run's own gets a folder of its own, e.g. eval/test_data-exact
+    out = run_dir / "eval" / (cfg.split if cfg.get("data") is None else f"{cfg.split}_{datamodule.root.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{cfg.split}-") as tmp:
         tmp = Path(tmp)

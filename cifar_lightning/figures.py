@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 from cifar_lightning.evaluation import Evaluation, classification_report  # noqa: E402
@@ -94,9 +95,11 @@ def training_curves(metrics_csv: Path, path: Path) -> Path:
         best_epoch, best = max(val, key=lambda p: p[1])
         for ax in axes:
             ax.axvline(best_epoch + 1, color="grey", ls="--", lw=1, label=f"best epoch {best_epoch + 1}")
-        axes[1].annotate(f"{best:.2%}", (best_epoch + 1, best), textcoords="offset points", xytext=(5, -12))
+        axes[1].annotate(f"best val {best:.2%}", (best_epoch + 1, best), textcoords="offset points",
+                         xytext=(-10, -18), ha="right")
     for ax in axes:
         ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title("Loss per epoch")
     axes[1].set_title("Accuracy per epoch")
     return _save(fig, path)
@@ -111,7 +114,8 @@ def reliability(evaluation: Evaluation, path: Path) -> Path:
     ax.bar(centres, accuracy, width=width * 0.95, color="tab:blue", alpha=0.8, label="accuracy")
     gap_bottom = [min(a, b["confidence"] or 0) for a, b in zip(accuracy, bins)]
     gap = [abs((b["confidence"] or 0) - a) if b["count"] else 0 for a, b in zip(accuracy, bins)]
-    ax.bar(centres, gap, bottom=gap_bottom, width=width * 0.95, color="tab:red", alpha=0.3, label="gap to confidence")
+    ax.bar(centres, gap, bottom=gap_bottom, width=width * 0.95, fill=False, hatch="//", edgecolor="tab:red", lw=0.8,
+           label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -132,3 +136,23 @@ def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path) 
         lines += [f"## {figure.stem.replace('_', ' ').capitalize()}", "", f"![{figure.stem}]({figure.name})", ""]
     path.write_text("\n".join(lines))
     return path
+
+
+def sweep_plot(runs: list[dict], groups: list[dict], path: Path) -> Path:
+    """Best validation accuracy of each run (dots) and each group's mean ± std (bar), best group on top."""
+    names = [g["group"] for g in groups]
+    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.5 * len(names)))
+    for y, g in enumerate(groups):
+        if g["best_val_acc"] is not None:
+            ax.barh(y, g["best_val_acc"], xerr=g["best_val_acc_std"], color="tab:blue", alpha=0.35, capsize=4)
+        values = [r["best_val_acc"] for r in runs if r["group"] == g["group"] and r["best_val_acc"] is not None]
+        ax.plot(values, [y] * len(values), "o", color="tab:blue")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    finished = [r["best_val_acc"] for r in runs if r["best_val_acc"] is not None]
+    if finished:
+        ax.set_xlim(max(0.0, min(finished) - 0.05), min(1.0, max(finished) + 0.02))
+    ax.set_xlabel("best validation accuracy")
+    ax.set_title("Sweep results (dots: runs; bars: mean ± std over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)

@@ -22,7 +22,8 @@ def plain(config):
 class ImageClassifier(L.LightningModule):
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, augmentation: dict | None = None,
                  class_names: list[str] = (), mean: list[float] = (0.5, 0.5, 0.5), std: list[float] = (0.25, 0.25, 0.25),
-                 label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False, tta: int = 0):
+                 image_size: int = 32, label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False,
+                 tta: int = 0):
         super().__init__()
         net, optimizer, scheduler, augmentation = map(plain, (net, optimizer, scheduler, augmentation))
         class_names, mean, std = list(class_names), list(mean), list(std)

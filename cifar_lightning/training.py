@@ -2,21 +2,39 @@
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cifar_lightning.cli import UserError
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.module import ImageClassifier
+from cifar_lightning.resume import keep_metrics
 
 log = logging.getLogger(__name__)
+# Normalisation and augmentation live in the LightningModule on purpose (a checkpoint must carry them).
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+# metrics.csv shares the run folder with .hydra/ and train.log by design
+warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
 
 
 def instantiate_all(configs: DictConfig | None) -> list:
     """Builds every entry of a group like callbacks or logger; entries set to null are off."""
     return [instantiate(c) for c in (configs or {}).values() if c is not None]
+
+
+def check(cfg: DictConfig) -> None:
+    """Values Hydra accepts but no run can use: refused before any data is loaded."""
+    for key in ("epochs", "batch_size"):
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{key}={value!r} must be a whole number of at least 1")
+    lr = cfg.optimizer.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise UserError(f"optimizer.lr={lr!r} must be a positive number")
 
 
 def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
@@ -25,17 +43,22 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     mean, std = datamodule.channel_stats()
-    module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std, _recursive_=False)
+    module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std,
+                         image_size=datamodule.image_size, _recursive_=False)
     trainer = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger))
     return datamodule, module, trainer
 
 
-def train(cfg: DictConfig) -> dict:
-    """Trains, tests the best checkpoint, writes summary.json into the run folder and returns the summary."""
+def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
+    """Trains (from a checkpoint of the same run, if given), tests the best checkpoint, writes summary.json
+    into the run folder and returns the summary."""
+    check(cfg)
     datamodule, module, trainer = build(cfg)
+    if resume_from:
+        keep_metrics(trainer, resume_from)
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
 
     checkpoint = trainer.checkpoint_callback

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from omegaconf import OmegaConf
+
 from cifar_lightning.cli import compose_config
+from cifar_lightning.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -60,7 +63,15 @@ def folder_root(tmp_path):
 
 def compose_train(overrides=(), output_dir: Path | str = "unused"):
     """The real train config, composed as `python train.py OVERRIDES` would, with the run folder set."""
-    return compose_config("train", overrides, output_dir)
+    return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"])
+
+
+def train_run(overrides, run_dir: Path) -> dict:
+    """train() in-process on a composed config, with the .hydra/config.yaml that train.py would leave."""
+    cfg = compose_train(overrides, output_dir=run_dir)
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return train(cfg)
 
 
 # Overrides that make a training run take seconds: tiny data, no progress bar.
@@ -68,5 +79,6 @@ FAST = ["epochs=1", "batch_size=32", "data.val_size=40", "data.eval_batch_size=6
         "trainer.enable_model_summary=false"]
 
 
-def run_script(*args, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_script(*args, cwd: Path = ROOT, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)

@@ -1,0 +1,64 @@
+"""Checkpoint -> ONNX model, verified against PyTorch with onnxruntime on real images."""
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cifar_lightning.checkpoints import load_model, resolve, run_dir_of
+from cifar_lightning.cli import UserError
+from cifar_lightning.evaluating import data_config
+
+log = logging.getLogger(__name__)
+FORMATS = ("onnx",)
+
+
+class RawImagesToLogits(torch.nn.Module):
+    """The exported graph takes uint8 images as they are stored, so users need not know the normalisation."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.model.normalize(images))
+
+
+def export(cfg: DictConfig) -> Path:
+    if cfg.format not in FORMATS:
+        raise UserError(f"format={cfg.format} is not supported: use {', '.join(FORMATS)}")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError('onnxruntime is not installed: pip install -e ".[export]"') from None
+    checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
+    model = load_model(checkpoint)
+    run_dir = run_dir_of(checkpoint)
+    out = Path(cfg.output) if cfg.output else run_dir / "model.onnx"
+
+    datamodule = instantiate(data_config(cfg, run_dir))
+    datamodule.setup("test")
+    if cfg.split not in datamodule.splits:
+        raise UserError(f"the data in {datamodule.root} has no {cfg.split} split to check the export on")
+    images = datamodule.splits[cfg.split].images[:cfg.check_images]
+
+    graph = RawImagesToLogits(model).eval()
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.onnx.export(graph, (images[:2],), str(tmp), input_names=["images"], output_names=["logits"],
+                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    with torch.no_grad():
+        expected = graph(images).numpy()
+    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"images": images.numpy()})[0]
+    max_diff = float(abs(got - expected).max())
+    agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+    print(f"checked on {len(images)} {cfg.split} images: max abs logit difference {max_diff:.2e}, "
+          f"top-1 agreement {agreement:.2%}")
+    if max_diff > cfg.tolerance:
+        tmp.unlink()
+        raise UserError(f"the ONNX model disagrees with PyTorch: max abs logit difference {max_diff:.2e} > "
+                        f"tolerance={cfg.tolerance} (top-1 agreement {agreement:.2%}); nothing written")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return out

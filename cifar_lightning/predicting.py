@@ -1,0 +1,58 @@
+"""Image files -> the trained model's top classes, printed and optionally written as CSV."""
+import csv
+import glob
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from cifar_lightning.checkpoints import load_model, resolve
+from cifar_lightning.cli import UserError
+from cifar_lightning.data import IMAGE_SUFFIXES, InMemoryImages, keep_batch, read_image
+
+log = logging.getLogger(__name__)
+
+
+def find_images(pattern: str) -> list[Path]:
+    path = Path(pattern)
+    paths = sorted(path.rglob("*")) if path.is_dir() else [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+    paths = [p for p in paths if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or not path.is_dir())]
+    if not paths:
+        raise UserError(f"images={pattern} matches no files: give a file, a folder or a quoted glob like 'dir/*.png'")
+    return paths
+
+
+def predict(cfg: DictConfig) -> list[dict]:
+    model = load_model(resolve(str(cfg.ckpt), Path(cfg.outputs)))
+    model.hparams.tta = int(bool(cfg.tta))
+    size, class_names = model.hparams.image_size, model.hparams.class_names
+    readable, images = [], []
+    for path in find_images(str(cfg.images)):
+        try:
+            images.append(read_image(path, size))
+            readable.append(path)
+        except Exception as e:  # PIL raises many kinds for a bad file; each is reported, none stops the rest
+            print(f"skipped {path}: not a readable image ({type(e).__name__})")
+    if not readable:
+        raise UserError(f"none of the files matched by images={cfg.images} is a readable image")
+
+    dataset = InMemoryImages(torch.stack(images), torch.full((len(images),), -1))
+    batches = instantiate(cfg.trainer).predict(
+        model, dataloaders=DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=keep_batch))
+    probs = torch.cat([logits for logits, _ in batches]).float().softmax(dim=1).cpu()
+    top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
+    rows = [{"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)]}
+            for path, values, indices in zip(readable, top.values.tolist(), top.indices.tolist())]
+    for row in rows:
+        print(f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"]))
+    if cfg.csv:
+        with open(cfg.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", *(f"{what}_{k + 1}" for k in range(top.indices.shape[1]) for what in ("class", "prob"))])
+            for row in rows:
+                writer.writerow([row["path"], *(v for name, p in row["top"] for v in (name, f"{p:.6f}"))])
+        print(f"wrote {cfg.csv}")
+    return rows

@@ -1,0 +1,16 @@
+"""Export a checkpoint: `python export.py ckpt=best format=onnx`. See README.md."""
+import hydra
+from omegaconf import DictConfig
+
+from cifar_lightning.cli import exit_on_user_error
+from cifar_lightning.exporting import export
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="export")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        export(cfg)
+
+
+if __name__ == "__main__":
+    main()

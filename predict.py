@@ -1,0 +1,16 @@
+"""Classify image files: `python predict.py ckpt=best images='photos/*.png' [csv=predictions.csv]`."""
+import hydra
+from omegaconf import DictConfig
+
+from cifar_lightning.cli import exit_on_user_error
+from cifar_lightning.predicting import predict
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

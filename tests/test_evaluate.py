@@ -1,0 +1,172 @@
+"""evaluate.py on a tiny checkpoint trained here: files, numbers, checkpoint choice and every error."""
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_lightning.checkpoints import load_model, resolve
+from cifar_lightning.cli import UserError, compose_config
+from cifar_lightning.evaluating import evaluate
+from cifar_lightning.evaluation import evaluate_predictions
+from conftest import FAST, run_script, train_run, write_cifar, write_folder
+
+FILES = {"classification_report.txt", "metrics.json", "confusion_matrix.png", "misclassified.png",
+         "training_curves.png", "reliability.png", "report.md"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """outputs/ with two finished runs (2 epochs each) on tiny CIFAR files; the second is the newer."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    data = write_cifar(tmp / "data")
+    outputs = tmp / "outputs"
+    runs = []
+    for name in ("older", "newer"):
+        run = outputs / "runs" / name
+        summary = train_run([*FAST, "epochs=2", f"data.root={data}", "data.verify=false"], run)
+        runs.append((run, summary))
+    os.utime(runs[0][0] / "checkpoints" / "best.ckpt", (1, 1))  # make "older" unambiguously older
+    return {"data": data, "outputs": outputs, "runs": runs}
+
+
+def run_evaluate(trained, *overrides) -> dict:
+    return evaluate(compose_config("evaluate", [f"outputs={trained['outputs']}", *overrides]))
+
+
+def test_writes_every_file_with_valid_figures(trained):
+    metrics = run_evaluate(trained)
+    newer = trained["runs"][1][0]
+    out = newer / "eval" / "test"
+    assert {p.name for p in out.iterdir()} == FILES
+    assert metrics["checkpoint"] == str(newer / "checkpoints" / "best.ckpt")
+    for png in out.glob("*.png"):
+        with Image.open(png) as image:
+            image.verify()
+        with Image.open(png) as image:
+            assert image.format == "PNG" and 400 <= image.width <= 3000 and 300 <= image.height <= 3000, png.name
+    report = (out / "report.md").read_text()
+    assert all(f"({name})" in report for name in FILES if name.endswith(".png"))
+    text = (out / "classification_report.txt").read_text()
+    assert "precision" in text and "airplane" in text and "weighted avg" in text
+
+
+def test_numbers_equal_a_direct_computation(trained):
+    metrics = run_evaluate(trained, "split=test")
+    model = load_model(resolve("best", trained["outputs"]))
+    raw = pickle.loads((trained["data"] / "cifar-10-batches-py" / "test_batch").read_bytes(), encoding="latin1")
+    images = torch.from_numpy(raw["data"].reshape(-1, 3, 32, 32))
+    labels = np.array(raw["labels"])
+    with torch.no_grad():
+        predicted = model(model.normalize(images)).argmax(1).numpy()
+    assert metrics["accuracy"] == pytest.approx((predicted == labels).mean(), abs=1e-6)
+    for c, name in enumerate(metrics["per_class"]):
+        tp = ((predicted == c) & (labels == c)).sum()
+        precision = tp / max((predicted == c).sum(), 1)
+        recall = tp / max((labels == c).sum(), 1)
+        row = metrics["per_class"][name]
+        assert row["support"] == (labels == c).sum()
+        assert row["precision"] == pytest.approx(precision, abs=1e-6)
+        assert row["recall"] == pytest.approx(recall, abs=1e-6)
+    assert np.array(metrics["confusion_matrix"]).trace() == (predicted == labels).sum()
+
+
+def test_validation_accuracy_matches_what_training_logged(trained):
+    run, summary = trained["runs"][1]
+    metrics = run_evaluate(trained, f"ckpt={run}", "split=val")
+    assert metrics["accuracy"] == pytest.approx(summary["best_val_acc"], abs=1e-6)
+    assert metrics["samples"] == 40
+
+
+def test_perfect_and_constant_classifiers():
+    labels = torch.arange(40) % 4
+    perfect = evaluate_predictions(torch.nn.functional.one_hot(labels, 4).float() * 20, labels, list("abcd"))
+    assert perfect.metrics["accuracy"] == 1 and perfect.metrics["macro_avg"]["f1"] == pytest.approx(1)
+    assert perfect.metrics["ece"] == pytest.approx(0, abs=1e-6) and perfect.confusion.trace() == 40
+
+    constant = evaluate_predictions(torch.tensor([[5.0, 0, 0, 0]]).repeat(40, 1), labels, list("abcd"))
+    m = constant.metrics
+    assert m["accuracy"] == pytest.approx(0.25) and m["top3_accuracy"] == pytest.approx(0.75)
+    assert m["per_class"]["a"] == pytest.approx({"precision": 0.25, "recall": 1.0, "f1": 0.4, "support": 10})
+    assert m["per_class"]["b"]["recall"] == 0 and m["macro_avg"]["f1"] == pytest.approx(0.1)
+    confidence = torch.tensor([5.0, 0, 0, 0]).softmax(0)[0].item()
+    assert m["ece"] == pytest.approx(confidence - 0.25, abs=1e-5)  # one bin: confidence vs accuracy
+    assert constant.confusion[:, 0].tolist() == [10, 10, 10, 10]
+
+
+def test_best_picks_the_most_recent_run_and_its_highest_val_acc(trained):
+    older, newer = (run for run, _ in trained["runs"])
+    assert resolve("best", trained["outputs"]) == newer / "checkpoints" / "best.ckpt"
+    assert resolve("last", trained["outputs"]).parent.parent in (older, newer)
+    assert resolve(str(older), trained["outputs"]) == older / "checkpoints" / "best.ckpt"
+    saved = torch.load(newer / "checkpoints" / "best.ckpt", weights_only=True)
+    logged = [float(line.split(",")[_column(newer, "val/acc")])
+              for line in (newer / "metrics.csv").read_text().splitlines()[1:] if line.split(",")[_column(newer, "val/acc")]]
+    callback = next(v for k, v in saved["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert float(callback["best_model_score"]) == max(logged)
+
+
+def _column(run, name):
+    return (run / "metrics.csv").read_text().splitlines()[0].split(",").index(name)
+
+
+def test_tta_runs_and_is_recorded(trained):
+    metrics = run_evaluate(trained, "tta=true")
+    assert metrics["tta"] is True and 0 <= metrics["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("make, overrides, message", [
+    (None, ["outputs=/nonexistent/outputs"], "no training runs with a best.ckpt under"),
+    (None, ["ckpt=/nonexistent/model.ckpt"], "does not exist"),
+    (None, ["split=train"], "split=train does not exist"),
+    (lambda tmp, run: (tmp / "x.ckpt").write_text("not a checkpoint"), ["ckpt={tmp}/x.ckpt"], "not a readable checkpoint"),
+    (lambda tmp, run: (tmp / "x.ckpt").write_bytes((run / "checkpoints" / "best.ckpt").read_bytes()[:5000]),
+     ["ckpt={tmp}/x.ckpt"], "not a readable checkpoint"),
+    (lambda tmp, run: torch.save({"state_dict": {}, "epoch": 3}, tmp / "x.ckpt"), ["ckpt={tmp}/x.ckpt"],
+     "not a cifar-lightning checkpoint"),
+    (lambda tmp, run: write_folder(tmp / "folder"), ["data=folder", "data.root={tmp}/folder", "data.val_size=0"],
+     "do not match the data"),
+    (lambda tmp, run: (tmp / "empty").mkdir(), ["ckpt={tmp}/empty"], "holds no checkpoints"),
+])
+def test_errors_are_clear_and_leave_earlier_outputs_alone(trained, tmp_path, make, overrides, message):
+    run = trained["runs"][1][0]
+    run_evaluate(trained)  # an earlier evaluation, which a failed one must leave intact
+    before = {p.name: p.read_bytes() for p in (run / "eval" / "test").iterdir()}
+    if make:
+        make(tmp_path, run)
+    with pytest.raises(UserError, match=message):
+        run_evaluate(trained, *(o.format(tmp=tmp_path) for o in overrides))
+    assert {p.name: p.read_bytes() for p in (run / "eval" / "test").iterdir()} == before
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(trained, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    checkpoint = torch.load(trained["runs"][1][0] / "checkpoints" / "best.ckpt", weights_only=True)
+    checkpoint["extra"] = Payload()
+    torch.save(checkpoint, tmp_path / "evil.ckpt")
+    with pytest.raises(UserError, match="was refused"):
+        run_evaluate(trained, f"ckpt={tmp_path / 'evil.ckpt'}")
+    assert not marker.exists()
+
+    checkpoint.pop("extra")
+    checkpoint["hyper_parameters"]["net"] = {"_target_": "os.system", "command": f"touch {marker}"}
+    torch.save(checkpoint, tmp_path / "target.ckpt")
+    with pytest.raises(UserError, match="its net names 'os.system'"):
+        run_evaluate(trained, f"ckpt={tmp_path / 'target.ckpt'}")
+    assert not marker.exists()
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    result = run_script("evaluate.py", f"outputs={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no training runs")
+    assert not any(tmp_path.iterdir())

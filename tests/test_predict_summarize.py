@@ -1,0 +1,70 @@
+"""predict.py on image files and the sweep summary."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifar_lightning import summarize
+from conftest import FAST, run_script, train_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict") / "run"
+    train_run([*FAST, "data=synthetic"], out)
+    return out
+
+
+def test_predict_prints_top3_skips_unreadable_files_and_writes_csv(run, tmp_path):
+    rng = np.random.default_rng(0)
+    for name, size in (("small.png", 32), ("big.jpg", 97)):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "broken.png").write_text("not an image")
+    result = run_script("predict.py", f"ckpt={run}", f"images={tmp_path}/*", f"csv={tmp_path / 'out.csv'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped" in result.stdout and "broken.png" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path)) and "class_" in line]
+    assert len(lines) == 2 and all(line.count("%") == 3 for line in lines)
+    with open(tmp_path / "out.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["big.jpg", "small.png"]
+    for r in rows:
+        probs = [float(r[f"prob_{k}"]) for k in (1, 2, 3)]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_predict_with_no_matching_files_is_one_line(run, tmp_path):
+    result = run_script("predict.py", f"ckpt={run}", f"images={tmp_path}/*.png")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: images=") 
+
+
+def test_summary_groups_seeds_and_records_failed_runs(tmp_path):
+    def job(num, overrides, summary):
+        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(num) / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        if summary:
+            (tmp_path / str(num) / "summary.json").write_text(json.dumps(summary))
+
+    job(0, ["optimizer.lr=0.001", "seed=1"], {"best_val_acc": 0.70, "test_acc": 0.60, "epochs": 3, "fit_seconds": 10})
+    job(1, ["optimizer.lr=0.001", "seed=2"], {"best_val_acc": 0.80, "test_acc": 0.62, "epochs": 3, "fit_seconds": 12})
+    job(2, ["optimizer.lr=0.003", "seed=1"], {"best_val_acc": 0.90, "test_acc": 0.70, "epochs": 3, "fit_seconds": 11})
+    job(3, ["optimizer.lr=0.003", "seed=2"], None)  # crashed: no summary.json
+    summarize.main([str(tmp_path)])
+    groups = summarize.group(summarize.read_runs(tmp_path))
+    assert [g["group"] for g in groups] == ["optimizer.lr=0.003", "optimizer.lr=0.001"]
+    assert groups[1]["best_val_acc"] == pytest.approx(0.75) and groups[1]["best_val_acc_std"] == pytest.approx(0.0707, abs=1e-4)
+    assert groups[0]["runs"] == 2 and groups[0]["failed"] == 1
+    table = (tmp_path / "summary.md").read_text()
+    assert "75.00% ± 7.07" in table and "failed" in table
+    with open(tmp_path / "summary.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    with Image.open(tmp_path / "summary.png") as image:
+        assert image.width > 300
+
+
+def test_summary_of_a_folder_without_runs_is_an_error(tmp_path):
+    result = run_script("-m", "cifar_lightning.summarize", tmp_path)
+    assert result.returncode == 1 and result.stderr.startswith("error:") and "Traceback" not in result.stderr

@@ -1,0 +1,77 @@
+"""A real training process killed mid-epoch (SIGKILL) and resumed, once and twice in a row."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import FAST, ROOT, run_script
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+SLOW = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.04",
+        "callbacks.early_stopping=null"]
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", *map(str, args)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_mid_epoch(process: subprocess.Popen, last, epoch: int) -> None:
+    """SIGKILL once last.ckpt holds `epoch` and the next epoch is under way."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            if last.is_file() and torch.load(last, weights_only=True)["epoch"] >= epoch:
+                break
+        except Exception:  # being written
+            pass
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the next epoch: ~56 steps of >= 0.04 s each
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert torch.load(last, weights_only=True)["epoch"] == epoch, "killed at an epoch boundary, not mid-epoch"
+
+
+def epochs_logged(run) -> list[int]:
+    with open(run / "metrics.csv") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f) if r["val/acc"]]
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_killed_run_resumes_without_losing_or_repeating_an_epoch(tmp_path, kills):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    process = start("data=synthetic", *FAST, "epochs=5", *SLOW, f"hydra.run.dir={run}")
+    kill_mid_epoch(process, last, epoch=0)
+    for kill in range(1, kills):
+        process = start(f"resume={run}")
+        kill_mid_epoch(process, last, epoch=kill)
+    best_before = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+
+    result = run_script("train.py", f"resume={run}", env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert epochs_logged(run) == [0, 1, 2, 3, 4]
+    assert torch.load(last, weights_only=True)["epoch"] == 4
+    best_after = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    score = lambda ckpt: next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))[
+        "best_model_score"]
+    assert score(best_after) >= score(best_before)
+    assert (run / "summary.json").is_file() and (run / ".hydra" / "config.yaml").is_file()
+    assert len(list((run / ".hydra").glob("resume_*"))) >= 1  # the resuming calls' configs, beside the original
+
+
+@pytest.mark.parametrize("args, message", [
+    (["resume={tmp}"], "does not exist, so there is nothing to resume"),
+    (["resume=latest", "paths.root={tmp}"], "no run with a checkpoints/last.ckpt"),
+])
+def test_resume_without_a_checkpoint_is_one_line(tmp_path, args, message):
+    result = run_script("train.py", *(a.format(tmp=tmp_path) for a in args))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,56 @@
+"""Bad values, divergence and determinism."""
+import csv
+
+import pytest
+import torch
+
+from cifar_lightning.cli import UserError
+from cifar_lightning.training import train
+from conftest import FAST, compose_train, run_script
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=0", "epochs=0 must be a whole number of at least 1"),
+    ("epochs=-3", "epochs=-3 must be"),
+    ("epochs=abc", "epochs='abc' must be"),
+    ("batch_size=0", "batch_size=0 must be"),
+    ("optimizer.lr=0", "optimizer.lr=0 must be a positive number"),
+    ("optimizer.lr=-1e-3", "optimizer.lr=-0.001 must be a positive number"),
+])
+def test_unusable_values_are_refused_before_training(override, message, tmp_path):
+    cfg = compose_train([*FAST, "data=synthetic", override], output_dir=tmp_path)
+    with pytest.raises(UserError, match=message):
+        train(cfg)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_divergence_stops_within_the_epoch_and_keeps_the_best_checkpoint(tmp_path, cifar_root):
+    # epoch 0 trains at lr 0.01; then the schedule multiplies it by 1e12
+    result = run_script("train.py", *FAST, "epochs=3", f"data.root={cifar_root}", "data.verify=false",
+                        "optimizer=sgd", "optimizer.lr=0.01", "scheduler=step", "scheduler.step_size=1",
+                        "scheduler.gamma=1e12", "callbacks.divergence_guard.every_n_steps=1",
+                        f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged") and "lower optimizer.lr" in last
+    assert "at epoch 1, step" in last  # inside the epoch that blew up, not at its end
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert torch.load(best, weights_only=True)["epoch"] == 0
+    evaluated = run_script("evaluate.py", f"ckpt={best}", "split=val")
+    assert evaluated.returncode == 0, evaluated.stderr[-1000:]
+
+
+def test_same_seed_same_config_gives_identical_metrics_and_weights(tmp_path, cifar_root):
+    def run(name):
+        out = tmp_path / name
+        train(compose_train([*FAST, "epochs=2", f"data.root={cifar_root}", "data.verify=false",
+                             "augmentation=strong", "trainer.deterministic=true"], output_dir=out))
+        with open(out / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        return rows, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+    rows_a, weights_a = run("a")
+    rows_b, weights_b = run("b")
+    assert rows_a == rows_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

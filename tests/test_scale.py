@@ -1,0 +1,63 @@
+"""DDP on two CPU processes, an Optuna study and ONNX export, each on tiny data."""
+import os
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+import yaml
+
+from conftest import FAST, ROOT, run_script, train_run
+
+pytestmark = pytest.mark.slow
+TINY = [o for o in FAST if not o.startswith("batch_size=")]
+
+
+def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once(tmp_path):
+    run = tmp_path / "run"
+    env_path = f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    result = run_script("train.py", "trainer=ddp_cpu", "data=synthetic", *TINY, "batch_size=50",
+                        f"+callbacks.record._target_=helpers.RecordIndices", f"+callbacks.record.dir={tmp_path}",
+                        f"hydra.run.dir={run}", env={**os.environ, "PYTHONPATH": env_path})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"indices_rank{r}.pt") for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 900  # 1,800 training images, half each (batches of 50)
+    assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
+    assert set(ranks[0].tolist()) | set(ranks[1].tolist()) == set(range(1800))
+    # one set of outputs, from rank 0; the validation accuracy is over all 200 images of both ranks
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    summary = yaml.safe_load((run / "summary.json").read_text())
+    evaluated = run_script("evaluate.py", f"ckpt={run}", "split=val")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    accuracy = yaml.safe_load((run / "eval" / "val" / "metrics.json").read_text())["accuracy"]
+    assert accuracy == pytest.approx(summary["best_val_acc"], abs=1e-6)
+
+
+def test_optuna_study_runs_and_records_a_failed_trial(tmp_path):
+    result = run_script("train.py", "-m", "hparams_search=optuna", "data=synthetic", *TINY,
+                        "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
+                        "hydra.sweeper.params.batch_size=choice(32,4000)",  # 4,000 > the training split: fails
+                        "hydra.sweeper.sampler.seed=3", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 3
+    finished = [j for j in jobs if (j / "summary.json").is_file()]
+    failed = [j for j in jobs if not (j / "summary.json").is_file()]
+    assert finished and failed, "seed 3 draws both batch sizes"
+    assert "batch_size=4000" in (failed[0] / ".hydra" / "overrides.yaml").read_text()
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert best["best_params"]["batch_size"] == 32 and 0 <= best["best_value"] <= 1
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    run = tmp_path / "run"
+    train_run([*FAST, "data=synthetic"], run)
+    result = run_script("export.py", f"ckpt={run}", "format=onnx")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "top-1 agreement" in result.stdout and (run / "model.onnx").stat().st_size > 10_000
+    session = onnxruntime.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        images = np.random.default_rng(0).integers(0, 255, (batch, 3, 32, 32), dtype=np.uint8)
+        assert session.run(["logits"], {"images": images})[0].shape == (batch, 10)
+    bad = run_script("export.py", f"ckpt={run}", "format=tflite")
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: format=tflite")
