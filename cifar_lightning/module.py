@@ -35,7 +35,7 @@ class ImageClassifier(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         # one metric object per stage, so that their running states never mix
-        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(len(class_names), average="micro") for _ in range(3))
+        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(len(class_names), average="micro", validate_args=False) for _ in range(3))
 
     # ------------------------------------------------------------------------------------- forward
     def configure_model(self):

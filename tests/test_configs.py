@@ -65,7 +65,8 @@ def test_data_builds(name, tmp_path):
 def test_trainer_callbacks_logger_build(trainer, logger, callbacks, tmp_path):
     cfg = compose_train([f"trainer={trainer}", f"logger={logger}", f"callbacks={callbacks}"], output_dir=tmp_path)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        cfg.trainer.accelerator, cfg.trainer.precision = "cpu", "32-true"  # composes; a GPU is not here to use
+        # composes as it is; to instantiate it here, put the same trainer on the CPU
+        cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision = "cpu", 1, "32-true"
     built = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger))
     assert built.max_epochs == cfg.epochs
     assert built.checkpoint_callback is not None and built.checkpoint_callback.monitor == "val/acc"

@@ -10,13 +10,13 @@ import yaml
 from conftest import FAST, ROOT, run_script, train_run
 
 pytestmark = pytest.mark.slow
-TINY = [o for o in FAST if not o.startswith("batch_size=")]
+TINY = [o for o in FAST if not o.startswith(("batch_size=", "data.val_size="))]
 
 
 def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once(tmp_path):
     run = tmp_path / "run"
     env_path = f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    result = run_script("train.py", "trainer=ddp_cpu", "data=synthetic", *TINY, "batch_size=50",
+    result = run_script("train.py", "trainer=ddp_cpu", "data=synthetic", *TINY, "batch_size=50", "data.val_size=200",
                         f"+callbacks.record._target_=helpers.RecordIndices", f"+callbacks.record.dir={tmp_path}",
                         f"hydra.run.dir={run}", env={**os.environ, "PYTHONPATH": env_path})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,16 +34,16 @@ def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once(tmp_path):
 
 
 def test_optuna_study_runs_and_records_a_failed_trial(tmp_path):
-    result = run_script("train.py", "-m", "hparams_search=optuna", "data=synthetic", *TINY,
+    result = run_script("train.py", "-m", "hparams_search=optuna", "data=synthetic", *TINY, "data.val_size=200",
                         "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
-                        "hydra.sweeper.params.batch_size=choice(32,4000)",  # 4,000 > the training split: fails
-                        "hydra.sweeper.sampler.seed=3", f"hydra.sweep.dir={tmp_path}")
+                        "batch_size=choice(32,4000)",  # a sweep on the command line replaces that of the config; 4,000 fails
+                        "hydra.sweeper.sampler.seed=4", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(jobs) == 3
     finished = [j for j in jobs if (j / "summary.json").is_file()]
     failed = [j for j in jobs if not (j / "summary.json").is_file()]
-    assert finished and failed, "seed 3 draws both batch sizes"
+    assert finished and failed, "sampler seed 4 draws both batch sizes"
     assert "batch_size=4000" in (failed[0] / ".hydra" / "overrides.yaml").read_text()
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert best["best_params"]["batch_size"] == 32 and 0 <= best["best_value"] <= 1
