@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning.cli import UserError
 from cifar_lightning.data import ImageDataModule
@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer
 warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
 
 
-def instantiate_all(configs: DictConfig | None) -> list:
+def instantiate_all(configs: DictConfig | dict | None) -> list:
     """Builds every entry of a group like callbacks or logger; entries set to null are off."""
     return [instantiate(c) for c in (configs or {}).values() if c is not None]
 
@@ -45,8 +45,25 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     mean, std = datamodule.channel_stats()
     module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std,
                          image_size=datamodule.image_size, _recursive_=False)
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger))
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_all(without_validation(cfg.callbacks, datamodule)),
+                          logger=instantiate_all(cfg.logger))
     return datamodule, module, trainer
+
+
+def without_validation(callbacks: DictConfig, datamodule: ImageDataModule) -> DictConfig | dict:
+    """With data.val_size=0 nothing is validated: best.ckpt then follows the latest epoch, and callbacks that
+    watch a val/ metric (early stopping) are left out."""
+    if "val" in datamodule.splits:
+        return callbacks
+    kept = {}
+    for name, callback in OmegaConf.to_container(callbacks or {}, resolve=True).items():
+        watches_val = callback is not None and str(callback.get("monitor", "")).startswith("val/")
+        if watches_val and callback["_target_"].endswith("ModelCheckpoint"):
+            callback["monitor"] = None
+        elif watches_val:
+            continue
+        kept[name] = callback
+    return kept
 
 
 def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:

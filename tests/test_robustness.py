@@ -54,3 +54,16 @@ def test_same_seed_same_config_gives_identical_metrics_and_weights(tmp_path, cif
     assert rows_a == rows_b
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model=nope", "Could not find 'model/nope'"),
+    ("epoch=3", "Could not override 'epoch'"),  # a typo of epochs: struct mode refuses unknown keys
+    ("epochs=abc", "error: epochs='abc' must be a whole number"),
+    ("batch_size=100000", "error: batch_size=100000 is larger than the training split"),
+])
+def test_bad_command_lines_fail_clearly_without_traceback(override, message, tmp_path):
+    result = run_script("train.py", "data=synthetic", *FAST, override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and message in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -58,3 +58,15 @@ def test_missing_data_is_one_line_and_a_nonzero_exit(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
     assert lines[-1].startswith("error: cifar10 is not in") and "empty/cifar-10-batches-py" in lines[-1]
+
+
+def test_val_size_zero_trains_on_everything_and_keeps_the_last_epoch(cifar_root, tmp_path):
+    cfg = compose_train([*FAST, "epochs=2", f"data.root={cifar_root}", "data.verify=false", "data.val_size=0"],
+                        output_dir=tmp_path)
+    summary = train(cfg)
+    assert summary["best_val_acc"] is None and 0 <= summary["test_acc"] <= 1
+    for name in ("best", "last"):
+        assert torch.load(tmp_path / "checkpoints" / f"{name}.ckpt", weights_only=True)["epoch"] == 1
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert "val/acc" not in rows[0] and sum(1 for r in rows if r.get("train/acc")) == 2
