@@ -4,17 +4,35 @@ A checkpoint may come from anywhere, so loading it must not run code: `torch.loa
 refuses pickled objects, and the `_target_`s in its hyperparameters (which we instantiate) must name
 this project's own nets and augmentations.
 """
+import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cifar_lightning.cli import UserError
 from cifar_lightning.module import ImageClassifier
 
 SAFE_TARGETS = {"net": ("cifar_lightning.models.",), "augmentation": ("cifar_lightning.augment.",),
                 "optimizer": ("torch.optim.", "cifar_lightning."), "scheduler": ("torch.optim.", "cifar_lightning.")}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, then renames it into place: a run killed while
+    saving leaves the previous best.ckpt/last.ckpt whole. (Lightning's own save goes through a temporary
+    file in the system temp folder, whose move is a copy when that is another filesystem.)"""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def run_dir_of(checkpoint: Path) -> Path:

@@ -67,3 +67,19 @@ def test_bad_command_lines_fail_clearly_without_traceback(override, message, tmp
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and message in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_previous_file_whole(tmp_path):
+    from cifar_lightning.checkpoints import AtomicCheckpointIO
+
+    class DiesWhileSaved:
+        def __reduce__(self):
+            raise KeyboardInterrupt  # stands in for a kill halfway through writing
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1, "weights": torch.ones(1000)}, path)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "weights": torch.zeros(1000), "cut": DiesWhileSaved()}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
