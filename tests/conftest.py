@@ -17,24 +17,34 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def write_cifar(root: Path, per_batch: int = 40, test: int = 50, seed: int = 0) -> Path:
-    """CIFAR-10 in the python-version layout with `per_batch` images in each of the 5 training batches.
-    Each class has its own mean colour, so a model can learn it in an epoch."""
+def write_cifar(root: Path, per_batch: int = 40, test: int = 50, seed: int = 0, name: str = "cifar10") -> Path:
+    """CIFAR in the python-version layout: for cifar10, 5 training batches of `per_batch` images; for cifar100,
+    one `train` file of 5 * per_batch images over 100 classes. Each class has its own mean colour."""
     rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
+    classes, folder, key = ((CLASSES, "cifar-10-batches-py", "labels") if name == "cifar10" else
+                            ([f"class{i:02d}" for i in range(100)], "cifar-100-python", "fine_labels"))
+    folder = root / folder
     folder.mkdir(parents=True)
 
     def batch(n, label):
-        labels = rng.integers(0, 10, n)
-        colours = np.linspace(20, 235, 10)[labels][:, None]
+        labels = rng.integers(0, len(classes), n)
+        colours = np.linspace(20, 235, len(classes))[labels][:, None]
         data = np.clip(colours + rng.normal(0, 25, (n, 3072)), 0, 255).astype(np.uint8)
-        return {"batch_label": label, "labels": labels.tolist(), "data": data,
+        return {"batch_label": label, key: labels.tolist(), "data": data,
                 "filenames": [f"{label}_{i}.png" for i in range(n)]}
 
-    for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch, f"training batch {i}"), protocol=2))
-    (folder / "test_batch").write_bytes(pickle.dumps(batch(test, "testing batch"), protocol=2))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CLASSES, "num_vis": 3072}, protocol=2))
+    def write(file, content):
+        (folder / file).write_bytes(pickle.dumps(content, protocol=2))
+
+    if name == "cifar10":
+        for i in range(1, 6):
+            write(f"data_batch_{i}", batch(per_batch, f"training batch {i}"))
+        write("test_batch", batch(test, "testing batch"))
+        write("batches.meta", {"label_names": classes, "num_vis": 3072})
+    else:
+        write("train", batch(5 * per_batch, "training"))
+        write("test", batch(test, "testing"))
+        write("meta", {"fine_label_names": classes, "coarse_label_names": ["all"]})
     return root
 
 

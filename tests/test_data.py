@@ -27,6 +27,14 @@ def test_cifar_batches_load_through_the_real_code_path(cifar_root):
     assert test.labels.tolist() == raw["labels"]
 
 
+def test_cifar100_loads_with_the_same_module(tmp_path):
+    root = write_cifar(tmp_path, name="cifar100")
+    dm = setup(source="cifar100", root=root, verify=False, val_size=20)
+    assert dm.num_classes == 100 and dm.class_names[:2] == ["class00", "class01"]
+    assert (len(dm.splits["train"]), len(dm.splits["test"])) == (180, 50)
+    assert dm.splits["train"].labels.max() < 100
+
+
 def test_split_is_disjoint_fixed_by_split_seed_and_covers_the_training_set(cifar_root):
     def split(seed):
         dm = setup(root=cifar_root, verify=False, val_size=50, split_seed=seed)
