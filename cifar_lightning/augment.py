@@ -75,3 +75,21 @@ class Cutout:
 
     def __repr__(self):
         return f"Cutout(size={self.size})"
+
+
+class AlternatingFlip:
+    """Flip each image at random in the first epoch, then exactly on the epochs where it was not flipped the
+    epoch before (airbench): every image is seen both ways every two epochs, which the paper found worth about
+    10% fewer steps for the same accuracy than independent random flips."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, images, indices, epoch=0):
+        # a fixed pseudo-random bit per dataset index: whether the image is flipped on even epochs
+        mixed = (indices.to(images.device) * 2654435761 + self.seed * 40503) % (2**31)
+        flip = ((mixed >> 16) & 1).bool() ^ bool(epoch % 2)
+        return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+
+    def __repr__(self):
+        return f"AlternatingFlip(seed={self.seed})"

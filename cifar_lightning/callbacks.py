@@ -2,6 +2,7 @@
 import math
 
 import lightning as L
+import torch
 
 from cifar_lightning.cli import UserError
 
@@ -26,3 +27,47 @@ class DivergenceGuard(L.Callback):
             raise TrainingDiverged(
                 f"training diverged: the loss became {loss} at epoch {trainer.current_epoch}, step {batch_idx} "
                 f"(learning rate {lr:.3g}); try a lower optimizer.lr. The best checkpoint so far is kept.")
+
+
+class Lookahead(L.Callback):
+    """Every `every` steps, pull the weights into a slow copy, w_slow <- decay * w_slow + (1 - decay) * w, and
+    continue from the slow weights (Zhang et al., 2019, as airbench schedules it). The decay grows as
+    base_decay**every * (t / T)**power: free steps early, heavy averaging late. Training ends on the slow weights."""
+
+    def __init__(self, every: int = 5, base_decay: float = 0.95, power: float = 3.0):
+        self.every, self.base_decay, self.power = every, base_decay, power
+        self.slow: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer, module):
+        if not self.slow:  # a resumed run brings its own from the checkpoint
+            self.slow = {k: v.detach().clone() for k, v in module.net.state_dict().items() if v.is_floating_point()}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        if step >= total:
+            self.pull(module.net, decay=1.0)  # the last step: keep the slow weights, before the last checkpoint
+        elif step % self.every == 0:
+            self.pull(module.net, decay=self.base_decay**self.every * (step / total) ** self.power)
+
+    @torch.no_grad()
+    def pull(self, net: torch.nn.Module, decay: float) -> None:
+        for name, value in net.state_dict().items():
+            if name in self.slow:
+                self.slow[name].lerp_(value, 1 - decay)
+                value.copy_(self.slow[name])
+
+    def state_dict(self):
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state_dict):
+        self.slow = state_dict["slow"]
+
+
+class FreezeAfterEpochs(L.Callback):
+    """Trains one parameter (e.g. net.whiten.bias) only for its first `epochs` epochs."""
+
+    def __init__(self, parameter: str, epochs: int):
+        self.parameter, self.epochs = parameter, epochs
+
+    def on_train_epoch_start(self, trainer, module):
+        module.get_parameter(self.parameter).requires_grad_(trainer.current_epoch < self.epochs)

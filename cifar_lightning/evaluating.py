@@ -34,7 +34,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"split={cfg.split} does not exist: use split=test or split=val")
     checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
     model = load_model(checkpoint)
-    model.hparams.tta = int(bool(cfg.tta))
+    if cfg.tta is not None:  # else the checkpoint's own level (e.g. 2 for the fast recipe)
+        model.hparams.tta = int(cfg.tta)
     run_dir = run_dir_of(checkpoint)
 
     datamodule = instantiate(data_config(cfg, run_dir))
@@ -57,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{cfg.split}-") as tmp:
         tmp = Path(tmp)
-        metrics = {**evaluation.metrics, "checkpoint": str(checkpoint), "split": cfg.split, "tta": bool(cfg.tta),
+        metrics = {**evaluation.metrics, "checkpoint": str(checkpoint), "split": cfg.split, "tta": model.hparams.tta,
                    "data_root": str(datamodule.root), "reliability": evaluation.reliability,
                    "confusion_matrix": evaluation.confusion.tolist()}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -68,8 +69,9 @@ def evaluate(cfg: DictConfig) -> dict:
                 figures.reliability(evaluation, tmp / "reliability.png")]
         if (run_dir / "metrics.csv").is_file():
             pngs.insert(0, figures.training_curves(run_dir / "metrics.csv", tmp / "training_curves.png"))
-        figures.report(evaluation, pngs, f"Evaluation of {checkpoint.name} on the {cfg.split} split "
-                                         f"({datamodule.root}{', TTA' if cfg.tta else ''})", tmp / "report.md")
+        tta = f", TTA level {model.hparams.tta}" if model.hparams.tta else ""
+        title = f"Evaluation of {checkpoint.name} on the {cfg.split} split ({datamodule.root}{tta})"
+        figures.report(evaluation, pngs, title, tmp / "report.md")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -22,8 +22,8 @@ def plain(config):
 class ImageClassifier(L.LightningModule):
     def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, augmentation: dict | None = None,
                  class_names: list[str] = (), mean: list[float] = (0.5, 0.5, 0.5), std: list[float] = (0.25, 0.25, 0.25),
-                 image_size: int = 32, label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False,
-                 tta: int = 0):
+                 image_size: int = 32, label_smoothing: float = 0.0, loss_reduction: str = "mean",
+                 channels_last: bool = False, compile: bool = False, tta: int = 0):
         super().__init__()
         net, optimizer, scheduler, augmentation = map(plain, (net, optimizer, scheduler, augmentation))
         class_names, mean, std = list(class_names), list(mean), list(std)
@@ -40,6 +40,13 @@ class ImageClassifier(L.LightningModule):
             MulticlassAccuracy(len(class_names), average="micro", validate_args=False) for _ in range(3))
 
     # ------------------------------------------------------------------------------------- forward
+    def on_fit_start(self):
+        """Nets that initialise from the data (airbench's whitening) get the first 5,000 training images."""
+        init_from_data = getattr(self.net, "init_from_data", None)
+        if init_from_data is not None and not self.trainer.ckpt_path:  # a resumed run has its weights already
+            images = self.trainer.datamodule.splits["train"].images[:5000].to(self.device)
+            init_from_data(self.normalize(images))
+
     def configure_model(self):
         if self.hparams.compile:
             self.net.compile()  # in place: parameter names, and so checkpoints, stay the same
@@ -61,22 +68,33 @@ class ImageClassifier(L.LightningModule):
         return self.net(x)
 
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits with test-time augmentation: tta=0 plain, tta>=1 averages with the mirror image."""
-        logits = self.net(x)
-        if self.hparams.tta >= 1:
-            logits = (logits + self.net(x.flip(3))) / 2
+        """Logits with test-time augmentation. tta=0: the image alone; 1: mean with its mirror image;
+        2 (airbench): half that, half the same over the image shifted 1 px up-left and 1 px down-right."""
+        def with_mirror(v):
+            return (self.net(v) + self.net(v.flip(3))) / 2
+
+        if self.hparams.tta == 0:
+            return self.net(x)
+        logits = with_mirror(x)
+        if self.hparams.tta >= 2:
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            h, w = x.shape[-2:]
+            up_left, down_right = padded[..., :h, :w], padded[..., 2:, 2:]
+            logits = logits / 2 + (with_mirror(up_left) + with_mirror(down_right)) / 4
         return logits
 
     # ------------------------------------------------------------------------------------- steps
     def _step(self, stage: str, batch, logits: torch.Tensor) -> torch.Tensor:
         _, labels, _ = batch
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        losses = F.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="none")
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels),
+        self.log(f"{stage}/loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels),
                  sync_dist=stage != "train")
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        return loss
+        # "sum" (airbench) makes the gradient grow with the batch size; the logged loss is a mean either way
+        return losses.sum() if self.hparams.loss_reduction == "sum" else losses.mean()
 
     def training_step(self, batch, batch_idx):
         return self._step("train", batch, self(batch[0]))
@@ -93,7 +111,8 @@ class ImageClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------------------------- optimization
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer)(self.parameters())
+        # named, so that a factory can treat groups of parameters differently (cifar_lightning.optim)
+        optimizer = instantiate(self.hparams.optimizer)(self.named_parameters())
         if not self.hparams.scheduler:
             return optimizer
         config = dict(self.hparams.scheduler)

@@ -27,7 +27,8 @@ def find_images(pattern: str) -> list[Path]:
 
 def predict(cfg: DictConfig) -> list[dict]:
     model = load_model(resolve(str(cfg.ckpt), Path(cfg.outputs)))
-    model.hparams.tta = int(bool(cfg.tta))
+    if cfg.tta is not None:  # else the checkpoint's own level (e.g. 2 for the fast recipe)
+        model.hparams.tta = int(cfg.tta)
     size, class_names = model.hparams.image_size, model.hparams.class_names
     readable, images = [], []
     for path in find_images(str(cfg.images)):

@@ -1,5 +1,6 @@
 """One training run from a composed config: data, module, callbacks, loggers, trainer, fit, test."""
 import json
+import math
 import logging
 import time
 import warnings
@@ -28,13 +29,17 @@ def instantiate_all(configs: DictConfig | dict | None) -> list:
 
 def check(cfg: DictConfig) -> None:
     """Values Hydra accepts but no run can use: refused before any data is loaded."""
-    for key in ("epochs", "batch_size"):
-        value = cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"{key}={value!r} must be a whole number of at least 1")
+    if not _is_number(cfg.epochs) or not cfg.epochs > 0:
+        raise UserError(f"epochs={cfg.epochs!r} must be a positive number (a fraction stops the last epoch early)")
+    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+        raise UserError(f"batch_size={cfg.batch_size!r} must be a whole number of at least 1")
     lr = cfg.optimizer.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+    if not _is_number(lr) or not lr > 0:
         raise UserError(f"optimizer.lr={lr!r} must be a positive number")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
@@ -45,8 +50,12 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     mean, std = datamodule.channel_stats()
     module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std,
                          image_size=datamodule.image_size, _recursive_=False)
+    fractional = {}
+    if not float(cfg.epochs).is_integer():  # e.g. 9.9: whole epochs, then part of one more
+        steps = round(cfg.epochs * len(datamodule.train_dataloader()))
+        fractional = dict(max_epochs=math.ceil(cfg.epochs), max_steps=steps)
     trainer = instantiate(cfg.trainer, callbacks=instantiate_all(without_validation(cfg.callbacks, datamodule)),
-                          logger=instantiate_all(cfg.logger))
+                          logger=instantiate_all(cfg.logger), **fractional)
     return datamodule, module, trainer
 
 

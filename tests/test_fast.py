@@ -1,0 +1,123 @@
+"""The fast recipe's parts: whitening, alternating flip, lookahead, decoupled SGD, schedule, TTA, a tiny run."""
+import pytest
+import torch
+
+from cifar_lightning.augment import AlternatingFlip
+from cifar_lightning.callbacks import Lookahead
+from cifar_lightning.models.airbench import AirbenchNet
+from cifar_lightning.module import ImageClassifier
+from cifar_lightning.optim import decoupled_sgd
+from cifar_lightning.schedules import warmup_linear
+from conftest import FAST, compose_train, run_script, train_run
+
+
+def correlated_images(n=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    x = x + torch.roll(x, 1, dims=3) + 0.5 * x[:, :1]  # neighbouring pixels and channels correlate
+    return x
+
+
+def test_whitening_makes_patch_second_moments_the_identity():
+    net = AirbenchNet(whiten_eps=1e-8)
+    images = correlated_images()
+    net.init_from_data(images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, net.whiten.weight[:12])  # the half that is not negated
+    features = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    second_moment = features.T @ features / len(features)
+    assert torch.allclose(second_moment, torch.eye(12, dtype=torch.double), atol=1e-3)
+    assert torch.equal(net.whiten.weight[12:], -net.whiten.weight[:12])
+    assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
+
+
+def test_alternating_flip_flips_each_image_on_alternate_epochs():
+    images = torch.arange(32.0).expand(64, 3, 32, 32).clone()
+    indices = torch.arange(100, 164)
+    flipped = [AlternatingFlip(seed=1)(images, indices, epoch)[:, 0, 0, 0] == 31 for epoch in range(4)]
+    assert 20 < flipped[0].sum() < 44  # random in the first epoch
+    for a, b in zip(flipped, flipped[1:]):
+        assert torch.all(a ^ b)  # every image changes side every epoch
+    assert torch.equal(flipped[0], flipped[2])
+
+
+def test_lookahead_decay_one_keeps_the_slow_weights_and_decay_zero_takes_the_fast_ones():
+    net = torch.nn.Linear(4, 2)
+    lookahead = Lookahead()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    lookahead.slow = {k: v.clone() for k, v in start.items()}
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    moved = {k: v.clone() for k, v in net.state_dict().items()}
+    lookahead.pull(net, decay=1.0)
+    assert all(torch.equal(net.state_dict()[k], start[k]) for k in start)  # slow unchanged, weights back to it
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    lookahead.pull(net, decay=0.0)
+    assert torch.equal(lookahead.slow["weight"], moved["weight"]) and torch.equal(net.weight, moved["weight"])
+
+
+def test_decoupled_sgd_numbers_match_the_published_formulas():
+    net = AirbenchNet()
+    optimizer = decoupled_sgd(net.named_parameters(), lr=11.5, weight_decay=0.0153, momentum=0.85, batch_size=1024)
+    lr = 11.5 / (1024 * (1 + 1 / (1 - 0.85)))
+    wd = 0.0153 * 1024 / (1024 * (1 + 1 / (1 - 0.85))) / lr
+    norm_biases, others = optimizer.param_groups
+    assert others["lr"] == pytest.approx(lr) and others["weight_decay"] == pytest.approx(wd)
+    assert norm_biases["lr"] == pytest.approx(64 * lr)
+    assert norm_biases["lr"] * norm_biases["weight_decay"] == pytest.approx(lr * wd)
+    assert optimizer.defaults["momentum"] == 0.85 and optimizer.defaults["nesterov"]
+    assert len(norm_biases["params"]) == 6 and all(p.ndim == 1 for p in norm_biases["params"])
+
+
+def test_warmup_linear_schedule():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = warmup_linear(optimizer, total_steps=100)
+    factors = []
+    for _ in range(101):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert factors[0] == pytest.approx(0.2) and factors[23] == pytest.approx(1.0)
+    assert factors[100] == pytest.approx(0.07) and max(factors) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tta", [0, 1, 2])
+def test_tta_of_a_model_that_ignores_its_input_is_the_plain_prediction(tta):
+    class Constant(torch.nn.Module):
+        def __init__(self, num_classes=3):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+
+        def forward(self, x):
+            return self.logits.expand(len(x), -1)
+
+    cfg = compose_train()
+    module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, class_names=list("abc"), tta=tta)
+    module.net = Constant()
+    x = torch.randn(5, 3, 32, 32)
+    assert torch.allclose(module.predict_logits(x), module.net(x))
+
+
+def test_tta_two_averages_six_views():
+    cfg = compose_train()
+    module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, class_names=list("ab"), tta=2)
+    module.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    x = torch.randn(4, 3, 8, 8)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, padded[..., :8, :8], padded[..., 2:, 2:]]
+    both = [(module.net(v) + module.net(v.flip(3))) / 2 for v in views]
+    assert torch.allclose(module.predict_logits(x), both[0] / 2 + (both[1] + both[2]) / 4, atol=1e-6)
+
+
+def test_fast94_runs_one_short_epoch_on_tiny_data_and_evaluates(tmp_path):
+    run = tmp_path / "run"
+    overrides = ["experiment=fast94", "data=synthetic", *FAST, "epochs=1.5", "batch_size=64", "model.widths=[16,32,32]"]
+    cfg = compose_train(overrides, output_dir=run)
+    assert cfg.module.loss_reduction == "sum" and cfg.module.tta == 2 and cfg.module.label_smoothing == 0.2
+    summary = train_run(overrides, run)
+    assert summary["epochs"] == 2 and 0 <= summary["best_val_acc"] <= 1
+    steps = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert steps == round(1.5 * (1960 // 64))  # 1.5 epochs of 30 full batches
+    result = run_script("evaluate.py", f"ckpt={run}", "split=val", "tta=true")
+    assert result.returncode == 0, result.stderr[-2000:]
