@@ -1,8 +1,11 @@
 """Training images/s of the Lightning pipeline vs a plain PyTorch loop: same model, data in memory, batch size,
-normalisation and augmentation; alternating, `--pairs` times; prints the median ratio and the FLOP rate.
+normalisation, augmentation, loss, optimizer, schedule and lookahead; alternating, `--pairs` times; prints the
+median ratio, the time per epoch and the FLOP rate.
 
     python benchmarks/throughput.py [--steps 150] [--pairs 3] [OVERRIDES...]
     e.g. python benchmarks/throughput.py data.verify=false model=cnn batch_size=128
+         python benchmarks/throughput.py --steps 0 --warmup 1 experiment=fast94 data.verify=false data.val_size=0
+    (--steps 0: one whole epoch)
 """
 import argparse
 import tempfile
@@ -15,10 +18,22 @@ from hydra.utils import instantiate
 from common import matmul_peak, median, pipeline, sync, training_flops_per_image
 
 
-def plain_loop(module, images, labels, batch_size: int, steps: int, warmup: int, optimizer) -> float:
-    """The same work as one training step of the pipeline, written as a bare loop. Returns images/s."""
-    net, smoothing = module.net, module.hparams.label_smoothing
+def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
+    """The pipeline's training steps written as a bare loop, built from the same config. Returns images/s."""
+    net, batch_size, hparams = module.net, cfg.batch_size, module.hparams
     net.train()
+    if hasattr(net, "init_from_data"):
+        net.init_from_data(module.normalize(images[:5000]))
+    optimizer = instantiate(cfg.optimizer)(module.named_parameters())
+    scheduler = None
+    if cfg.scheduler:
+        config = {k: v for k, v in cfg.scheduler.items() if k != "interval"}
+        if config.get("total_steps", 0) is None:
+            config["total_steps"] = steps
+        scheduler = instantiate(config)(optimizer)
+    lookahead = instantiate(cfg.callbacks.lookahead) if cfg.callbacks.get("lookahead") else None
+    if lookahead:
+        lookahead.slow = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
     order = torch.randperm(len(labels))
     start, seen = None, 0
     for step in range(steps):
@@ -28,12 +43,18 @@ def plain_loop(module, images, labels, batch_size: int, steps: int, warmup: int,
         idx = order[step * batch_size:(step + 1) * batch_size]
         x = module.normalize(images[idx])
         x = module.augment(x, idx, 0) if module.augment else x
-        if module.hparams.channels_last:
+        if hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(x), labels[idx], label_smoothing=smoothing)
+        loss = F.cross_entropy(net(x), labels[idx], label_smoothing=hparams.label_smoothing,
+                               reduction=hparams.loss_reduction)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if scheduler:
+            scheduler.step()
+        if lookahead and ((step + 1) % lookahead.every == 0 or step + 1 == steps):
+            last = step + 1 == steps  # as the callback does: end on the slow weights
+            lookahead.pull(net, 1.0 if last else lookahead.base_decay**lookahead.every * ((step + 1) / steps) ** lookahead.power)
         if step >= warmup:
             seen += len(idx)
     sync()
@@ -49,27 +70,39 @@ def main():
 
     loop_rates, pipeline_rates = [], []
     with tempfile.TemporaryDirectory() as out:
-        for pair in range(args.pairs):
-            cfg, datamodule, module, trainer, timer = pipeline(overrides, out, args.steps, args.warmup)
+        def run_loop():
+            cfg, datamodule, module, _, _ = pipeline(overrides, out, args.steps, args.warmup)
             train = datamodule.splits["train"]
-            optimizer = instantiate(cfg.optimizer)(module.net.parameters())  # the pipeline's optimizer config
-            loop_rates.append(plain_loop(module, train.images, train.labels, cfg.batch_size, args.steps,
-                                         args.warmup, optimizer))
+            steps = args.steps or len(train.labels) // cfg.batch_size
+            loop_rates.append(plain_loop(module, cfg, train.images, train.labels, steps, args.warmup))
+
+        def run_pipeline():
             cfg, datamodule, module, trainer, timer = pipeline(overrides, out, args.steps, args.warmup)
             trainer.fit(module, datamodule=datamodule)
             pipeline_rates.append(timer.images_per_second)
+            return cfg, datamodule, module, timer
+
+        for pair in range(args.pairs):
+            if pair % 2:  # alternate which goes first, so that neither always finds the machine warmer
+                cfg, datamodule, module, timer = run_pipeline()
+                run_loop()
+            else:
+                run_loop()
+                cfg, datamodule, module, timer = run_pipeline()
             print(f"pair {pair + 1}: plain loop {loop_rates[-1]:.0f} img/s, pipeline {pipeline_rates[-1]:.0f} img/s, "
                   f"ratio {pipeline_rates[-1] / loop_rates[-1]:.3f}", flush=True)
 
+    train = datamodule.splits["train"]
+    steps = args.steps or len(train.labels) // cfg.batch_size
     ratios = [p / q for p, q in zip(pipeline_rates, loop_rates)]
     flops = training_flops_per_image(module.net.cpu())
     peak = matmul_peak()
     rate = median(pipeline_rates)
-    print(f"model {cfg.model._target_}, batch {cfg.batch_size}, {args.steps - args.warmup} timed steps x {args.pairs}")
+    print(f"model {cfg.model._target_}, batch {cfg.batch_size}, {steps - args.warmup} timed steps x {args.pairs}")
     print(f"pipeline / plain loop: median ratio {median(ratios):.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)})")
     print(f"pipeline: {rate:.0f} images/s; {flops / 1e6:.1f} MFLOP per training image; "
           f"{rate * flops / 1e9:.1f} GFLOP/s achieved vs {peak / 1e9:.1f} GFLOP/s fp32 matmul peak "
-          f"({100 * rate * flops / peak:.1f}%)")
+          f"({100 * rate * flops / peak:.1f}%); {len(train.labels) / rate:.0f} s per epoch of {len(train.labels)} images")
 
 
 if __name__ == "__main__":
