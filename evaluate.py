@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cifar_lightning.cli import exit_on_user_error
+from cifar_lightning.cli import exit_on_user_error, run
 from cifar_lightning.evaluating import evaluate
 
 
@@ -13,4 +13,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -3,7 +3,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cifar_lightning.cli import exit_on_user_error
+from cifar_lightning.cli import exit_on_user_error, run
 from cifar_lightning.resume import register_resolvers, resume_config
 from cifar_lightning.training import train
 
@@ -20,4 +20,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,10 +1,12 @@
 """What the entry points share: user mistakes end in one line on stderr and exit code 1, no traceback."""
 import contextlib
+import os
 import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -26,6 +28,35 @@ def exit_on_user_error():
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         sys.exit(1)
+
+
+def run(hydra_main) -> None:
+    """Calls a @hydra.main entry point so that mistakes on the command line (an unknown option, a typo in a key,
+    a bad override) end in one line too: Hydra would print them over several lines with a hint, so it is asked
+    to raise them instead (HYDRA_FULL_ERROR) and they are summarised here. A user who sets HYDRA_FULL_ERROR=1
+    still gets Hydra's full report."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return hydra_main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except CompactHydraException as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    except (UserError, DataError):  # a job of a sweep failed: exit_on_user_error has printed why
+        sys.exit(1)
+
+
+def one_line(error: CompactHydraException) -> str:
+    """Hydra's composition error as one line: its message, the options it lists, and its cause."""
+    text, _, _ = str(error).partition("\nConfig search path:")
+    message, _, options = text.partition("\n\nAvailable options in ")
+    line = ". ".join(part.strip().rstrip(".") for part in message.splitlines() if part.strip())
+    if options:
+        line += f" (options: {', '.join(options.partition(':')[2].split())})"
+    if error.__cause__ is not None:
+        line += f" ({str(error.__cause__).splitlines()[0]})"
+    return line
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

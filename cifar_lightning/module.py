@@ -102,7 +102,8 @@ class ImageClassifier(L.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         for name in ("loss", "acc"):
             metric = self.metrics[f"{stage}_{name}"]
-            self.log(f"{stage}/{name}", metric.compute(), prog_bar=True)
+            # compute() has gathered all ranks already; sync_dist only tells Lightning so (the values are equal)
+            self.log(f"{stage}/{name}", metric.compute(), prog_bar=True, sync_dist=True)
             metric.reset()
 
     def on_train_epoch_end(self):

@@ -59,6 +59,7 @@ def test_summary_groups_seeds_and_records_failed_runs(tmp_path):
     assert groups[0]["runs"] == 2 and groups[0]["failed"] == 1
     table = (tmp_path / "summary.md").read_text()
     assert "75.00% ± 7.07" in table and "failed" in table
+    assert groups[0]["best_val_acc_std"] is None and "| 90.00% |" in table  # one finished run: no spread
     with open(tmp_path / "summary.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
     with Image.open(tmp_path / "summary.png") as image:
