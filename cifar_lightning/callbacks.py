@@ -71,3 +71,13 @@ class FreezeAfterEpochs(L.Callback):
 
     def on_train_epoch_start(self, trainer, module):
         module.get_parameter(self.parameter).requires_grad_(trainer.current_epoch < self.epochs)
+
+
+class StopAtMaxSteps(L.Callback):
+    """Ends a run that stops inside an epoch (a fractional `epochs`, e.g. 9.9) the way a whole epoch ends.
+    At max_steps Lightning leaves the epoch without validating, so the final weights, the ones the schedule
+    and lookahead aimed for, would never be validated nor become best.ckpt. Asking it to stop validates first."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True

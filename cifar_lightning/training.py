@@ -10,6 +10,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cifar_lightning.callbacks import StopAtMaxSteps
 from cifar_lightning.cli import UserError
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.module import ImageClassifier
@@ -50,12 +51,12 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     mean, std = datamodule.channel_stats()
     module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std,
                          image_size=datamodule.image_size, _recursive_=False)
-    fractional = {}
+    callbacks, fractional = instantiate_all(without_validation(cfg.callbacks, datamodule)), {}
     if not float(cfg.epochs).is_integer():  # e.g. 9.9: whole epochs, then part of one more
         steps = round(cfg.epochs * len(datamodule.train_dataloader()))
         fractional = dict(max_epochs=math.ceil(cfg.epochs), max_steps=steps)
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_all(without_validation(cfg.callbacks, datamodule)),
-                          logger=instantiate_all(cfg.logger), **fractional)
+        callbacks.append(StopAtMaxSteps())
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.logger), **fractional)
     return datamodule, module, trainer
 
 

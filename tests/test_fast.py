@@ -1,4 +1,6 @@
 """The fast recipe's parts: whitening, alternating flip, lookahead, decoupled SGD, schedule, TTA, a tiny run."""
+import csv
+
 import pytest
 import torch
 
@@ -119,5 +121,8 @@ def test_fast94_runs_one_short_epoch_on_tiny_data_and_evaluates(tmp_path):
     assert summary["epochs"] == 2 and 0 <= summary["best_val_acc"] <= 1
     steps = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert steps == round(1.5 * (1960 // 64))  # 1.5 epochs of 30 full batches
+    with open(run / "metrics.csv") as f:
+        validated = {row["epoch"] for row in csv.DictReader(f) if row["val/acc"]}
+    assert validated == {"0", "1"}  # the half epoch at the end is validated too, so its weights can be best
     result = run_script("evaluate.py", f"ckpt={run}", "split=val", "tta=true")
     assert result.returncode == 0, result.stderr[-2000:]
