@@ -47,16 +47,18 @@ def main() -> None:
         accuracy = 100 * p["best_val_acc"]
         ax.plot(minutes, accuracy, "o", markersize=8)
         ax.annotate(f"{p['label']}\n{accuracy:.2f}% in {minutes:.1f} min", (minutes, accuracy),
-                    textcoords="offset points", xytext=(8, -4), fontsize=8, va="top")
+                    textcoords="offset points", xytext=(8, 4), fontsize=8, va="bottom")
     minutes = [p["fit_seconds"] / 60 for p in points]
     low, high = min(minutes) / 1.5, max(minutes) * 3  # room for the labels, right of their points
     ax.set_xlim(low, high)
     ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200) if low <= t <= high]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
+    accuracies = [100 * p["best_val_acc"] for p in points] + [100 * ORIGINAL_ACCURACY]
+    ax.set_ylim(min(accuracies) - 2, max(accuracies) + 2)
     ax.axhline(100 * ORIGINAL_ACCURACY, color="grey", linestyle="--", linewidth=1)
-    ax.text(ax.get_xlim()[0], 100 * ORIGINAL_ACCURACY, " 76.5%: the original project's test accuracy (the target)",
-            fontsize=8, color="grey", va="bottom")
+    ax.text(high, 100 * ORIGINAL_ACCURACY, "76.5%: the original project's test accuracy (the target) ",
+            fontsize=8, color="grey", ha="right", va="top")
     ax.set_xlabel("training wall time (minutes, log scale), 2 CPU cores")
     ax.set_ylabel("best validation accuracy (%), 5,000 exact images")
     ax.set_title("CIFAR-10 on a CPU: accuracy against training time, one point per run")
