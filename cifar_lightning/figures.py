@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import torch  # noqa: E402
 
 from cifar_lightning.evaluation import Evaluation, classification_report  # noqa: E402
@@ -155,4 +155,31 @@ def sweep_plot(runs: list[dict], groups: list[dict], path: Path) -> Path:
     ax.set_xlabel("best validation accuracy")
     ax.set_title("Sweep results (dots: runs; bars: mean ± std over seeds)")
     ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
+    """Best validation accuracy against training time, one labelled point per run (dicts with label,
+    fit_seconds, best_val_acc), and a dashed line at the reference accuracy to beat."""
+    minutes = [p["fit_seconds"] / 60 for p in points]
+    accuracies = [100 * p["best_val_acc"] for p in points]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_xscale("log")
+    for p, x, y in zip(points, minutes, accuracies):
+        ax.plot(x, y, "o", markersize=8)
+        ax.annotate(f"{p['label']}\n{y:.2f}% in {x:.1f} min", (x, y), textcoords="offset points", xytext=(8, 4),
+                    fontsize=8, va="bottom")
+    low, high = min(minutes) / 1.5, max(minutes) * 3  # room for the labels, right of their points
+    ax.set_xlim(low, high)
+    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200) if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(min(accuracies + [100 * reference]) - 2, max(accuracies + [100 * reference]) + 2)
+    ax.axhline(100 * reference, color="grey", linestyle="--", linewidth=1)
+    ax.text(high, 100 * reference, f"{100 * reference:.1f}%: the original project's test accuracy (the target) ",
+            fontsize=8, color="grey", ha="right", va="top")
+    ax.set_xlabel("training wall time (minutes, log scale), 2 CPU cores")
+    ax.set_ylabel("best validation accuracy (%), 5,000 exact images")
+    ax.set_title("CIFAR-10 on a CPU: accuracy against training time, one point per run")
+    ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

@@ -1,13 +1,14 @@
 """predict.py on image files and the sweep summary."""
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cifar_lightning import summarize
-from conftest import FAST, run_script, train_run
+from conftest import FAST, ROOT, run_script, train_run
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +42,22 @@ def test_predict_with_no_matching_files_is_one_line(run, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: images=") 
 
 
-def test_summary_groups_seeds_and_records_failed_runs(tmp_path):
-    def job(num, overrides, summary):
-        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
-        (tmp_path / str(num) / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        if summary:
-            (tmp_path / str(num) / "summary.json").write_text(json.dumps(summary))
+def fake_run(folder, overrides, summary):
+    """A run folder as train.py leaves it, without the training: overrides and, unless it crashed, summary.json."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if summary:
+        (folder / "summary.json").write_text(json.dumps(summary))
 
-    job(0, ["optimizer.lr=0.001", "seed=1"], {"best_val_acc": 0.70, "test_acc": 0.60, "epochs": 3, "fit_seconds": 10})
-    job(1, ["optimizer.lr=0.001", "seed=2"], {"best_val_acc": 0.80, "test_acc": 0.62, "epochs": 3, "fit_seconds": 12})
-    job(2, ["optimizer.lr=0.003", "seed=1"], {"best_val_acc": 0.90, "test_acc": 0.70, "epochs": 3, "fit_seconds": 11})
-    job(3, ["optimizer.lr=0.003", "seed=2"], None)  # crashed: no summary.json
+
+def test_summary_groups_seeds_and_records_failed_runs(tmp_path):
+    fake_run(tmp_path / "0", ["optimizer.lr=0.001", "seed=1"],
+             {"best_val_acc": 0.70, "test_acc": 0.60, "epochs": 3, "fit_seconds": 10})
+    fake_run(tmp_path / "1", ["optimizer.lr=0.001", "seed=2"],
+             {"best_val_acc": 0.80, "test_acc": 0.62, "epochs": 3, "fit_seconds": 12})
+    fake_run(tmp_path / "2", ["optimizer.lr=0.003", "seed=1"],
+             {"best_val_acc": 0.90, "test_acc": 0.70, "epochs": 3, "fit_seconds": 11})
+    fake_run(tmp_path / "3", ["optimizer.lr=0.003", "seed=2"], None)  # crashed: no summary.json
     summarize.main([str(tmp_path)])
     groups = summarize.group(summarize.read_runs(tmp_path))
     assert [g["group"] for g in groups] == ["optimizer.lr=0.003", "optimizer.lr=0.001"]
@@ -64,6 +70,28 @@ def test_summary_groups_seeds_and_records_failed_runs(tmp_path):
         assert len(list(csv.DictReader(f))) == 4
     with Image.open(tmp_path / "summary.png") as image:
         assert image.width > 300
+
+
+def test_frontier_plots_finished_runs_and_refuses_a_crashed_one(tmp_path):
+    fake_run(tmp_path / "fast", ["experiment=fast", "data.verify=false"], {"best_val_acc": 0.78, "fit_seconds": 115})
+    fake_run(tmp_path / "default", ["seed=1"], {"best_val_acc": 0.805, "fit_seconds": 468})
+    fake_run(tmp_path / "crashed", ["experiment=fast94"], None)
+    out = tmp_path / "frontier.png"
+    result = run_script("benchmarks/frontier.py", tmp_path / "fast", tmp_path / "default", "--out", out)
+    assert result.returncode == 0, result.stderr[-1000:]
+    with Image.open(out) as image:
+        assert image.width > 300
+    result = run_script("benchmarks/frontier.py", tmp_path / "fast", tmp_path / "crashed", "--out", tmp_path / "x.png")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'crashed'} is not a finished run")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_frontier_labels_drop_where_the_data_lies():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from frontier import label
+    assert label(["experiment=fast", "data.verify=false", "seed=1", "hydra.run.dir=x"]) == "experiment=fast"
+    assert label(["data.verify=false"]) == "python train.py (defaults)"
 
 
 def test_summary_of_a_folder_without_runs_is_an_error(tmp_path):
