@@ -3,7 +3,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cifar_lightning.cli import exit_on_user_error, run
-from cifar_lightning.evaluating import evaluate
+from cifar_lightning.tasks.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")

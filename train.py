@@ -4,8 +4,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cifar_lightning.cli import exit_on_user_error, run
-from cifar_lightning.resume import register_resolvers, resume_config
-from cifar_lightning.training import train
+from cifar_lightning.tasks.resume import register_resolvers, resume_config
+from cifar_lightning.tasks.train import train
 
 register_resolvers()  # before Hydra composes: the run folder depends on resume=
 

@@ -1,5 +1,4 @@
 """What the benchmarks share: the real pipeline built from overrides, a step timer, the machine's matmul peak."""
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_lightning.cli import compose_config  # noqa: E402
-from cifar_lightning.training import build  # noqa: E402
+from cifar_lightning.tasks.train import build  # noqa: E402
 
 
 def sync():
@@ -39,9 +38,6 @@ class StepTimer(L.Callback):
     def images_per_second(self) -> float:
         return self.images / (self.end - self.start)
 
-    @property
-    def seconds(self) -> float:
-        return self.end - self.start
 
 
 def pipeline(overrides, output_dir, steps: int | None = None, warmup: int = 10):
@@ -77,7 +73,3 @@ def training_flops_per_image(net: torch.nn.Module, batch: int = 32, size: int = 
         net(x).sum().backward()
     net.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch
-
-
-def median(xs):
-    return statistics.median(xs)

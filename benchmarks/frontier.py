@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_lightning.figures import frontier_plot  # noqa: E402
-from cifar_lightning.summarize import read_runs  # noqa: E402
+from cifar_lightning.tasks.summarize import read_runs  # noqa: E402
 
 ORIGINAL_ACCURACY = 0.765  # the plain-PyTorch script this project started from (its test accuracy)
 UNINFORMATIVE = ("data.verify=", "data.root=", "hydra.", "seed=")  # where the data lies, not what the recipe is

@@ -8,6 +8,7 @@ median ratio, the time per epoch and the FLOP rate.
     (--steps 0: one whole epoch)
 """
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -15,25 +16,18 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from common import matmul_peak, median, pipeline, sync, training_flops_per_image
+from common import matmul_peak, pipeline, sync, training_flops_per_image
 
 
 def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
-    """The pipeline's training steps written as a bare loop, built from the same config. Returns images/s."""
+    """The pipeline's training steps written as a bare loop, with the module's own optimizer, schedule and
+    augmentation and the recipe's lookahead, so that it follows any change to the recipe. Returns images/s."""
     net, batch_size, hparams = module.net, cfg.batch_size, module.hparams
-    net.train()
-    if hasattr(net, "init_from_data"):
-        net.init_from_data(module.normalize(images[:5000]))
-    optimizer = instantiate(cfg.optimizer)(module.named_parameters())
-    scheduler = None
-    if cfg.scheduler:
-        config = {k: v for k, v in cfg.scheduler.items() if k != "interval"}
-        if config.get("total_steps", 0) is None:
-            config["total_steps"] = steps
-        scheduler = instantiate(config)(optimizer)
+    net.train()  # build() has initialised data-dependent nets already
+    optimizer, scheduler, _ = module.optimizer_and_schedule(steps)
     lookahead = instantiate(cfg.callbacks.lookahead) if cfg.callbacks.get("lookahead") else None
     if lookahead:
-        lookahead.slow = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+        lookahead.start(net)
     order = torch.randperm(len(labels))
     start, seen = None, 0
     for step in range(steps):
@@ -52,9 +46,8 @@ def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         if scheduler:
             scheduler.step()
-        if lookahead and ((step + 1) % lookahead.every == 0 or step + 1 == steps):
-            last = step + 1 == steps  # as the callback does: end on the slow weights
-            lookahead.pull(net, 1.0 if last else lookahead.base_decay**lookahead.every * ((step + 1) / steps) ** lookahead.power)
+        if lookahead:
+            lookahead.step(net, step + 1, steps)
         if step >= warmup:
             seen += len(idx)
     sync()
@@ -97,9 +90,9 @@ def main():
     ratios = [p / q for p, q in zip(pipeline_rates, loop_rates)]
     flops = training_flops_per_image(module.net.cpu())
     peak = matmul_peak()
-    rate = median(pipeline_rates)
+    rate = statistics.median(pipeline_rates)
     print(f"model {cfg.model._target_}, batch {cfg.batch_size}, {steps - args.warmup} timed steps x {args.pairs}")
-    print(f"pipeline / plain loop: median ratio {median(ratios):.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)})")
+    print(f"pipeline / plain loop: median ratio {statistics.median(ratios):.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)})")
     print(f"pipeline: {rate:.0f} images/s; {flops / 1e6:.1f} MFLOP per training image; "
           f"{rate * flops / 1e9:.1f} GFLOP/s achieved vs {peak / 1e9:.1f} GFLOP/s fp32 matmul peak "
           f"({100 * rate * flops / peak:.1f}%); {len(train.labels) / rate:.0f} s per epoch of {len(train.labels)} images")

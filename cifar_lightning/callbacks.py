@@ -4,7 +4,7 @@ import math
 import lightning as L
 import torch
 
-from cifar_lightning.cli import UserError
+from cifar_lightning.errors import UserError
 
 
 class TrainingDiverged(UserError):
@@ -40,14 +40,20 @@ class Lookahead(L.Callback):
 
     def on_train_start(self, trainer, module):
         if not self.slow:  # a resumed run brings its own from the checkpoint
-            self.slow = {k: v.detach().clone() for k, v in module.net.state_dict().items() if v.is_floating_point()}
+            self.start(module.net)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        self.step(module.net, trainer.global_step, trainer.estimated_stepping_batches)
+
+    def start(self, net: torch.nn.Module) -> None:
+        self.slow = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    def step(self, net: torch.nn.Module, step: int, total: int) -> None:
+        """After optimizer step `step` of `total`."""
         if step >= total:
-            self.pull(module.net, decay=1.0)  # the last step: keep the slow weights, before the last checkpoint
+            self.pull(net, decay=1.0)  # the last step: keep the slow weights, before the last checkpoint
         elif step % self.every == 0:
-            self.pull(module.net, decay=self.base_decay**self.every * (step / total) ** self.power)
+            self.pull(net, decay=self.base_decay**self.every * (step / total) ** self.power)
 
     @torch.no_grad()
     def pull(self, net: torch.nn.Module, decay: float) -> None:

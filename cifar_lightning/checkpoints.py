@@ -10,11 +10,16 @@ import zipfile
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig
 
-from cifar_lightning.cli import UserError
+from cifar_lightning.checks import check_arguments
+from cifar_lightning.data import ImageDataModule
+from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier
 
+DATA_TARGET = f"{ImageDataModule.__module__}.{ImageDataModule.__qualname__}"
 SAFE_TARGETS = {"net": ("cifar_lightning.models.",), "augmentation": ("cifar_lightning.augment.",),
                 "optimizer": ("torch.optim.", "cifar_lightning."), "scheduler": ("torch.optim.", "cifar_lightning.")}
 
@@ -40,14 +45,20 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
+def newest(outputs: Path, name: str) -> Path | None:
+    """The most recently written checkpoints/<name>.ckpt of any run under `outputs` (ckpt=best|last, resume=latest)."""
+    found = sorted(Path(outputs).glob(f"**/checkpoints/{name}.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def resolve(ckpt: str, outputs: Path) -> Path:
     """best / last of the most recent run under `outputs`, or a path: a checkpoint file or a run folder (its best)."""
     if ckpt in ("best", "last"):
-        runs = sorted(outputs.glob(f"**/checkpoints/{ckpt}.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not runs:
+        found = newest(outputs, ckpt)
+        if found is None:
             raise UserError(f"no training runs with a {ckpt}.ckpt under {outputs}/: train one first "
                             f"(python train.py), or pass ckpt=PATH")
-        return runs[-1]
+        return found
     path = Path(ckpt)
     if path.is_dir():
         for candidate in (path / "checkpoints" / "best.ckpt", path / "best.ckpt", path / "checkpoints" / "last.ckpt"):
@@ -57,6 +68,31 @@ def resolve(ckpt: str, outputs: Path) -> Path:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: use ckpt=best, ckpt=last, a .ckpt file or a run folder")
     return path
+
+
+def evaluation_data(chosen: DictConfig | None, run_dir: Path) -> ImageDataModule:
+    """The data to evaluate on: the user's choice (data=...), else the data the run was trained on, read from its
+    .hydra/config.yaml as plain YAML (nothing in it resolved or imported) and checked like a checkpoint. Its
+    batch_size is training's (train.yaml's, interpolated): evaluation batches are eval_batch_size."""
+    if chosen is not None:
+        config = {key: chosen[key] for key in chosen if key != "batch_size"}
+    else:
+        run_config = run_dir / ".hydra" / "config.yaml"
+        if not run_config.is_file():
+            raise UserError(f"{run_config} is missing, so the data this model was trained on is unknown: "
+                            f"choose it, e.g. data=cifar10 data.root=data")
+        try:
+            config = (yaml.safe_load(run_config.read_text()) or {}).get("data")
+        except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as e:
+            raise UserError(f"{run_config} is not a readable run config ({type(e).__name__}): choose the data, "
+                            f"e.g. data=cifar10 data.root=data") from None
+        if not isinstance(config, dict) or config.get("_target_") != DATA_TARGET:
+            raise UserError(f"{run_config} was refused: its data is not a {DATA_TARGET} config; choose the data, "
+                            f"e.g. data=cifar10 data.root=data")
+    config.pop("_target_", None)
+    config.pop("batch_size", None)
+    check_arguments(ImageDataModule, config, "data")
+    return ImageDataModule(**config)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -10,11 +10,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cifar_lightning.data import DataError
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; the message says what was wrong and what to do."""
+from cifar_lightning.errors import UserError
 
 
 @contextlib.contextmanager
@@ -23,7 +19,7 @@ def exit_on_user_error():
     job as failed and go on with the sweep (an exit would end every job after it)."""
     try:
         yield
-    except (UserError, DataError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
@@ -33,8 +29,8 @@ def exit_on_user_error():
 def run(hydra_main) -> None:
     """Calls a @hydra.main entry point so that mistakes on the command line (an unknown option, a typo in a key,
     a bad override) end in one line too: Hydra would print them over several lines with a hint, so it is asked
-    to raise them instead (HYDRA_FULL_ERROR) and they are summarised here. A user who sets HYDRA_FULL_ERROR=1
-    still gets Hydra's full report."""
+    to raise them instead (HYDRA_FULL_ERROR) and they are printed here from the exception's parts. A user who
+    sets HYDRA_FULL_ERROR=1 still gets Hydra's full report."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return hydra_main()
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -43,17 +39,17 @@ def run(hydra_main) -> None:
     except CompactHydraException as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(1)
-    except (UserError, DataError):  # a job of a sweep failed: exit_on_user_error has printed why
+    except UserError:  # a job of a sweep failed: exit_on_user_error has printed why
         sys.exit(1)
 
 
 def one_line(error: CompactHydraException) -> str:
-    """Hydra's composition error as one line: its message, the options it lists, and its cause."""
-    text, _, _ = str(error).partition("\nConfig search path:")
-    message, _, options = text.partition("\n\nAvailable options in ")
+    """Hydra's message, the options it offers (a missing config's `options`) and its cause, on one line. The
+    message's first paragraph is what Hydra says; a missing config adds its option list and search path below."""
+    message = str(error).split("\n\n")[0]
     line = ". ".join(part.strip().rstrip(".") for part in message.splitlines() if part.strip())
-    if options:
-        line += f" (options: {', '.join(options.partition(':')[2].split())})"
+    if getattr(error, "options", None):
+        line += f" (options: {', '.join(error.options)})"
     if error.__cause__ is not None:
         line += f" ({str(error.__cause__).splitlines()[0]})"
     return line

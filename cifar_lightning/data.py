@@ -4,7 +4,6 @@ Every source is read once into uint8 tensors of shape (N, 3, H, W); the training
 train/val once, by `split_seed`. Batches leave the loaders still uint8 (4x less to move than float)
 and are normalised and augmented on the device by the LightningModule.
 """
-import hashlib
 import logging
 import pickle
 from dataclasses import dataclass
@@ -16,13 +15,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import download_and_extract_archive
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+from torchvision.datasets.utils import check_md5, download_and_extract_archive
+
+from cifar_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-class DataError(Exception):
-    """The data asked for is missing or unusable; the message says what to do about it."""
 
 
 @dataclass
@@ -57,12 +55,8 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return _ArraysOnly(f, encoding="latin1").load()
     except Exception as e:
-        raise DataError(f"{path} is not a readable CIFAR batch ({type(e).__name__}: {e}); "
+        raise UserError(f"{path} is not a readable CIFAR batch ({type(e).__name__}: {e}); "
                         f"delete it and download or unpack the dataset again") from None
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def _download_cifar(name: str, root: Path) -> None:
@@ -70,10 +64,9 @@ def _download_cifar(name: str, root: Path) -> None:
     try:
         download_and_extract_archive(spec.url, str(root), filename=spec.filename, md5=spec.tgz_md5)
     except Exception as e:
-        raise DataError(
+        raise UserError(
             f"{name} is not in {root / spec.base_folder} and could not be downloaded ({type(e).__name__}). "
-            f"Put the python-version batches there (from {spec.url}); for the local copy of CIFAR-10 run "
-            f"`python ../shared/data/unpack.py {root}` and add data.verify=false") from None
+            f"Put the python-version batches there (from {spec.url}), or see README.md, section Data") from None
 
 
 def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> ImageSet:
@@ -83,13 +76,13 @@ def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> Im
     files = [*sums, spec.meta["filename"]]
     if not all((folder / f).is_file() for f in files):
         if not download:
-            raise DataError(f"{name} is not in {folder}: expected the files {', '.join(files)}")
+            raise UserError(f"{name} is not in {folder}: expected the files {', '.join(files)}")
         _download_cifar(name, root)
     if verify:
-        bad = [f for f, md5 in sums.items() if _md5(folder / f) != md5]
+        bad = [f for f, md5 in sums.items() if not check_md5(folder / f, md5)]
         if bad:
-            raise DataError(f"{folder}: {', '.join(bad)} do not match the official checksums; if this copy is "
-                            f"known to differ (e.g. the one unpacked from ../shared/data) add data.verify=false")
+            raise UserError(f"{folder}: {', '.join(bad)} do not match the official checksums; if this copy is "
+                            f"known to differ from the official release, add data.verify=false")
     else:
         log.warning("%s: checksums not verified (data.verify=false)", folder)
 
@@ -100,10 +93,10 @@ def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> Im
             labels = np.concatenate([b[labels_key] for b in batches])
             images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
         except (KeyError, ValueError, TypeError) as e:
-            raise DataError(f"{folder}: batches {names} are damaged ({type(e).__name__}: {e}); "
+            raise UserError(f"{folder}: batches {names} are damaged ({type(e).__name__}: {e}); "
                             f"delete them and download or unpack the dataset again") from None
         if images.dtype != torch.uint8 or len(images) != len(labels):
-            raise DataError(f"{folder}: batches {names} are damaged (wrong dtype or length)")
+            raise UserError(f"{folder}: batches {names} are damaged (wrong dtype or length)")
         return images, torch.as_tensor(labels, dtype=torch.long)
 
     train_images, train_labels = read([f for f, _ in spec.train_list])
@@ -113,9 +106,6 @@ def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> Im
 
 
 # -------------------------------------------------------------------------------------- ImageFolder
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
 def read_image(path: Path, size: int) -> torch.Tensor:
     """One image file -> uint8 (3, size, size); any size or mode is converted."""
     with Image.open(path) as img:
@@ -128,11 +118,11 @@ def read_image(path: Path, size: int) -> torch.Tensor:
 def _read_tree(folder: Path, class_names: list[str], size: int):
     images, labels = [], []
     for label, name in enumerate(class_names):
-        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMG_EXTENSIONS):
             try:
                 images.append(read_image(path, size))
             except Exception as e:
-                raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from None
+                raise UserError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from None
             labels.append(label)
     return torch.stack(images), torch.tensor(labels)
 
@@ -141,19 +131,20 @@ def load_folder(root: Path, image_size: int) -> ImageSet:
     layout = "DIR/train/<class>/*.png (and optionally DIR/test/<class>/*.png)"
     train = root / "train"
     if not train.is_dir():
-        raise DataError(f"{root / 'train'} does not exist: data=folder expects the layout {layout}")
-    class_names = sorted(p.name for p in train.iterdir() if p.is_dir())
-    if not class_names:
-        raise DataError(f"{train} has no class folders: data=folder expects the layout {layout}")
-    empty = [c for c in class_names if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in (train / c).iterdir())]
+        raise UserError(f"{root / 'train'} does not exist: data=folder expects the layout {layout}")
+    try:
+        class_names, _ = find_classes(train)
+    except FileNotFoundError:
+        raise UserError(f"{train} has no class folders: data=folder expects the layout {layout}") from None
+    empty = [c for c in class_names if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (train / c).iterdir())]
     if empty:
-        raise DataError(f"{train}: class folders without images: {', '.join(empty)} (expected the layout {layout})")
+        raise UserError(f"{train}: class folders without images: {', '.join(empty)} (expected the layout {layout})")
     train_images, train_labels = _read_tree(train, class_names, image_size)
     test_images = test_labels = None
     if (root / "test").is_dir():
-        test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+        test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())  # none is no error here
         if test_classes != class_names:
-            raise DataError(f"{root / 'test'} has classes {test_classes}, but {train} has {class_names}")
+            raise UserError(f"{root / 'test'} has classes {test_classes}, but {train} has {class_names}")
         test_images, test_labels = _read_tree(root / "test", class_names, image_size)
     return ImageSet(train_images, train_labels, test_images, test_labels, class_names)
 
@@ -209,7 +200,7 @@ class ImageDataModule(L.LightningDataModule):
                  image_size: int = 32, num_workers: int = 0):
         super().__init__()
         if source not in (*CIFAR, "folder", "synthetic"):
-            raise DataError(f"unknown data source {source!r}: use cifar10, cifar100, folder or synthetic")
+            raise UserError(f"unknown data source {source!r}: use cifar10, cifar100, folder or synthetic")
         self.source, self.root, self.verify, self.download = source, Path(root), verify, download
         self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -231,11 +222,11 @@ class ImageDataModule(L.LightningDataModule):
         # a fraction below 1 is a share of the training images, anything else a count
         n_val = round(self.val_size * n) if 0 < self.val_size < 1 else int(self.val_size)
         if not 0 <= n_val < n:
-            raise DataError(f"data.val_size={self.val_size} must be between 0 and {n - 1} (the training set has {n})")
+            raise UserError(f"data.val_size={self.val_size} must be between 0 and {n - 1} (the training set has {n})")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         train_idx, val_idx = order[n_val:], order[:n_val]
         if stage in ("fit", None) and self.batch_size > len(train_idx):
-            raise DataError(f"batch_size={self.batch_size} is larger than the training split "
+            raise UserError(f"batch_size={self.batch_size} is larger than the training split "
                             f"({len(train_idx)} images): lower batch_size or data.val_size")
         self.class_names = data.class_names
         self.splits["train"] = InMemoryImages(data.train_images[train_idx], data.train_labels[train_idx])
@@ -254,9 +245,13 @@ class ImageDataModule(L.LightningDataModule):
         x = self.splits["train"].images.float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
 
+    def training_images(self, count: int) -> torch.Tensor:
+        """The first `count` training images (uint8), for nets that initialise from the data."""
+        return self.splits["train"].images[:count]
+
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         if split not in self.splits:
-            raise DataError(f"the {self.source} data in {self.root} has no {split} split")
+            raise UserError(f"the {self.source} data in {self.root} has no {split} split")
         return DataLoader(self.splits[split], batch_size=self.batch_size if train else self.eval_batch_size,
                           shuffle=train, drop_last=train, collate_fn=keep_batch, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
@@ -268,9 +263,6 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("val") if "val" in self.splits else []
 
     def test_dataloader(self):
-        return self._loader("test")
-
-    def predict_dataloader(self):
         return self._loader("test")
 
     def loader(self, split: str) -> DataLoader:

@@ -12,7 +12,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import torch  # noqa: E402
 
-from cifar_lightning.evaluation import Evaluation, classification_report  # noqa: E402
+from cifar_lightning.metrics import Evaluation, classification_report  # noqa: E402
 
 DPI = 120
 
@@ -158,6 +158,14 @@ def sweep_plot(runs: list[dict], groups: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def describe_machine(hardware: dict | None) -> str:
+    """A run's hardware (summary.json) in a few words, for plot labels."""
+    if not hardware:
+        return "a machine not recorded"
+    device = hardware["gpu"] or f"{hardware['cpu']}, {hardware['threads']} threads"
+    return f"{device}, torch {hardware['torch']}"
+
+
 def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
     """Best validation accuracy against training time, one labelled point per run (dicts with label,
     fit_seconds, best_val_acc), and a dashed line at the reference accuracy to beat."""
@@ -178,8 +186,9 @@ def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
     ax.axhline(100 * reference, color="grey", linestyle="--", linewidth=1)
     ax.text(high, 100 * reference, f"{100 * reference:.1f}%: the original project's test accuracy (the target) ",
             fontsize=8, color="grey", ha="right", va="top")
-    ax.set_xlabel("training wall time (minutes, log scale), 2 CPU cores")
-    ax.set_ylabel("best validation accuracy (%), 5,000 exact images")
+    machines = sorted({describe_machine(p.get("hardware")) for p in points})
+    ax.set_xlabel(f"training wall time (minutes, log scale), on {'; '.join(machines)}")
+    ax.set_ylabel("best validation accuracy (%)")
     ax.set_title("CIFAR-10 on a CPU: accuracy against training time, one point per run")
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

@@ -46,11 +46,11 @@ class ImageClassifier(L.LightningModule):
             self.metrics[f"{stage}_acc"] = MulticlassAccuracy(len(class_names), average="micro", validate_args=False)
 
     # ------------------------------------------------------------------------------------- forward
-    def on_fit_start(self):
-        """Nets that initialise from the data (airbench's whitening) get the first 5,000 training images."""
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """Nets that initialise from the data (airbench's whitening) get these uint8 training images, normalised."""
         init_from_data = getattr(self.net, "init_from_data", None)
-        if init_from_data is not None and not self.trainer.ckpt_path:  # a resumed run has its weights already
-            images = self.trainer.datamodule.splits["train"].images[:5000].to(self.device)
+        if init_from_data is not None:
             init_from_data(self.normalize(images))
 
     def configure_model(self):
@@ -130,13 +130,20 @@ class ImageClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------------------------- optimization
     def configure_optimizers(self):
+        optimizer, scheduler, interval = self.optimizer_and_schedule(int(self.trainer.estimated_stepping_batches))
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def optimizer_and_schedule(self, total_steps: int):
+        """The optimizer, its schedule (or None) and the schedule's interval (step|epoch) for a run of `total_steps`
+        optimizer steps; the benchmarks' plain loop builds its own from here too."""
         # named, so that a factory can treat groups of parameters differently (cifar_lightning.optim)
         optimizer = instantiate(self.hparams.optimizer)(self.named_parameters())
         if not self.hparams.scheduler:
-            return optimizer
+            return optimizer, None, None
         config = dict(self.hparams.scheduler)
         interval = config.pop("interval", "epoch")
         if "total_steps" in config and config["total_steps"] is None:  # a null total_steps means "the whole run"
-            config["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(config)(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+            config["total_steps"] = total_steps
+        return optimizer, instantiate(config)(optimizer), interval

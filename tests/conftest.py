@@ -11,7 +11,7 @@ from PIL import Image
 from omegaconf import OmegaConf
 
 from cifar_lightning.cli import compose_config
-from cifar_lightning.training import train
+from cifar_lightning.tasks.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -30,3 +30,27 @@ class SlowSteps(L.Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+class StopAfterEpoch(L.Callback):
+    """Ends fit() normally after epoch `epoch`, as if the run had been cut there (its checkpoints are written)."""
+
+    def __init__(self, epoch: int = 0):
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+class RecordTrainStart(L.Callback):
+    """Keeps, in `RecordTrainStart.seen`, the other callbacks' and the net's state as training starts."""
+
+    seen: list[dict] = []
+
+    def on_train_start(self, trainer, module):
+        lookahead = next((c for c in trainer.callbacks if type(c).__name__ == "Lookahead"), None)
+        RecordTrainStart.seen.append({
+            "slow": {k: v.clone() for k, v in lookahead.slow.items()} if lookahead else None,
+            "net": {k: v.clone() for k, v in module.net.state_dict().items()},
+            "compiled": getattr(module.net, "_compiled_call_impl", None) is not None})

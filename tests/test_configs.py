@@ -3,21 +3,26 @@ import functools
 
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
 
 from cifar_lightning.module import ImageClassifier
-from cifar_lightning.training import instantiate_all
-from conftest import ROOT, compose_train
+from cifar_lightning.tasks.train import instantiate_all
+from conftest import ROOT, compose_train, write_cifar, write_folder
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))
 
 
-def test_every_group_has_options():
-    for group in ("data", "model", "optimizer", "scheduler", "augmentation", "trainer", "callbacks", "logger",
-                  "experiment"):
-        assert options(group), group
+def test_every_group_has_options_and_its_default_exists():
+    defaults = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())["defaults"]
+    chosen = {group: option for entry in defaults if isinstance(entry, dict) for group, option in entry.items()}
+    groups = sorted(p.name for p in (ROOT / "configs").iterdir() if p.is_dir())
+    assert sorted(chosen) == groups  # every folder is a group of train.yaml, every group a folder
+    for group, option in chosen.items():
+        assert options(group), f"configs/{group}/ has no options"
+        assert option is None or option in options(group), f"the default {group}={option} has no YAML"
 
 
 @pytest.mark.parametrize("name", options("model"))
@@ -53,10 +58,19 @@ def test_augmentation_builds(name):
 
 
 @pytest.mark.parametrize("name", options("data"))
-def test_data_builds(name, tmp_path):
-    cfg = compose_train([f"data={name}", f"data.root={tmp_path}"])
+def test_data_builds_and_serves_uint8_batches(name, tmp_path):
+    writers = {"cifar10": write_cifar, "cifar100": functools.partial(write_cifar, name="cifar100"),
+               "folder": write_folder, "synthetic": lambda root: root}
+    root = writers[name](tmp_path / "data")
+    cfg = compose_train([f"data={name}", f"data.root={root}", "data.verify=false", "data.val_size=0.1",
+                        "batch_size=4"])
     datamodule = instantiate(cfg.data)
-    assert datamodule.source == cfg.data.source
+    datamodule.setup("fit")
+    expected_classes = {"cifar10": 10, "cifar100": 100, "folder": 3, "synthetic": 10}[name]
+    assert datamodule.source == name and datamodule.num_classes == expected_classes
+    images, labels, _ = next(iter(datamodule.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
+    assert labels.max() < expected_classes and "val" in datamodule.splits
 
 
 @pytest.mark.parametrize("trainer", options("trainer"))
@@ -73,10 +87,26 @@ def test_trainer_callbacks_logger_build(trainer, logger, callbacks, tmp_path):
 
 
 @pytest.mark.parametrize("name", options("experiment"))
-def test_experiment_composes(name):
+def test_experiment_sets_what_its_file_says_and_builds(name):
     cfg = compose_train([f"experiment={name}"])
-    instantiate(cfg.model, num_classes=10)
-    functools.partial(instantiate(cfg.optimizer))
+    spec = yaml.safe_load((ROOT / "configs" / "experiment" / f"{name}.yaml").read_text())
+    for entry in spec.get("defaults", []):
+        for key, option in (entry.items() if isinstance(entry, dict) else ()):
+            group = key.removeprefix("override /")
+            if group in options_groups():
+                assert cfg[group]._target_ == compose_train([f"{group}={option}"])[group]._target_, group
+    for key, value in spec.items():
+        if key != "defaults" and not isinstance(value, dict):
+            assert cfg[key] == value, key
+    net = instantiate(cfg.model, num_classes=10)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    optimizer = instantiate(cfg.optimizer)(net.named_parameters() if cfg.optimizer._target_.startswith(
+        "cifar_lightning") else net.parameters())
+    assert isinstance(optimizer, torch.optim.Optimizer) and optimizer.param_groups[0]["lr"] > 0
+
+
+def options_groups() -> set[str]:
+    return {p.name for p in (ROOT / "configs").iterdir() if p.is_dir()}
 
 
 def test_seed_baseline_is_the_original_recipe():

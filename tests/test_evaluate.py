@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from cifar_lightning.checkpoints import load_model, resolve
-from cifar_lightning.cli import UserError, compose_config
-from cifar_lightning.evaluating import evaluate
-from cifar_lightning.evaluation import evaluate_predictions
+from cifar_lightning.cli import compose_config
+from cifar_lightning.errors import UserError
+from cifar_lightning.metrics import evaluate_predictions
+from cifar_lightning.tasks.evaluate import evaluate
 from conftest import FAST, run_script, train_run, write_cifar, write_folder
 
 FILES = {"classification_report.txt", "metrics.json", "confusion_matrix.png", "misclassified.png",
@@ -30,7 +31,8 @@ def trained(tmp_path_factory):
         run = outputs / "runs" / name
         summary = train_run([*FAST, "epochs=2", f"data.root={data}", "data.verify=false"], run)
         runs.append((run, summary))
-    os.utime(runs[0][0] / "checkpoints" / "best.ckpt", (1, 1))  # make "older" unambiguously older
+    for name in ("best", "last"):  # make "older" unambiguously older
+        os.utime(runs[0][0] / "checkpoints" / f"{name}.ckpt", (1, 1))
     return {"data": data, "outputs": outputs, "runs": runs}
 
 
@@ -101,22 +103,34 @@ def test_perfect_and_constant_classifiers():
 def test_best_picks_the_most_recent_run_and_its_highest_val_acc(trained):
     older, newer = (run for run, _ in trained["runs"])
     assert resolve("best", trained["outputs"]) == newer / "checkpoints" / "best.ckpt"
-    assert resolve("last", trained["outputs"]).parent.parent in (older, newer)
+    assert resolve("last", trained["outputs"]) == newer / "checkpoints" / "last.ckpt"
     assert resolve(str(older), trained["outputs"]) == older / "checkpoints" / "best.ckpt"
     saved = torch.load(newer / "checkpoints" / "best.ckpt", weights_only=True)
-    logged = [float(line.split(",")[_column(newer, "val/acc")])
-              for line in (newer / "metrics.csv").read_text().splitlines()[1:] if line.split(",")[_column(newer, "val/acc")]]
+    column = _column(newer, "val/acc")
+    logged = {int(line.split(",")[_column(newer, "epoch")]): float(line.split(",")[column])
+              for line in (newer / "metrics.csv").read_text().splitlines()[1:] if line.split(",")[column]}
     callback = next(v for k, v in saved["callbacks"].items() if k.startswith("ModelCheckpoint"))
-    assert float(callback["best_model_score"]) == max(logged)
+    assert float(callback["best_model_score"]) == max(logged.values())
+    assert logged[saved["epoch"]] == max(logged.values())  # the weights are those of the best epoch
 
 
 def _column(run, name):
     return (run / "metrics.csv").read_text().splitlines()[0].split(",").index(name)
 
 
-def test_tta_runs_and_is_recorded(trained):
+def test_tta_averages_the_image_and_its_mirror_and_is_recorded(trained):
     metrics = run_evaluate(trained, "tta=true")
-    assert metrics["tta"] == 1 and 0 <= metrics["accuracy"] <= 1
+    model = load_model(resolve("best", trained["outputs"]))
+    raw = pickle.loads((trained["data"] / "cifar-10-batches-py" / "test_batch").read_bytes(), encoding="latin1")
+    x = model.normalize(torch.from_numpy(raw["data"].reshape(-1, 3, 32, 32)))
+    labels = torch.tensor(raw["labels"])
+    with torch.no_grad():
+        mirrored = (model(x) + model(x.flip(3))) / 2
+    assert metrics["tta"] == 1
+    assert metrics["loss"] == pytest.approx(torch.nn.functional.cross_entropy(mirrored, labels).item(), abs=1e-5)
+    assert metrics["accuracy"] == pytest.approx((mirrored.argmax(1) == labels).float().mean().item(), abs=1e-6)
+    plain = run_evaluate(trained, "tta=0")
+    assert plain["tta"] == 0 and plain["loss"] != pytest.approx(metrics["loss"], abs=1e-6)
 
 
 @pytest.mark.parametrize("make, overrides, message", [

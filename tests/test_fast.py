@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from cifar_lightning.augment import AlternatingFlip
-from cifar_lightning.callbacks import Lookahead
+from cifar_lightning.callbacks import FreezeAfterEpochs, Lookahead
 from cifar_lightning.models.airbench import AirbenchNet
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.optim import decoupled_sgd
 from cifar_lightning.schedules import warmup_linear
+from cifar_lightning.tasks.train import train
 from conftest import FAST, compose_train, run_script, train_run
+from helpers import RecordTrainStart
 
 
 def correlated_images(n=400, seed=0):
@@ -72,16 +74,53 @@ def test_decoupled_sgd_numbers_match_the_published_formulas():
     assert len(norm_biases["params"]) == 6 and all(p.ndim == 1 for p in norm_biases["params"])
 
 
-def test_warmup_linear_schedule():
+@pytest.mark.parametrize("total", [10, 100, 441])
+def test_warmup_linear_is_airbench_schedule_step_by_step(total):
+    """torch's LinearLR twice gives the schedule's closed form: warm-up from 0.2 to 1 over 23% of the steps,
+    then down to 0.07 at the last step, and no further."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = warmup_linear(optimizer, total_steps=100)
-    factors = []
-    for _ in range(101):
-        factors.append(optimizer.param_groups[0]["lr"])
+    schedule = warmup_linear(optimizer, total_steps=total)
+    peak = round(0.23 * total)
+    for step in range(total + 5):
+        expected = 0.2 + 0.8 * step / peak if step < peak else 1 - 0.93 * min(1.0, (step - peak) / (total - peak))
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12, abs=1e-12), step
         optimizer.step()
         schedule.step()
-    assert factors[0] == pytest.approx(0.2) and factors[23] == pytest.approx(1.0)
-    assert factors[100] == pytest.approx(0.07) and max(factors) == pytest.approx(1.0)
+
+
+def test_freeze_after_epochs_stops_training_that_parameter_only():
+    cfg = compose_train(["experiment=fast94", "model.widths=[8,16,16]"])
+    module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, class_names=list("ab"), channels_last=False)
+    optimizer, _, _ = module.optimizer_and_schedule(total_steps=10)
+    freeze = FreezeAfterEpochs("net.whiten.bias", epochs=1)
+    x = torch.randn(8, 3, 32, 32)
+    for epoch, bias_trains in ((0, True), (1, False)):
+        freeze.on_train_epoch_start(type("FakeTrainer", (), {"current_epoch": epoch})(), module)
+        bias, head = module.net.whiten.bias.clone(), module.net.head.weight.clone()
+        module(x).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        assert torch.equal(module.net.whiten.bias, bias) != bias_trains, epoch
+        assert not torch.equal(module.net.head.weight, head)  # everything else goes on training
+
+
+def test_lookahead_resumes_with_its_slow_weights_from_the_checkpoint(tmp_path):
+    """A run cut after epoch 0 and resumed: the lookahead starts again from the slow weights it had saved, not
+    from the net's current weights (which differ: 28 steps an epoch, a pull every 5)."""
+    run = tmp_path / "run"
+    overrides = ["experiment=fast94", "data=synthetic", *FAST, "epochs=2", "batch_size=70", "model.widths=[8,16,16]",
+                 "+callbacks.record._target_=helpers.RecordTrainStart"]
+    train_run([*overrides, "+callbacks.stop._target_=helpers.StopAfterEpoch"], run)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and last["global_step"] == 28
+    saved = next(v for k, v in last["callbacks"].items() if k.startswith("Lookahead"))["slow"]
+    RecordTrainStart.seen.clear()
+    summary = train(compose_train(overrides, output_dir=run), resume_from=run / "checkpoints" / "last.ckpt")
+    assert summary["epochs"] == 2
+    restored = RecordTrainStart.seen[0]
+    assert restored["slow"].keys() == saved.keys()
+    assert all(torch.equal(restored["slow"][k], saved[k]) for k in saved)
+    assert any(not torch.equal(restored["net"][k], saved[k]) for k in saved)
 
 
 @pytest.mark.parametrize("tta", [0, 1, 2])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_lightning import summarize
+from cifar_lightning.tasks import summarize
 from conftest import FAST, ROOT, run_script, train_run
 
 
@@ -95,5 +95,5 @@ def test_frontier_labels_drop_where_the_data_lies():
 
 
 def test_summary_of_a_folder_without_runs_is_an_error(tmp_path):
-    result = run_script("-m", "cifar_lightning.summarize", tmp_path)
+    result = run_script("-m", "cifar_lightning.tasks.summarize", tmp_path)
     assert result.returncode == 1 and result.stderr.startswith("error:") and "Traceback" not in result.stderr

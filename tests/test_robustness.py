@@ -4,8 +4,8 @@ import csv
 import pytest
 import torch
 
-from cifar_lightning.cli import UserError
-from cifar_lightning.training import train
+from cifar_lightning.errors import UserError
+from cifar_lightning.tasks.train import train
 from conftest import FAST, compose_train, run_script
 
 
@@ -60,6 +60,7 @@ def test_same_seed_same_config_gives_identical_metrics_and_weights(tmp_path, cif
     ("model=nope", "error: In 'train': Could not find 'model/nope' (options: airbench, cnn, mlp, resnet18)"),
     ("epoch=3", "error: Could not override 'epoch'"),  # a typo of epochs: struct mode refuses unknown keys
     ("epochs=[", "error: no viable alternative at input '['"),
+    ("+epochs=3", "error: Could not append to config. An item is already at 'epochs'. Either remove + prefix"),
     ("epochs=abc", "error: epochs='abc' must be a positive number"),
     ("batch_size=100000", "error: batch_size=100000 is larger than the training split"),
 ])

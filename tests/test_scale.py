@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from cifar_lightning.checkpoints import load_model
 from conftest import FAST, ROOT, run_script, train_run
 
 pytestmark = pytest.mark.slow
@@ -55,9 +56,13 @@ def test_onnx_export_matches_pytorch(tmp_path):
     result = run_script("export.py", f"ckpt={run}", "format=onnx")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "top-1 agreement" in result.stdout and (run / "model.onnx").stat().st_size > 10_000
+    model = load_model(run / "checkpoints" / "best.ckpt")
     session = onnxruntime.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
     for batch in (1, 7):
-        images = np.random.default_rng(0).integers(0, 255, (batch, 3, 32, 32), dtype=np.uint8)
-        assert session.run(["logits"], {"images": images})[0].shape == (batch, 10)
+        images = np.random.default_rng(batch).integers(0, 255, (batch, 3, 32, 32), dtype=np.uint8)
+        got = session.run(["logits"], {"images": images})[0]
+        with torch.no_grad():  # the graph takes raw uint8 images: normalisation is inside it
+            expected = model(model.normalize(torch.from_numpy(images))).numpy()
+        assert got.shape == (batch, 10) and np.abs(got - expected).max() < 1e-4
     bad = run_script("export.py", f"ckpt={run}", "format=tflite")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: format=tflite")

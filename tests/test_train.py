@@ -2,11 +2,12 @@
 import csv
 import json
 
+import pytest
 import torch
 
 from cifar_lightning.module import ImageClassifier
-from cifar_lightning.training import train
-from conftest import FAST, compose_train, run_script
+from cifar_lightning.tasks.train import train
+from conftest import FAST, compose_train, run_script, train_run
 
 
 def test_one_epoch_writes_checkpoints_metrics_and_summary(cifar_root, tmp_path):
@@ -23,6 +24,9 @@ def test_one_epoch_writes_checkpoints_metrics_and_summary(cifar_root, tmp_path):
     assert len(val_acc) == 1 and 0 <= val_acc[0] <= 1
     assert summary["best_val_acc"] == max(val_acc) and 0 <= summary["test_acc"] <= 1
     assert json.loads((out / "summary.json").read_text())["best_val_acc"] == summary["best_val_acc"]
+    machine = summary["hardware"]  # what the times were measured on
+    assert machine["torch"] == torch.__version__ and machine["threads"] == torch.get_num_threads()
+    assert machine["cpu"] and machine["gpu"] is None and machine["devices"] == 1
 
     # the checkpoint alone rebuilds the model, with the data's classes and normalisation, and loads safely
     model = ImageClassifier.load_from_checkpoint(out / "checkpoints" / "best.ckpt", map_location="cpu",
@@ -70,3 +74,18 @@ def test_val_size_zero_trains_on_everything_and_keeps_the_last_epoch(cifar_root,
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert "val/acc" not in rows[0] and sum(1 for r in rows if r.get("train/acc")) == 2
+
+
+@pytest.mark.slow
+def test_compiled_net_trains_and_its_checkpoint_loads_like_any_other(tmp_path):
+    from cifar_lightning.checkpoints import load_model
+    from helpers import RecordTrainStart
+
+    RecordTrainStart.seen.clear()
+    summary = train_run([*FAST, "data=synthetic", "module.compile=true",
+                         "+callbacks.record._target_=helpers.RecordTrainStart"], tmp_path / "compiled")
+    assert RecordTrainStart.seen[0]["compiled"] and 0 <= summary["best_val_acc"] <= 1
+    plain = torch.load(tmp_path / "compiled" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert not any("_orig_mod" in k for k in plain)  # compiled in place: the same parameter names
+    model = load_model(tmp_path / "compiled" / "checkpoints" / "best.ckpt")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

@@ -1,4 +1,4 @@
-"""A sweep's table: `python -m cifar_lightning.summarize MULTIRUN_DIR`.
+"""A sweep's table: `python -m cifar_lightning.tasks.summarize MULTIRUN_DIR`.
 
 One row per run (its overrides, best val acc, test acc, epochs, wall time; failed runs too); runs that
 differ only in `seed` grouped into mean ± std; written as summary.md and summary.csv, with summary.png.
@@ -26,7 +26,8 @@ def read_runs(sweep: Path) -> list[dict]:
                      "group": " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)",
                      "status": "done" if summary else "failed",
                      "best_val_acc": summary.get("best_val_acc"), "test_acc": summary.get("test_acc"),
-                     "epochs": summary.get("epochs"), "fit_seconds": summary.get("fit_seconds")})
+                     "epochs": summary.get("epochs"), "fit_seconds": summary.get("fit_seconds"),
+                     "hardware": summary.get("hardware")})
     return runs
 
 

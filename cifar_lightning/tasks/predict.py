@@ -1,25 +1,23 @@
 """Image files -> the trained model's top classes, printed and optionally written as CSV."""
 import csv
 import glob
-import logging
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cifar_lightning.checkpoints import load_model, resolve
-from cifar_lightning.cli import UserError
-from cifar_lightning.data import IMAGE_SUFFIXES, InMemoryImages, keep_batch, read_image
-
-log = logging.getLogger(__name__)
+from cifar_lightning.data import InMemoryImages, keep_batch, read_image
+from cifar_lightning.errors import UserError
 
 
 def find_images(pattern: str) -> list[Path]:
     path = Path(pattern)
     paths = sorted(path.rglob("*")) if path.is_dir() else [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
-    paths = [p for p in paths if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or not path.is_dir())]
+    paths = [p for p in paths if p.is_file() and (p.suffix.lower() in IMG_EXTENSIONS or not path.is_dir())]
     if not paths:
         raise UserError(f"images={pattern} matches no files: give a file, a folder or a quoted glob like 'dir/*.png'")
     return paths

@@ -1,31 +1,19 @@
 """One evaluation from a composed config: checkpoint -> predictions -> metrics, figures and report."""
 import json
-import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cifar_lightning import figures
-from cifar_lightning.checkpoints import load_model, resolve, run_dir_of
-from cifar_lightning.cli import UserError
-from cifar_lightning.evaluation import classification_report, evaluate_predictions
+from cifar_lightning.checkpoints import evaluation_data, load_model, resolve, run_dir_of
+from cifar_lightning.errors import UserError
+from cifar_lightning.metrics import classification_report, evaluate_predictions
 
-log = logging.getLogger(__name__)
 SPLITS = ("test", "val")
-
-
-def data_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    if cfg.get("data") is not None:
-        return cfg.data
-    run_config = run_dir / ".hydra" / "config.yaml"
-    if not run_config.is_file():
-        raise UserError(f"{run_config} is missing, so the data this model was trained on is unknown: "
-                        f"choose it, e.g. data=cifar10 data.root=data")
-    return OmegaConf.load(run_config).data
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -38,7 +26,7 @@ def evaluate(cfg: DictConfig) -> dict:
         model.hparams.tta = int(cfg.tta)
     run_dir = run_dir_of(checkpoint)
 
-    datamodule = instantiate(data_config(cfg, run_dir))
+    datamodule = evaluation_data(cfg.get("data"), run_dir)
     datamodule.setup("test")
     class_names = list(model.hparams.class_names)
     if datamodule.class_names != class_names:

@@ -1,20 +1,23 @@
 """One training run from a composed config: data, module, callbacks, loggers, trainer, fit, test."""
+import contextlib
 import json
 import math
 import logging
+import platform
 import time
 import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning.callbacks import StopAtMaxSteps
-from cifar_lightning.cli import UserError
+from cifar_lightning.errors import UserError
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.module import ImageClassifier
-from cifar_lightning.resume import keep_metrics
+from cifar_lightning.tasks.resume import keep_metrics
 
 log = logging.getLogger(__name__)
 # Normalisation and augmentation live in the LightningModule on purpose (a checkpoint must carry them).
@@ -51,6 +54,7 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     mean, std = datamodule.channel_stats()
     module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std,
                          image_size=datamodule.image_size, _recursive_=False)
+    module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
     callbacks, fractional = instantiate_all(without_validation(cfg.callbacks, datamodule)), {}
     if not float(cfg.epochs).is_integer():  # e.g. 9.9: whole epochs, then part of one more
         steps = round(cfg.epochs * len(datamodule.train_dataloader()))
@@ -96,6 +100,7 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
         "best_checkpoint": best_path,
+        "hardware": hardware(trainer),
     }
     if "test" in datamodule.splits:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
@@ -106,6 +111,16 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         log.info("best val acc %s | test acc %s | wall time %.0f s | %s", _pct(summary["best_val_acc"]),
                  _pct(summary.get("test_acc")), fit_seconds, out)
     return summary
+
+
+def hardware(trainer: L.Trainer) -> dict:
+    """What the run's times were measured on: a time means little without it."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    gpu = torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else None
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "gpu": gpu, "devices": trainer.world_size,
+            "torch": torch.__version__, "lightning": L.__version__}
 
 
 def _pct(x) -> str:

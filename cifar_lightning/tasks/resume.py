@@ -8,36 +8,38 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning.checkpoints import run_dir_of
-from cifar_lightning.cli import UserError
-
-
-def find_run(resume: str, outputs: str) -> Path | None:
-    """The run folder that resume= names: `latest` is the newest run with a last.ckpt under `outputs`."""
-    if resume != "latest":
-        return Path(resume)
-    lasts = sorted(Path(outputs).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    return run_dir_of(lasts[-1]) if lasts else None
+from cifar_lightning.checkpoints import newest, run_dir_of
+from cifar_lightning.errors import UserError
 
 
 def register_resolvers() -> None:
-    """Hydra's run folder is the resumed run's own, and the resuming call's config goes beside the original."""
-    OmegaConf.register_new_resolver(
-        "run_dir", lambda resume, outputs, new: str(find_run(resume, outputs) or new) if resume else new, replace=True)
+    """Hydra's run folder is the resumed run's own (found here, once), and the resuming call's config goes
+    beside the original."""
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
     OmegaConf.register_new_resolver(
         "config_subdir", lambda resume: f".hydra/resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resume else ".hydra",
         replace=True)
 
 
+def _run_dir(resume: str | None, outputs: str, new: str) -> str:
+    """resume=RUN: RUN; resume=latest: the newest run with a last.ckpt under `outputs` (or, if there is none, a new
+    folder, where resume_config finds nothing to resume); no resume: a new folder."""
+    if resume == "latest":
+        last = newest(Path(outputs), "last")
+        return str(run_dir_of(last)) if last else new
+    return resume or new
+
+
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The resumed run's own config (its folder as output_dir) and its last checkpoint."""
+    """The resumed run's own config (its folder as output_dir) and its last checkpoint. Hydra's run folder is
+    already the run to resume (the run_dir resolver)."""
     others = [o for o in overrides if not o.startswith(("resume=", "paths.root="))]
     if others:
         raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
-    run = find_run(str(cfg.resume), cfg.paths.root)
-    if run is None:
-        raise UserError(f"resume=latest: no run with a checkpoints/last.ckpt under {cfg.paths.root}/ to resume")
+    run = Path(cfg.paths.output_dir)
     last, saved = run / "checkpoints" / "last.ckpt", run / ".hydra" / "config.yaml"
+    if cfg.resume == "latest" and not last.is_file():
+        raise UserError(f"resume=latest: no run with a checkpoints/last.ckpt under {cfg.paths.root}/ to resume")
     if not last.is_file() or not saved.is_file():
         raise UserError(f"resume={cfg.resume}: {last if not last.is_file() else saved} does not exist, so there is "
                         f"nothing to resume there (a run folder holds .hydra/ and checkpoints/)")

@@ -1,16 +1,12 @@
 """Checkpoint -> ONNX model, verified against PyTorch with onnxruntime on real images."""
-import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifar_lightning.checkpoints import load_model, resolve, run_dir_of
-from cifar_lightning.cli import UserError
-from cifar_lightning.evaluating import data_config
+from cifar_lightning.checkpoints import evaluation_data, load_model, resolve, run_dir_of
+from cifar_lightning.errors import UserError
 
-log = logging.getLogger(__name__)
 FORMATS = ("onnx",)
 
 
@@ -37,7 +33,7 @@ def export(cfg: DictConfig) -> Path:
     run_dir = run_dir_of(checkpoint)
     out = Path(cfg.output) if cfg.output else run_dir / "model.onnx"
 
-    datamodule = instantiate(data_config(cfg, run_dir))
+    datamodule = evaluation_data(cfg.get("data"), run_dir)
     datamodule.setup("test")
     if cfg.split not in datamodule.splits:
         raise UserError(f"the data in {datamodule.root} has no {cfg.split} split to check the export on")
