@@ -1,11 +1,19 @@
 """ckpt=best|last|PATH -> a checkpoint file, and a safe way to rebuild the model from it.
 
-A checkpoint may come from anywhere, so loading it must not run code: `torch.load(weights_only=True)`
-refuses pickled objects, and the `_target_`s in its hyperparameters (which we instantiate) must name
-this project's own nets and augmentations.
+A checkpoint may come from anywhere, so loading it must not run code. `torch.load(weights_only=True)` refuses
+pickled objects. Its hyperparameters name what to build (`_target_`s, which Hydra would import and call), so
+before anything is built from them each config is checked (`check_model_config`): its `_target_` must resolve,
+without walking attributes, to one of an exact set of objects (a net class defined in a module of
+cifar_lightning.models, an augmentation class defined in cifar_lightning.augment, an optimizer or scheduler
+class of torch.optim / torch.optim.lr_scheduler or a factory defined in cifar_lightning.optim / .schedules);
+no Hydra key but `_target_` (and `_partial_: true` for the optimizer and scheduler); only keywords the callable
+takes, each a plain value of the kind its signature says, never an interpolation (`${...}`).
 """
+import importlib
+import inspect
 import os
 import pickle
+import pkgutil
 import zipfile
 from pathlib import Path
 
@@ -14,14 +22,15 @@ import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig
 
+from cifar_lightning import models
+from cifar_lightning.augment import Compose
 from cifar_lightning.checks import check_arguments
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier
 
 DATA_TARGET = f"{ImageDataModule.__module__}.{ImageDataModule.__qualname__}"
-SAFE_TARGETS = {"net": ("cifar_lightning.models.",), "augmentation": ("cifar_lightning.augment.",),
-                "optimizer": ("torch.optim.", "cifar_lightning."), "scheduler": ("torch.optim.", "cifar_lightning.")}
+MODEL_CONFIGS = ("net", "augmentation", "optimizer", "scheduler")  # the hyperparameters that name what to build
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,8 +45,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             torch.save(checkpoint, tmp)
             os.replace(tmp, path)
+        except OSError as e:  # disk full, quota, permissions: the run stops, its earlier checkpoints stay whole
+            raise UserError(f"could not write {path} ({e.strerror or e}); the previous {path.name} is kept: free "
+                            f"space or fix the folder, then resume=\"{run_dir_of(path)}\"") from None
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A file written beside its place and renamed into it: never seen half-written, even after a kill."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -107,35 +126,80 @@ def load_checkpoint(path: Path) -> dict:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file: "
                         f"{type(e).__name__})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "net" not in checkpoint.get(
-            "hyper_parameters", {}):
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "net" not in hparams or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{path} is not a cifar-lightning checkpoint (no model hyperparameters in it)")
-    for key, prefixes in SAFE_TARGETS.items():
-        config = checkpoint["hyper_parameters"].get(key)
-        for target in _targets(config):
-            if not str(target).startswith(prefixes):
-                raise UserError(f"{path} was refused: its {key} names {target!r}, outside {', '.join(prefixes)}")
+    try:
+        check_hyperparameters(checkpoint["hyper_parameters"])
+    except UserError as e:
+        raise UserError(f"{path} was refused: {e}") from None
     return checkpoint
 
 
-def _targets(config):
-    if isinstance(config, dict):
-        if "_target_" in config:
-            yield config["_target_"]
-        for value in config.values():
-            yield from _targets(value)
-    elif isinstance(config, list):
-        for value in config:
-            yield from _targets(value)
+def check_hyperparameters(hparams) -> None:
+    """What ImageClassifier(**hparams) would be given, checked so that building it can run none of our code but
+    the allowed constructors (see the module's docstring)."""
+    if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
+        raise UserError("its hyper_parameters are not a mapping of names to values")
+    for name in MODEL_CONFIGS:
+        if hparams.get(name) is not None or name == "net":
+            check_model_config(hparams.get(name), name, name)
+    check_arguments(ImageClassifier, {k: v for k, v in hparams.items() if k not in MODEL_CONFIGS}, "hyper_parameters")
+
+
+def check_model_config(config, kind: str, where: str) -> None:
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise UserError(f"{where} is not a config (a mapping with a _target_)")
+    target = allowed_target(config.get("_target_"), kind, where)
+    special = {k for k in config if k.startswith("_") and k != "_target_"}
+    if special - ({"_partial_"} if kind in ("optimizer", "scheduler") else set()):
+        raise UserError(f"{where} holds {', '.join(sorted(special))}, which a {kind} config never has")
+    if "_partial_" in config and config["_partial_"] is not True:
+        raise UserError(f"{where}._partial_={config['_partial_']!r}: a {kind} is built later, so it must be true")
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    if kind == "scheduler":  # two keys the module reads itself (ImageClassifier.optimizer_and_schedule)
+        if kwargs.pop("interval", "epoch") not in ("epoch", "step"):
+            raise UserError(f"{where}.interval={config['interval']!r} must be epoch or step")
+        if "total_steps" in kwargs and kwargs["total_steps"] is None:  # null: the run's number of steps
+            del kwargs["total_steps"]
+    if kind == "augmentation" and target is Compose:  # its keywords are the augmentations it applies
+        for name, part in kwargs.items():
+            if part is not None:
+                check_model_config(part, kind, f"{where}.{name}")
+        return
+    check_arguments(target, kwargs, where)
+
+
+def allowed_target(target, kind: str, where: str):
+    """The object `target` names, when it is one that a `kind` config may build; else UserError. The module is
+    looked up among the allowed ones by its exact name and the object in its namespace, so a path cannot walk
+    through a module's imports to anything else."""
+    module_name, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
+    modules = {"net": [f"cifar_lightning.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)],
+               "augmentation": ["cifar_lightning.augment"],
+               "optimizer": ["torch.optim", "cifar_lightning.optim"],
+               "scheduler": ["torch.optim.lr_scheduler", "cifar_lightning.schedules"]}[kind]
+    obj = vars(importlib.import_module(module_name)).get(name) if module_name in modules else None
+    if inspect.isclass(obj):
+        base = {"net": torch.nn.Module, "augmentation": object, "optimizer": torch.optim.Optimizer,
+                "scheduler": torch.optim.lr_scheduler.LRScheduler}[kind]
+        ours = module_name.startswith("cifar_lightning.")
+        if issubclass(obj, base) and obj.__name__ == name and (obj.__module__ == module_name or not ours):
+            return obj
+    elif inspect.isfunction(obj) and obj.__module__ == module_name and module_name.startswith("cifar_lightning."):
+        return obj  # a factory of ours (optim, schedules)
+    raise UserError(f"its {where} names {target!r}, which is not a {kind} this project builds "
+                    f"(allowed: what {', '.join(modules)} define)")
 
 
 def load_model(path: Path) -> ImageClassifier:
-    """The trained model, rebuilt from the checkpoint alone, in eval mode on the CPU."""
+    """The trained model, rebuilt from the checkpoint alone, in eval mode on the CPU. Never compiled: compiling
+    would run a C compiler and write its cache outside the run folder."""
     checkpoint = load_checkpoint(path)
     try:
-        model = ImageClassifier(**checkpoint["hyper_parameters"])
+        model = ImageClassifier(**{**checkpoint["hyper_parameters"], "compile": False})
         model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as e:
+    except (TypeError, RuntimeError, KeyError, ValueError) as e:
         raise UserError(f"{path} does not fit this version's model ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]})") from None
     return model.eval()

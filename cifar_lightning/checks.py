@@ -59,7 +59,11 @@ def fits(value, expected) -> bool:
         if origin is tuple and args and args[-1] is not Ellipsis:
             return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args))
         return all(fits(v, args[0] if args else typing.Any) for v in value)
-    # anything else (Any, a tensor, an unannotated argument without a default): plain scalars and lists of them
+    if origin is typing.Literal:
+        return value in args
+    if inspect.isclass(expected):  # a tensor, a module, ...: nothing a config or checkpoint should hold
+        return False
+    # Any, or an unannotated argument without a default: plain scalars and lists of them
     return isinstance(value, SCALARS) or (isinstance(value, (list, tuple)) and all(fits(v, typing.Any) for v in value))
 
 

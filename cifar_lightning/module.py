@@ -106,6 +106,12 @@ class ImageClassifier(L.LightningModule):
             self.log(f"{stage}/{name}", metric.compute(), prog_bar=True, sync_dist=True)
             metric.reset()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning writes an epoch's rows to metrics.csv only after its checkpoints: a run killed in between resumes
+        # with them from here (tasks/resume.py)
+        checkpoint["epoch_metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                                       if k.startswith(("train/", "val/"))}
+
     def on_train_epoch_end(self):
         self._log_epoch("train")
 

@@ -54,3 +54,72 @@ class RecordTrainStart(L.Callback):
             "slow": {k: v.clone() for k, v in lookahead.slow.items()} if lookahead else None,
             "net": {k: v.clone() for k, v in module.net.state_dict().items()},
             "compiled": getattr(module.net, "_compiled_call_impl", None) is not None})
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process, once (a `once` file records it), at `point` of epoch `epoch`: a crash with no chance
+    to clean up. Points: train_step, validation, checkpoint_save (halfway through writing the epoch's first
+    checkpoint), after_checkpoint (right after the epoch's first checkpoint is in place), test, summary (while
+    summary.json is written)."""
+
+    POINTS = ("train_step", "validation", "checkpoint_save", "after_checkpoint", "test", "summary")
+
+    def __init__(self, point: str, once: str, epoch: int = 1):
+        import os
+        from pathlib import Path
+
+        import cifar_lightning.checkpoints as checkpoints
+
+        assert point in self.POINTS, point
+        self.point, self.once, self.epoch, self.current_epoch = point, Path(once), epoch, -1
+        if self.once.exists():
+            return
+        if point in ("checkpoint_save", "after_checkpoint"):
+            save, replace = torch.save, os.replace
+
+            def saving(obj, f, *args, **kwargs):
+                if point == "checkpoint_save" and self.current_epoch == self.epoch and str(f).endswith(".ckpt.tmp"):
+                    Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+                    self.kill()
+                return save(obj, f, *args, **kwargs)
+
+            def replacing(src, dst, *args, **kwargs):
+                replace(src, dst, *args, **kwargs)
+                if point == "after_checkpoint" and self.current_epoch == self.epoch and str(dst).endswith(".ckpt"):
+                    self.kill()
+
+            checkpoints.torch.save, checkpoints.os.replace = saving, replacing
+        if point == "summary":
+            write = checkpoints.write_atomic
+
+            def writing(path, text):
+                if path.name == "summary.json":
+                    path.with_name(f".{path.name}.tmp").write_text(text[: len(text) // 2])
+                    self.kill()
+                return write(path, text)
+
+            import cifar_lightning.tasks.train as train
+            train.write_atomic = writing
+
+    def kill(self):
+        import os
+        import signal
+
+        self.once.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_epoch_start(self, trainer, module):
+        self.current_epoch = trainer.current_epoch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.point == "train_step" and trainer.current_epoch == self.epoch and batch_idx == 2 and not self.once.exists():
+            self.kill()
+
+    def on_validation_batch_end(self, trainer, module, *args):
+        if (self.point == "validation" and not trainer.sanity_checking and trainer.current_epoch == self.epoch
+                and not self.once.exists()):
+            self.kill()
+
+    def on_test_batch_start(self, trainer, module, *args):
+        if self.point == "test" and not self.once.exists():
+            self.kill()

@@ -83,7 +83,8 @@ def test_trainer_callbacks_logger_build(trainer, logger, callbacks, tmp_path):
         cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision = "cpu", 1, "32-true"
     built = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger))
     assert built.max_epochs == cfg.epochs
-    assert built.checkpoint_callback is not None and built.checkpoint_callback.monitor == "val/acc"
+    saved = [(c.filename, c.monitor) for c in built.checkpoint_callbacks]
+    assert saved == [("last", None), ("best", "val/acc")]  # last.ckpt first: see configs/callbacks/default.yaml
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -1,6 +1,7 @@
 """`python train.py resume=RUN|latest`: continue an interrupted run in its own folder, from its last.ckpt,
 with the config it was started with, appending to its metrics.csv."""
 import csv
+import secrets
 import time
 from pathlib import Path
 
@@ -8,26 +9,44 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning.checkpoints import newest, run_dir_of
+from cifar_lightning.checkpoints import AtomicCheckpointIO, load_checkpoint, newest, run_dir_of
 from cifar_lightning.errors import UserError
 
 
 def register_resolvers() -> None:
-    """Hydra's run folder is the resumed run's own (found here, once), and the resuming call's config goes
-    beside the original."""
-    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    """Run folders: each new one claimed on disk (two runs started in the same second never share one), a resumed
+    run's own, and the resuming call's config beside the original. Cached, so a folder is chosen once per run
+    (Hydra copies the cache into every job of a sweep)."""
+    OmegaConf.register_new_resolver("new_dir", new_dir, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver(
         "config_subdir", lambda resume: f".hydra/resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resume else ".hydra",
         replace=True)
 
 
-def _run_dir(resume: str | None, outputs: str, new: str) -> str:
+def new_dir(parent: str) -> str:
+    """A new folder in `parent` named by the time (so names sort by start) and a random suffix, created here:
+    mkdir fails if the name is taken, by another process too, and another suffix is drawn."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    while True:
+        folder = Path(parent) / f"{stamp}_{secrets.token_hex(3)}"
+        try:
+            folder.mkdir(parents=True)
+            return str(folder)
+        except FileExistsError:
+            continue
+
+
+def _run_dir(resume: str | None, outputs: str) -> str:
     """resume=RUN: RUN; resume=latest: the newest run with a last.ckpt under `outputs` (or, if there is none, a new
-    folder, where resume_config finds nothing to resume); no resume: a new folder."""
+    folder, where resume_config finds nothing to resume); no resume: a new folder under outputs/runs."""
     if resume == "latest":
         last = newest(Path(outputs), "last")
-        return str(run_dir_of(last)) if last else new
-    return resume or new
+        if last:
+            return str(run_dir_of(last))
+    elif resume:
+        return resume
+    return new_dir(f"{outputs}/runs")
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
@@ -49,22 +68,56 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     return config, last
 
 
-def keep_metrics(trainer, checkpoint: Path) -> None:
+def read_last(last: Path) -> dict:
+    """The checkpoint to resume from, read and checked like any other before Lightning is given it."""
+    try:
+        return load_checkpoint(last)
+    except UserError as e:
+        raise UserError(f"cannot resume: {e}. Start a new run, or copy checkpoints/best.ckpt over it to continue "
+                        f"from the best epoch") from None
+
+
+def keep_metrics(trainer, checkpoint: dict) -> None:
     """Lightning's CSVLogger starts metrics.csv afresh; put back the rows of the epochs the checkpoint
-    completed (dropping those of the epoch that was cut short, which is about to run again)."""
-    global_step = torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]
+    completed (dropping those of the epoch that was cut short, which is about to run again). A run killed after
+    its checkpoints but before Lightning wrote that epoch's rows gets them from the checkpoint itself."""
+    global_step = checkpoint["global_step"]
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger):
             continue
         path = Path(logger.log_dir) / "metrics.csv"
-        if not path.is_file():
-            continue
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) < global_step]
+        header, rows = [], []
+        if path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) < global_step]
+        epoch = str(checkpoint["epoch"])
+        missing = {k: v for k, v in checkpoint.get("epoch_metrics", {}).items()
+                   if not any(r["epoch"] == epoch and r.get(k) for r in rows)}
+        if missing:
+            header += [k for k in ("epoch", "step", *missing) if k not in header]
+            rows.append({"epoch": epoch, "step": str(global_step - 1), **missing})
         writer = logger.experiment  # created now: this is when it removes the old file
         with open(path, "w", newline="") as f:
             out = csv.DictWriter(f, fieldnames=header)
             out.writeheader()
             out.writerows(rows)
         writer.metrics_keys = list(header)
+
+
+def keep_best(trainer, checkpoint: dict, last: Path) -> None:
+    """last.ckpt is saved before best.ckpt; a run killed between the two has, in last.ckpt only, an epoch that may
+    beat best.ckpt. Then it becomes best.ckpt, and both files record it as the best, as the run would have."""
+    for callback in trainer.checkpoint_callbacks:
+        state = checkpoint["callbacks"].get(callback.state_key)
+        score = checkpoint.get("epoch_metrics", {}).get(callback.monitor)
+        if not callback.monitor or state is None or score is None:
+            continue
+        best = state["best_model_score"]
+        if best is not None and not (score > best if callback.mode == "max" else score < best):
+            continue
+        path, score = str(Path(callback.dirpath) / f"{callback.filename}.ckpt"), torch.tensor(score)
+        state.update(best_model_score=score, current_score=score, best_model_path=path, best_k_models={path: score},
+                     kth_best_model_path=path, kth_value=score)
+        for target in (path, last):
+            AtomicCheckpointIO().save_checkpoint(checkpoint, target)

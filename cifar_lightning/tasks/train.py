@@ -17,7 +17,8 @@ from cifar_lightning.callbacks import StopAtMaxSteps
 from cifar_lightning.errors import UserError
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.module import ImageClassifier
-from cifar_lightning.tasks.resume import keep_metrics
+from cifar_lightning.checkpoints import write_atomic
+from cifar_lightning.tasks.resume import keep_best, keep_metrics, read_last
 
 log = logging.getLogger(__name__)
 # Normalisation and augmentation live in the LightningModule on purpose (a checkpoint must carry them).
@@ -86,13 +87,17 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     check(cfg)
     datamodule, module, trainer = build(cfg)
     if resume_from:
-        keep_metrics(trainer, resume_from)
+        last = read_last(resume_from)
+        keep_metrics(trainer, last)
+        keep_best(trainer, last, resume_from)
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - start
 
-    checkpoint = trainer.checkpoint_callback
+    # best.ckpt's: the one that watches val/acc, else (nothing validated) the last configured, which follows the epochs
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None) or (
+        trainer.checkpoint_callbacks[-1] if trainer.checkpoint_callbacks else None)
     best_path = checkpoint.best_model_path if checkpoint else ""
     summary = {
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None
@@ -107,7 +112,7 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         summary.update(test_acc=results[0]["test/acc"], test_loss=results[0]["test/loss"])
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         log.info("best val acc %s | test acc %s | wall time %.0f s | %s", _pct(summary["best_val_acc"]),
                  _pct(summary.get("test_acc")), fit_seconds, out)
     return summary
