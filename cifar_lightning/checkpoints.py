@@ -188,7 +188,7 @@ def allowed_target(target, kind: str, where: str):
             return obj
     elif inspect.isfunction(obj) and obj.__module__ == module_name and module_name.startswith("cifar_lightning."):
         return obj  # a factory of ours (optim, schedules)
-    raise UserError(f"its {where} names {target!r}, which is not a {kind} this project builds "
+    raise UserError(f"{where}._target_={target!r} is not a {kind} this project builds "
                     f"(allowed: what {', '.join(modules)} define)")
 
 

@@ -36,6 +36,19 @@ def check_arguments(target: Callable, kwargs: dict, where: str) -> None:
             raise UserError(f"{where}.{key}={value!r} is not {_describe(expected)}, as {_name(target)} expects")
 
 
+def check_option(name: str, value, expected, least=None, choices=None) -> None:
+    """One value of a task's own config (evaluate.yaml, predict.yaml, export.yaml): its kind, and its least value or
+    the values it may take."""
+    if fits(value, expected) and (least is None or value >= least) and (choices is None or value in choices):
+        return
+    if choices:
+        raise UserError(f"{name}={value!r} must be one of {', '.join('null' if c is None else repr(c) for c in choices)}")
+    raise UserError(f"{name}={value!r} must be {_describe(expected)}" + (f" of at least {least}" if least is not None else ""))
+
+
+TTA = (bool | int | None, None, (None, 0, 1, 2))  # null: the checkpoint's own level; true is 1, false 0
+
+
 def fits(value, expected) -> bool:
     """Whether a plain value (from YAML, a command line or a checkpoint) is of the kind `expected` describes."""
     if isinstance(value, str) and "${" in value:  # an interpolation would be resolved, and so run, when built
@@ -78,7 +91,14 @@ def _kind_of_default(default):
 def _describe(expected) -> str:
     if expected is typing.Any:
         return "a plain value (a number, a string, true/false, null or a list of them)"
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list",
+             tuple: "a list", type(None): "null"}
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(expected))
+    if typing.get_origin(expected) in (tuple, list, Sequence):
+        return "a list"
+    if typing.get_origin(expected) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(expected)))
     return names.get(expected, f"of type {getattr(expected, '__name__', None) or str(expected).replace('typing.', '')}")
 
 

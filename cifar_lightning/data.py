@@ -5,6 +5,7 @@ train/val once, by `split_seed`. Batches leave the loaders still uint8 (4x less 
 and are normalised and augmented on the device by the LightningModule.
 """
 import logging
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +201,12 @@ class ImageDataModule(L.LightningDataModule):
                  image_size: int = 32, num_workers: int = 0):
         super().__init__()
         if source not in (*CIFAR, "folder", "synthetic"):
-            raise UserError(f"unknown data source {source!r}: use cifar10, cifar100, folder or synthetic")
+            raise UserError(f"data.source={source!r} is not a data source: use cifar10, cifar100, folder or synthetic")
+        for name, value, least in (("val_size", val_size, 0), ("batch_size", batch_size, 1),
+                                   ("eval_batch_size", eval_batch_size, 1), ("image_size", image_size, 1),
+                                   ("num_workers", num_workers, 0)):
+            if value < least:
+                raise UserError(f"data.{name}={value!r} must be at least {least}")
         self.source, self.root, self.verify, self.download = source, Path(root), verify, download
         self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -221,8 +227,9 @@ class ImageDataModule(L.LightningDataModule):
         n = len(data.train_labels)
         # a fraction below 1 is a share of the training images, anything else a count
         n_val = round(self.val_size * n) if 0 < self.val_size < 1 else int(self.val_size)
-        if not 0 <= n_val < n:
-            raise UserError(f"data.val_size={self.val_size} must be between 0 and {n - 1} (the training set has {n})")
+        if not 0 <= n_val < n or (self.validates and n_val == 0):
+            raise UserError(f"data.val_size={self.val_size} must hold out between 1 and {n - 1} images (the training "
+                            f"set has {n}), or be 0 to train on all of them")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         train_idx, val_idx = order[n_val:], order[:n_val]
         if stage in ("fit", None) and self.batch_size > len(train_idx):
@@ -237,6 +244,11 @@ class ImageDataModule(L.LightningDataModule):
         log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
 
     @property
+    def validates(self) -> bool:
+        """Whether a validation split is held out (known before the data is loaded)."""
+        return self.val_size > 0
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -248,6 +260,11 @@ class ImageDataModule(L.LightningDataModule):
     def training_images(self, count: int) -> torch.Tensor:
         """The first `count` training images (uint8), for nets that initialise from the data."""
         return self.splits["train"].images[:count]
+
+    def train_batches(self, processes: int = 1) -> int:
+        """Training batches per epoch in each of `processes` processes: Lightning's DistributedSampler gives each
+        ceil(N / processes) images (padding the last share), and the loader drops an incomplete last batch."""
+        return math.ceil(len(self.splits["train"]) / processes) // self.batch_size
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         if split not in self.splits:

@@ -123,3 +123,23 @@ class KillAt(L.Callback):
     def on_test_batch_start(self, trainer, module, *args):
         if self.point == "test" and not self.once.exists():
             self.kill()
+
+
+class DiskFullAfter(L.Callback):
+    """Makes every checkpoint write after the first `saves` fail as on a full disk (OSError ENOSPC)."""
+
+    def __init__(self, saves: int):
+        import errno
+
+        import cifar_lightning.checkpoints as checkpoints
+
+        save, count = checkpoints.torch.save, [0]
+
+        def saving(obj, f, *args, **kwargs):
+            if str(f).endswith(".ckpt.tmp"):
+                count[0] += 1
+                if count[0] > saves:
+                    raise OSError(errno.ENOSPC, "No space left on device", str(f))
+            return save(obj, f, *args, **kwargs)
+
+        checkpoints.torch.save = saving

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -174,7 +175,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tra
     checkpoint.pop("extra")
     checkpoint["hyper_parameters"]["net"] = {"_target_": "os.system", "command": f"touch {marker}"}
     torch.save(checkpoint, tmp_path / "target.ckpt")
-    with pytest.raises(UserError, match="its net names 'os.system'"):
+    with pytest.raises(UserError, match="net._target_='os.system' is not a net"):
         run_evaluate(trained, f"ckpt={tmp_path / 'target.ckpt'}")
     assert not marker.exists()
 
@@ -184,3 +185,21 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: no training runs")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script, override, message", [
+    ("evaluate.py", "tta=5", "tta=5 must be one of null, 0, 1, 2"),
+    ("evaluate.py", "misclassified=-1", "misclassified=-1 must be a whole number of at least 0"),
+    ("predict.py", "top_k=0", "top_k=0 must be a whole number of at least 1"),
+    ("predict.py", "tta=abc", "tta='abc' must be one of null, 0, 1, 2"),
+    ("export.py", "tolerance=abc", "tolerance='abc' must be a number of at least 0"),
+    ("export.py", "check_images=0", "check_images=0 must be a whole number of at least 1"),
+])
+def test_task_options_are_checked_in_one_line(trained, tmp_path, script, override, message):
+    from cifar_lightning.tasks.export import export
+    from cifar_lightning.tasks.predict import predict
+
+    task = {"evaluate.py": evaluate, "predict.py": predict, "export.py": export}[script]
+    extra = [f"images={tmp_path}"] if script == "predict.py" else []
+    with pytest.raises(UserError, match=re.escape(message)):
+        task(compose_config(script.removesuffix(".py"), [f"outputs={trained['outputs']}", override, *extra]))

@@ -102,7 +102,7 @@ def test_a_run_killed_at_any_point_resumes_and_loses_nothing(tmp_path, point):
 
 @pytest.mark.parametrize("args, message", [
     (["resume={tmp}"], "does not exist, so there is nothing to resume"),
-    (["resume=latest", "paths.root={tmp}"], "no run with a checkpoints/last.ckpt"),
+    (["resume=latest", "paths.root={tmp}"], "has a checkpoints/last.ckpt, so there is nothing to resume"),
 ])
 def test_resume_without_a_checkpoint_is_one_line(tmp_path, args, message):
     result = run_script("train.py", *(a.format(tmp=tmp_path) for a in args))

@@ -14,10 +14,11 @@ pytestmark = pytest.mark.slow
 TINY = [o for o in FAST if not o.startswith(("batch_size=", "data.val_size="))]
 
 
-def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once(tmp_path):
+def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once_and_stops_a_fractional_epoch(tmp_path):
     run = tmp_path / "run"
     env_path = f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    result = run_script("train.py", "trainer=ddp_cpu", "data=synthetic", *TINY, "batch_size=50", "data.val_size=200",
+    result = run_script("train.py", "trainer=ddp_cpu", "data=synthetic", *TINY, "epochs=1.5", "batch_size=50",
+                        "data.val_size=200",
                         f"+callbacks.record._target_=helpers.RecordIndices", f"+callbacks.record.dir={tmp_path}",
                         f"hydra.run.dir={run}", env={**os.environ, "PYTHONPATH": env_path})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -27,6 +28,8 @@ def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once(tmp_path):
     assert set(ranks[0].tolist()) | set(ranks[1].tolist()) == set(range(1800))
     # one set of outputs, from rank 0; the validation accuracy is over all 200 images of both ranks
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    # 1.5 epochs of each process's 18 batches (900 images, batch 50), not of the unsharded 36
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 27
     summary = yaml.safe_load((run / "summary.json").read_text())
     evaluated = run_script("evaluate.py", f"ckpt={run}", "split=val")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]

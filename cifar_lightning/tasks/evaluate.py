@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from cifar_lightning import figures
 from cifar_lightning.checkpoints import evaluation_data, load_model, resolve, run_dir_of
+from cifar_lightning.checks import TTA, check_option
 from cifar_lightning.errors import UserError
 from cifar_lightning.metrics import classification_report, evaluate_predictions
 
@@ -20,6 +21,8 @@ def evaluate(cfg: DictConfig) -> dict:
     """Writes <run>/eval/<split>/ (replacing it only once everything is written) and returns the metrics."""
     if cfg.split not in SPLITS:
         raise UserError(f"split={cfg.split} does not exist: use split=test or split=val")
+    check_option("tta", cfg.tta, *TTA)
+    check_option("misclassified", cfg.misclassified, int, least=0)
     checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
     model = load_model(checkpoint)
     if cfg.tta is not None:  # else the checkpoint's own level (e.g. 2 for the fast recipe)

@@ -5,6 +5,7 @@ import torch
 from omegaconf import DictConfig
 
 from cifar_lightning.checkpoints import evaluation_data, load_model, resolve, run_dir_of
+from cifar_lightning.checks import check_option
 from cifar_lightning.errors import UserError
 
 FORMATS = ("onnx",)
@@ -24,6 +25,8 @@ class RawImagesToLogits(torch.nn.Module):
 def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format} is not supported: use {', '.join(FORMATS)}")
+    check_option("check_images", cfg.check_images, int, least=1)
+    check_option("tolerance", cfg.tolerance, float, least=0)
     try:
         import onnxruntime
     except ImportError:

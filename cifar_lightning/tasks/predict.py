@@ -11,6 +11,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cifar_lightning.checkpoints import load_model, resolve
 from cifar_lightning.data import InMemoryImages, keep_batch, read_image
+from cifar_lightning.checks import TTA, check_option
 from cifar_lightning.errors import UserError
 
 
@@ -24,6 +25,9 @@ def find_images(pattern: str) -> list[Path]:
 
 
 def predict(cfg: DictConfig) -> list[dict]:
+    check_option("tta", cfg.tta, *TTA)
+    check_option("top_k", cfg.top_k, int, least=1)
+    check_option("batch_size", cfg.batch_size, int, least=1)
     model = load_model(resolve(str(cfg.ckpt), Path(cfg.outputs)))
     if cfg.tta is not None:  # else the checkpoint's own level (e.g. 2 for the fast recipe)
         model.hparams.tta = int(cfg.tta)

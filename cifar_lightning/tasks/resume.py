@@ -38,13 +38,14 @@ def new_dir(parent: str) -> str:
 
 
 def _run_dir(resume: str | None, outputs: str) -> str:
-    """resume=RUN: RUN; resume=latest: the newest run with a last.ckpt under `outputs` (or, if there is none, a new
-    folder, where resume_config finds nothing to resume); no resume: a new folder under outputs/runs."""
+    """resume=RUN: RUN, if it holds a last.ckpt; resume=latest: the newest run with a last.ckpt under `outputs`;
+    otherwise a new folder under outputs/runs (where resume_config then finds nothing to resume, rather than
+    Hydra making a folder wherever resume= pointed)."""
     if resume == "latest":
         last = newest(Path(outputs), "last")
         if last:
             return str(run_dir_of(last))
-    elif resume:
+    elif resume and (Path(resume) / "checkpoints" / "last.ckpt").is_file():
         return resume
     return new_dir(f"{outputs}/runs")
 
@@ -57,11 +58,13 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
     run = Path(cfg.paths.output_dir)
     last, saved = run / "checkpoints" / "last.ckpt", run / ".hydra" / "config.yaml"
-    if cfg.resume == "latest" and not last.is_file():
-        raise UserError(f"resume=latest: no run with a checkpoints/last.ckpt under {cfg.paths.root}/ to resume")
-    if not last.is_file() or not saved.is_file():
-        raise UserError(f"resume={cfg.resume}: {last if not last.is_file() else saved} does not exist, so there is "
-                        f"nothing to resume there (a run folder holds .hydra/ and checkpoints/)")
+    if not last.is_file():
+        missing = (f"no run under {cfg.paths.root}/ has a checkpoints/last.ckpt" if cfg.resume == "latest" else
+                   f"{Path(cfg.resume) / 'checkpoints' / 'last.ckpt'} does not exist")
+        raise UserError(f"resume={cfg.resume}: {missing}, so there is nothing to resume (a run folder holds .hydra/ "
+                        f"and checkpoints/)")
+    if not saved.is_file():
+        raise UserError(f"resume={cfg.resume}: {saved} does not exist, so the run's config is unknown")
     config = OmegaConf.load(saved)
     config.paths.output_dir = str(run)
     config.resume = None

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning.callbacks import StopAtMaxSteps
+from cifar_lightning.checkpoints import MODEL_CONFIGS, check_model_config, write_atomic
+from cifar_lightning.checks import check_arguments, fits
 from cifar_lightning.errors import UserError
 from cifar_lightning.data import ImageDataModule
-from cifar_lightning.module import ImageClassifier
-from cifar_lightning.checkpoints import write_atomic
+from cifar_lightning.module import ImageClassifier, plain
 from cifar_lightning.tasks.resume import keep_best, keep_metrics, read_last
 
 log = logging.getLogger(__name__)
@@ -33,42 +35,96 @@ def instantiate_all(configs: DictConfig | dict | None) -> list:
 
 
 def check(cfg: DictConfig) -> None:
-    """Values Hydra accepts but no run can use: refused before any data is loaded."""
-    if not _is_number(cfg.epochs) or not cfg.epochs > 0:
+    """Values Hydra accepts but no run can use: refused before any data is loaded, each in one line that names
+    the key. Every group's values are checked against the signature of what they build (as a checkpoint's are),
+    and the net, augmentation, optimizer and schedule are built once on a tiny scale, so that a value their
+    constructors refuse is reported now, naming its group."""
+    if not fits(cfg.epochs, float) or not cfg.epochs > 0:
         raise UserError(f"epochs={cfg.epochs!r} must be a positive number (a fraction stops the last epoch early)")
-    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+    if not fits(cfg.batch_size, int) or cfg.batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size!r} must be a whole number of at least 1")
+    if not fits(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise UserError(f"seed={cfg.seed!r} must be a whole number from 0 to {2**32 - 1}")
     lr = cfg.optimizer.get("lr")
-    if not _is_number(lr) or not lr > 0:
+    if not fits(lr, float) or not lr > 0:
         raise UserError(f"optimizer.lr={lr!r} must be a positive number")
+    data = {k: v for k, v in plain(cfg.data).items() if k != "_target_"}
+    check_arguments(ImageDataModule, data, "data")
+    ImageDataModule(**data)  # its own ranges
+    module = {k: v for k, v in plain(cfg.module).items() if k not in ("_target_", *MODEL_CONFIGS)}
+    check_arguments(ImageClassifier, module, "module")
+    if module.get("tta", 0) not in (0, 1, 2):
+        raise UserError(f"module.tta={module['tta']!r} must be 0 (off), 1 (mirror) or 2 (six views)")
+    if not 0 <= module.get("label_smoothing", 0) < 1:
+        raise UserError(f"module.label_smoothing={module['label_smoothing']!r} must be at least 0 and below 1")
+    if module.get("loss_reduction", "mean") not in ("mean", "sum"):
+        raise UserError(f"module.loss_reduction={module['loss_reduction']!r} must be mean or sum")
+    for group, kind in (("model", "net"), ("augmentation", "augmentation"), ("optimizer", "optimizer"),
+                        ("scheduler", "scheduler")):
+        if cfg.get(group) is not None:
+            check_model_config(plain(cfg[group]), kind, group)
+    lightning_parts = {"trainer": cfg.trainer, **{f"{group}.{name}": part for group in ("callbacks", "logger")
+                                                 for name, part in (cfg.get(group) or {}).items() if part is not None}}
+    for where, part in lightning_parts.items():  # the user's own config: its targets may be anything importable
+        # plugins are configs of their own; a fractional max_epochs (= epochs) is rounded up by build()
+        kwargs = {k: v for k, v in plain(part).items() if not k.startswith("_") and k != "plugins"
+                  and not (where == "trainer" and k == "max_epochs" and not float(cfg.epochs).is_integer())}
+        check_arguments(get_object(part._target_), kwargs, where)
+    _build_small(cfg, data.get("image_size", 32))
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _build_small(cfg: DictConfig, image_size: int) -> None:
+    group = "model"
+    try:
+        module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, class_names=["a", "b"])
+        images = torch.zeros(2, 3, image_size, image_size)
+        module(images)
+        if cfg.augmentation is not None:
+            group = "augmentation"
+            instantiate(cfg.augmentation)(images, torch.arange(2), 0)
+        group = "optimizer or scheduler"
+        module.optimizer_and_schedule(total_steps=10)
+    except Exception as e:  # any constructor's refusal of a user's value
+        raise refused(group, e) from None
+
+
+def refused(group: str, error: Exception) -> UserError:
+    """A constructor's refusal of the values of a config group, as one line (Hydra wraps it in its own error)."""
+    cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+    return UserError(f"{group} cannot be built from these values: {type(cause).__name__}: "
+                     f"{str(cause).strip().splitlines()[0][:300]}")
 
 
 def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
-    """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a config."""
+    """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a config.
+    The trainer, its callbacks and loggers are built before the data loads: their refusals come first."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
+    fractional = not float(cfg.epochs).is_integer()  # e.g. 9.9: whole epochs, then part of one more
+    try:
+        group = "callbacks"
+        callbacks = instantiate_all(without_validation(cfg.callbacks, datamodule))
+        group = "logger"
+        loggers = instantiate_all(cfg.logger)
+        group = "trainer"
+        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *([StopAtMaxSteps()] if fractional else [])],
+                              logger=loggers, **({"max_epochs": math.ceil(cfg.epochs)} if fractional else {}))
+    except InstantiationException as e:
+        raise refused(group, e) from None
     datamodule.setup("fit")
     mean, std = datamodule.channel_stats()
     module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std,
                          image_size=datamodule.image_size, _recursive_=False)
     module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
-    callbacks, fractional = instantiate_all(without_validation(cfg.callbacks, datamodule)), {}
-    if not float(cfg.epochs).is_integer():  # e.g. 9.9: whole epochs, then part of one more
-        steps = round(cfg.epochs * len(datamodule.train_dataloader()))
-        fractional = dict(max_epochs=math.ceil(cfg.epochs), max_steps=steps)
-        callbacks.append(StopAtMaxSteps())
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.logger), **fractional)
+    if fractional:  # counted per process: under DDP each one trains on its own share of every epoch
+        trainer.fit_loop.epoch_loop.max_steps = round(cfg.epochs * datamodule.train_batches(trainer.world_size))
     return datamodule, module, trainer
 
 
 def without_validation(callbacks: DictConfig, datamodule: ImageDataModule) -> DictConfig | dict:
     """With data.val_size=0 nothing is validated: best.ckpt then follows the latest epoch, and callbacks that
     watch a val/ metric (early stopping) are left out."""
-    if "val" in datamodule.splits:
+    if datamodule.validates:
         return callbacks
     kept = {}
     for name, callback in OmegaConf.to_container(callbacks or {}, resolve=True).items():
