@@ -112,7 +112,7 @@ def keep_best(trainer, checkpoint: dict, last: Path) -> None:
     """last.ckpt is saved before best.ckpt; a run killed between the two has, in last.ckpt only, an epoch that may
     beat best.ckpt. Then it becomes best.ckpt, and both files record it as the best, as the run would have."""
     for callback in trainer.checkpoint_callbacks:
-        state = checkpoint["callbacks"].get(callback.state_key)
+        state = checkpoint.get("callbacks", {}).get(callback.state_key)
         score = checkpoint.get("epoch_metrics", {}).get(callback.monitor)
         if not callback.monitor or state is None or score is None:
             continue
