@@ -143,7 +143,7 @@ def load_folder(root: Path, image_size: int) -> ImageSet:
     train_images, train_labels = _read_tree(train, class_names, image_size)
     test_images = test_labels = None
     if (root / "test").is_dir():
-        test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())  # none is no error here
+        test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
         if test_classes != class_names:
             raise UserError(f"{root / 'test'} has classes {test_classes}, but {train} has {class_names}")
         test_images, test_labels = _read_tree(root / "test", class_names, image_size)

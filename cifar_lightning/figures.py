@@ -189,6 +189,6 @@ def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
     machines = sorted({describe_machine(p.get("hardware")) for p in points})
     ax.set_xlabel(f"training wall time (minutes, log scale), on {'; '.join(machines)}")
     ax.set_ylabel("best validation accuracy (%)")
-    ax.set_title("CIFAR-10 on a CPU: accuracy against training time, one point per run")
+    ax.set_title("CIFAR-10: accuracy against training time, one point per run")
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
