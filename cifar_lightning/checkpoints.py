@@ -198,8 +198,18 @@ def load_model(path: Path) -> ImageClassifier:
     checkpoint = load_checkpoint(path)
     try:
         model = ImageClassifier(**{**checkpoint["hyper_parameters"], "compile": False})
+        model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError, KeyError, ValueError) as e:
         raise UserError(f"{path} does not fit this version's model ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]})") from None
+    if not (model.temperature.isfinite() and model.temperature > 0):
+        raise UserError(f"{path} was refused: its temperature {float(model.temperature)} is not a positive number")
     return model.eval()
+
+
+def write_temperature(path: Path, temperature: float) -> None:
+    """Sets the calibration temperature in a checkpoint file, rewritten atomically."""
+    checkpoint = load_checkpoint(Path(path))
+    checkpoint["state_dict"]["temperature"] = torch.tensor(temperature)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)

@@ -106,23 +106,30 @@ def training_curves(metrics_csv: Path, path: Path) -> Path:
 
 
 def reliability(evaluation: Evaluation, path: Path) -> Path:
-    bins = evaluation.reliability
+    """Accuracy per confidence bin after the temperature (bars, with the gap to confidence hatched), and the same
+    curve before it, so that what the calibration changed is visible."""
+    bins, raw = evaluation.reliability, evaluation.reliability_uncalibrated
+    calibration = evaluation.metrics["calibration"]
     fig, ax = plt.subplots(figsize=(5.5, 5))
     width = bins[0]["upper"] - bins[0]["lower"]
     centres = [b["lower"] + width / 2 for b in bins]
     accuracy = [b["accuracy"] or 0 for b in bins]
-    ax.bar(centres, accuracy, width=width * 0.95, color="tab:blue", alpha=0.8, label="accuracy")
+    ax.bar(centres, accuracy, width=width * 0.95, color="tab:blue", alpha=0.8,
+           label=f"accuracy, T = {calibration['temperature']:.2f} (ECE {calibration['after']['ece']:.2%})")
     gap_bottom = [min(a, b["confidence"] or 0) for a, b in zip(accuracy, bins)]
     gap = [abs((b["confidence"] or 0) - a) if b["count"] else 0 for a, b in zip(accuracy, bins)]
     ax.bar(centres, gap, bottom=gap_bottom, width=width * 0.95, fill=False, hatch="//", edgecolor="tab:red", lw=0.8,
            label="gap to mean confidence")
+    filled = [b for b in raw if b["count"]]
+    ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o-", color="tab:orange", ms=4,
+            label=f"before calibration (ECE {calibration['before']['ece']:.2%})")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability — ECE {evaluation.metrics['ece']:.2%}")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
 
 
@@ -130,7 +137,11 @@ def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path) 
     m = evaluation.metrics
     lines = [f"# {title}", "",
              f"Accuracy **{m['accuracy']:.2%}** (top-3 {m['top3_accuracy']:.2%}) on {m['samples']:,} images; "
-             f"mean loss {m['loss']:.4f}; expected calibration error {m['ece']:.2%}.", "",
+             f"mean loss {m['loss']:.4f}.", "",
+             "## Calibration", "", "| | temperature | ECE | MCE | NLL | Brier |", "|---|---|---|---|---|---|",
+             *(f"| {when} | {m['calibration']['temperature'] if when == 'after' else 1:.4f} | {c['ece']:.2%} | "
+               f"{c['mce']:.2%} | {c['nll']:.4f} | {c['brier']:.4f} |"
+               for when, c in (("before", m["calibration"]["before"]), ("after", m["calibration"]["after"]))), "",
              "## Per class", "", "```", classification_report(evaluation).rstrip(), "```", ""]
     for figure in figures:
         lines += [f"## {figure.stem.replace('_', ' ').capitalize()}", "", f"![{figure.stem}]({figure.name})", ""]

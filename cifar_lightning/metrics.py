@@ -14,12 +14,16 @@ class Evaluation:
     class_names: list[str]
     metrics: dict               # everything in metrics.json
     confusion: torch.Tensor     # (C, C) counts, rows = true class
-    reliability: list[dict]     # per confidence bin: lower, upper, count, confidence, accuracy
+    reliability: list[dict]     # per confidence bin: lower, upper, count, confidence, accuracy (calibrated)
+    reliability_uncalibrated: list[dict]  # the same for softmax(logits), before the temperature
 
 
-def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> Evaluation:
+def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                         temperature: float = 1.0) -> Evaluation:
+    """Metrics of `logits` (raw, before the temperature). Probabilities are softmax(logits / temperature); the
+    calibration measures are reported before and after it."""
     n = len(class_names)
-    probs = logits.float().softmax(dim=1)
+    probs = (logits.float() / temperature).softmax(dim=1)
     per_class = {name: metric(probs, labels) for name, metric in (
         ("precision", MulticlassPrecision(n, average=None)), ("recall", MulticlassRecall(n, average=None)),
         ("f1", MulticlassF1Score(n, average=None)))}
@@ -29,19 +33,33 @@ def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor, class_names
             ("precision", MulticlassPrecision(n, average=average)), ("recall", MulticlassRecall(n, average=average)),
             ("f1", MulticlassF1Score(n, average=average)))} | {"support": int(support.sum())}
         for average in ("macro", "weighted")}
+    before, after = calibration(logits, labels, 1.0), calibration(logits, labels, temperature)
     metrics = {
         "samples": len(labels),
         "accuracy": float(MulticlassAccuracy(n, average="micro")(probs, labels)),
         "top3_accuracy": float(MulticlassAccuracy(n, top_k=min(3, n), average="micro")(probs, labels)),
         "loss": float(F.cross_entropy(logits.float(), labels)),
-        "ece": float(MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1")(probs, labels)),
+        "ece": after["ece"],
+        "calibration": {"temperature": temperature, "before": before, "after": after},
         "per_class": {name: {k: float(v[i]) for k, v in per_class.items()} | {"support": int(support[i])}
                       for i, name in enumerate(class_names)},
         "macro_avg": averages["macro"],
         "weighted_avg": averages["weighted"],
     }
     confusion = MulticlassConfusionMatrix(n)(probs, labels)
-    return Evaluation(class_names, metrics, confusion, reliability_bins(probs, labels))
+    return Evaluation(class_names, metrics, confusion, reliability_bins(probs, labels),
+                      reliability_bins(logits.float().softmax(dim=1), labels))
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:
+    """How well softmax(logits / temperature) matches the frequency of being right: expected and maximum
+    calibration error (15 equal-width bins), negative log-likelihood and Brier score."""
+    n = logits.shape[1]
+    probs = (logits.float() / temperature).softmax(dim=1)
+    return {"ece": float(MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1")(probs, labels)),
+            "mce": float(MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="max")(probs, labels)),
+            "nll": float(F.cross_entropy(logits.float() / temperature, labels)),
+            "brier": float((probs - F.one_hot(labels, n).float()).square().sum(dim=1).mean())}
 
 
 def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> list[dict]:
@@ -72,6 +90,9 @@ def classification_report(evaluation: Evaluation) -> str:
     for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
         row = m[key]
         lines.append(f"{label:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:9d}")
-    lines += ["", f"top-3 accuracy {m['top3_accuracy']:.4f}   mean loss {m['loss']:.4f}   "
-                  f"expected calibration error {m['ece']:.4f} ({ECE_BINS} bins)"]
+    c = m["calibration"]
+    lines += ["", f"top-3 accuracy {m['top3_accuracy']:.4f}   mean loss {m['loss']:.4f}",
+              f"calibration ({ECE_BINS} bins)   temperature {c['temperature']:.4f}",
+              *(f"  {when:<6}  ECE {c[when]['ece']:.4f}   MCE {c[when]['mce']:.4f}   NLL {c[when]['nll']:.4f}   "
+                f"Brier {c[when]['brier']:.4f}" for when in ("before", "after"))]
     return "\n".join(lines) + "\n"

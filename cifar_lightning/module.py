@@ -34,6 +34,8 @@ class ImageClassifier(L.LightningModule):
         self.augment = instantiate(augmentation) if augmentation else None
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        # divides the logits wherever probabilities are shown (calibration.py); 1 until fitted on validation
+        self.register_buffer("temperature", torch.ones(()))
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         # Per stage, so that running states never mix. Steps only update them and each epoch logs them once:
@@ -105,6 +107,12 @@ class ImageClassifier(L.LightningModule):
             # compute() has gathered all ranks already; sync_dist only tells Lightning so (the values are equal)
             self.log(f"{stage}/{name}", metric.compute(), prog_bar=True, sync_dist=True)
             metric.reset()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))  # checkpoints from before calibration
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits.float() / self.temperature).softmax(dim=1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning writes an epoch's rows to metrics.csv only after its checkpoints: a run killed in between resumes

@@ -57,6 +57,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
     run = tmp_path / "run"
     train_run([*FAST, "data=synthetic"], run)
     result = run_script("export.py", f"ckpt={run}", "format=onnx")
+    assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"] != 1
     assert result.returncode == 0, result.stderr[-3000:]
     assert "top-1 agreement" in result.stdout and (run / "model.onnx").stat().st_size > 10_000
     model = load_model(run / "checkpoints" / "best.ckpt")
@@ -65,7 +66,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
         images = np.random.default_rng(batch).integers(0, 255, (batch, 3, 32, 32), dtype=np.uint8)
         got = session.run(["logits"], {"images": images})[0]
         with torch.no_grad():  # the graph takes raw uint8 images: normalisation is inside it
-            expected = model(model.normalize(torch.from_numpy(images))).numpy()
+            expected = (model(model.normalize(torch.from_numpy(images))) / model.temperature).numpy()
         assert got.shape == (batch, 10) and np.abs(got - expected).max() < 1e-4
     bad = run_script("export.py", f"ckpt={run}", "format=tflite")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: format=tflite")

@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifar_lightning import figures
-from cifar_lightning.checkpoints import evaluation_data, load_model, resolve, run_dir_of
+from cifar_lightning.calibration import fit_on_validation
+from cifar_lightning.checkpoints import evaluation_data, load_model, resolve, run_dir_of, write_temperature
 from cifar_lightning.checks import TTA, check_option
 from cifar_lightning.errors import UserError
 from cifar_lightning.metrics import classification_report, evaluate_predictions
@@ -23,6 +24,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"split={cfg.split} does not exist: use split=test or split=val")
     check_option("tta", cfg.tta, *TTA)
     check_option("misclassified", cfg.misclassified, int, least=0)
+    check_option("calibrate", cfg.calibrate, bool)
     checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
     model = load_model(checkpoint)
     if cfg.tta is not None:  # else the checkpoint's own level (e.g. 2 for the fast recipe)
@@ -39,10 +41,19 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"the data in {datamodule.root} has no {cfg.split} split")
 
     trainer = instantiate(cfg.trainer)
+    if cfg.calibrate:
+        if "val" not in datamodule.splits:
+            raise UserError(f"calibrate=true fits the temperature on a validation split, and the data in "
+                            f"{datamodule.root} has none (data.val_size=0): choose data with one")
+        temperature = fit_on_validation(trainer, model, datamodule)
+        model.temperature.fill_(temperature)
+        write_temperature(checkpoint, temperature)
+        print(f"temperature {temperature:.4f} fitted on {len(datamodule.splits['val'])} validation images, "
+              f"written into {checkpoint}")
     batches = trainer.predict(model, dataloaders=datamodule.loader(cfg.split))
     logits = torch.cat([b[0] for b in batches]).cpu()
     labels = torch.cat([b[1] for b in batches]).cpu()
-    evaluation = evaluate_predictions(logits, labels, class_names)
+    evaluation = evaluate_predictions(logits, labels, class_names, float(model.temperature))
 
     # data other than the run's own gets a folder of its own, e.g. eval/test_data-exact
     out = run_dir / "eval" / (cfg.split if cfg.get("data") is None else f"{cfg.split}_{datamodule.root.name}")
@@ -51,12 +62,13 @@ def evaluate(cfg: DictConfig) -> dict:
         tmp = Path(tmp)
         metrics = {**evaluation.metrics, "checkpoint": str(checkpoint), "split": cfg.split, "tta": model.hparams.tta,
                    "data_root": str(datamodule.root), "reliability": evaluation.reliability,
+                   "reliability_uncalibrated": evaluation.reliability_uncalibrated,
                    "confusion_matrix": evaluation.confusion.tolist()}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "classification_report.txt").write_text(classification_report(evaluation))
         pngs = [figures.confusion_matrix(evaluation, tmp / "confusion_matrix.png"),
-                figures.misclassified(datamodule.splits[cfg.split].images, labels, logits.softmax(1), class_names,
-                                      tmp / "misclassified.png", cfg.misclassified),
+                figures.misclassified(datamodule.splits[cfg.split].images, labels, model.probabilities(logits),
+                                      class_names, tmp / "misclassified.png", cfg.misclassified),
                 figures.reliability(evaluation, tmp / "reliability.png")]
         if (run_dir / "metrics.csv").is_file():
             pngs.insert(0, figures.training_curves(run_dir / "metrics.csv", tmp / "training_curves.png"))

@@ -12,14 +12,15 @@ FORMATS = ("onnx",)
 
 
 class RawImagesToLogits(torch.nn.Module):
-    """The exported graph takes uint8 images as they are stored, so users need not know the normalisation."""
+    """The exported graph takes uint8 images as they are stored, so users need not know the normalisation, and
+    gives logits divided by the calibration temperature: their softmax is the calibrated probabilities."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.model.normalize(images))
+        return self.model(self.model.normalize(images)) / self.model.temperature
 
 
 def export(cfg: DictConfig) -> Path:

@@ -45,7 +45,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     dataset = InMemoryImages(torch.stack(images), torch.full((len(images),), -1))
     batches = instantiate(cfg.trainer).predict(
         model, dataloaders=DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=keep_batch))
-    probs = torch.cat([logits for logits, _ in batches]).float().softmax(dim=1).cpu()
+    probs = model.probabilities(torch.cat([logits for logits, _ in batches]).cpu())
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
     rows = [{"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)]}
             for path, values, indices in zip(readable, top.values.tolist(), top.indices.tolist())]

@@ -15,7 +15,8 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning.callbacks import StopAtMaxSteps
-from cifar_lightning.checkpoints import MODEL_CONFIGS, check_model_config, write_atomic
+from cifar_lightning.calibration import fit_on_validation
+from cifar_lightning.checkpoints import MODEL_CONFIGS, check_model_config, write_atomic, write_temperature
 from cifar_lightning.checks import check_arguments, fits
 from cifar_lightning.errors import UserError
 from cifar_lightning.data import ImageDataModule
@@ -57,6 +58,8 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"module.tta={module['tta']!r} must be 0 (off), 1 (mirror) or 2 (six views)")
     if not 0 <= module.get("label_smoothing", 0) < 1:
         raise UserError(f"module.label_smoothing={module['label_smoothing']!r} must be at least 0 and below 1")
+    if cfg.calibration not in ("temperature", "none"):
+        raise UserError(f"calibration={cfg.calibration!r} must be temperature or none")
     if module.get("loss_reduction", "mean") not in ("mean", "sum"):
         raise UserError(f"module.loss_reduction={module['loss_reduction']!r} must be mean or sum")
     for group, kind in (("model", "net"), ("augmentation", "augmentation"), ("optimizer", "optimizer"),
@@ -156,6 +159,7 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         trainer.checkpoint_callbacks[-1] if trainer.checkpoint_callbacks else None)
     best_path = checkpoint.best_model_path if checkpoint else ""
     summary = {
+        "temperature": calibrate(cfg, trainer, module, datamodule, best_path),
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None
         else None,
         "epochs": trainer.current_epoch,
@@ -172,6 +176,27 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         log.info("best val acc %s | test acc %s | wall time %.0f s | %s", _pct(summary["best_val_acc"]),
                  _pct(summary.get("test_acc")), fit_seconds, out)
     return summary
+
+
+def calibrate(cfg: DictConfig, trainer: L.Trainer, module: ImageClassifier, datamodule: ImageDataModule,
+              best_path: str) -> float:
+    """calibration=temperature: the temperature fitted on the validation split with the best weights, set in the
+    module and written into every checkpoint of the run. Returns it (1 when nothing was fitted)."""
+    if cfg.calibration != "temperature":
+        return 1.0
+    if not datamodule.validates or not best_path:
+        log.info("calibration=temperature: data.val_size=0 leaves no validation images to fit it on; it stays 1")
+        return 1.0
+    if trainer.world_size > 1:  # the predict loop would give each process only its shard
+        log.info("calibration=temperature is not fitted under DDP: run python evaluate.py ckpt=%s calibrate=true",
+                 Path(cfg.paths.output_dir))
+        return 1.0
+    temperature = fit_on_validation(trainer, module, datamodule, ckpt_path=best_path)
+    module.temperature.fill_(temperature)
+    for path in {c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path}:
+        write_temperature(path, temperature)
+    log.info("calibration: temperature %.4f fitted on %d validation images", temperature, len(datamodule.splits["val"]))
+    return temperature
 
 
 def hardware(trainer: L.Trainer) -> dict:

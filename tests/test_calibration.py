@@ -1,0 +1,110 @@
+"""Temperature scaling: the fit, the measures, and the temperature carried by checkpoints into every output."""
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cifar_lightning.calibration import fit_temperature
+from cifar_lightning.checkpoints import load_model, write_temperature
+from cifar_lightning.cli import compose_config
+from cifar_lightning.errors import UserError
+from cifar_lightning.metrics import calibration, evaluate_predictions
+from cifar_lightning.tasks.evaluate import evaluate
+from cifar_lightning.tasks.predict import predict
+from conftest import FAST, train_run
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.5])
+def test_fit_recovers_the_temperature_the_labels_were_drawn_with(true_temperature):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 10, generator=g) * 3
+    labels = torch.multinomial((logits / true_temperature).softmax(1), 1, generator=g).squeeze(1)
+    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.05)
+
+
+def test_calibration_measures_equal_a_direct_computation():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    measured = calibration(logits, labels, temperature=2.0)
+    probs = (logits / 2).softmax(1)
+    assert measured["nll"] == pytest.approx(F.cross_entropy(logits / 2, labels).item(), abs=1e-6)
+    assert measured["brier"] == pytest.approx(((probs - F.one_hot(labels, 2)) ** 2).sum(1).mean().item(), abs=1e-6)
+    confidence, correct = probs.max(1).values, (probs.argmax(1) == labels).float()
+    # 4 distinct confidences in 15 bins: each sample is its own bin, so ECE is the mean gap, MCE the largest
+    assert measured["ece"] == pytest.approx((confidence - correct).abs().mean().item(), abs=1e-6)
+    assert measured["mce"] == pytest.approx((confidence - correct).abs().max().item(), abs=1e-6)
+
+
+def test_temperature_changes_probabilities_never_the_prediction():
+    logits, labels = torch.randn(200, 5), torch.randint(0, 5, (200,))
+    plain, scaled = evaluate_predictions(logits, labels, list("abcde")), evaluate_predictions(logits, labels,
+                                                                                              list("abcde"), 3.0)
+    assert plain.metrics["accuracy"] == scaled.metrics["accuracy"] and torch.equal(plain.confusion, scaled.confusion)
+    assert scaled.metrics["calibration"]["before"] == plain.metrics["calibration"]["after"]
+    assert scaled.metrics["ece"] == scaled.metrics["calibration"]["after"]["ece"] != plain.metrics["ece"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    run = tmp_path_factory.mktemp("calibration") / "run"
+    summary = train_run([*FAST, "data=synthetic", "epochs=2"], run)
+    return run, summary
+
+
+def test_training_fits_the_temperature_on_validation_and_writes_it_into_every_checkpoint(calibrated):
+    run, summary = calibrated
+    assert summary["temperature"] != 1 and summary["temperature"] > 0
+    for name in ("best", "last"):
+        saved = torch.load(run / "checkpoints" / f"{name}.ckpt", weights_only=True)["state_dict"]["temperature"]
+        assert float(saved) == pytest.approx(summary["temperature"])
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={run}", "split=val"]))
+    calibrated_metrics = metrics["calibration"]
+    assert calibrated_metrics["temperature"] == pytest.approx(summary["temperature"])
+    assert calibrated_metrics["after"]["nll"] <= calibrated_metrics["before"]["nll"]  # the fit minimised it here
+    assert metrics["accuracy"] == pytest.approx(summary["best_val_acc"], abs=1e-6)
+
+
+def test_predict_shows_calibrated_probabilities(calibrated, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    run, summary = calibrated
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    rows = predict(compose_config("predict", [f"ckpt={run}", f"images={tmp_path}", "top_k=10"]))
+    model = load_model(run / "checkpoints" / "best.ckpt")
+    from cifar_lightning.data import read_image
+    with torch.no_grad():
+        logits = model(model.normalize(read_image(tmp_path / "a.png", 32)[None]))
+    expected = (logits / summary["temperature"]).softmax(1)[0]
+    top = dict(rows[0]["top"])
+    assert all(top[name] == pytest.approx(float(p), abs=1e-5) for name, p in zip(model.hparams.class_names, expected))
+
+
+def test_calibrate_true_refits_and_calibration_none_keeps_one(tmp_path):
+    run = tmp_path / "run"
+    summary = train_run([*FAST, "data=synthetic", "calibration=none"], run)
+    assert summary["temperature"] == 1
+    assert float(torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"]) == 1
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={run}", "calibrate=true"]))
+    written = float(torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"])
+    assert written != 1 and metrics["calibration"]["temperature"] == pytest.approx(written)
+
+
+def test_without_validation_the_temperature_stays_one(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    summary = train_run([*FAST, "data=synthetic", "data.val_size=0"], tmp_path / "run")
+    assert summary["temperature"] == 1
+    assert any("data.val_size=0 leaves no validation images" in r.getMessage() for r in caplog.records)
+    with pytest.raises(UserError, match="calibrate=true fits the temperature on a validation split"):
+        evaluate(compose_config("evaluate", [f"ckpt={tmp_path / 'run'}", "calibrate=true", "data=synthetic",
+                                             "data.val_size=0"]))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
+def test_a_checkpoint_with_a_temperature_that_is_not_positive_is_refused(calibrated, tmp_path, temperature):
+    path = tmp_path / "x.ckpt"
+    path.write_bytes((calibrated[0] / "checkpoints" / "best.ckpt").read_bytes())
+    write_temperature(path, temperature)
+    with pytest.raises(UserError, match="temperature .* is not a positive number"):
+        load_model(path)
