@@ -153,7 +153,7 @@ def check_model_config(config, kind: str, where: str) -> None:
     target = allowed_target(config.get("_target_"), kind, where)
     special = {k for k in config if k.startswith("_") and k != "_target_"}
     if special - ({"_partial_"} if kind in ("optimizer", "scheduler") else set()):
-        raise UserError(f"{where} holds {', '.join(sorted(special))}, which a {kind} config never has")
+        raise UserError(f"{where} holds {', '.join(sorted(special))}, which {kind} configs never have")
     if "_partial_" in config and config["_partial_"] is not True:
         raise UserError(f"{where}._partial_={config['_partial_']!r}: a {kind} is built later, so it must be true")
     kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -188,7 +188,7 @@ def allowed_target(target, kind: str, where: str):
             return obj
     elif inspect.isfunction(obj) and obj.__module__ == module_name and module_name.startswith("cifar_lightning."):
         return obj  # a factory of ours (optim, schedules)
-    raise UserError(f"{where}._target_={target!r} is not a {kind} this project builds "
+    raise UserError(f"{where}._target_={target!r} is not one of the {kind}s this project builds "
                     f"(allowed: what {', '.join(modules)} define)")
 
 

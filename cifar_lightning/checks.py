@@ -96,7 +96,9 @@ def _describe(expected) -> str:
     if typing.get_origin(expected) in (typing.Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in typing.get_args(expected))
     if typing.get_origin(expected) in (tuple, list, Sequence):
-        return "a list"
+        items = {int: "whole numbers", float: "numbers", str: "strings", bool: "true/false values"}
+        args = [a for a in typing.get_args(expected) if a is not Ellipsis]
+        return f"a list of {items.get(args[0], 'plain values')}" if len(set(args)) == 1 else "a list"
     if typing.get_origin(expected) is typing.Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(expected)))
     return names.get(expected, f"of type {getattr(expected, '__name__', None) or str(expected).replace('typing.', '')}")

@@ -175,7 +175,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tra
     checkpoint.pop("extra")
     checkpoint["hyper_parameters"]["net"] = {"_target_": "os.system", "command": f"touch {marker}"}
     torch.save(checkpoint, tmp_path / "target.ckpt")
-    with pytest.raises(UserError, match="net._target_='os.system' is not a net"):
+    with pytest.raises(UserError, match="net._target_='os.system' is not one of the nets"):
         run_evaluate(trained, f"ckpt={tmp_path / 'target.ckpt'}")
     assert not marker.exists()
 
