@@ -93,3 +93,90 @@ class AlternatingFlip:
 
     def __repr__(self):
         return f"AlternatingFlip(seed={self.seed})"
+
+
+class AugMix:
+    """AugMix (Hendrycks et al., ICLR 2020) without its consistency loss, batch-wise: each image is mixed with
+    `width` chains of 1..`depth` random operations, chain weights ~ Dirichlet(1) and the mix ~ Beta(1, 1) per
+    image. The operations are the paper's, which leave out anything close to the corruptions that robustness is
+    tested on (noise, blur, weather, contrast, brightness, JPEG, pixelation), so the test set stays unseen.
+    `severity` (1..10, the paper's 3) scales every operation's strength.
+
+    The images arrive normalised and the operations are defined on the 0..1 pixel scale: a batch of CIFAR
+    images holds black and white pixels in every channel, so the batch's per-channel minimum and maximum are
+    where 0 and 1 went, whatever normalisation the data module chose."""
+
+    OPERATIONS = ("autocontrast", "equalize", "posterize", "solarize", "rotate", "shear_x", "shear_y",
+                  "translate_x", "translate_y")
+
+    def __init__(self, width: int = 3, depth: int = 3, severity: float = 3):
+        self.width, self.depth, self.severity = width, depth, severity
+
+    def __call__(self, images, indices=None, epoch=0):
+        low = images.amin(dim=(0, 2, 3), keepdim=True)
+        high = images.amax(dim=(0, 2, 3), keepdim=True)
+        x = (images - low) / (high - low).clamp_min(1e-6)
+        n = len(x)
+        weights = torch.distributions.Dirichlet(torch.ones(self.width, device=x.device)).sample((n,))
+        mix = torch.rand(n, 1, 1, 1, device=x.device)  # Beta(1, 1)
+        chains = torch.zeros_like(x)
+        for k in range(self.width):
+            chain = x
+            length = torch.randint(1, self.depth + 1, (n,), device=x.device)
+            for step in range(self.depth):
+                changed = self._random_operation(chain)
+                chain = torch.where((step < length).view(-1, 1, 1, 1), changed, chain)
+            chains = chains + weights[:, k].view(-1, 1, 1, 1) * chain
+        mixed = (1 - mix) * x + mix * chains
+        return mixed * (high - low) + low
+
+    def _random_operation(self, x):
+        """One operation per image, chosen uniformly; every operation is computed for the batch and selected per
+        image, which costs a few elementwise passes and one resampling instead of a Python loop over images."""
+        n, device = len(x), x.device
+        choice = torch.randint(0, len(self.OPERATIONS), (n,), device=device)
+        # the paper's level: uniform in [0.1, severity], 10 the strongest
+        level = (torch.rand(n, device=device) * (self.severity - 0.1) + 0.1) / 10
+        sign = torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)
+        out = torch.where((choice == 0).view(-1, 1, 1, 1), autocontrast(x), x)
+        out = torch.where((choice == 1).view(-1, 1, 1, 1), equalize(x), out)
+        bits = 4 - (level * 4).floor()  # 4 bits, 3 at the strongest
+        step = (2 ** (8 - bits)).view(-1, 1, 1, 1)
+        out = torch.where((choice == 2).view(-1, 1, 1, 1), (x * 255 / step).floor() * step / 255, out)
+        threshold = (1 - level).view(-1, 1, 1, 1)
+        out = torch.where((choice == 3).view(-1, 1, 1, 1), torch.where(x >= threshold, 1 - x, x), out)
+        # geometric operations as one affine resampling, the identity for images that chose something else
+        theta = torch.eye(2, 3, device=device).repeat(n, 1, 1)
+        angle = torch.where(choice == 4, sign * level * 30 * torch.pi / 180, 0.0)
+        theta[:, 0, 0], theta[:, 0, 1] = angle.cos(), -angle.sin()
+        theta[:, 1, 0], theta[:, 1, 1] = angle.sin(), angle.cos()
+        theta[:, 0, 1] += torch.where(choice == 5, sign * level * 0.3, 0.0)
+        theta[:, 1, 0] += torch.where(choice == 6, sign * level * 0.3, 0.0)
+        # translations of up to a third of the image; the grid spans 2 units per image width
+        theta[:, 0, 2] = torch.where(choice == 7, sign * level * 2 / 3, 0.0)
+        theta[:, 1, 2] = torch.where(choice == 8, sign * level * 2 / 3, 0.0)
+        geometric = (choice >= 4).view(-1, 1, 1, 1)
+        if geometric.any():
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            moved = F.grid_sample(x - 0.5, grid, align_corners=False) + 0.5  # uncovered corners: mid grey
+            out = torch.where(geometric, moved, out)
+        return out
+
+    def __repr__(self):
+        return f"AugMix(width={self.width}, depth={self.depth}, severity={self.severity})"
+
+
+def autocontrast(x):
+    """Stretch each channel of each image to the full 0..1 range."""
+    low = x.amin(dim=(2, 3), keepdim=True)
+    high = x.amax(dim=(2, 3), keepdim=True)
+    return torch.where(high > low, (x - low) / (high - low).clamp_min(1e-6), x)
+
+
+def equalize(x):
+    """Histogram equalisation per channel: each pixel becomes the share of the channel's pixels at or below it."""
+    n, c, h, w = x.shape
+    flat = (x * 255).round().clamp(0, 255).flatten(2)
+    counts = torch.zeros(n, c, 256, device=x.device).scatter_add_(2, flat.long(), torch.ones_like(flat))
+    cdf = counts.cumsum(2) / (h * w)
+    return cdf.gather(2, flat.long()).view(n, c, h, w)

@@ -133,7 +133,45 @@ def reliability(evaluation: Evaluation, path: Path) -> Path:
     return _save(fig, path)
 
 
-def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path) -> Path:
+def corruption_heatmap(robustness: dict, path: Path) -> Path:
+    """Accuracy per corruption (rows) and severity (columns), with each row's mean and the per-severity means."""
+    names = list(robustness["accuracy"])
+    table = np.array([robustness["accuracy"][n] + [robustness["per_corruption"][n]] for n in names]
+                     + [robustness["per_severity"] + [robustness["mean_corruption_accuracy"]]])
+    rows = [n.replace("_", " ") for n in names] + ["mean"]
+    columns = [str(s) for s in robustness["severities"]] + ["mean"]
+    fig, ax = plt.subplots(figsize=(7, 0.42 * len(rows) + 1.6))
+    sns.heatmap(100 * table, annot=True, fmt=".1f", cmap="RdYlGn", vmin=0, vmax=100, xticklabels=columns,
+                yticklabels=rows, ax=ax, cbar_kws={"label": "accuracy (%)"}, annot_kws={"fontsize": 8})
+    ax.axhline(len(names), color="white", lw=3)
+    ax.axvline(len(columns) - 1, color="white", lw=3)
+    ax.set_xlabel("severity")
+    ax.set_title(f"Accuracy under corruption: mCA {robustness['mean_corruption_accuracy']:.2%} = "
+                 f"{robustness['relative_accuracy']:.2f} x clean {robustness['clean_accuracy']:.2%}\n"
+                 f"({robustness['images']:,} images, generated CIFAR-10-C-style, seed {robustness['seed']})", fontsize=10)
+    return _save(fig, path)
+
+
+def corruption_examples(clean: torch.Tensor, corrupted: dict[str, list[torch.Tensor]], path: Path) -> Path:
+    """One row per corruption: the clean uint8 image (3, H, W), then its severities left to right."""
+    names = list(corrupted)
+    columns = 1 + max(len(v) for v in corrupted.values())
+    fig, axes = plt.subplots(len(names), columns, figsize=(1.3 * columns + 1.2, 1.3 * len(names) + 0.6),
+                             squeeze=False, layout="constrained")
+    for row, name in zip(axes, names):
+        for ax, image in zip(row, [clean, *corrupted[name]]):
+            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center", fontsize=9)
+    for column, ax in enumerate(axes[0]):
+        ax.set_title("clean" if column == 0 else f"severity {column}", fontsize=9)
+    fig.suptitle("What each corruption does (generated here; frost's texture is synthesised)")
+    return _save(fig, path)
+
+
+def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, robustness: dict | None = None) -> Path:
     m = evaluation.metrics
     lines = [f"# {title}", "",
              f"Accuracy **{m['accuracy']:.2%}** (top-3 {m['top3_accuracy']:.2%}) on {m['samples']:,} images; "
@@ -143,6 +181,21 @@ def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path) 
                f"{c['mce']:.2%} | {c['nll']:.4f} | {c['brier']:.4f} |"
                for when, c in (("before", m["calibration"]["before"]), ("after", m["calibration"]["after"]))), "",
              "## Per class", "", "```", classification_report(evaluation).rstrip(), "```", ""]
+    if robustness:
+        r = robustness
+        severities = r["severities"]
+        lines += ["## Corruptions", "",
+                  f"Mean corruption accuracy (mCA) **{r['mean_corruption_accuracy']:.2%}**, "
+                  f"{r['relative_accuracy']:.3f} x the clean accuracy ({r['clean_accuracy']:.2%}) on the same "
+                  f"{r['images']:,} images (TTA level {r['tta']}). The corrupted images are generated here after "
+                  f"CIFAR-10-C's published parameters: they approximate that set, they do not reproduce it"
+                  + (f"; {r['frost']}." if "frost" in r else "."), "",
+                  "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " | mean |",
+                  "|---" * (len(severities) + 2) + "|",
+                  *(f"| {name.replace('_', ' ')} | " + " | ".join(f"{a:.2%}" for a in row)
+                    + f" | {r['per_corruption'][name]:.2%} |" for name, row in r["accuracy"].items()),
+                  "| **mean** | " + " | ".join(f"{a:.2%}" for a in r["per_severity"])
+                  + f" | **{r['mean_corruption_accuracy']:.2%}** |", ""]
     for figure in figures:
         lines += [f"## {figure.stem.replace('_', ' ').capitalize()}", "", f"![{figure.stem}]({figure.name})", ""]
     path.write_text("\n".join(lines))

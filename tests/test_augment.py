@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cifar_lightning.augment import Compose, Cutout, RandomCrop, RandomFlip
+from cifar_lightning.augment import AugMix, Compose, Cutout, RandomCrop, RandomFlip, autocontrast, equalize
 from cifar_lightning.module import ImageClassifier
 from conftest import compose_train
 
@@ -59,3 +59,32 @@ def test_module_augments_training_batches_only():
         x, y, i = module.on_after_batch_transfer((images, labels, indices), 0)
         assert not torch.equal(x, plain) if changed else torch.equal(x, plain)
         assert torch.equal(y, labels) and torch.equal(i, indices)
+
+
+def test_augmix_keeps_the_pixel_range_and_mixes_with_the_original():
+    torch.manual_seed(0)
+    mean, std = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1), torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
+    pixels = torch.rand(64, 3, 32, 32)
+    pixels[:, :, 0, 0], pixels[:, :, 0, 1] = 0, 1  # black and white in every channel, as in a CIFAR batch
+    x = (pixels - mean) / std
+    out = AugMix()(x, torch.arange(64), 0)
+    assert out.shape == x.shape
+    low, high = (0 - mean) / std, (1 - mean) / std
+    assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()  # still a 0..1 image under the normalisation
+    changed = (out - x).flatten(1).abs().amax(1) > 1e-4
+    assert changed.float().mean() > 0.9
+    # a mix: every output stays correlated with its own image more than with any other
+    flat_out, flat_in = out.flatten(1), x.flatten(1)
+    similarity = torch.corrcoef(torch.cat([flat_out, flat_in]))[:64, 64:]
+    assert torch.equal(similarity.argmax(1), torch.arange(64))
+
+
+def test_augmix_operations_equal_their_direct_definitions():
+    x = torch.rand(2, 3, 8, 8) * 0.5 + 0.25
+    stretched = autocontrast(x)
+    assert torch.allclose(stretched.amin(dim=(2, 3)), torch.zeros(2, 3)) and torch.allclose(stretched.amax(dim=(2, 3)), torch.ones(2, 3))
+    levels = torch.randint(0, 256, (1, 1, 4, 4)).float() / 255
+    equalized = equalize(levels)
+    for i in range(4):
+        for j in range(4):
+            assert equalized[0, 0, i, j] == pytest.approx((levels <= levels[0, 0, i, j]).float().mean().item())

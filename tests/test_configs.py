@@ -16,13 +16,18 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_options_and_its_default_exists():
-    defaults = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())["defaults"]
-    chosen = {group: option for entry in defaults if isinstance(entry, dict) for group, option in entry.items()}
+    chosen = {}
+    for task in ROOT.joinpath("configs").glob("*.yaml"):
+        for entry in yaml.safe_load(task.read_text())["defaults"]:
+            if isinstance(entry, dict):
+                chosen.update({(task.stem, group.removeprefix("override ")): option for group, option in entry.items()})
     groups = sorted(p.name for p in (ROOT / "configs").iterdir() if p.is_dir())
-    assert sorted(chosen) == groups  # every folder is a group of train.yaml, every group a folder
-    for group, option in chosen.items():
-        assert options(group), f"configs/{group}/ has no options"
-        assert option is None or option in options(group), f"the default {group}={option} has no YAML"
+    assert sorted({group.split("/")[0] for _, group in chosen}) == groups  # every folder a group of a task, and back
+    assert {group for task, group in chosen if task == "train"} >= {"data", "model", "optimizer", "augmentation"}
+    for (task, group), option in chosen.items():
+        if "/" not in group:  # hydra/job_logging is Hydra's own
+            assert options(group), f"configs/{group}/ has no options"
+            assert option is None or option in options(group), f"{task}.yaml: the default {group}={option} has no YAML"
 
 
 @pytest.mark.parametrize("name", options("model"))

@@ -134,6 +134,43 @@ def test_tta_averages_the_image_and_its_mirror_and_is_recorded(trained):
     assert plain["tta"] == 0 and plain["loss"] != pytest.approx(metrics["loss"], abs=1e-6)
 
 
+def test_corruption_report_is_what_the_model_does_on_the_corrupted_images(trained):
+    from cifar_lightning.corruptions import CORRUPTIONS, corrupt
+    from cifar_lightning.robustness import choose
+
+    metrics = run_evaluate(trained, "corruptions=all", "corruptions.images=20", "corruptions.seed=4")
+    out = trained["runs"][1][0] / "eval" / "test"
+    assert {"corruptions.png", "corruption_examples.png"} < {p.name for p in out.iterdir()}
+    report = metrics["corruptions"]
+    assert list(report["accuracy"]) == list(CORRUPTIONS) and all(len(r) == 5 for r in report["accuracy"].values())
+    table = torch.tensor(list(report["accuracy"].values()))
+    assert report["mean_corruption_accuracy"] == pytest.approx(table.mean().item())
+    assert report["per_severity"] == pytest.approx(table.mean(0).tolist())
+    assert report["relative_accuracy"] == pytest.approx(report["mean_corruption_accuracy"] / report["clean_accuracy"])
+    assert report["images"] == 20 and "synthesised" in report["frost"]
+    # one cell recomputed: the same 20 images, corrupted with the same seed, through the model directly
+    model = load_model(resolve("best", trained["outputs"]))
+    raw = pickle.loads((trained["data"] / "cifar-10-batches-py" / "test_batch").read_bytes(), encoding="latin1")
+    chosen = choose(len(raw["labels"]), 20, 4)
+    images = torch.from_numpy(raw["data"].reshape(-1, 3, 32, 32))[chosen]
+    labels = torch.tensor(raw["labels"])[chosen]
+    with torch.no_grad():
+        predicted = model(model.normalize(corrupt(images, "fog", 3, seed=4))).argmax(1)
+    assert report["accuracy"]["fog"][2] == pytest.approx((predicted == labels).float().mean().item())
+    assert "## Corruptions" in (out / "report.md").read_text() and "| fog |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("corruptions.names=[fog,rain]", "corruptions.names: rain is not one of the corruptions"),
+    ("corruptions.severities=[0,6]", "corruptions.severities=[0, 6] must list severities from 1 to 5"),
+    ("corruptions.images=0", "corruptions.images=0 must be a whole number of at least 1"),
+    ("corruptions.tta=7", "corruptions.tta=7 must be one of null, 0, 1, 2"),
+])
+def test_corruption_options_are_checked_in_one_line(trained, override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_evaluate(trained, "corruptions=all", override)
+
+
 @pytest.mark.parametrize("make, overrides, message", [
     (None, ["outputs=/nonexistent/outputs"], "no training runs with a best.ckpt under"),
     (None, ["ckpt=/nonexistent/model.ckpt"], "does not exist"),
