@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 ARGS ?=
 
-.PHONY: train evaluate test test-fast benchmark setup clean
+.PHONY: train evaluate test test-fast lint format benchmark setup clean
 
 $(PYTHON): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -20,6 +20,15 @@ evaluate: $(PYTHON)
 
 test: $(PYTHON)
 	$(PYTHON) -m pytest $(ARGS)
+
+# ruff: lint and formatting, as configured in pyproject.toml (also a pre-commit hook: pre-commit install)
+lint: $(PYTHON)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: $(PYTHON)
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
 
 test-fast: $(PYTHON)
 	$(PYTHON) -m pytest -m "not slow" $(ARGS)

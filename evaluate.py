@@ -1,4 +1,5 @@
 """Evaluate a checkpoint: `python evaluate.py ckpt=best [split=val] [tta=true]`. See README.md."""
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,4 +1,5 @@
 """Export a checkpoint: `python export.py ckpt=best format=onnx`. See README.md."""
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,4 +1,5 @@
 """Classify image files: `python predict.py ckpt=best images='photos/*.png' [csv=predictions.csv]`."""
+
 import hydra
 from omegaconf import DictConfig
 

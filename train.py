@@ -1,4 +1,5 @@
 """Train a classifier: `python train.py model=cnn epochs=20`, sweeps with `-m`, `resume=RUN|latest`. See README.md."""
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -16,7 +17,8 @@ def main(cfg: DictConfig) -> float | None:
         resume_from = None
         if cfg.resume:
             cfg, resume_from = resume_config(cfg, list(HydraConfig.get().overrides.task))
-        return train(cfg, resume_from)["best_val_acc"]  # returned for sweepers that optimise it
+        # returned for sweepers to optimise
+        return train(cfg, resume_from)[cfg.get("optimized_metric", "best_val_acc")]
 
 
 if __name__ == "__main__":

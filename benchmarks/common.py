@@ -1,4 +1,5 @@
 """What the benchmarks share: the real pipeline built from overrides, a step timer, the machine's matmul peak."""
+
 import sys
 import time
 from pathlib import Path
@@ -8,8 +9,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_lightning.cli import compose_config  # noqa: E402
-from cifar_lightning.tasks.train import build  # noqa: E402
+from cifar_lightning.cli import compose_config  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.tasks.train import build  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
 
 
 def sync():
@@ -39,10 +40,14 @@ class StepTimer(L.Callback):
         return self.images / (self.end - self.start)
 
 
-
 def pipeline(overrides, output_dir, steps: int | None = None, warmup: int = 10):
     """The real pipeline (datamodule, module, trainer) for one epoch with no validation, timed by a StepTimer."""
-    extra = ["epochs=1", "+trainer.limit_val_batches=0", "callbacks.early_stopping=null", "trainer.num_sanity_val_steps=0"]
+    extra = [
+        "epochs=1",
+        "+trainer.limit_val_batches=0",
+        "callbacks.early_stopping=null",
+        "trainer.num_sanity_val_steps=0",
+    ]
     if steps:
         extra.append(f"+trainer.limit_train_batches={steps}")
     cfg = compose_config("train", [*overrides, *extra, f"paths.output_dir={output_dir}"])

@@ -7,13 +7,14 @@
 Each run is one point, labelled with its command-line overrides (from .hydra/overrides.yaml); the figures
 come from the summary.json that train.py writes, so only measured runs can appear.
 """
+
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_lightning.figures import frontier_plot  # noqa: E402
-from cifar_lightning.tasks.summarize import read_runs  # noqa: E402
+from cifar_lightning.figures import frontier_plot  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.tasks.summarize import read_runs  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
 
 ORIGINAL_ACCURACY = 0.765  # the plain-PyTorch script this project started from (its test accuracy)
 UNINFORMATIVE = ("data.verify=", "data.root=", "hydra.", "seed=")  # where the data lies, not what the recipe is

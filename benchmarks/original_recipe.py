@@ -6,6 +6,7 @@ median ratio and its spread.
     python benchmarks/original_recipe.py [--pairs 3] [--workers 0] [OVERRIDES...]
     e.g. python benchmarks/original_recipe.py data.verify=false
 """
+
 import argparse
 import statistics
 import tempfile
@@ -13,11 +14,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import pipeline
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from common import pipeline
 from cifar_lightning.models.cnn import CNN
 
 
@@ -36,9 +37,14 @@ class PILImages(Dataset):
 
 
 def original_epoch(images, labels, workers: int) -> float:
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        ]
+    )
     loader = DataLoader(PILImages(images, labels, transform), batch_size=64, shuffle=True, num_workers=workers)
     net = CNN(num_classes=10)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -54,11 +60,14 @@ def original_epoch(images, labels, workers: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the original script (it had none)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader workers of the original script (it had none)"
+    )
     parser.add_argument("--pairs", type=int, default=3)
     args, overrides = parser.parse_known_args()
     originals, ours = [], []
     with tempfile.TemporaryDirectory() as out:
+
         def run_original():
             _, datamodule, _, _, _ = pipeline(["experiment=seed_baseline", *overrides], out, warmup=0)
             train = datamodule.splits["train"]
@@ -73,13 +82,18 @@ def main():
         for pair in range(args.pairs):  # alternate which goes first, so that neither always finds the machine warmer
             for run in (run_pipeline, run_original) if pair % 2 else (run_original, run_pipeline):
                 run()
-            print(f"pair {pair + 1}: original {originals[-1]:.1f} s, pipeline {ours[-1]:.1f} s per epoch, "
-                  f"speed-up {originals[-1] / ours[-1]:.2f}x", flush=True)
+            print(
+                f"pair {pair + 1}: original {originals[-1]:.1f} s, pipeline {ours[-1]:.1f} s per epoch, "
+                f"speed-up {originals[-1] / ours[-1]:.2f}x",
+                flush=True,
+            )
     ratios = sorted(o / p for o, p in zip(originals, ours))
-    print(f"speed-up of experiment=seed_baseline over the original recipe: median {statistics.median(ratios):.2f}x "
-          f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}, {args.pairs} pairs; original median "
-          f"{statistics.median(originals):.1f} s, pipeline median {statistics.median(ours):.1f} s per epoch; "
-          f"{torch.get_num_threads()} threads, workers={args.workers})")
+    print(
+        f"speed-up of experiment=seed_baseline over the original recipe: median {statistics.median(ratios):.2f}x "
+        f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}, {args.pairs} pairs; original median "
+        f"{statistics.median(originals):.1f} s, pipeline median {statistics.median(ours):.1f} s per epoch; "
+        f"{torch.get_num_threads()} threads, workers={args.workers})"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ median ratio, the time per epoch and the FLOP rate.
          python benchmarks/throughput.py --steps 0 --warmup 1 experiment=fast94 data.verify=false data.val_size=0
     (--steps 0: one whole epoch)
 """
+
 import argparse
 import statistics
 import tempfile
@@ -14,9 +15,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-
 from common import matmul_peak, pipeline, sync, training_flops_per_image
+from hydra.utils import instantiate
 
 
 def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
@@ -34,13 +34,14 @@ def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
         if step == warmup:
             sync()
             start = time.perf_counter()
-        idx = order[step * batch_size:(step + 1) * batch_size]
+        idx = order[step * batch_size : (step + 1) * batch_size]
         x = module.normalize(images[idx])
         x = module.augment(x, idx, 0) if module.augment else x
         if hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(x), labels[idx], label_smoothing=hparams.label_smoothing,
-                               reduction=hparams.loss_reduction)
+        loss = F.cross_entropy(
+            net(x), labels[idx], label_smoothing=hparams.label_smoothing, reduction=hparams.loss_reduction
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -63,6 +64,7 @@ def main():
 
     loop_rates, pipeline_rates = [], []
     with tempfile.TemporaryDirectory() as out:
+
         def run_loop():
             cfg, datamodule, module, _, _ = pipeline(overrides, out, args.steps, args.warmup)
             train = datamodule.splits["train"]
@@ -82,8 +84,11 @@ def main():
             else:
                 run_loop()
                 cfg, datamodule, module, timer = run_pipeline()
-            print(f"pair {pair + 1}: plain loop {loop_rates[-1]:.0f} img/s, pipeline {pipeline_rates[-1]:.0f} img/s, "
-                  f"ratio {pipeline_rates[-1] / loop_rates[-1]:.3f}", flush=True)
+            print(
+                f"pair {pair + 1}: plain loop {loop_rates[-1]:.0f} img/s, pipeline {pipeline_rates[-1]:.0f} img/s, "
+                f"ratio {pipeline_rates[-1] / loop_rates[-1]:.3f}",
+                flush=True,
+            )
 
     train = datamodule.splits["train"]
     steps = args.steps or len(train.labels) // cfg.batch_size
@@ -92,10 +97,13 @@ def main():
     peak = matmul_peak()
     rate = statistics.median(pipeline_rates)
     print(f"model {cfg.model._target_}, batch {cfg.batch_size}, {steps - args.warmup} timed steps x {args.pairs}")
-    print(f"pipeline / plain loop: median ratio {statistics.median(ratios):.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)})")
-    print(f"pipeline: {rate:.0f} images/s; {flops / 1e6:.1f} MFLOP per training image; "
-          f"{rate * flops / 1e9:.1f} GFLOP/s achieved vs {peak / 1e9:.1f} GFLOP/s fp32 matmul peak "
-          f"({100 * rate * flops / peak:.1f}%); {len(train.labels) / rate:.0f} s per epoch of {len(train.labels)} images")
+    pairs = ", ".join(f"{r:.3f}" for r in ratios)
+    print(f"pipeline / plain loop: median ratio {statistics.median(ratios):.3f} (pairs: {pairs})")
+    print(
+        f"pipeline: {rate:.0f} images/s; {flops / 1e6:.1f} MFLOP per training image; "
+        f"{rate * flops / 1e9:.1f} GFLOP/s achieved vs {peak / 1e9:.1f} GFLOP/s fp32 matmul peak "
+        f"({100 * rate * flops / peak:.1f}%); {len(train.labels) / rate:.0f} s per epoch of {len(train.labels)} images"
+    )
 
 
 if __name__ == "__main__":

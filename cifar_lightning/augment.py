@@ -4,6 +4,7 @@ Each one is a callable `(images, indices, epoch) -> images`: `indices` are the d
 batch's images and `epoch` the current epoch, for augmentations whose choice per image depends on them.
 Randomness comes from torch's global generator on the images' device, so `seed` makes runs repeatable.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +31,7 @@ class RandomCrop:
     def __init__(self, padding: int = 4, padding_mode: str = "constant"):
         self.padding, self.padding_mode = padding, padding_mode
 
-    def __call__(self, images, indices=None, epoch=0):
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0):
         n, c, h, w = images.shape
         p = self.padding
         padded = F.pad(images, (p, p, p, p), mode=self.padding_mode)
@@ -48,7 +49,7 @@ class RandomCrop:
 class RandomFlip:
     """Mirror each image left-right with probability 1/2."""
 
-    def __call__(self, images, indices=None, epoch=0):
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0):
         flip = torch.rand(len(images), device=images.device) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
 
@@ -63,14 +64,14 @@ class Cutout:
     def __init__(self, size: int = 16):
         self.size = size
 
-    def __call__(self, images, indices=None, epoch=0):
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0):
         n, _, h, w = images.shape
         cy = torch.randint(0, h, (n, 1, 1), device=images.device)
         cx = torch.randint(0, w, (n, 1, 1), device=images.device)
         ys = torch.arange(h, device=images.device).view(1, h, 1)
         xs = torch.arange(w, device=images.device).view(1, 1, w)
         half = self.size // 2
-        inside = ((ys >= cy - half) & (ys < cy - half + self.size) & (xs >= cx - half) & (xs < cx - half + self.size))
+        inside = (ys >= cy - half) & (ys < cy - half + self.size) & (xs >= cx - half) & (xs < cx - half + self.size)
         return images.masked_fill(inside.unsqueeze(1), 0.0)
 
     def __repr__(self):
@@ -85,7 +86,7 @@ class AlternatingFlip:
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def __call__(self, images, indices, epoch=0):
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor | None, epoch: int = 0):
         # a fixed pseudo-random bit per dataset index: whether the image is flipped on even epochs
         mixed = (indices.to(images.device) * 2654435761 + self.seed * 40503) % (2**31)
         flip = ((mixed >> 16) & 1).bool() ^ bool(epoch % 2)
@@ -106,13 +107,22 @@ class AugMix:
     images holds black and white pixels in every channel, so the batch's per-channel minimum and maximum are
     where 0 and 1 went, whatever normalisation the data module chose."""
 
-    OPERATIONS = ("autocontrast", "equalize", "posterize", "solarize", "rotate", "shear_x", "shear_y",
-                  "translate_x", "translate_y")
+    OPERATIONS = (
+        "autocontrast",
+        "equalize",
+        "posterize",
+        "solarize",
+        "rotate",
+        "shear_x",
+        "shear_y",
+        "translate_x",
+        "translate_y",
+    )
 
     def __init__(self, width: int = 3, depth: int = 3, severity: float = 3):
         self.width, self.depth, self.severity = width, depth, severity
 
-    def __call__(self, images, indices=None, epoch=0):
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0):
         low = images.amin(dim=(0, 2, 3), keepdim=True)
         high = images.amax(dim=(0, 2, 3), keepdim=True)
         x = (images - low) / (high - low).clamp_min(1e-6)
@@ -130,7 +140,7 @@ class AugMix:
         mixed = (1 - mix) * x + mix * chains
         return mixed * (high - low) + low
 
-    def _random_operation(self, x):
+    def _random_operation(self, x: torch.Tensor):
         """One operation per image, chosen uniformly; every operation is computed for the batch and selected per
         image, which costs a few elementwise passes and one resampling instead of a Python loop over images."""
         n, device = len(x), x.device
@@ -166,14 +176,14 @@ class AugMix:
         return f"AugMix(width={self.width}, depth={self.depth}, severity={self.severity})"
 
 
-def autocontrast(x):
+def autocontrast(x: torch.Tensor) -> torch.Tensor:
     """Stretch each channel of each image to the full 0..1 range."""
     low = x.amin(dim=(2, 3), keepdim=True)
     high = x.amax(dim=(2, 3), keepdim=True)
     return torch.where(high > low, (x - low) / (high - low).clamp_min(1e-6), x)
 
 
-def equalize(x):
+def equalize(x: torch.Tensor) -> torch.Tensor:
     """Histogram equalisation per channel: each pixel becomes the share of the channel's pixels at or below it."""
     n, c, h, w = x.shape
     flat = (x * 255).round().clamp(0, 255).flatten(2)

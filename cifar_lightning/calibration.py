@@ -1,5 +1,7 @@
 """Temperature scaling (Guo et al., 2017): one number T that divides the logits so that softmax probabilities
 match how often the model is right. Fitted on validation logits; argmax, and so accuracy, do not change."""
+
+import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +22,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
     return float(log_t.detach().exp())
 
 
-def fit_on_validation(trainer, model, datamodule, ckpt_path: str | None = None) -> float:
+def fit_on_validation(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None = None
+) -> float:
     """The temperature of `model` (the weights of `ckpt_path`, if given) fitted on the data's validation split, with
     the model's own test-time augmentation, through Lightning's predict loop."""
     batches = trainer.predict(model, dataloaders=datamodule.loader("val"), ckpt_path=ckpt_path)

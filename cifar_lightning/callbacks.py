@@ -1,9 +1,12 @@
 """Training callbacks of our own, next to Lightning's (configured in configs/callbacks/)."""
+
 import math
+from typing import Any
 
 import lightning as L
 import torch
 
+from cifar_lightning.data import Batch
 from cifar_lightning.errors import UserError
 
 
@@ -18,7 +21,9 @@ class DivergenceGuard(L.Callback):
     def __init__(self, every_n_steps: int = 10):
         self.every_n_steps = every_n_steps
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
+    ) -> None:
         if batch_idx % self.every_n_steps and module.device.type != "cpu":
             return
         loss = float(outputs["loss"])
@@ -26,7 +31,8 @@ class DivergenceGuard(L.Callback):
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             raise TrainingDiverged(
                 f"training diverged: the loss became {loss} at epoch {trainer.current_epoch}, step {batch_idx} "
-                f"(learning rate {lr:.3g}); try a lower optimizer.lr. The best checkpoint so far is kept.")
+                f"(learning rate {lr:.3g}); try a lower optimizer.lr. The best checkpoint so far is kept."
+            )
 
 
 class Lookahead(L.Callback):
@@ -38,11 +44,13 @@ class Lookahead(L.Callback):
         self.every, self.base_decay, self.power = every, base_decay, power
         self.slow: dict[str, torch.Tensor] = {}
 
-    def on_train_start(self, trainer, module):
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not self.slow:  # a resumed run brings its own from the checkpoint
             self.start(module.net)
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
+    ) -> None:
         self.step(module.net, trainer.global_step, trainer.estimated_stepping_batches)
 
     def start(self, net: torch.nn.Module) -> None:
@@ -62,10 +70,10 @@ class Lookahead(L.Callback):
                 self.slow[name].lerp_(value, 1 - decay)
                 value.copy_(self.slow[name])
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"slow": self.slow}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict) -> None:
         self.slow = state_dict["slow"]
 
 
@@ -75,7 +83,7 @@ class FreezeAfterEpochs(L.Callback):
     def __init__(self, parameter: str, epochs: int):
         self.parameter, self.epochs = parameter, epochs
 
-    def on_train_epoch_start(self, trainer, module):
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         module.get_parameter(self.parameter).requires_grad_(trainer.current_epoch < self.epochs)
 
 
@@ -84,6 +92,8 @@ class StopAtMaxSteps(L.Callback):
     At max_steps Lightning leaves the epoch without validating, so the final weights, the ones the schedule
     and lookahead aimed for, would never be validated nor become best.ckpt. Asking it to stop validates first."""
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
+    ) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True

@@ -9,6 +9,7 @@ class of torch.optim / torch.optim.lr_scheduler or a factory defined in cifar_li
 no Hydra key but `_target_` (and `_partial_: true` for the optimizer and scheduler); only keywords the callable
 takes, each a plain value of the kind its signature says, never an interpolation (`${...}`).
 """
+
 import importlib
 import inspect
 import os
@@ -16,6 +17,7 @@ import pickle
 import pkgutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -38,7 +40,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     saving leaves the previous best.ckpt/last.ckpt whole. (Lightning's own save goes through a temporary
     file in the system temp folder, whose move is a copy when that is another filesystem.)"""
 
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
+    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -46,8 +48,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
             os.replace(tmp, path)
         except OSError as e:  # disk full, quota, permissions: the run stops, its earlier checkpoints stay whole
-            raise UserError(f"could not write {path} ({e.strerror or e}); the previous {path.name} is kept: free "
-                            f"space or fix the folder, then resume=\"{run_dir_of(path)}\"") from None
+            raise UserError(
+                f"could not write {path} ({e.strerror or e}); the previous {path.name} is kept: free "
+                f'space or fix the folder, then resume="{run_dir_of(path)}"'
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -75,8 +79,10 @@ def resolve(ckpt: str, outputs: Path) -> Path:
     if ckpt in ("best", "last"):
         found = newest(outputs, ckpt)
         if found is None:
-            raise UserError(f"no training runs with a {ckpt}.ckpt under {outputs}/: train one first "
-                            f"(python train.py), or pass ckpt=PATH")
+            raise UserError(
+                f"no training runs with a {ckpt}.ckpt under {outputs}/: train one first "
+                f"(python train.py), or pass ckpt=PATH"
+            )
         return found
     path = Path(ckpt)
     if path.is_dir():
@@ -98,16 +104,22 @@ def evaluation_data(chosen: DictConfig | None, run_dir: Path) -> ImageDataModule
     else:
         run_config = run_dir / ".hydra" / "config.yaml"
         if not run_config.is_file():
-            raise UserError(f"{run_config} is missing, so the data this model was trained on is unknown: "
-                            f"choose it, e.g. data=cifar10 data.root=data")
+            raise UserError(
+                f"{run_config} is missing, so the data this model was trained on is unknown: "
+                f"choose it, e.g. data=cifar10 data.root=data"
+            )
         try:
             config = (yaml.safe_load(run_config.read_text()) or {}).get("data")
         except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as e:
-            raise UserError(f"{run_config} is not a readable run config ({type(e).__name__}): choose the data, "
-                            f"e.g. data=cifar10 data.root=data") from None
+            raise UserError(
+                f"{run_config} is not a readable run config ({type(e).__name__}): choose the data, "
+                f"e.g. data=cifar10 data.root=data"
+            ) from None
         if not isinstance(config, dict) or config.get("_target_") != DATA_TARGET:
-            raise UserError(f"{run_config} was refused: its data is not a {DATA_TARGET} config; choose the data, "
-                            f"e.g. data=cifar10 data.root=data")
+            raise UserError(
+                f"{run_config} was refused: its data is not a {DATA_TARGET} config; choose the data, "
+                f"e.g. data=cifar10 data.root=data"
+            )
     config.pop("_target_", None)
     config.pop("batch_size", None)
     check_arguments(ImageDataModule, config, "data")
@@ -121,11 +133,14 @@ def load_checkpoint(path: Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         why = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
-        raise UserError(f"{path} was refused: it holds objects other than tensors and plain values, which could "
-                        f"run code when loaded ({why[:200] or type(e).__name__})") from None
+        raise UserError(
+            f"{path} was refused: it holds objects other than tensors and plain values, which could "
+            f"run code when loaded ({why[:200] or type(e).__name__})"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file: "
-                        f"{type(e).__name__})") from None
+        raise UserError(
+            f"{path} is not a readable checkpoint (truncated or not a torch file: {type(e).__name__})"
+        ) from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "net" not in hparams or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{path} is not a cifar-lightning checkpoint (no model hyperparameters in it)")
@@ -136,7 +151,7 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def check_hyperparameters(hparams) -> None:
+def check_hyperparameters(hparams: dict) -> None:
     """What ImageClassifier(**hparams) would be given, checked so that building it can run none of our code but
     the allowed constructors (see the module's docstring)."""
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
@@ -147,7 +162,7 @@ def check_hyperparameters(hparams) -> None:
     check_arguments(ImageClassifier, {k: v for k, v in hparams.items() if k not in MODEL_CONFIGS}, "hyper_parameters")
 
 
-def check_model_config(config, kind: str, where: str) -> None:
+def check_model_config(config: Any, kind: str, where: str) -> None:
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise UserError(f"{where} is not a config (a mapping with a _target_)")
     target = allowed_target(config.get("_target_"), kind, where)
@@ -170,26 +185,34 @@ def check_model_config(config, kind: str, where: str) -> None:
     check_arguments(target, kwargs, where)
 
 
-def allowed_target(target, kind: str, where: str):
+def allowed_target(target: Any, kind: str, where: str) -> bool:
     """The object `target` names, when it is one that a `kind` config may build; else UserError. The module is
     looked up among the allowed ones by its exact name and the object in its namespace, so a path cannot walk
     through a module's imports to anything else."""
     module_name, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
-    modules = {"net": [f"cifar_lightning.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)],
-               "augmentation": ["cifar_lightning.augment"],
-               "optimizer": ["torch.optim", "cifar_lightning.optim"],
-               "scheduler": ["torch.optim.lr_scheduler", "cifar_lightning.schedules"]}[kind]
+    modules = {
+        "net": [f"cifar_lightning.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)],
+        "augmentation": ["cifar_lightning.augment"],
+        "optimizer": ["torch.optim", "cifar_lightning.optim"],
+        "scheduler": ["torch.optim.lr_scheduler", "cifar_lightning.schedules"],
+    }[kind]
     obj = vars(importlib.import_module(module_name)).get(name) if module_name in modules else None
     if inspect.isclass(obj):
-        base = {"net": torch.nn.Module, "augmentation": object, "optimizer": torch.optim.Optimizer,
-                "scheduler": torch.optim.lr_scheduler.LRScheduler}[kind]
+        base = {
+            "net": torch.nn.Module,
+            "augmentation": object,
+            "optimizer": torch.optim.Optimizer,
+            "scheduler": torch.optim.lr_scheduler.LRScheduler,
+        }[kind]
         ours = module_name.startswith("cifar_lightning.")
         if issubclass(obj, base) and obj.__name__ == name and (obj.__module__ == module_name or not ours):
             return obj
     elif inspect.isfunction(obj) and obj.__module__ == module_name and module_name.startswith("cifar_lightning."):
         return obj  # a factory of ours (optim, schedules)
-    raise UserError(f"{where}._target_={target!r} is not one of the {kind}s this project builds "
-                    f"(allowed: what {', '.join(modules)} define)")
+    raise UserError(
+        f"{where}._target_={target!r} is not one of the {kind}s this project builds "
+        f"(allowed: what {', '.join(modules)} define)"
+    )
 
 
 def load_model(path: Path) -> ImageClassifier:
@@ -201,8 +224,9 @@ def load_model(path: Path) -> ImageClassifier:
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"{path} does not fit this version's model ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from None
+        raise UserError(
+            f"{path} does not fit this version's model ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     if not (model.temperature.isfinite() and model.temperature > 0):
         raise UserError(f"{path} was refused: its temperature {float(model.temperature)} is not a positive number")
     return model.eval()

@@ -4,10 +4,12 @@ Used for the values a user gives on the command line (refused before any data lo
 checkpoint or a run folder holds (refused before anything is built from it): every keyword must be one the
 callable accepts, and every value of the kind its annotation (or, without one, its default) says.
 """
+
 import inspect
 import types
 import typing
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cifar_lightning.errors import UserError
 
@@ -27,8 +29,9 @@ def check_arguments(target: Callable, kwargs: dict, where: str) -> None:
         parameter = parameters.get(key)
         if parameter is None or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             if not takes_any:
-                accepted = ", ".join(k for k, p in parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD
-                                     or p.kind == p.KEYWORD_ONLY)
+                accepted = ", ".join(
+                    k for k, p in parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD or p.kind == p.KEYWORD_ONLY
+                )
                 raise UserError(f"{where}.{key}: {_name(target)} takes no argument {key!r} (it takes {accepted})")
             continue
         expected = hints.get(key, _kind_of_default(parameter.default))
@@ -36,20 +39,26 @@ def check_arguments(target: Callable, kwargs: dict, where: str) -> None:
             raise UserError(f"{where}.{key}={value!r} is not {_describe(expected)}, as {_name(target)} expects")
 
 
-def check_option(name: str, value, expected, least=None, choices=None) -> None:
+def check_option(
+    name: str, value: Any, expected: Any, least: float | None = None, choices: Sequence | None = None
+) -> None:
     """One value of a task's own config (evaluate.yaml, predict.yaml, export.yaml): its kind, and its least value or
     the values it may take."""
     if fits(value, expected) and (least is None or value >= least) and (choices is None or value in choices):
         return
     if choices:
-        raise UserError(f"{name}={value!r} must be one of {', '.join('null' if c is None else repr(c) for c in choices)}")
-    raise UserError(f"{name}={value!r} must be {_describe(expected)}" + (f" of at least {least}" if least is not None else ""))
+        raise UserError(
+            f"{name}={value!r} must be one of {', '.join('null' if c is None else repr(c) for c in choices)}"
+        )
+    raise UserError(
+        f"{name}={value!r} must be {_describe(expected)}" + (f" of at least {least}" if least is not None else "")
+    )
 
 
 TTA = (bool | int | None, None, (None, 0, 1, 2))  # null: the checkpoint's own level; true is 1, false 0
 
 
-def fits(value, expected) -> bool:
+def fits(value: Any, expected: Any) -> bool:
     """Whether a plain value (from YAML, a command line or a checkpoint) is of the kind `expected` describes."""
     if isinstance(value, str) and "${" in value:  # an interpolation would be resolved, and so run, when built
         return False
@@ -80,7 +89,7 @@ def fits(value, expected) -> bool:
     return isinstance(value, SCALARS) or (isinstance(value, (list, tuple)) and all(fits(v, typing.Any) for v in value))
 
 
-def _kind_of_default(default):
+def _kind_of_default(default: Any):
     if default is inspect.Parameter.empty or default is None:
         return typing.Any
     if isinstance(default, (list, tuple)):
@@ -88,11 +97,18 @@ def _kind_of_default(default):
     return type(default) if isinstance(default, SCALARS) else typing.Any
 
 
-def _describe(expected) -> str:
+def _describe(expected: Any) -> str:
     if expected is typing.Any:
         return "a plain value (a number, a string, true/false, null or a list of them)"
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list",
-             tuple: "a list", type(None): "null"}
+    names = {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        tuple: "a list",
+        type(None): "null",
+    }
     if typing.get_origin(expected) in (typing.Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in typing.get_args(expected))
     if typing.get_origin(expected) in (tuple, list, Sequence):

@@ -1,20 +1,26 @@
 """What the entry points share: user mistakes end in one line on stderr and exit code 1, no traceback."""
+
 import contextlib
+import io
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.tree import Tree
 
 from cifar_lightning.errors import UserError
 
 
 @contextlib.contextmanager
-def exit_on_user_error():
+def exit_on_user_error() -> Callable:
     """Single runs: print the message and exit 1. Under -m the error is re-raised, for Hydra to record the
     job as failed and go on with the sweep (an exit would end every job after it)."""
     try:
@@ -26,7 +32,7 @@ def exit_on_user_error():
         sys.exit(1)
 
 
-def run(hydra_main) -> None:
+def run(hydra_main: Callable) -> None:
     """Calls a @hydra.main entry point so that mistakes on the command line (an unknown option, a typo in a key,
     a bad override) end in one line too: Hydra would print them over several lines with a hint, so it is asked
     to raise them instead (HYDRA_FULL_ERROR) and they are printed here from the exception's parts. A user who
@@ -58,8 +64,25 @@ def one_line(error: CompactHydraException) -> str:
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-def compose_config(name: str, overrides=()) -> DictConfig:
+def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """A config composed as `python NAME.py OVERRIDES` would, outside a Hydra app (tests, benchmarks);
     a train config then needs paths.output_dir set, which Hydra would have filled in."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
+
+
+def config_tree(cfg: DictConfig) -> str:
+    """The composed config as a tree: the run's own values first, then one branch per group (model, optimizer,
+    ...) in YAML, printed with rich; returns the same as plain text, for <run>/config_tree.txt. The module's
+    branch keeps its interpolations (net: ${model}, ...): resolved, it would repeat four groups."""
+    tree = Tree("[bold]config", guide_style="dim")
+    values = {k: v for k, v in cfg.items() if not isinstance(v, DictConfig)}
+    tree.add("[bold]run").add(Syntax(OmegaConf.to_yaml(values, resolve=True).strip(), "yaml", theme="ansi_dark"))
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            text = OmegaConf.to_yaml(value, resolve=key != "module").strip() or "{}"
+            tree.add(f"[bold]{key}").add(Syntax(text, "yaml", theme="ansi_dark"))
+    console = Console(record=True, file=io.StringIO(), width=120)
+    console.print(tree)
+    Console().print(tree)
+    return console.export_text()

@@ -7,6 +7,7 @@ re-implemented in torch, so the images approximate CIFAR-10-C rather than reprod
 ImageMagick's kernel, resampling is bilinear where the original used scipy or OpenCV, and frost, whose
 photographs we cannot download, blends a synthesised ice texture with the original's weights.
 """
+
 import io
 import math
 
@@ -15,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+
 def _power_of_two_at_least(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _uniform(generator, shape, low, high):
+def _uniform(generator: torch.Generator, shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
     return torch.rand(shape, generator=generator) * (high - low) + low
 
 
@@ -63,7 +65,7 @@ def _motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: torch.Tenso
     width = 2 * radius + 1
     # taps past 4 sigma weigh under 0.03% of the first and change no 8-bit value: skip their resampling
     taps = torch.arange(min(width, math.ceil(4 * sigma) + 1), dtype=torch.float32)
-    weights = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    weights = torch.exp(-(taps**2) / (2 * sigma**2))
     weights = weights / weights.sum()
     radians = angles * math.pi / 180
     out = torch.zeros_like(x)
@@ -87,7 +89,7 @@ def plasma_fractal(count: int, size: int, decay: float, generator: torch.Generat
     maps = torch.zeros(count, size, size, dtype=torch.float64)
     step, wibble = size, 100.0
 
-    def displaced(sums):
+    def displaced(sums: torch.Tensor) -> torch.Tensor:
         return sums / 4 + wibble * _uniform(generator, sums.shape, -wibble, wibble).double()
 
     while step >= 2:
@@ -112,17 +114,17 @@ def _plasma_like(x: torch.Tensor, decay: float, generator: torch.Generator) -> t
 
 
 # ---------------------------------------------------------------------------------------------- noise
-def gaussian_noise(x, severity, generator):
+def gaussian_noise(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     sigma = (0.04, 0.06, 0.08, 0.09, 0.10)[severity - 1]
     return x + torch.randn(x.shape, generator=generator) * sigma
 
 
-def shot_noise(x, severity, generator):
+def shot_noise(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     photons = (500, 250, 100, 75, 50)[severity - 1]
     return torch.poisson(x * photons, generator=generator) / photons
 
 
-def impulse_noise(x, severity, generator):
+def impulse_noise(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Salt and pepper: this share of the values (each channel apart) set to 0 or 1, half each."""
     amount = (0.01, 0.02, 0.03, 0.05, 0.07)[severity - 1]
     u = torch.rand(x.shape, generator=generator)
@@ -130,11 +132,11 @@ def impulse_noise(x, severity, generator):
 
 
 # ---------------------------------------------------------------------------------------------- blur
-def defocus_blur(x, severity, generator):
+def defocus_blur(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """A disk of this radius, anti-aliased with a 3x3 Gaussian of this sigma (below radius 1, a soft point)."""
     radius, alias_sigma = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))[severity - 1]
     t = torch.arange(-3, 4, dtype=torch.float32)
-    disk = ((t.view(-1, 1) ** 2 + t.view(1, -1) ** 2) <= radius ** 2).float()
+    disk = ((t.view(-1, 1) ** 2 + t.view(1, -1) ** 2) <= radius**2).float()
     disk /= disk.sum()
     g = torch.exp(-0.5 * (torch.arange(-1, 2, dtype=torch.float32) / alias_sigma) ** 2)
     g = (g / g.sum()).view(-1, 1) * (g / g.sum()).view(1, -1)
@@ -142,7 +144,7 @@ def defocus_blur(x, severity, generator):
     return _filter(x, kernel, mode="reflect")
 
 
-def glass_blur(x, severity, generator):
+def glass_blur(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Blur, quantise, swap each pixel with a neighbour up to `delta` up/left (sweeping from the bottom-right
     corner, `iterations` times), blur again: frosted glass."""
     sigma, delta, iterations = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))[severity - 1]
@@ -160,12 +162,12 @@ def glass_blur(x, severity, generator):
     return blur(pixels.permute(0, 3, 1, 2) / 255, sigma)
 
 
-def motion_blur(x, severity, generator):
+def motion_blur(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     radius, sigma = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))[severity - 1]
     return _motion_blur(x, radius, sigma, _uniform(generator, (len(x),), -45, 45))
 
 
-def zoom_blur(x, severity, generator):
+def zoom_blur(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """The mean of the image and its zooms by 1.00, 1.01, ... up to 1.05 .. 1.25."""
     steps = (6, 11, 16, 21, 26)[severity - 1]
     out = x.clone()
@@ -175,12 +177,16 @@ def zoom_blur(x, severity, generator):
 
 
 # ---------------------------------------------------------------------------------------------- weather
-def snow(x, severity, generator):
+def snow(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Flakes (thresholded, zoomed Gaussian noise, motion-blurred downwards at a random slant) added twice
     (once turned by 180 degrees) over an image washed towards white."""
     mean, std, zoom, threshold, radius, sigma, keep = (
-        (0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))[severity - 1]
+        (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+        (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+    )[severity - 1]
     n, _, h, w = x.shape
     flakes = torch.randn((n, 1, h, w), generator=generator) * std + mean
     flakes = _zoom(flakes, zoom)
@@ -207,7 +213,7 @@ def frost_texture(count: int, size: int, generator: torch.Generator) -> torch.Te
     return texture * torch.tensor([0.85, 0.93, 1.0]).view(1, 3, 1, 1)
 
 
-def frost(x, severity, generator):
+def frost(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Like the original, a random crop of one of a few large frost textures, blended over each image."""
     keep, weight = ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))[severity - 1]
     n, _, h, w = x.shape
@@ -222,7 +228,7 @@ def frost(x, severity, generator):
     return keep * x + weight * crops
 
 
-def fog(x, severity, generator):
+def fog(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """A plasma-fractal cloud added, then the image rescaled so that its brightest value stays where it was."""
     thickness, decay = ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))[severity - 1]
     brightest = x.amax(dim=(1, 2, 3), keepdim=True)
@@ -231,7 +237,7 @@ def fog(x, severity, generator):
 
 
 # ---------------------------------------------------------------------------------------------- digital
-def brightness(x, severity, generator):
+def brightness(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Value (HSV) raised by this much, hue and saturation kept: every channel scales by V'/V, black turns grey."""
     shift = (0.05, 0.1, 0.15, 0.2, 0.3)[severity - 1]
     value = x.amax(dim=1, keepdim=True)
@@ -239,18 +245,22 @@ def brightness(x, severity, generator):
     return torch.where(value > 0, x * raised / value.clamp_min(1e-12), raised)
 
 
-def contrast(x, severity, generator):
+def contrast(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     factor = (0.75, 0.5, 0.4, 0.3, 0.15)[severity - 1]
     means = x.mean(dim=(2, 3), keepdim=True)
     return (x - means) * factor + means
 
 
-def elastic_transform(x, severity, generator):
+def elastic_transform(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """A random affine warp (three points moved by up to `jitter` px), then a smooth random displacement field
     (uniform noise blurred with `sigma`, times `alpha` px); borders mirrored. Sizes are shares of the image."""
     size = x.shape[-1]
-    alpha, sigma, jitter = (size * a for a in ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06),
-                                               (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))[severity - 1])
+    alpha, sigma, jitter = (
+        size * a
+        for a in ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))[
+            severity - 1
+        ]
+    )
     n, _, h, w = x.shape
     centre, reach = torch.tensor([w // 2, h // 2], dtype=torch.float32), min(h, w) // 3
     source = torch.stack([centre + reach, centre + torch.tensor([reach, -reach]), centre - reach])  # (x, y) px
@@ -287,7 +297,7 @@ def _box_resampling(size_in: int, size_out: int) -> torch.Tensor:
     return (inside / inside.sum(1, keepdim=True)).float()
 
 
-def pixelate(x, severity, generator):
+def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Down to this share of the side with a box filter, and back up with the same filter."""
     share = (0.95, 0.9, 0.85, 0.75, 0.65)[severity - 1]
     h, w = x.shape[-2:]
@@ -298,7 +308,7 @@ def pixelate(x, severity, generator):
     return up_h @ small @ up_w.T
 
 
-def jpeg_compression(x, severity, generator):
+def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Pillow's encoder and decoder, as in the original (torchvision's are deprecated)."""
     quality = (80, 65, 58, 50, 40)[severity - 1]
     out = []
@@ -311,9 +321,26 @@ def jpeg_compression(x, severity, generator):
 
 
 # the order of the CIFAR-10-C release and of the paper's figures: noise, blur, weather, digital
-CORRUPTIONS = {f.__name__: f for f in (
-    gaussian_noise, shot_noise, impulse_noise, defocus_blur, glass_blur, motion_blur, zoom_blur, snow, frost, fog,
-    brightness, contrast, elastic_transform, pixelate, jpeg_compression)}
+CORRUPTIONS = {
+    f.__name__: f
+    for f in (
+        gaussian_noise,
+        shot_noise,
+        impulse_noise,
+        defocus_blur,
+        glass_blur,
+        motion_blur,
+        zoom_blur,
+        snow,
+        frost,
+        fog,
+        brightness,
+        contrast,
+        elastic_transform,
+        pixelate,
+        jpeg_compression,
+    )
+}
 SEVERITIES = (1, 2, 3, 4, 5)
 
 

@@ -4,9 +4,11 @@ Every source is read once into uint8 tensors of shape (N, 3, H, W); the training
 train/val once, by `split_seed`. Batches leave the loaders still uint8 (4x less to move than float)
 and are normalised and augmented on the device by the LightningModule.
 """
+
 import logging
 import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +44,15 @@ CIFAR = {"cifar10": (CIFAR10, "labels"), "cifar100": (CIFAR100, "fine_labels")}
 class _ArraysOnly(pickle.Unpickler):
     """CIFAR batches are pickles; refuse anything in them but numpy arrays, so a file can't run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in Python-3 pickles
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }  # bytes in Python-3 pickles
 
-    def find_class(self, module, name):
+    def find_class(self, module: L.LightningModule, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing {module}.{name}")
         return super().find_class(module, name)
@@ -56,8 +63,10 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return _ArraysOnly(f, encoding="latin1").load()
     except Exception as e:
-        raise UserError(f"{path} is not a readable CIFAR batch ({type(e).__name__}: {e}); "
-                        f"delete it and download or unpack the dataset again") from None
+        raise UserError(
+            f"{path} is not a readable CIFAR batch ({type(e).__name__}: {e}); "
+            f"delete it and download or unpack the dataset again"
+        ) from None
 
 
 def _download_cifar(name: str, root: Path) -> None:
@@ -67,7 +76,8 @@ def _download_cifar(name: str, root: Path) -> None:
     except Exception as e:
         raise UserError(
             f"{name} is not in {root / spec.base_folder} and could not be downloaded ({type(e).__name__}). "
-            f"Put the python-version batches there (from {spec.url}), or see README.md, section Data") from None
+            f"Put the python-version batches there (from {spec.url}), or see README.md, section Data"
+        ) from None
 
 
 def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> ImageSet:
@@ -82,20 +92,24 @@ def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> Im
     if verify:
         bad = [f for f, md5 in sums.items() if not check_md5(folder / f, md5)]
         if bad:
-            raise UserError(f"{folder}: {', '.join(bad)} do not match the official checksums; if this copy is "
-                            f"known to differ from the official release, add data.verify=false")
+            raise UserError(
+                f"{folder}: {', '.join(bad)} do not match the official checksums; if this copy is "
+                f"known to differ from the official release, add data.verify=false"
+            )
     else:
         log.warning("%s: checksums not verified (data.verify=false)", folder)
 
-    def read(names):
+    def read(names: Sequence[str]):
         batches = [_unpickle(folder / f) for f in names]
         try:
             data = np.concatenate([b["data"] for b in batches])
             labels = np.concatenate([b[labels_key] for b in batches])
             images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
         except (KeyError, ValueError, TypeError) as e:
-            raise UserError(f"{folder}: batches {names} are damaged ({type(e).__name__}: {e}); "
-                            f"delete them and download or unpack the dataset again") from None
+            raise UserError(
+                f"{folder}: batches {names} are damaged ({type(e).__name__}: {e}); "
+                f"delete them and download or unpack the dataset again"
+            ) from None
         if images.dtype != torch.uint8 or len(images) != len(labels):
             raise UserError(f"{folder}: batches {names} are damaged (wrong dtype or length)")
         return images, torch.as_tensor(labels, dtype=torch.long)
@@ -151,13 +165,14 @@ def load_folder(root: Path, image_size: int) -> ImageSet:
 
 
 # ---------------------------------------------------------------------------------------- synthetic
-def make_synthetic(num_train: int = 2000, num_test: int = 500, num_classes: int = 10, image_size: int = 32,
-                   seed: int = 0) -> ImageSet:
+def make_synthetic(
+    num_train: int = 2000, num_test: int = 500, num_classes: int = 10, image_size: int = 32, seed: int = 0
+) -> ImageSet:
     """Learnable random data for smoke runs: each class is a noisy colour gradient of its own."""
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(num_classes, 3, image_size, image_size, generator=g) * 255
 
-    def draw(n):
+    def draw(n: int):
         labels = torch.randint(num_classes, (n,), generator=g)
         noise = torch.randn(n, 3, image_size, image_size, generator=g) * 60
         return (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8), labels
@@ -167,6 +182,9 @@ def make_synthetic(num_train: int = 2000, num_test: int = 500, num_classes: int 
 
 
 # ------------------------------------------------------------------------------------- the module
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 images, labels, positions in the dataset
+
+
 class InMemoryImages(torch.utils.data.Dataset):
     """Indexable uint8 images. `__getitems__` lets the DataLoader slice a whole batch at once, so there
     is no per-image Python work; the sample indices travel with the batch (alternating flip needs them)."""
@@ -177,15 +195,15 @@ class InMemoryImages(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int):
         return self.images[i], self.labels[i], i
 
-    def __getitems__(self, indices):
+    def __getitems__(self, indices: list[int]) -> Batch:
         idx = torch.as_tensor(indices)
         return self.images[idx], self.labels[idx], idx
 
 
-def keep_batch(batch):
+def keep_batch(batch: Batch) -> Batch:
     """`__getitems__` already returns a batch: nothing to collate."""
     return batch
 
@@ -196,15 +214,29 @@ class ImageDataModule(L.LightningDataModule):
     source: cifar10 | cifar100 | folder | synthetic.
     """
 
-    def __init__(self, source: str = "cifar10", root: str = "data", verify: bool = True, download: bool = True,
-                 val_size: float = 5000, split_seed: int = 0, batch_size: int = 128, eval_batch_size: int = 1000,
-                 image_size: int = 32, num_workers: int = 0):
+    def __init__(
+        self,
+        source: str = "cifar10",
+        root: str = "data",
+        verify: bool = True,
+        download: bool = True,
+        val_size: float = 5000,
+        split_seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        image_size: int = 32,
+        num_workers: int = 0,
+    ):
         super().__init__()
         if source not in (*CIFAR, "folder", "synthetic"):
             raise UserError(f"data.source={source!r} is not a data source: use cifar10, cifar100, folder or synthetic")
-        for name, value, least in (("val_size", val_size, 0), ("batch_size", batch_size, 1),
-                                   ("eval_batch_size", eval_batch_size, 1), ("image_size", image_size, 1),
-                                   ("num_workers", num_workers, 0)):
+        for name, value, least in (
+            ("val_size", val_size, 0),
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("image_size", image_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
             if value < least:
                 raise UserError(f"data.{name}={value!r} must be at least {least}")
         self.source, self.root, self.verify, self.download = source, Path(root), verify, download
@@ -228,13 +260,17 @@ class ImageDataModule(L.LightningDataModule):
         # a fraction below 1 is a share of the training images, anything else a count
         n_val = round(self.val_size * n) if 0 < self.val_size < 1 else int(self.val_size)
         if not 0 <= n_val < n or (self.validates and n_val == 0):
-            raise UserError(f"data.val_size={self.val_size} must hold out between 1 and {n - 1} images (the training "
-                            f"set has {n}), or be 0 to train on all of them")
+            raise UserError(
+                f"data.val_size={self.val_size} must hold out between 1 and {n - 1} images (the training "
+                f"set has {n}), or be 0 to train on all of them"
+            )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         train_idx, val_idx = order[n_val:], order[:n_val]
         if stage in ("fit", None) and self.batch_size > len(train_idx):
-            raise UserError(f"batch_size={self.batch_size} is larger than the training split "
-                            f"({len(train_idx)} images): lower batch_size or data.val_size")
+            raise UserError(
+                f"batch_size={self.batch_size} is larger than the training split "
+                f"({len(train_idx)} images): lower batch_size or data.val_size"
+            )
         self.class_names = data.class_names
         self.splits["train"] = InMemoryImages(data.train_images[train_idx], data.train_labels[train_idx])
         if n_val:
@@ -269,17 +305,23 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         if split not in self.splits:
             raise UserError(f"the {self.source} data in {self.root} has no {split} split")
-        return DataLoader(self.splits[split], batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, drop_last=train, collate_fn=keep_batch, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> DataLoader | list:
         return self._loader("val") if "val" in self.splits else []
 
-    def test_dataloader(self):
+    def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
     def loader(self, split: str) -> DataLoader:

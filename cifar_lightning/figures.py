@@ -1,4 +1,5 @@
 """Metrics -> PNG figures and a one-page report.md. Never opens a window (Agg backend)."""
+
 import csv
 import math
 from pathlib import Path
@@ -6,18 +7,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 (after matplotlib.use, so no window ever opens)
+import numpy as np  # noqa: E402 (after matplotlib.use, so no window ever opens)
+import seaborn as sns  # noqa: E402 (after matplotlib.use, so no window ever opens)
+import torch  # noqa: E402 (after matplotlib.use, so no window ever opens)
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402 (after matplotlib.use, so no window ever opens)
 
-from cifar_lightning.metrics import Evaluation, classification_report  # noqa: E402
+from cifar_lightning.metrics import Evaluation, classification_report  # noqa: E402 (after matplotlib.use, so no window ever opens)
 
 DPI = 120
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -32,20 +33,33 @@ def confusion_matrix(evaluation: Evaluation, path: Path) -> Path:
     labels = np.array([[f"{c}\n{r:.0%}" for c, r in zip(cr, rr)] for cr, rr in zip(counts, rates)])
     size = max(6.0, 0.75 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    sns.heatmap(rates, annot=labels if annotate else False, fmt="", cmap="Blues", vmin=0, vmax=1, square=True,
-                xticklabels=evaluation.class_names, yticklabels=evaluation.class_names, ax=ax,
-                annot_kws={"fontsize": 8}, cbar_kws={"label": "share of the true class", "shrink": 0.8})
+    sns.heatmap(
+        rates,
+        annot=labels if annotate else False,
+        fmt="",
+        cmap="Blues",
+        vmin=0,
+        vmax=1,
+        square=True,
+        xticklabels=evaluation.class_names,
+        yticklabels=evaluation.class_names,
+        ax=ax,
+        annot_kws={"fontsize": 8},
+        cbar_kws={"label": "share of the true class", "shrink": 0.8},
+    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"Confusion matrix — accuracy {evaluation.metrics['accuracy']:.2%} "
-                 f"on {evaluation.metrics['samples']:,} images")
+    ax.set_title(
+        f"Confusion matrix — accuracy {evaluation.metrics['accuracy']:.2%} on {evaluation.metrics['samples']:,} images"
+    )
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     plt.setp(ax.get_yticklabels(), rotation=0)
     return _save(fig, path)
 
 
-def misclassified(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, class_names: list[str],
-                  path: Path, count: int = 36) -> Path:
+def misclassified(
+    images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, class_names: list[str], path: Path, count: int = 36
+) -> Path:
     """The most confident mistakes first, in their real colours (the uint8 source images), upscaled 4x."""
     confidence, predicted = probs.max(dim=1)
     wrong = (predicted != labels).nonzero().flatten()
@@ -57,8 +71,11 @@ def misclassified(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tenso
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong.tolist()):
         ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({confidence[i]:.0%})",
-                     fontsize=8, color="firebrick")
+        ax.set_title(
+            f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({confidence[i]:.0%})",
+            fontsize=8,
+            color="firebrick",
+        )
     if not len(wrong):
         axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     fig.suptitle(f"Most confident mistakes ({len(wrong)} of {int((predicted != labels).sum()):,} misclassified)")
@@ -95,8 +112,9 @@ def training_curves(metrics_csv: Path, path: Path) -> Path:
         best_epoch, best = max(val, key=lambda p: p[1])
         for ax in axes:
             ax.axvline(best_epoch + 1, color="grey", ls="--", lw=1, label=f"best epoch {best_epoch + 1}")
-        axes[1].annotate(f"best val {best:.2%}", (best_epoch + 1, best), textcoords="offset points",
-                         xytext=(-10, -18), ha="right")
+        axes[1].annotate(
+            f"best val {best:.2%}", (best_epoch + 1, best), textcoords="offset points", xytext=(-10, -18), ha="right"
+        )
     for ax in axes:
         ax.legend()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -114,15 +132,36 @@ def reliability(evaluation: Evaluation, path: Path) -> Path:
     width = bins[0]["upper"] - bins[0]["lower"]
     centres = [b["lower"] + width / 2 for b in bins]
     accuracy = [b["accuracy"] or 0 for b in bins]
-    ax.bar(centres, accuracy, width=width * 0.95, color="tab:blue", alpha=0.8,
-           label=f"accuracy, T = {calibration['temperature']:.2f} (ECE {calibration['after']['ece']:.2%})")
+    ax.bar(
+        centres,
+        accuracy,
+        width=width * 0.95,
+        color="tab:blue",
+        alpha=0.8,
+        label=f"accuracy, T = {calibration['temperature']:.2f} (ECE {calibration['after']['ece']:.2%})",
+    )
     gap_bottom = [min(a, b["confidence"] or 0) for a, b in zip(accuracy, bins)]
     gap = [abs((b["confidence"] or 0) - a) if b["count"] else 0 for a, b in zip(accuracy, bins)]
-    ax.bar(centres, gap, bottom=gap_bottom, width=width * 0.95, fill=False, hatch="//", edgecolor="tab:red", lw=0.8,
-           label="gap to mean confidence")
+    ax.bar(
+        centres,
+        gap,
+        bottom=gap_bottom,
+        width=width * 0.95,
+        fill=False,
+        hatch="//",
+        edgecolor="tab:red",
+        lw=0.8,
+        label="gap to mean confidence",
+    )
     filled = [b for b in raw if b["count"]]
-    ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o-", color="tab:orange", ms=4,
-            label=f"before calibration (ECE {calibration['before']['ece']:.2%})")
+    ax.plot(
+        [b["confidence"] for b in filled],
+        [b["accuracy"] for b in filled],
+        "o-",
+        color="tab:orange",
+        ms=4,
+        label=f"before calibration (ECE {calibration['before']['ece']:.2%})",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -136,19 +175,35 @@ def reliability(evaluation: Evaluation, path: Path) -> Path:
 def corruption_heatmap(robustness: dict, path: Path) -> Path:
     """Accuracy per corruption (rows) and severity (columns), with each row's mean and the per-severity means."""
     names = list(robustness["accuracy"])
-    table = np.array([robustness["accuracy"][n] + [robustness["per_corruption"][n]] for n in names]
-                     + [robustness["per_severity"] + [robustness["mean_corruption_accuracy"]]])
+    table = np.array(
+        [robustness["accuracy"][n] + [robustness["per_corruption"][n]] for n in names]
+        + [robustness["per_severity"] + [robustness["mean_corruption_accuracy"]]]
+    )
     rows = [n.replace("_", " ") for n in names] + ["mean"]
     columns = [str(s) for s in robustness["severities"]] + ["mean"]
     fig, ax = plt.subplots(figsize=(7, 0.42 * len(rows) + 1.6))
-    sns.heatmap(100 * table, annot=True, fmt=".1f", cmap="RdYlGn", vmin=0, vmax=100, xticklabels=columns,
-                yticklabels=rows, ax=ax, cbar_kws={"label": "accuracy (%)"}, annot_kws={"fontsize": 8})
+    sns.heatmap(
+        100 * table,
+        annot=True,
+        fmt=".1f",
+        cmap="RdYlGn",
+        vmin=0,
+        vmax=100,
+        xticklabels=columns,
+        yticklabels=rows,
+        ax=ax,
+        cbar_kws={"label": "accuracy (%)"},
+        annot_kws={"fontsize": 8},
+    )
     ax.axhline(len(names), color="white", lw=3)
     ax.axvline(len(columns) - 1, color="white", lw=3)
     ax.set_xlabel("severity")
-    ax.set_title(f"Accuracy under corruption: mCA {robustness['mean_corruption_accuracy']:.2%} = "
-                 f"{robustness['relative_accuracy']:.2f} x clean {robustness['clean_accuracy']:.2%}\n"
-                 f"({robustness['images']:,} images, generated CIFAR-10-C-style, seed {robustness['seed']})", fontsize=10)
+    ax.set_title(
+        f"Accuracy under corruption: mCA {robustness['mean_corruption_accuracy']:.2%} = "
+        f"{robustness['relative_accuracy']:.2f} x clean {robustness['clean_accuracy']:.2%}\n"
+        f"({robustness['images']:,} images, generated CIFAR-10-C-style, seed {robustness['seed']})",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -156,8 +211,9 @@ def corruption_examples(clean: torch.Tensor, corrupted: dict[str, list[torch.Ten
     """One row per corruption: the clean uint8 image (3, H, W), then its severities left to right."""
     names = list(corrupted)
     columns = 1 + max(len(v) for v in corrupted.values())
-    fig, axes = plt.subplots(len(names), columns, figsize=(1.3 * columns + 1.2, 1.3 * len(names) + 0.6),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(names), columns, figsize=(1.3 * columns + 1.2, 1.3 * len(names) + 0.6), squeeze=False, layout="constrained"
+    )
     for row, name in zip(axes, names):
         for ax, image in zip(row, [clean, *corrupted[name]]):
             ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
@@ -173,29 +229,54 @@ def corruption_examples(clean: torch.Tensor, corrupted: dict[str, list[torch.Ten
 
 def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, robustness: dict | None = None) -> Path:
     m = evaluation.metrics
-    lines = [f"# {title}", "",
-             f"Accuracy **{m['accuracy']:.2%}** (top-3 {m['top3_accuracy']:.2%}) on {m['samples']:,} images; "
-             f"mean loss {m['loss']:.4f}.", "",
-             "## Calibration", "", "| | temperature | ECE | MCE | NLL | Brier |", "|---|---|---|---|---|---|",
-             *(f"| {when} | {m['calibration']['temperature'] if when == 'after' else 1:.4f} | {c['ece']:.2%} | "
-               f"{c['mce']:.2%} | {c['nll']:.4f} | {c['brier']:.4f} |"
-               for when, c in (("before", m["calibration"]["before"]), ("after", m["calibration"]["after"]))), "",
-             "## Per class", "", "```", classification_report(evaluation).rstrip(), "```", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Accuracy **{m['accuracy']:.2%}** (top-3 {m['top3_accuracy']:.2%}) on {m['samples']:,} images; "
+        f"mean loss {m['loss']:.4f}.",
+        "",
+        "## Calibration",
+        "",
+        "| | temperature | ECE | MCE | NLL | Brier |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {when} | {m['calibration']['temperature'] if when == 'after' else 1:.4f} | {c['ece']:.2%} | "
+            f"{c['mce']:.2%} | {c['nll']:.4f} | {c['brier']:.4f} |"
+            for when, c in (("before", m["calibration"]["before"]), ("after", m["calibration"]["after"]))
+        ),
+        "",
+        "## Per class",
+        "",
+        "```",
+        classification_report(evaluation).rstrip(),
+        "```",
+        "",
+    ]
     if robustness:
         r = robustness
         severities = r["severities"]
-        lines += ["## Corruptions", "",
-                  f"Mean corruption accuracy (mCA) **{r['mean_corruption_accuracy']:.2%}**, "
-                  f"{r['relative_accuracy']:.3f} x the clean accuracy ({r['clean_accuracy']:.2%}) on the same "
-                  f"{r['images']:,} images (TTA level {r['tta']}). The corrupted images are generated here after "
-                  f"CIFAR-10-C's published parameters: they approximate that set, they do not reproduce it"
-                  + (f"; {r['frost']}." if "frost" in r else "."), "",
-                  "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " | mean |",
-                  "|---" * (len(severities) + 2) + "|",
-                  *(f"| {name.replace('_', ' ')} | " + " | ".join(f"{a:.2%}" for a in row)
-                    + f" | {r['per_corruption'][name]:.2%} |" for name, row in r["accuracy"].items()),
-                  "| **mean** | " + " | ".join(f"{a:.2%}" for a in r["per_severity"])
-                  + f" | **{r['mean_corruption_accuracy']:.2%}** |", ""]
+        lines += [
+            "## Corruptions",
+            "",
+            f"Mean corruption accuracy (mCA) **{r['mean_corruption_accuracy']:.2%}**, "
+            f"{r['relative_accuracy']:.3f} x the clean accuracy ({r['clean_accuracy']:.2%}) on the same "
+            f"{r['images']:,} images (TTA level {r['tta']}). The corrupted images are generated here after "
+            f"CIFAR-10-C's published parameters: they approximate that set, they do not reproduce it"
+            + (f"; {r['frost']}." if "frost" in r else "."),
+            "",
+            "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " | mean |",
+            "|---" * (len(severities) + 2) + "|",
+            *(
+                f"| {name.replace('_', ' ')} | "
+                + " | ".join(f"{a:.2%}" for a in row)
+                + f" | {r['per_corruption'][name]:.2%} |"
+                for name, row in r["accuracy"].items()
+            ),
+            "| **mean** | "
+            + " | ".join(f"{a:.2%}" for a in r["per_severity"])
+            + f" | **{r['mean_corruption_accuracy']:.2%}** |",
+            "",
+        ]
     for figure in figures:
         lines += [f"## {figure.stem.replace('_', ' ').capitalize()}", "", f"![{figure.stem}]({figure.name})", ""]
     path.write_text("\n".join(lines))
@@ -239,8 +320,14 @@ def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
     ax.set_xscale("log")
     for p, x, y in zip(points, minutes, accuracies):
         ax.plot(x, y, "o", markersize=8)
-        ax.annotate(f"{p['label']}\n{y:.2f}% in {x:.1f} min", (x, y), textcoords="offset points", xytext=(8, 4),
-                    fontsize=8, va="bottom")
+        ax.annotate(
+            f"{p['label']}\n{y:.2f}% in {x:.1f} min",
+            (x, y),
+            textcoords="offset points",
+            xytext=(8, 4),
+            fontsize=8,
+            va="bottom",
+        )
     low, high = min(minutes) / 1.5, max(minutes) * 3  # room for the labels, right of their points
     ax.set_xlim(low, high)
     ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200) if low <= t <= high]
@@ -248,8 +335,15 @@ def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(min(accuracies + [100 * reference]) - 2, max(accuracies + [100 * reference]) + 2)
     ax.axhline(100 * reference, color="grey", linestyle="--", linewidth=1)
-    ax.text(high, 100 * reference, f"{100 * reference:.1f}%: the original project's test accuracy (the target) ",
-            fontsize=8, color="grey", ha="right", va="top")
+    ax.text(
+        high,
+        100 * reference,
+        f"{100 * reference:.1f}%: the original project's test accuracy (the target) ",
+        fontsize=8,
+        color="grey",
+        ha="right",
+        va="top",
+    )
     machines = sorted({describe_machine(p.get("hardware")) for p in points})
     ax.set_xlabel(f"training wall time (minutes, log scale), on {'; '.join(machines)}")
     ax.set_ylabel("best validation accuracy (%)")

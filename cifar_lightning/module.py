@@ -4,6 +4,9 @@ Its constructor takes plain configs (dicts with `_target_`) rather than built ob
 with `save_hyperparameters()`: a checkpoint alone then rebuilds the same model, normalisation and class
 names, and holds nothing but plain containers and tensors (so it loads with `weights_only=True`).
 """
+
+from typing import Any
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -13,8 +16,10 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cifar_lightning.data import Batch
 
-def plain(config):
+
+def plain(config: Any) -> Any:
     """An OmegaConf node as plain dicts and lists, anything else unchanged."""
     if isinstance(config, (DictConfig, ListConfig)):
         return OmegaConf.to_container(config, resolve=True)
@@ -22,10 +27,22 @@ def plain(config):
 
 
 class ImageClassifier(L.LightningModule):
-    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None, augmentation: dict | None = None,
-                 class_names: list[str] = (), mean: list[float] = (0.5, 0.5, 0.5), std: list[float] = (0.25, 0.25, 0.25),
-                 image_size: int = 32, label_smoothing: float = 0.0, loss_reduction: str = "mean",
-                 channels_last: bool = False, compile: bool = False, tta: int = 0):
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        augmentation: dict | None = None,
+        class_names: list[str] = (),
+        mean: list[float] = (0.5, 0.5, 0.5),
+        std: list[float] = (0.25, 0.25, 0.25),
+        image_size: int = 32,
+        label_smoothing: float = 0.0,
+        loss_reduction: str = "mean",
+        channels_last: bool = False,
+        compile: bool = False,
+        tta: int = 0,
+    ):
         super().__init__()
         net, optimizer, scheduler, augmentation = map(plain, (net, optimizer, scheduler, augmentation))
         class_names, mean, std = list(class_names), list(mean), list(std)
@@ -55,7 +72,7 @@ class ImageClassifier(L.LightningModule):
         if init_from_data is not None:
             init_from_data(self.normalize(images))
 
-    def configure_model(self):
+    def configure_model(self) -> None:
         if self.hparams.compile:
             self.net.compile()  # in place: parameter names, and so checkpoints, stay the same
 
@@ -63,7 +80,7 @@ class ImageClassifier(L.LightningModule):
         """uint8 (N, C, H, W) in 0..255 -> normalised float."""
         return (images.float() / 255 - self.mean) / self.std
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         images, labels, indices = batch
         x = self.normalize(images)
         if self.augment is not None and self.trainer.training:
@@ -78,7 +95,8 @@ class ImageClassifier(L.LightningModule):
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits with test-time augmentation. tta=0: the image alone; 1: mean with its mirror image;
         2 (airbench): half that, half the same over the image shifted 1 px up-left and 1 px down-right."""
-        def with_mirror(v):
+
+        def with_mirror(v: torch.Tensor):
             return (self.net(v) + self.net(v.flip(3))) / 2
 
         if self.hparams.tta == 0:
@@ -92,7 +110,7 @@ class ImageClassifier(L.LightningModule):
         return logits
 
     # ------------------------------------------------------------------------------------- steps
-    def _step(self, stage: str, batch, logits: torch.Tensor) -> torch.Tensor:
+    def _step(self, stage: str, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         _, labels, _ = batch
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         losses = F.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="none")
@@ -117,39 +135,40 @@ class ImageClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning writes an epoch's rows to metrics.csv only after its checkpoints: a run killed in between resumes
         # with them from here (tasks/resume.py)
-        checkpoint["epoch_metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
-                                       if k.startswith(("train/", "val/"))}
+        checkpoint["epoch_metrics"] = {
+            k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
+        }
 
-    def on_train_epoch_end(self):
+    def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 
-    def on_validation_epoch_end(self):
+    def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
 
-    def on_test_epoch_end(self):
+    def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step("train", batch, self(batch[0]))
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step("val", batch, self.predict_logits(batch[0]))
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step("test", batch, self.predict_logits(batch[0]))
 
-    def predict_step(self, batch, batch_idx):
+    def predict_step(self, batch: Batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels, _ = batch
         return self.predict_logits(images), labels
 
     # ------------------------------------------------------------------------------------- optimization
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> Any:
         optimizer, scheduler, interval = self.optimizer_and_schedule(int(self.trainer.estimated_stepping_batches))
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
-    def optimizer_and_schedule(self, total_steps: int):
+    def optimizer_and_schedule(self, total_steps: int) -> tuple[torch.optim.Optimizer, Any, str | None]:
         """The optimizer, its schedule (or None) and the schedule's interval (step|epoch) for a run of `total_steps`
         optimizer steps; the benchmarks' plain loop builds its own from here too."""
         # named, so that a factory can treat groups of parameters differently (cifar_lightning.optim)

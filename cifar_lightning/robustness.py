@@ -1,4 +1,6 @@
 """Accuracy of a model under the CIFAR-10-C corruptions: the table behind `evaluate.py corruptions=all`."""
+
+import lightning as L
 import torch
 from tqdm import tqdm
 
@@ -14,18 +16,25 @@ def choose(count: int, wanted: int, seed: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+def accuracy(model: L.LightningModule, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
     """Top-1 accuracy of `model` (with its hparams.tta) on uint8 images, in batches on the model's device."""
     correct = 0
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(model.device)
+        batch = images[start : start + batch_size].to(model.device)
         predicted = model.predict_logits(model.normalize(batch)).argmax(1).cpu()
-        correct += int((predicted == labels[start:start + batch_size]).sum())
+        correct += int((predicted == labels[start : start + batch_size]).sum())
     return correct / len(images)
 
 
-def corruption_report(model, images: torch.Tensor, labels: torch.Tensor, names: list[str], severities: list[int],
-                      seed: int, batch_size: int) -> tuple[dict, dict[str, list[torch.Tensor]]]:
+def corruption_report(
+    model: L.LightningModule,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    severities: list[int],
+    seed: int,
+    batch_size: int,
+) -> tuple[dict, dict[str, list[torch.Tensor]]]:
     """Accuracy per corruption and severity on these uint8 images, their mean (mCA), its ratio to the clean
     accuracy on the same images, and the means per severity and per corruption; and the first image's corrupted
     versions, {name: [one per severity]}, to show what was applied."""
@@ -42,8 +51,16 @@ def corruption_report(model, images: torch.Tensor, labels: torch.Tensor, names: 
                 examples[name].append(corrupted[0])
                 bar.update()
     mean = sum(map(sum, table.values())) / (len(names) * len(severities))
-    return {"images": len(images), "seed": seed, "tta": model.hparams.tta, "severities": list(severities),
-            "clean_accuracy": clean, "mean_corruption_accuracy": mean, "relative_accuracy": mean / clean if clean else 0.0,
-            "per_severity": [sum(row[i] for row in table.values()) / len(names) for i in range(len(severities))],
-            "per_corruption": {name: sum(row) / len(row) for name, row in table.items()},
-            "accuracy": table, **({"frost": FROST} if "frost" in names else {})}, examples
+    return {
+        "images": len(images),
+        "seed": seed,
+        "tta": model.hparams.tta,
+        "severities": list(severities),
+        "clean_accuracy": clean,
+        "mean_corruption_accuracy": mean,
+        "relative_accuracy": mean / clean if clean else 0.0,
+        "per_severity": [sum(row[i] for row in table.values()) / len(names) for i in range(len(severities))],
+        "per_corruption": {name: sum(row) / len(row) for name, row in table.items()},
+        "accuracy": table,
+        **({"frost": FROST} if "frost" in names else {}),
+    }, examples

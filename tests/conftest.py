@@ -1,4 +1,5 @@
 """Shared fixtures: tiny datasets written into temp folders, and configs composed from configs/."""
+
 import pickle
 import subprocess
 import sys
@@ -6,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from omegaconf import OmegaConf
+from PIL import Image
 
 from cifar_lightning.cli import compose_config
 from cifar_lightning.tasks.train import train
@@ -21,8 +21,11 @@ def write_cifar(root: Path, per_batch: int = 40, test: int = 50, seed: int = 0, 
     """CIFAR in the python-version layout: for cifar10, 5 training batches of `per_batch` images; for cifar100,
     one `train` file of 5 * per_batch images over 100 classes. Each class has its own mean colour."""
     rng = np.random.default_rng(seed)
-    classes, folder, key = ((CLASSES, "cifar-10-batches-py", "labels") if name == "cifar10" else
-                            ([f"class{i:02d}" for i in range(100)], "cifar-100-python", "fine_labels"))
+    classes, folder, key = (
+        (CLASSES, "cifar-10-batches-py", "labels")
+        if name == "cifar10"
+        else ([f"class{i:02d}" for i in range(100)], "cifar-100-python", "fine_labels")
+    )
     folder = root / folder
     folder.mkdir(parents=True)
 
@@ -30,8 +33,12 @@ def write_cifar(root: Path, per_batch: int = 40, test: int = 50, seed: int = 0, 
         labels = rng.integers(0, len(classes), n)
         colours = np.linspace(20, 235, len(classes))[labels][:, None]
         data = np.clip(colours + rng.normal(0, 25, (n, 3072)), 0, 255).astype(np.uint8)
-        return {"batch_label": label, key: labels.tolist(), "data": data,
-                "filenames": [f"{label}_{i}.png" for i in range(n)]}
+        return {
+            "batch_label": label,
+            key: labels.tolist(),
+            "data": data,
+            "filenames": [f"{label}_{i}.png" for i in range(n)],
+        }
 
     def write(file, content):
         (folder / file).write_bytes(pickle.dumps(content, protocol=2))
@@ -85,10 +92,17 @@ def train_run(overrides, run_dir: Path) -> dict:
 
 
 # Overrides that make a training run take seconds: tiny data, no progress bar.
-FAST = ["epochs=1", "batch_size=32", "data.val_size=40", "data.eval_batch_size=64", "callbacks.progress_bar=null",
-        "trainer.enable_model_summary=false"]
+FAST = [
+    "epochs=1",
+    "batch_size=32",
+    "data.val_size=40",
+    "data.eval_batch_size=64",
+    "callbacks.progress_bar=null",
+    "trainer.enable_model_summary=false",
+]
 
 
 def run_script(*args, cwd: Path = ROOT, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -1,4 +1,5 @@
 """Callbacks that tests add to real runs with +callbacks.NAME._target_=helpers.NAME (tests/ on PYTHONPATH)."""
+
 from pathlib import Path
 
 import lightning as L
@@ -50,10 +51,13 @@ class RecordTrainStart(L.Callback):
 
     def on_train_start(self, trainer, module):
         lookahead = next((c for c in trainer.callbacks if type(c).__name__ == "Lookahead"), None)
-        RecordTrainStart.seen.append({
-            "slow": {k: v.clone() for k, v in lookahead.slow.items()} if lookahead else None,
-            "net": {k: v.clone() for k, v in module.net.state_dict().items()},
-            "compiled": getattr(module.net, "_compiled_call_impl", None) is not None})
+        RecordTrainStart.seen.append(
+            {
+                "slow": {k: v.clone() for k, v in lookahead.slow.items()} if lookahead else None,
+                "net": {k: v.clone() for k, v in module.net.state_dict().items()},
+                "compiled": getattr(module.net, "_compiled_call_impl", None) is not None,
+            }
+        )
 
 
 class KillAt(L.Callback):
@@ -99,6 +103,7 @@ class KillAt(L.Callback):
                 return write(path, text)
 
             import cifar_lightning.tasks.train as train
+
             train.write_atomic = writing
 
     def kill(self):
@@ -112,12 +117,21 @@ class KillAt(L.Callback):
         self.current_epoch = trainer.current_epoch
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if self.point == "train_step" and trainer.current_epoch == self.epoch and batch_idx == 2 and not self.once.exists():
+        if (
+            self.point == "train_step"
+            and trainer.current_epoch == self.epoch
+            and batch_idx == 2
+            and not self.once.exists()
+        ):
             self.kill()
 
     def on_validation_batch_end(self, trainer, module, *args):
-        if (self.point == "validation" and not trainer.sanity_checking and trainer.current_epoch == self.epoch
-                and not self.once.exists()):
+        if (
+            self.point == "validation"
+            and not trainer.sanity_checking
+            and trainer.current_epoch == self.epoch
+            and not self.once.exists()
+        ):
             self.kill()
 
     def on_test_batch_start(self, trainer, module, *args):

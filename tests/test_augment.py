@@ -1,9 +1,9 @@
 import pytest
 import torch
+from conftest import compose_train
 
 from cifar_lightning.augment import AugMix, Compose, Cutout, RandomCrop, RandomFlip, autocontrast, equalize
 from cifar_lightning.module import ImageClassifier
-from conftest import compose_train
 
 
 def ramp(n=8):
@@ -11,8 +11,16 @@ def ramp(n=8):
     return torch.arange(32.0).expand(n, 3, 32, 32).clone()
 
 
-@pytest.mark.parametrize("augment", [RandomCrop(4), RandomCrop(2, "reflect"), RandomFlip(), Cutout(8),
-                                     Compose(crop=RandomCrop(4), flip=RandomFlip(), cutout=Cutout(16), off=None)])
+@pytest.mark.parametrize(
+    "augment",
+    [
+        RandomCrop(4),
+        RandomCrop(2, "reflect"),
+        RandomFlip(),
+        Cutout(8),
+        Compose(crop=RandomCrop(4), flip=RandomFlip(), cutout=Cutout(16), off=None),
+    ],
+)
 def test_augmentation_keeps_shape_dtype_and_device(augment):
     images = torch.randn(16, 3, 32, 32)
     out = augment(images, torch.arange(16), 0)
@@ -49,8 +57,13 @@ def test_cutout_zeroes_one_square_per_image():
 
 def test_module_augments_training_batches_only():
     cfg = compose_train(["augmentation=strong"])
-    module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, augmentation=cfg.augmentation,
-                             class_names=list("abc"), channels_last=False)
+    module = ImageClassifier(
+        net=cfg.model,
+        optimizer=cfg.optimizer,
+        augmentation=cfg.augmentation,
+        class_names=list("abc"),
+        channels_last=False,
+    )
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     labels, indices = torch.arange(8) % 3, torch.arange(8)
     plain = module.normalize(images)
@@ -82,7 +95,9 @@ def test_augmix_keeps_the_pixel_range_and_mixes_with_the_original():
 def test_augmix_operations_equal_their_direct_definitions():
     x = torch.rand(2, 3, 8, 8) * 0.5 + 0.25
     stretched = autocontrast(x)
-    assert torch.allclose(stretched.amin(dim=(2, 3)), torch.zeros(2, 3)) and torch.allclose(stretched.amax(dim=(2, 3)), torch.ones(2, 3))
+    assert torch.allclose(stretched.amin(dim=(2, 3)), torch.zeros(2, 3)) and torch.allclose(
+        stretched.amax(dim=(2, 3)), torch.ones(2, 3)
+    )
     levels = torch.randint(0, 256, (1, 1, 4, 4)).float() / 255
     equalized = equalize(levels)
     for i in range(4):

@@ -1,9 +1,11 @@
 """Temperature scaling: the fit, the measures, and the temperature carried by checkpoints into every output."""
+
 import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FAST, train_run
 
 from cifar_lightning.calibration import fit_temperature
 from cifar_lightning.checkpoints import load_model, write_temperature
@@ -12,7 +14,6 @@ from cifar_lightning.errors import UserError
 from cifar_lightning.metrics import calibration, evaluate_predictions
 from cifar_lightning.tasks.evaluate import evaluate
 from cifar_lightning.tasks.predict import predict
-from conftest import FAST, train_run
 
 
 @pytest.mark.parametrize("true_temperature", [0.5, 2.5])
@@ -38,8 +39,10 @@ def test_calibration_measures_equal_a_direct_computation():
 
 def test_temperature_changes_probabilities_never_the_prediction():
     logits, labels = torch.randn(200, 5), torch.randint(0, 5, (200,))
-    plain, scaled = evaluate_predictions(logits, labels, list("abcde")), evaluate_predictions(logits, labels,
-                                                                                              list("abcde"), 3.0)
+    plain, scaled = (
+        evaluate_predictions(logits, labels, list("abcde")),
+        evaluate_predictions(logits, labels, list("abcde"), 3.0),
+    )
     assert plain.metrics["accuracy"] == scaled.metrics["accuracy"] and torch.equal(plain.confusion, scaled.confusion)
     assert scaled.metrics["calibration"]["before"] == plain.metrics["calibration"]["after"]
     assert scaled.metrics["ece"] == scaled.metrics["calibration"]["after"]["ece"] != plain.metrics["ece"]
@@ -74,6 +77,7 @@ def test_predict_shows_calibrated_probabilities(calibrated, tmp_path):
     rows = predict(compose_config("predict", [f"ckpt={run}", f"images={tmp_path}", "top_k=10"]))
     model = load_model(run / "checkpoints" / "best.ckpt")
     from cifar_lightning.data import read_image
+
     with torch.no_grad():
         logits = model(model.normalize(read_image(tmp_path / "a.png", 32)[None]))
     expected = (logits / summary["temperature"]).softmax(1)[0]
@@ -97,8 +101,11 @@ def test_without_validation_the_temperature_stays_one(tmp_path, caplog):
     assert summary["temperature"] == 1
     assert any("data.val_size=0 leaves no validation images" in r.getMessage() for r in caplog.records)
     with pytest.raises(UserError, match="calibrate=true fits the temperature on a validation split"):
-        evaluate(compose_config("evaluate", [f"ckpt={tmp_path / 'run'}", "calibrate=true", "data=synthetic",
-                                             "data.val_size=0"]))
+        evaluate(
+            compose_config(
+                "evaluate", [f"ckpt={tmp_path / 'run'}", "calibrate=true", "data=synthetic", "data.val_size=0"]
+            )
+        )
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])

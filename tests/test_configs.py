@@ -1,14 +1,15 @@
 """Every option of every config group composes from the real configs and instantiates."""
+
 import functools
 
 import pytest
 import torch
 import yaml
+from conftest import ROOT, compose_train, write_cifar, write_folder
 from hydra.utils import instantiate
 
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.tasks.train import instantiate_all
-from conftest import ROOT, compose_train, write_cifar, write_folder
 
 
 def options(group: str) -> list[str]:
@@ -64,11 +65,14 @@ def test_augmentation_builds(name):
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_builds_and_serves_uint8_batches(name, tmp_path):
-    writers = {"cifar10": write_cifar, "cifar100": functools.partial(write_cifar, name="cifar100"),
-               "folder": write_folder, "synthetic": lambda root: root}
+    writers = {
+        "cifar10": write_cifar,
+        "cifar100": functools.partial(write_cifar, name="cifar100"),
+        "folder": write_folder,
+        "synthetic": lambda root: root,
+    }
     root = writers[name](tmp_path / "data")
-    cfg = compose_train([f"data={name}", f"data.root={root}", "data.verify=false", "data.val_size=0.1",
-                        "batch_size=4"])
+    cfg = compose_train([f"data={name}", f"data.root={root}", "data.verify=false", "data.val_size=0.1", "batch_size=4"])
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     expected_classes = {"cifar10": 10, "cifar100": 100, "folder": 3, "synthetic": 10}[name]
@@ -97,7 +101,7 @@ def test_experiment_sets_what_its_file_says_and_builds(name):
     cfg = compose_train([f"experiment={name}"])
     spec = yaml.safe_load((ROOT / "configs" / "experiment" / f"{name}.yaml").read_text())
     for entry in spec.get("defaults", []):
-        for key, option in (entry.items() if isinstance(entry, dict) else ()):
+        for key, option in entry.items() if isinstance(entry, dict) else ():
             group = key.removeprefix("override /")
             if group in options_groups():
                 assert cfg[group]._target_ == compose_train([f"{group}={option}"])[group]._target_, group
@@ -106,8 +110,9 @@ def test_experiment_sets_what_its_file_says_and_builds(name):
             assert cfg[key] == value, key
     net = instantiate(cfg.model, num_classes=10)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    optimizer = instantiate(cfg.optimizer)(net.named_parameters() if cfg.optimizer._target_.startswith(
-        "cifar_lightning") else net.parameters())
+    optimizer = instantiate(cfg.optimizer)(
+        net.named_parameters() if cfg.optimizer._target_.startswith("cifar_lightning") else net.parameters()
+    )
     assert isinstance(optimizer, torch.optim.Optimizer) and optimizer.param_groups[0]["lr"] > 0
 
 

@@ -1,4 +1,5 @@
 """The CIFAR-10-C-style corruptions: shapes, ranges, determinism, severity order, and known values."""
+
 import colorsys
 
 import pytest
@@ -11,8 +12,19 @@ from cifar_lightning.robustness import choose
 # Where the published CIFAR-10 tables move the image further from the original at every step. The others are not
 # monotone by construction, which their own tests below pin down: glass blur's blur hides part of its shuffling,
 # snow's severity 3 zooms its flakes less than 2, frost and elastic trade one parameter against another.
-MONOTONE = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur", "zoom_blur", "fog",
-            "brightness", "contrast", "pixelate", "jpeg_compression"]
+MONOTONE = [
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "motion_blur",
+    "zoom_blur",
+    "fog",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +54,14 @@ def test_shape_dtype_range_and_determinism(name, images):
     assert raw.shape == (16, 3, 32, 32) and torch.isfinite(raw).all()  # nothing hidden by the conversion to uint8
 
 
-@pytest.mark.parametrize("name", [n for n in CORRUPTIONS if n not in ("defocus_blur", "zoom_blur", "brightness",
-                                                                       "contrast", "pixelate", "jpeg_compression")])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in CORRUPTIONS
+        if n not in ("defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression")
+    ],
+)
 def test_random_corruptions_change_with_the_seed(name, images):
     assert not torch.equal(corrupt(images[:8], name, 3, seed=0), corrupt(images[:8], name, 3, seed=1))
 
@@ -123,7 +141,7 @@ def test_blur_matches_a_direct_gaussian_and_keeps_the_mean():
     x[0, 0, 7, 7] = 1
     out = corruptions.blur(x, 1.0)
     t = torch.arange(-4, 5, dtype=torch.float32)
-    g = torch.exp(-t ** 2 / 2)
+    g = torch.exp(-(t**2) / 2)
     g /= g.sum()
     assert torch.allclose(out[0, 0, 3:12, 3:12], g.view(-1, 1) * g.view(1, -1), atol=1e-6)
     assert out.sum().item() == pytest.approx(1.0, abs=1e-5)

@@ -3,11 +3,11 @@ import urllib.error
 
 import pytest
 import torch
+from conftest import CLASSES, write_cifar
 
 import cifar_lightning.data as data
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.errors import UserError
-from conftest import CLASSES, write_cifar
 
 
 def setup(**kwargs) -> ImageDataModule:
@@ -107,13 +107,21 @@ def test_image_folder_tree_loads_with_class_names_from_folders(folder_root):
     assert sorted(dm.splits["test"].labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
 
 
-@pytest.mark.parametrize("layout, message", [
-    (lambda root: None, "train does not exist"),
-    (lambda root: (root / "train").mkdir(parents=True), "has no class folders"),
-    (lambda root: (root / "train" / "cat").mkdir(parents=True), "class folders without images: cat"),
-    (lambda root: ((root / "train" / "cat").mkdir(parents=True), (root / "train" / "cat" / "a.png").write_text("x")),
-     "a.png: unreadable image"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        (lambda root: None, "train does not exist"),
+        (lambda root: (root / "train").mkdir(parents=True), "has no class folders"),
+        (lambda root: (root / "train" / "cat").mkdir(parents=True), "class folders without images: cat"),
+        (
+            lambda root: (
+                (root / "train" / "cat").mkdir(parents=True),
+                (root / "train" / "cat" / "a.png").write_text("x"),
+            ),
+            "a.png: unreadable image",
+        ),
+    ],
+)
 def test_bad_image_folders_are_clear_errors(tmp_path, layout, message):
     layout(tmp_path)
     with pytest.raises(UserError, match=message):

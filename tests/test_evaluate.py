@@ -1,13 +1,13 @@
 """evaluate.py on a tiny checkpoint trained here: files, numbers, checkpoint choice and every error."""
-import json
+
 import os
 import pickle
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import FAST, run_script, train_run, write_cifar, write_folder
 from PIL import Image
 
 from cifar_lightning.checkpoints import load_model, resolve
@@ -15,10 +15,16 @@ from cifar_lightning.cli import compose_config
 from cifar_lightning.errors import UserError
 from cifar_lightning.metrics import evaluate_predictions
 from cifar_lightning.tasks.evaluate import evaluate
-from conftest import FAST, run_script, train_run, write_cifar, write_folder
 
-FILES = {"classification_report.txt", "metrics.json", "confusion_matrix.png", "misclassified.png",
-         "training_curves.png", "reliability.png", "report.md"}
+FILES = {
+    "classification_report.txt",
+    "metrics.json",
+    "confusion_matrix.png",
+    "misclassified.png",
+    "training_curves.png",
+    "reliability.png",
+    "report.md",
+}
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +114,11 @@ def test_best_picks_the_most_recent_run_and_its_highest_val_acc(trained):
     assert resolve(str(older), trained["outputs"]) == older / "checkpoints" / "best.ckpt"
     saved = torch.load(newer / "checkpoints" / "best.ckpt", weights_only=True)
     column = _column(newer, "val/acc")
-    logged = {int(line.split(",")[_column(newer, "epoch")]): float(line.split(",")[column])
-              for line in (newer / "metrics.csv").read_text().splitlines()[1:] if line.split(",")[column]}
+    logged = {
+        int(line.split(",")[_column(newer, "epoch")]): float(line.split(",")[column])
+        for line in (newer / "metrics.csv").read_text().splitlines()[1:]
+        if line.split(",")[column]
+    }
     callback = next(v for k, v in saved["callbacks"].items() if k.startswith("ModelCheckpoint") and v["monitor"])
     assert float(callback["best_model_score"]) == max(logged.values())
     assert logged[saved["epoch"]] == max(logged.values())  # the weights are those of the best epoch
@@ -160,30 +169,49 @@ def test_corruption_report_is_what_the_model_does_on_the_corrupted_images(traine
     assert "## Corruptions" in (out / "report.md").read_text() and "| fog |" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("corruptions.names=[fog,rain]", "corruptions.names: rain is not one of the corruptions"),
-    ("corruptions.severities=[0,6]", "corruptions.severities=[0, 6] must list severities from 1 to 5"),
-    ("corruptions.images=0", "corruptions.images=0 must be a whole number of at least 1"),
-    ("corruptions.tta=7", "corruptions.tta=7 must be one of null, 0, 1, 2"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("corruptions.names=[fog,rain]", "corruptions.names: rain is not one of the corruptions"),
+        ("corruptions.severities=[0,6]", "corruptions.severities=[0, 6] must list severities from 1 to 5"),
+        ("corruptions.images=0", "corruptions.images=0 must be a whole number of at least 1"),
+        ("corruptions.tta=7", "corruptions.tta=7 must be one of null, 0, 1, 2"),
+    ],
+)
 def test_corruption_options_are_checked_in_one_line(trained, override, message):
     with pytest.raises(UserError, match=re.escape(message)):
         run_evaluate(trained, "corruptions=all", override)
 
 
-@pytest.mark.parametrize("make, overrides, message", [
-    (None, ["outputs=/nonexistent/outputs"], "no training runs with a best.ckpt under"),
-    (None, ["ckpt=/nonexistent/model.ckpt"], "does not exist"),
-    (None, ["split=train"], "split=train does not exist"),
-    (lambda tmp, run: (tmp / "x.ckpt").write_text("not a checkpoint"), ["ckpt={tmp}/x.ckpt"], "not a readable checkpoint"),
-    (lambda tmp, run: (tmp / "x.ckpt").write_bytes((run / "checkpoints" / "best.ckpt").read_bytes()[:5000]),
-     ["ckpt={tmp}/x.ckpt"], "not a readable checkpoint"),
-    (lambda tmp, run: torch.save({"state_dict": {}, "epoch": 3}, tmp / "x.ckpt"), ["ckpt={tmp}/x.ckpt"],
-     "not a cifar-lightning checkpoint"),
-    (lambda tmp, run: write_folder(tmp / "folder"), ["data=folder", "data.root={tmp}/folder", "data.val_size=0"],
-     "do not match the data"),
-    (lambda tmp, run: (tmp / "empty").mkdir(), ["ckpt={tmp}/empty"], "holds no checkpoints"),
-])
+@pytest.mark.parametrize(
+    "make, overrides, message",
+    [
+        (None, ["outputs=/nonexistent/outputs"], "no training runs with a best.ckpt under"),
+        (None, ["ckpt=/nonexistent/model.ckpt"], "does not exist"),
+        (None, ["split=train"], "split=train does not exist"),
+        (
+            lambda tmp, run: (tmp / "x.ckpt").write_text("not a checkpoint"),
+            ["ckpt={tmp}/x.ckpt"],
+            "not a readable checkpoint",
+        ),
+        (
+            lambda tmp, run: (tmp / "x.ckpt").write_bytes((run / "checkpoints" / "best.ckpt").read_bytes()[:5000]),
+            ["ckpt={tmp}/x.ckpt"],
+            "not a readable checkpoint",
+        ),
+        (
+            lambda tmp, run: torch.save({"state_dict": {}, "epoch": 3}, tmp / "x.ckpt"),
+            ["ckpt={tmp}/x.ckpt"],
+            "not a cifar-lightning checkpoint",
+        ),
+        (
+            lambda tmp, run: write_folder(tmp / "folder"),
+            ["data=folder", "data.root={tmp}/folder", "data.val_size=0"],
+            "do not match the data",
+        ),
+        (lambda tmp, run: (tmp / "empty").mkdir(), ["ckpt={tmp}/empty"], "holds no checkpoints"),
+    ],
+)
 def test_errors_are_clear_and_leave_earlier_outputs_alone(trained, tmp_path, make, overrides, message):
     run = trained["runs"][1][0]
     run_evaluate(trained)  # an earlier evaluation, which a failed one must leave intact
@@ -224,14 +252,17 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("script, override, message", [
-    ("evaluate.py", "tta=5", "tta=5 must be one of null, 0, 1, 2"),
-    ("evaluate.py", "misclassified=-1", "misclassified=-1 must be a whole number of at least 0"),
-    ("predict.py", "top_k=0", "top_k=0 must be a whole number of at least 1"),
-    ("predict.py", "tta=abc", "tta='abc' must be one of null, 0, 1, 2"),
-    ("export.py", "tolerance=abc", "tolerance='abc' must be a number of at least 0"),
-    ("export.py", "check_images=0", "check_images=0 must be a whole number of at least 1"),
-])
+@pytest.mark.parametrize(
+    "script, override, message",
+    [
+        ("evaluate.py", "tta=5", "tta=5 must be one of null, 0, 1, 2"),
+        ("evaluate.py", "misclassified=-1", "misclassified=-1 must be a whole number of at least 0"),
+        ("predict.py", "top_k=0", "top_k=0 must be a whole number of at least 1"),
+        ("predict.py", "tta=abc", "tta='abc' must be one of null, 0, 1, 2"),
+        ("export.py", "tolerance=abc", "tolerance='abc' must be a number of at least 0"),
+        ("export.py", "check_images=0", "check_images=0 must be a whole number of at least 1"),
+    ],
+)
 def test_task_options_are_checked_in_one_line(trained, tmp_path, script, override, message):
     from cifar_lightning.tasks.export import export
     from cifar_lightning.tasks.predict import predict

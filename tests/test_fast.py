@@ -1,8 +1,11 @@
 """The fast recipe's parts: whitening, alternating flip, lookahead, decoupled SGD, schedule, TTA, a tiny run."""
+
 import csv
 
 import pytest
 import torch
+from conftest import FAST, compose_train, run_script, train_run
+from helpers import RecordTrainStart
 
 from cifar_lightning.augment import AlternatingFlip
 from cifar_lightning.callbacks import FreezeAfterEpochs, Lookahead
@@ -11,8 +14,6 @@ from cifar_lightning.module import ImageClassifier
 from cifar_lightning.optim import decoupled_sgd
 from cifar_lightning.schedules import warmup_linear
 from cifar_lightning.tasks.train import train
-from conftest import FAST, compose_train, run_script, train_run
-from helpers import RecordTrainStart
 
 
 def correlated_images(n=400, seed=0):
@@ -108,8 +109,15 @@ def test_lookahead_resumes_with_its_slow_weights_from_the_checkpoint(tmp_path):
     """A run cut after epoch 0 and resumed: the lookahead starts again from the slow weights it had saved, not
     from the net's current weights (which differ: 28 steps an epoch, a pull every 5)."""
     run = tmp_path / "run"
-    overrides = ["experiment=fast94", "data=synthetic", *FAST, "epochs=2", "batch_size=70", "model.widths=[8,16,16]",
-                 "+callbacks.record._target_=helpers.RecordTrainStart"]
+    overrides = [
+        "experiment=fast94",
+        "data=synthetic",
+        *FAST,
+        "epochs=2",
+        "batch_size=70",
+        "model.widths=[8,16,16]",
+        "+callbacks.record._target_=helpers.RecordTrainStart",
+    ]
     train_run([*overrides, "+callbacks.stop._target_=helpers.StopAfterEpoch"], run)
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 0 and last["global_step"] == 28

@@ -1,14 +1,15 @@
 """predict.py on image files and the sweep summary."""
+
 import csv
 import json
 import sys
 
 import numpy as np
 import pytest
+from conftest import FAST, ROOT, run_script, train_run
 from PIL import Image
 
 from cifar_lightning.tasks import summarize
-from conftest import FAST, ROOT, run_script, train_run
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_predict_prints_top3_skips_unreadable_files_and_writes_csv(run, tmp_path
 def test_predict_with_no_matching_files_is_one_line(run, tmp_path):
     result = run_script("predict.py", f"ckpt={run}", f"images={tmp_path}/*.png")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: images=") 
+    assert result.stderr.strip().splitlines()[-1].startswith("error: images=")
 
 
 def fake_run(folder, overrides, summary):
@@ -51,17 +52,28 @@ def fake_run(folder, overrides, summary):
 
 
 def test_summary_groups_seeds_and_records_failed_runs(tmp_path):
-    fake_run(tmp_path / "0", ["optimizer.lr=0.001", "seed=1"],
-             {"best_val_acc": 0.70, "test_acc": 0.60, "epochs": 3, "fit_seconds": 10})
-    fake_run(tmp_path / "1", ["optimizer.lr=0.001", "seed=2"],
-             {"best_val_acc": 0.80, "test_acc": 0.62, "epochs": 3, "fit_seconds": 12})
-    fake_run(tmp_path / "2", ["optimizer.lr=0.003", "seed=1"],
-             {"best_val_acc": 0.90, "test_acc": 0.70, "epochs": 3, "fit_seconds": 11})
+    fake_run(
+        tmp_path / "0",
+        ["optimizer.lr=0.001", "seed=1"],
+        {"best_val_acc": 0.70, "test_acc": 0.60, "epochs": 3, "fit_seconds": 10},
+    )
+    fake_run(
+        tmp_path / "1",
+        ["optimizer.lr=0.001", "seed=2"],
+        {"best_val_acc": 0.80, "test_acc": 0.62, "epochs": 3, "fit_seconds": 12},
+    )
+    fake_run(
+        tmp_path / "2",
+        ["optimizer.lr=0.003", "seed=1"],
+        {"best_val_acc": 0.90, "test_acc": 0.70, "epochs": 3, "fit_seconds": 11},
+    )
     fake_run(tmp_path / "3", ["optimizer.lr=0.003", "seed=2"], None)  # crashed: no summary.json
     summarize.main([str(tmp_path)])
     groups = summarize.group(summarize.read_runs(tmp_path))
     assert [g["group"] for g in groups] == ["optimizer.lr=0.003", "optimizer.lr=0.001"]
-    assert groups[1]["best_val_acc"] == pytest.approx(0.75) and groups[1]["best_val_acc_std"] == pytest.approx(0.0707, abs=1e-4)
+    assert groups[1]["best_val_acc"] == pytest.approx(0.75) and groups[1]["best_val_acc_std"] == pytest.approx(
+        0.0707, abs=1e-4
+    )
     assert groups[0]["runs"] == 2 and groups[0]["failed"] == 1
     table = (tmp_path / "summary.md").read_text()
     assert "75.00% ± 7.07" in table and "failed" in table
@@ -90,6 +102,7 @@ def test_frontier_plots_finished_runs_and_refuses_a_crashed_one(tmp_path):
 def test_frontier_labels_drop_where_the_data_lies():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from frontier import label
+
     assert label(["experiment=fast", "data.verify=false", "seed=1", "hydra.run.dir=x"]) == "experiment=fast"
     assert label(["data.verify=false"]) == "python train.py (defaults)"
 

@@ -1,4 +1,5 @@
 """A real training process killed mid-epoch (SIGKILL) and resumed, once and twice in a row."""
+
 import csv
 import json
 import os
@@ -9,19 +10,22 @@ import time
 
 import pytest
 import torch
-
 from conftest import FAST, ROOT, run_script
 from helpers import KillAt
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-SLOW = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.04",
-        "callbacks.early_stopping=null"]
+SLOW = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.04", "callbacks.early_stopping=null"]
 
 
 def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", *map(str, args)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "train.py", *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def kill_mid_epoch(process: subprocess.Popen, last, epoch: int) -> None:
@@ -62,8 +66,12 @@ def test_killed_run_resumes_without_losing_or_repeating_an_epoch(tmp_path, kills
     assert epochs_logged(run) == [0, 1, 2, 3, 4]
     assert torch.load(last, weights_only=True)["epoch"] == 4
     best_after = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
-    score = lambda ckpt: next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")
-                              and v["monitor"])["best_model_score"]
+
+    def score(ckpt):
+        return next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint") and v["monitor"])[
+            "best_model_score"
+        ]
+
     assert score(best_after) >= score(best_before)
     assert (run / "summary.json").is_file() and (run / ".hydra" / "config.yaml").is_file()
     assert len(list((run / ".hydra").glob("resume_*"))) >= 1  # the resuming calls' configs, beside the original
@@ -78,9 +86,18 @@ def read_metrics(run) -> list[dict]:
 def test_a_run_killed_at_any_point_resumes_and_loses_nothing(tmp_path, point):
     run, once = tmp_path / "run", tmp_path / "killed"
     """Killed in the last of 2 epochs (or after it): the resumed run ends as an uninterrupted one would."""
-    first = run_script("train.py", "data=synthetic", *FAST, "epochs=2", "callbacks.early_stopping=null",
-                       "+callbacks.kill._target_=helpers.KillAt", f"+callbacks.kill.point={point}",
-                       f"+callbacks.kill.once={once}", f"hydra.run.dir={run}", env=ENV)
+    first = run_script(
+        "train.py",
+        "data=synthetic",
+        *FAST,
+        "epochs=2",
+        "callbacks.early_stopping=null",
+        "+callbacks.kill._target_=helpers.KillAt",
+        f"+callbacks.kill.point={point}",
+        f"+callbacks.kill.once={once}",
+        f"hydra.run.dir={run}",
+        env=ENV,
+    )
     assert first.returncode == -signal.SIGKILL and once.exists(), first.stderr[-2000:]
     resumed = run_script("train.py", f"resume={run}", env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -100,10 +117,13 @@ def test_a_run_killed_at_any_point_resumes_and_loses_nothing(tmp_path, point):
     assert not list(run.glob("**/.*.tmp"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["resume={tmp}"], "does not exist, so there is nothing to resume"),
-    (["resume=latest", "paths.root={tmp}"], "has a checkpoints/last.ckpt, so there is nothing to resume"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["resume={tmp}"], "does not exist, so there is nothing to resume"),
+        (["resume=latest", "paths.root={tmp}"], "has a checkpoints/last.ckpt, so there is nothing to resume"),
+    ],
+)
 def test_resume_without_a_checkpoint_is_one_line(tmp_path, args, message):
     result = run_script("train.py", *(a.format(tmp=tmp_path) for a in args))
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -1,53 +1,64 @@
 """Bad values, divergence and determinism."""
+
 import csv
 import re
 
 import pytest
 import torch
+from conftest import FAST, compose_train, run_script
 
 from cifar_lightning.errors import UserError
 from cifar_lightning.tasks.train import train
-from conftest import FAST, compose_train, run_script
 
 
-@pytest.mark.parametrize("override, message", [
-    ("epochs=0", "epochs=0 must be a positive number"),
-    ("epochs=-3", "epochs=-3 must be"),
-    ("epochs=abc", "epochs='abc' must be"),
-    ("epochs=true", "epochs=True must be"),
-    ("batch_size=0", "batch_size=0 must be"),
-    ("batch_size=2.5", "batch_size=2.5 must be a whole number"),
-    ("seed=abc", "seed='abc' must be a whole number from 0 to 4294967295"),
-    ("seed=-1", "seed=-1 must be"),
-    ("seed=1.5", "seed=1.5 must be"),
-    ("optimizer.lr=0", "optimizer.lr=0 must be a positive number"),
-    ("optimizer.lr=-1e-3", "optimizer.lr=-0.001 must be a positive number"),
-    ("optimizer.weight_decay=abc", "optimizer.weight_decay='abc' is not a number"),
-    ("optimizer.weight_decay=-1", "optimizer or scheduler cannot be built from these values: ValueError: Invalid weight_decay"),
-    ("scheduler.pct_start=2", "optimizer or scheduler cannot be built from these values: ValueError: Expected float"),
-    ("data.val_size=abc", "data.val_size='abc' is not a number"),
-    ("data.val_size=-5", "data.val_size=-5 must be at least 0"),
-    ("data.eval_batch_size=0", "data.eval_batch_size=0 must be at least 1"),
-    ("data.num_workers=-1", "data.num_workers=-1 must be at least 0"),
-    ("data.split_seed=abc", "data.split_seed='abc' is not a whole number"),
-    ("data.verify=maybe", "data.verify='maybe' is not true or false"),
-    ("data.source=nope", "data.source='nope' is not a data source"),
-    ("module.tta=5", "module.tta=5 must be 0 (off), 1 (mirror) or 2 (six views)"),
-    ("module.label_smoothing=2", "module.label_smoothing=2 must be at least 0 and below 1"),
-    ("module.channels_last=maybe", "module.channels_last='maybe' is not true or false"),
-    ("model.widths=abc", "model.widths='abc' is not a list"),
-    ("model.widths=[0,-1]", "model cannot be built from these values: RuntimeError"),
-    ("augmentation.crop.padding=-3", "augmentation cannot be built from these values"),
-    ("callbacks.early_stopping.patience=abc", "callbacks.early_stopping.patience='abc' is not a whole number"),
-    ("logger.csv.name=3", "logger.csv.name=3 is not a string or null"),
-    ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not a whole number or null"),
-    ("trainer.precision=99", "trainer.precision=99 is not one of"),
-    ("trainer.devices=abc", "trainer cannot be built from these values: TypeError"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("epochs=0", "epochs=0 must be a positive number"),
+        ("epochs=-3", "epochs=-3 must be"),
+        ("epochs=abc", "epochs='abc' must be"),
+        ("epochs=true", "epochs=True must be"),
+        ("batch_size=0", "batch_size=0 must be"),
+        ("batch_size=2.5", "batch_size=2.5 must be a whole number"),
+        ("seed=abc", "seed='abc' must be a whole number from 0 to 4294967295"),
+        ("seed=-1", "seed=-1 must be"),
+        ("seed=1.5", "seed=1.5 must be"),
+        ("optimizer.lr=0", "optimizer.lr=0 must be a positive number"),
+        ("optimizer.lr=-1e-3", "optimizer.lr=-0.001 must be a positive number"),
+        ("optimizer.weight_decay=abc", "optimizer.weight_decay='abc' is not a number"),
+        (
+            "optimizer.weight_decay=-1",
+            "optimizer or scheduler cannot be built from these values: ValueError: Invalid weight_decay",
+        ),
+        (
+            "scheduler.pct_start=2",
+            "optimizer or scheduler cannot be built from these values: ValueError: Expected float",
+        ),
+        ("data.val_size=abc", "data.val_size='abc' is not a number"),
+        ("data.val_size=-5", "data.val_size=-5 must be at least 0"),
+        ("data.eval_batch_size=0", "data.eval_batch_size=0 must be at least 1"),
+        ("data.num_workers=-1", "data.num_workers=-1 must be at least 0"),
+        ("data.split_seed=abc", "data.split_seed='abc' is not a whole number"),
+        ("data.verify=maybe", "data.verify='maybe' is not true or false"),
+        ("data.source=nope", "data.source='nope' is not a data source"),
+        ("module.tta=5", "module.tta=5 must be 0 (off), 1 (mirror) or 2 (six views)"),
+        ("module.label_smoothing=2", "module.label_smoothing=2 must be at least 0 and below 1"),
+        ("module.channels_last=maybe", "module.channels_last='maybe' is not true or false"),
+        ("model.widths=abc", "model.widths='abc' is not a list"),
+        ("model.widths=[0,-1]", "model cannot be built from these values: RuntimeError"),
+        ("augmentation.crop.padding=-3", "augmentation cannot be built from these values"),
+        ("callbacks.early_stopping.patience=abc", "callbacks.early_stopping.patience='abc' is not a whole number"),
+        ("logger.csv.name=3", "logger.csv.name=3 is not a string or null"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not a whole number or null"),
+        ("trainer.precision=99", "trainer.precision=99 is not one of"),
+        ("trainer.devices=abc", "trainer cannot be built from these values: TypeError"),
+    ],
+)
 def test_unusable_values_are_refused_before_the_data_loads(override, message, tmp_path):
     # data that is not there: had it been loaded first, the error would be about the data instead
-    cfg = compose_train([*FAST, f"data.root={tmp_path / 'no-data'}", "data.download=false", override],
-                        output_dir=tmp_path / "run")
+    cfg = compose_train(
+        [*FAST, f"data.root={tmp_path / 'no-data'}", "data.download=false", override], output_dir=tmp_path / "run"
+    )
     with pytest.raises(UserError, match=re.escape(message)) as error:
         train(cfg)
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
@@ -55,10 +66,20 @@ def test_unusable_values_are_refused_before_the_data_loads(override, message, tm
 
 def test_divergence_stops_within_the_epoch_and_keeps_the_best_checkpoint(tmp_path, cifar_root):
     # epoch 0 trains at lr 0.01; then the schedule multiplies it by 1e12
-    result = run_script("train.py", *FAST, "epochs=3", f"data.root={cifar_root}", "data.verify=false",
-                        "optimizer=sgd", "optimizer.lr=0.01", "scheduler=step", "scheduler.step_size=1",
-                        "scheduler.gamma=1e12", "callbacks.divergence_guard.every_n_steps=1",
-                        f"hydra.run.dir={tmp_path}")
+    result = run_script(
+        "train.py",
+        *FAST,
+        "epochs=3",
+        f"data.root={cifar_root}",
+        "data.verify=false",
+        "optimizer=sgd",
+        "optimizer.lr=0.01",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=1e12",
+        "callbacks.divergence_guard.every_n_steps=1",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training diverged") and "lower optimizer.lr" in last
@@ -72,8 +93,19 @@ def test_divergence_stops_within_the_epoch_and_keeps_the_best_checkpoint(tmp_pat
 def test_same_seed_same_config_gives_identical_metrics_and_weights(tmp_path, cifar_root):
     def run(name):
         out = tmp_path / name
-        train(compose_train([*FAST, "epochs=2", f"data.root={cifar_root}", "data.verify=false",
-                             "augmentation=strong", "trainer.deterministic=true"], output_dir=out))
+        train(
+            compose_train(
+                [
+                    *FAST,
+                    "epochs=2",
+                    f"data.root={cifar_root}",
+                    "data.verify=false",
+                    "augmentation=strong",
+                    "trainer.deterministic=true",
+                ],
+                output_dir=out,
+            )
+        )
         with open(out / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
         return rows, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -85,14 +117,17 @@ def test_same_seed_same_config_gives_identical_metrics_and_weights(tmp_path, cif
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model=nope", "error: In 'train': Could not find 'model/nope' (options: airbench, cnn, mlp, resnet18)"),
-    ("epoch=3", "error: Could not override 'epoch'"),  # a typo of epochs: struct mode refuses unknown keys
-    ("epochs=[", "error: no viable alternative at input '['"),
-    ("+epochs=3", "error: Could not append to config. An item is already at 'epochs'. Either remove + prefix"),
-    ("epochs=abc", "error: epochs='abc' must be a positive number"),
-    ("batch_size=100000", "error: batch_size=100000 is larger than the training split"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=nope", "error: In 'train': Could not find 'model/nope' (options: airbench, cnn, mlp, resnet18)"),
+        ("epoch=3", "error: Could not override 'epoch'"),  # a typo of epochs: struct mode refuses unknown keys
+        ("epochs=[", "error: no viable alternative at input '['"),
+        ("+epochs=3", "error: Could not append to config. An item is already at 'epochs'. Either remove + prefix"),
+        ("epochs=abc", "error: epochs='abc' must be a positive number"),
+        ("batch_size=100000", "error: batch_size=100000 is larger than the training split"),
+    ],
+)
 def test_bad_command_lines_fail_clearly_without_traceback(override, message, tmp_path):
     result = run_script("train.py", "data=synthetic", *FAST, override, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 1

@@ -1,4 +1,5 @@
 """DDP on two CPU processes, an Optuna study and ONNX export, each on tiny data."""
+
 import os
 
 import numpy as np
@@ -6,9 +7,9 @@ import onnxruntime
 import pytest
 import torch
 import yaml
+from conftest import FAST, ROOT, run_script, train_run
 
 from cifar_lightning.checkpoints import load_model
-from conftest import FAST, ROOT, run_script, train_run
 
 pytestmark = pytest.mark.slow
 TINY = [o for o in FAST if not o.startswith(("batch_size=", "data.val_size="))]
@@ -17,11 +18,22 @@ TINY = [o for o in FAST if not o.startswith(("batch_size=", "data.val_size="))]
 def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once_and_stops_a_fractional_epoch(tmp_path):
     run = tmp_path / "run"
     env_path = f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    result = run_script("train.py", "trainer=ddp_cpu", "data=synthetic", *TINY, "epochs=1.5", "batch_size=50",
-                        "data.val_size=200",
-                        f"+callbacks.record._target_=helpers.RecordIndices", f"+callbacks.record.dir={tmp_path}",
-                        f"hydra.run.dir={run}", env={**os.environ, "PYTHONPATH": env_path})
+    result = run_script(
+        "train.py",
+        "trainer=ddp_cpu",
+        "data=synthetic",
+        *TINY,
+        "epochs=1.5",
+        "batch_size=50",
+        "data.val_size=200",
+        "+callbacks.record._target_=helpers.RecordIndices",
+        f"+callbacks.record.dir={tmp_path}",
+        f"hydra.run.dir={run}",
+        env={**os.environ, "PYTHONPATH": env_path},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert output.count("calibration=temperature is not fitted under DDP") == 1  # logged by rank 0 only
     ranks = [torch.load(tmp_path / f"indices_rank{r}.pt") for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 900  # 1,800 training images, half each (batches of 50)
     assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
@@ -38,10 +50,19 @@ def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once_and_stops_a_fracti
 
 
 def test_optuna_study_runs_and_records_a_failed_trial(tmp_path):
-    result = run_script("train.py", "-m", "hparams_search=optuna", "data=synthetic", *TINY, "data.val_size=200",
-                        "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
-                        "batch_size=choice(32,4000)",  # a sweep on the command line replaces that of the config; 4,000 fails
-                        "hydra.sweeper.sampler.seed=4", f"hydra.sweep.dir={tmp_path}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        "data=synthetic",
+        *TINY,
+        "data.val_size=200",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=3",
+        "batch_size=choice(32,4000)",  # a sweep on the command line replaces that of the config; 4,000 fails
+        "hydra.sweeper.sampler.seed=4",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(jobs) == 3

@@ -1,13 +1,14 @@
 """End-to-end training runs on tiny data, in-process (train()) and through train.py itself."""
+
 import csv
 import json
 
 import pytest
 import torch
+from conftest import FAST, compose_train, run_script, train_run
 
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.tasks.train import train
-from conftest import FAST, compose_train, run_script, train_run
 
 
 def test_one_epoch_writes_checkpoints_metrics_and_summary(cifar_root, tmp_path):
@@ -29,15 +30,17 @@ def test_one_epoch_writes_checkpoints_metrics_and_summary(cifar_root, tmp_path):
     assert machine["cpu"] and machine["gpu"] is None and machine["devices"] == 1
 
     # the checkpoint alone rebuilds the model, with the data's classes and normalisation, and loads safely
-    model = ImageClassifier.load_from_checkpoint(out / "checkpoints" / "best.ckpt", map_location="cpu",
-                                                 weights_only=True)
+    model = ImageClassifier.load_from_checkpoint(
+        out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
+    )
     assert model.hparams.class_names[0] == "airplane" and len(model.hparams.mean) == 3
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_train_py_runs_and_prints_the_result(cifar_root, tmp_path):
-    result = run_script("train.py", *FAST, f"data.root={cifar_root}", "data.verify=false",
-                        f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_script(
+        "train.py", *FAST, f"data.root={cifar_root}", "data.verify=false", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "best val acc" in result.stderr + result.stdout and "test acc" in result.stderr + result.stdout
     run = tmp_path / "run"
@@ -56,8 +59,9 @@ def test_multirun_gives_each_job_its_own_folder(tmp_path):
 
 
 def test_missing_data_is_one_line_and_a_nonzero_exit(tmp_path):
-    result = run_script("train.py", f"data.root={tmp_path / 'empty'}", "data.download=false",
-                        f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_script(
+        "train.py", f"data.root={tmp_path / 'empty'}", "data.download=false", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
@@ -65,8 +69,9 @@ def test_missing_data_is_one_line_and_a_nonzero_exit(tmp_path):
 
 
 def test_val_size_zero_trains_on_everything_and_keeps_the_last_epoch(cifar_root, tmp_path):
-    cfg = compose_train([*FAST, "epochs=2", f"data.root={cifar_root}", "data.verify=false", "data.val_size=0"],
-                        output_dir=tmp_path)
+    cfg = compose_train(
+        [*FAST, "epochs=2", f"data.root={cifar_root}", "data.verify=false", "data.val_size=0"], output_dir=tmp_path
+    )
     summary = train(cfg)
     assert summary["best_val_acc"] is None and 0 <= summary["test_acc"] <= 1
     for name in ("best", "last"):
@@ -78,12 +83,15 @@ def test_val_size_zero_trains_on_everything_and_keeps_the_last_epoch(cifar_root,
 
 @pytest.mark.slow
 def test_compiled_net_trains_and_its_checkpoint_loads_like_any_other(tmp_path):
-    from cifar_lightning.checkpoints import load_model
     from helpers import RecordTrainStart
 
+    from cifar_lightning.checkpoints import load_model
+
     RecordTrainStart.seen.clear()
-    summary = train_run([*FAST, "data=synthetic", "module.compile=true",
-                         "+callbacks.record._target_=helpers.RecordTrainStart"], tmp_path / "compiled")
+    summary = train_run(
+        [*FAST, "data=synthetic", "module.compile=true", "+callbacks.record._target_=helpers.RecordTrainStart"],
+        tmp_path / "compiled",
+    )
     assert RecordTrainStart.seen[0]["compiled"] and 0 <= summary["best_val_acc"] <= 1
     plain = torch.load(tmp_path / "compiled" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     assert not any("_orig_mod" in k for k in plain)  # compiled in place: the same parameter names

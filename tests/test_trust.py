@@ -1,18 +1,18 @@
 """Runs started together, checkpoint writes that fail, run folders whose files were damaged or crafted."""
+
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from conftest import FAST, ROOT, run_script, train_run
 
 from cifar_lightning.checkpoints import load_checkpoint
 from cifar_lightning.cli import compose_config
 from cifar_lightning.errors import UserError
 from cifar_lightning.tasks.evaluate import evaluate
 from cifar_lightning.tasks.resume import new_dir
-from conftest import FAST, ROOT, run_script, train_run
 
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
@@ -27,16 +27,37 @@ def test_new_folders_claimed_in_the_same_second_are_distinct_and_sort_by_time(tm
 @pytest.mark.slow
 def test_runs_and_sweeps_started_together_never_share_a_folder(tmp_path):
     quick = ["data=synthetic", *FAST, f"paths.root={tmp_path}"]
-    processes = [subprocess.Popen([sys.executable, "train.py", *quick, f"seed={i}"], cwd=ROOT, env=ENV,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(3)]
-    processes += [subprocess.Popen([sys.executable, "train.py", "-m", *quick, "seed=1"], cwd=ROOT, env=ENV,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "train.py", *quick, f"seed={i}"],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    processes += [
+        subprocess.Popen(
+            [sys.executable, "train.py", "-m", *quick, "seed=1"],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for process in processes:
         assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 3
-    assert sorted(int(r.joinpath(".hydra", "config.yaml").read_text().split("seed: ")[1].split()[0])
-                  for r in runs) == [0, 1, 2]  # each run's own config
+    assert sorted(int(r.joinpath(".hydra", "config.yaml").read_text().split("seed: ")[1].split()[0]) for r in runs) == [
+        0,
+        1,
+        2,
+    ]  # each run's own config
     sweeps = sorted((tmp_path / "multiruns").iterdir())
     assert len(sweeps) == 2
     assert [sorted(p.name for p in sweep.iterdir() if p.is_dir()) for sweep in sweeps] == [["0"], ["0"]]
@@ -49,8 +70,16 @@ def test_runs_and_sweeps_started_together_never_share_a_folder(tmp_path):
 @pytest.mark.slow
 def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_checkpoints_before(tmp_path):
     run = tmp_path / "run"
-    result = run_script("train.py", "data=synthetic", *FAST, "epochs=3", "+callbacks.disk._target_=helpers.DiskFullAfter",
-                        "+callbacks.disk.saves=2", f"hydra.run.dir={run}", env=ENV)
+    result = run_script(
+        "train.py",
+        "data=synthetic",
+        *FAST,
+        "epochs=3",
+        "+callbacks.disk._target_=helpers.DiskFullAfter",
+        "+callbacks.disk.saves=2",
+        f"hydra.run.dir={run}",
+        env=ENV,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"error: could not write {run}/checkpoints/last.ckpt (No space left on device)")
@@ -80,9 +109,11 @@ def test_resume_from_a_damaged_last_checkpoint_is_one_line(finished, tmp_path, d
     elif damage == "garbage":
         last.write_text("not a checkpoint at all")
     else:
+
         class Payload:
             def __reduce__(self):
                 return (os.system, (f"touch {marker}",))
+
         torch.save({**torch.load(finished / "checkpoints" / "last.ckpt", weights_only=True), "x": Payload()}, last)
     result = run_script("train.py", f"resume={run}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -91,16 +122,25 @@ def test_resume_from_a_damaged_last_checkpoint_is_one_line(finished, tmp_path, d
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"_target_": "os.system", "command": "touch {marker}"}, "was refused: its data is not"),
-    ({"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "root": "${oc.env:HOME}"},
-     "data.root='${oc.env:HOME}' is not a string"),
-    ({"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "evil": "{marker}"},
-     "takes no argument 'evil'"),
-    ({"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "val_size": [1, 2]},
-     "data.val_size=[1, 2] is not"),
-    ("just a string", "was refused: its data is not"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"_target_": "os.system", "command": "touch {marker}"}, "was refused: its data is not"),
+        (
+            {"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "root": "${oc.env:HOME}"},
+            "data.root='${oc.env:HOME}' is not a string",
+        ),
+        (
+            {"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "evil": "{marker}"},
+            "takes no argument 'evil'",
+        ),
+        (
+            {"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "val_size": [1, 2]},
+            "data.val_size=[1, 2] is not",
+        ),
+        ("just a string", "was refused: its data is not"),
+    ],
+)
 def test_a_crafted_run_config_is_refused_before_anything_is_built(finished, tmp_path, data, message):
     import yaml
 
@@ -108,8 +148,11 @@ def test_a_crafted_run_config_is_refused_before_anything_is_built(finished, tmp_
     (run / ".hydra").mkdir(parents=True)
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "best.ckpt").write_bytes((finished / "checkpoints" / "best.ckpt").read_bytes())
-    data = {k: v.replace("{marker}", str(marker)) if isinstance(v, str) else v for k, v in data.items()} if isinstance(
-        data, dict) else data
+    data = (
+        {k: v.replace("{marker}", str(marker)) if isinstance(v, str) else v for k, v in data.items()}
+        if isinstance(data, dict)
+        else data
+    )
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": data, "batch_size": 32}))
     with pytest.raises(UserError, match=message.replace("$", r"\$").replace("[", r"\[")):
         evaluate(compose_config("evaluate", [f"ckpt={run}"]))

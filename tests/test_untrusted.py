@@ -1,9 +1,11 @@
 """Crafted checkpoints: each one would write a marker file if anything it names were built unchecked. Loading
 them through evaluate.py, predict.py and export.py must refuse them in one line and run nothing."""
+
 import copy
 
 import pytest
 import torch
+from conftest import FAST, compose_train, run_script, train_run
 from hydra.utils import instantiate
 
 from cifar_lightning.checkpoints import check_model_config, load_model
@@ -12,7 +14,6 @@ from cifar_lightning.errors import UserError
 from cifar_lightning.tasks.evaluate import evaluate
 from cifar_lightning.tasks.export import export
 from cifar_lightning.tasks.predict import predict
-from conftest import FAST, compose_train, run_script, train_run
 
 CNN = "cifar_lightning.models.cnn.CNN"
 
@@ -24,37 +25,65 @@ def writes(marker, target="torch.save") -> dict:
 
 # (what is crafted, which hyperparameter it changes, how) — `m` is the marker file's path
 CRAFTED = {
-    "net target walks through a module's imports": ("net", lambda m: writes(m, "cifar_lightning.models.airbench.torch.save")),
+    "net target walks through a module's imports": (
+        "net",
+        lambda m: writes(m, "cifar_lightning.models.airbench.torch.save"),
+    ),
     "net target outside the project": ("net", lambda m: writes(m)),
-    "net _args_ injection": ("net", lambda m: {"_target_": "cifar_lightning.models.airbench.torch.save",
-                                               "_args_": [1, str(m)]}),
+    "net _args_ injection": (
+        "net",
+        lambda m: {"_target_": "cifar_lightning.models.airbench.torch.save", "_args_": [1, str(m)]},
+    ),
     "net target nested in a keyword": ("net", lambda m: {"_target_": CNN, "widths": writes(m)}),
     "net target nested in a list": ("net", lambda m: {"_target_": CNN, "widths": [8, writes(m)]}),
     "net _recursive_ / _convert_ keys": ("net", lambda m: {"_target_": CNN, "_recursive_": True, "_convert_": "all"}),
     "net unexpected keyword": ("net", lambda m: {"_target_": CNN, "widths": [8], "f": str(m)}),
     "net value of the wrong type": ("net", lambda m: {"_target_": CNN, "widths": "8,16"}),
     "net value is an interpolation": ("net", lambda m: {"_target_": CNN, "widths": "${oc.decode:'[8]'}"}),
-    "net names a class imported into a models module": ("net", lambda m: {"_target_": "cifar_lightning.models.cnn.nn",
-                                                                         "f": str(m)}),
-    "augmentation target walks through imports": ("augmentation",
-                                                  lambda m: writes(m, "cifar_lightning.augment.torch.save")),
-    "augmentation part of Compose is hostile": ("augmentation", lambda m: {
-        "_target_": "cifar_lightning.augment.Compose", "flip": writes(m, "cifar_lightning.augment.torch.save")}),
-    "augmentation _partial_": ("augmentation", lambda m: {"_target_": "cifar_lightning.augment.RandomFlip",
-                                                          "_partial_": True}),
-    "optimizer target walks through imports": ("optimizer", lambda m: {**writes(m, "torch.optim.adam.torch.save"),
-                                                                       "_partial_": True}),
-    "optimizer _args_ injection": ("optimizer", lambda m: {"_target_": "torch.optim.Adam", "_partial_": True,
-                                                           "_args_": [str(m)]}),
-    "optimizer unexpected keyword": ("optimizer", lambda m: {"_target_": "torch.optim.SGD", "_partial_": True,
-                                                             "lr": 0.1, "path": str(m)}),
-    "optimizer lr of the wrong type": ("optimizer", lambda m: {"_target_": "torch.optim.SGD", "_partial_": True,
-                                                               "lr": [str(m)]}),
+    "net names a class imported into a models module": (
+        "net",
+        lambda m: {"_target_": "cifar_lightning.models.cnn.nn", "f": str(m)},
+    ),
+    "augmentation target walks through imports": (
+        "augmentation",
+        lambda m: writes(m, "cifar_lightning.augment.torch.save"),
+    ),
+    "augmentation part of Compose is hostile": (
+        "augmentation",
+        lambda m: {
+            "_target_": "cifar_lightning.augment.Compose",
+            "flip": writes(m, "cifar_lightning.augment.torch.save"),
+        },
+    ),
+    "augmentation _partial_": (
+        "augmentation",
+        lambda m: {"_target_": "cifar_lightning.augment.RandomFlip", "_partial_": True},
+    ),
+    "optimizer target walks through imports": (
+        "optimizer",
+        lambda m: {**writes(m, "torch.optim.adam.torch.save"), "_partial_": True},
+    ),
+    "optimizer _args_ injection": (
+        "optimizer",
+        lambda m: {"_target_": "torch.optim.Adam", "_partial_": True, "_args_": [str(m)]},
+    ),
+    "optimizer unexpected keyword": (
+        "optimizer",
+        lambda m: {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "path": str(m)},
+    ),
+    "optimizer lr of the wrong type": (
+        "optimizer",
+        lambda m: {"_target_": "torch.optim.SGD", "_partial_": True, "lr": [str(m)]},
+    ),
     "scheduler target outside torch's schedulers": ("scheduler", lambda m: {**writes(m), "_partial_": True}),
-    "scheduler factory imported, not defined, in schedules": ("scheduler", lambda m: {
-        "_target_": "cifar_lightning.schedules.LinearLR", "_partial_": False}),
-    "scheduler nested target in a list": ("scheduler", lambda m: {
-        "_target_": "torch.optim.lr_scheduler.MultiStepLR", "_partial_": True, "milestones": [writes(m)]}),
+    "scheduler factory imported, not defined, in schedules": (
+        "scheduler",
+        lambda m: {"_target_": "cifar_lightning.schedules.LinearLR", "_partial_": False},
+    ),
+    "scheduler nested target in a list": (
+        "scheduler",
+        lambda m: {"_target_": "torch.optim.lr_scheduler.MultiStepLR", "_partial_": True, "milestones": [writes(m)]},
+    ),
     "hyperparameters not a mapping": (None, lambda m: ["net", str(m)]),
     "class names not strings": ("class_names", lambda m: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
     "mean not numbers": ("mean", lambda m: "0.5"),
@@ -84,8 +113,12 @@ def craft(checkpoint, kind, tmp_path):
 
 def test_the_payloads_do_run_code_when_built_unchecked(tmp_path):
     """The marker proves something: built by Hydra without the checks, these configs write it."""
-    for kind in ("net target walks through a module's imports", "net target nested in a keyword",
-                 "augmentation part of Compose is hostile", "net _args_ injection"):
+    for kind in (
+        "net target walks through a module's imports",
+        "net target nested in a keyword",
+        "augmentation part of Compose is hostile",
+        "net _args_ injection",
+    ):
         marker = tmp_path / "marker"
         config = CRAFTED[kind][1](marker)
         try:
@@ -121,12 +154,14 @@ def test_crafted_checkpoint_through_the_command_line_is_one_error_line(checkpoin
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("group, kind", [("model", "net"), ("augmentation", "augmentation"),
-                                         ("optimizer", "optimizer"), ("scheduler", "scheduler")])
+@pytest.mark.parametrize(
+    "group, kind",
+    [("model", "net"), ("augmentation", "augmentation"), ("optimizer", "optimizer"), ("scheduler", "scheduler")],
+)
 def test_every_config_the_project_ships_passes_the_checks(group, kind):
+    from conftest import ROOT
     from omegaconf import OmegaConf
 
-    from conftest import ROOT
     choices = [[f"{group}={p.stem}"] for p in sorted((ROOT / "configs" / group).glob("*.yaml"))]
     choices += [[f"experiment={p.stem}"] for p in sorted((ROOT / "configs" / "experiment").glob("*.yaml"))]
     for overrides in choices:

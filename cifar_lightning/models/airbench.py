@@ -1,4 +1,5 @@
 """The net of the fast recipe (Keller Jordan's airbench94, arXiv:2404.00498), written from its description."""
+
 import torch
 from torch import nn
 
@@ -27,7 +28,7 @@ class ConvGroup(nn.Module):
             n = min(conv.in_channels, conv.out_channels)
             torch.nn.init.dirac_(conv.weight[:n])
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
         return self.act(self.norm2(self.conv2(x)))
 
@@ -35,8 +36,15 @@ class ConvGroup(nn.Module):
 class AirbenchNet(nn.Module):
     """2x2 patch-whitening conv (frozen, from the data) -> GELU -> 3 conv groups -> maxpool 3 -> linear / 9."""
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), whiten_width: int = 24,
-                 whiten_eps: float = 5e-4, bn_momentum: float = 0.4, logit_scale: float = 1 / 9):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        whiten_width: int = 24,
+        whiten_eps: float = 5e-4,
+        bn_momentum: float = 0.4,
+        logit_scale: float = 1 / 9,
+    ):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set by init_from_data, never trained
@@ -64,6 +72,6 @@ class AirbenchNet(nn.Module):
         filters = filters.flip(0)[:half]  # the directions of largest variance first
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(x)))
         return self.head(self.pool(x).flatten(1)) * self.logit_scale

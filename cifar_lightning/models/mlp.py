@@ -4,8 +4,13 @@ from torch import nn
 class MLP(nn.Sequential):
     """A fully connected baseline on the flattened pixels."""
 
-    def __init__(self, num_classes: int = 10, in_features: int = 3 * 32 * 32, hidden: tuple[int, ...] = (512, 512),
-                 dropout: float = 0.5):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_features: int = 3 * 32 * 32,
+        hidden: tuple[int, ...] = (512, 512),
+        dropout: float = 0.5,
+    ):
         layers = [nn.Flatten()]
         for width in hidden:
             layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]

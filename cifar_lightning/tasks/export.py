@@ -1,6 +1,8 @@
 """Checkpoint -> ONNX model, verified against PyTorch with onnxruntime on real images."""
+
 from pathlib import Path
 
+import lightning as L
 import torch
 from omegaconf import DictConfig
 
@@ -15,7 +17,7 @@ class RawImagesToLogits(torch.nn.Module):
     """The exported graph takes uint8 images as they are stored, so users need not know the normalisation, and
     gives logits divided by the calibration temperature: their softmax is the calibrated probabilities."""
 
-    def __init__(self, model):
+    def __init__(self, model: L.LightningModule):
         super().__init__()
         self.model = model
 
@@ -41,24 +43,35 @@ def export(cfg: DictConfig) -> Path:
     datamodule.setup("test")
     if cfg.split not in datamodule.splits:
         raise UserError(f"the data in {datamodule.root} has no {cfg.split} split to check the export on")
-    images = datamodule.splits[cfg.split].images[:cfg.check_images]
+    images = datamodule.splits[cfg.split].images[: cfg.check_images]
 
     graph = RawImagesToLogits(model).eval()
     tmp = out.with_name(f".{out.name}.tmp")
-    torch.onnx.export(graph, (images[:2],), str(tmp), input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        graph,
+        (images[:2],),
+        str(tmp),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
     with torch.no_grad():
         expected = graph(images).numpy()
     session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"images": images.numpy()})[0]
     max_diff = float(abs(got - expected).max())
     agreement = float((got.argmax(1) == expected.argmax(1)).mean())
-    print(f"checked on {len(images)} {cfg.split} images: max abs logit difference {max_diff:.2e}, "
-          f"top-1 agreement {agreement:.2%}")
+    print(
+        f"checked on {len(images)} {cfg.split} images: max abs logit difference {max_diff:.2e}, "
+        f"top-1 agreement {agreement:.2%}"
+    )
     if max_diff > cfg.tolerance:
         tmp.unlink()
-        raise UserError(f"the ONNX model disagrees with PyTorch: max abs logit difference {max_diff:.2e} > "
-                        f"tolerance={cfg.tolerance} (top-1 agreement {agreement:.2%}); nothing written")
+        raise UserError(
+            f"the ONNX model disagrees with PyTorch: max abs logit difference {max_diff:.2e} > "
+            f"tolerance={cfg.tolerance} (top-1 agreement {agreement:.2%}); nothing written"
+        )
     tmp.replace(out)
     print(f"wrote {out}")
     return out

@@ -1,4 +1,5 @@
 """Image files -> the trained model's top classes, printed and optionally written as CSV."""
+
 import csv
 import glob
 from pathlib import Path
@@ -10,8 +11,8 @@ from torch.utils.data import DataLoader
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cifar_lightning.checkpoints import load_model, resolve
-from cifar_lightning.data import InMemoryImages, keep_batch, read_image
 from cifar_lightning.checks import TTA, check_option
+from cifar_lightning.data import InMemoryImages, keep_batch, read_image
 from cifar_lightning.errors import UserError
 
 
@@ -44,17 +45,22 @@ def predict(cfg: DictConfig) -> list[dict]:
 
     dataset = InMemoryImages(torch.stack(images), torch.full((len(images),), -1))
     batches = instantiate(cfg.trainer).predict(
-        model, dataloaders=DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=keep_batch))
+        model, dataloaders=DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=keep_batch)
+    )
     probs = model.probabilities(torch.cat([logits for logits, _ in batches]).cpu())
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
-    rows = [{"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)]}
-            for path, values, indices in zip(readable, top.values.tolist(), top.indices.tolist())]
+    rows = [
+        {"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)]}
+        for path, values, indices in zip(readable, top.values.tolist(), top.indices.tolist())
+    ]
     for row in rows:
         print(f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"]))
     if cfg.csv:
         with open(cfg.csv, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", *(f"{what}_{k + 1}" for k in range(top.indices.shape[1]) for what in ("class", "prob"))])
+            writer.writerow(
+                ["path", *(f"{what}_{k + 1}" for k in range(top.indices.shape[1]) for what in ("class", "prob"))]
+            )
             for row in rows:
                 writer.writerow([row["path"], *(v for name, p in row["top"] for v in (name, f"{p:.6f}"))])
         print(f"wrote {cfg.csv}")

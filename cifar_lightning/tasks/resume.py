@@ -1,10 +1,12 @@
 """`python train.py resume=RUN|latest`: continue an interrupted run in its own folder, from its last.ckpt,
 with the config it was started with, appending to its metrics.csv."""
+
 import csv
 import secrets
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
@@ -20,8 +22,10 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("new_dir", new_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver(
-        "config_subdir", lambda resume: f".hydra/resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resume else ".hydra",
-        replace=True)
+        "config_subdir",
+        lambda resume: f".hydra/resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resume else ".hydra",
+        replace=True,
+    )
 
 
 def new_dir(parent: str) -> str:
@@ -59,10 +63,15 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     run = Path(cfg.paths.output_dir)
     last, saved = run / "checkpoints" / "last.ckpt", run / ".hydra" / "config.yaml"
     if not last.is_file():
-        missing = (f"no run under {cfg.paths.root}/ has a checkpoints/last.ckpt" if cfg.resume == "latest" else
-                   f"{Path(cfg.resume) / 'checkpoints' / 'last.ckpt'} does not exist")
-        raise UserError(f"resume={cfg.resume}: {missing}, so there is nothing to resume (a run folder holds .hydra/ "
-                        f"and checkpoints/)")
+        missing = (
+            f"no run under {cfg.paths.root}/ has a checkpoints/last.ckpt"
+            if cfg.resume == "latest"
+            else f"{Path(cfg.resume) / 'checkpoints' / 'last.ckpt'} does not exist"
+        )
+        raise UserError(
+            f"resume={cfg.resume}: {missing}, so there is nothing to resume (a run folder holds .hydra/ "
+            f"and checkpoints/)"
+        )
     if not saved.is_file():
         raise UserError(f"resume={cfg.resume}: {saved} does not exist, so the run's config is unknown")
     config = OmegaConf.load(saved)
@@ -76,11 +85,13 @@ def read_last(last: Path) -> dict:
     try:
         return load_checkpoint(last)
     except UserError as e:
-        raise UserError(f"cannot resume: {e}. Start a new run, or copy checkpoints/best.ckpt over it to continue "
-                        f"from the best epoch") from None
+        raise UserError(
+            f"cannot resume: {e}. Start a new run, or copy checkpoints/best.ckpt over it to continue "
+            f"from the best epoch"
+        ) from None
 
 
-def keep_metrics(trainer, checkpoint: dict) -> None:
+def keep_metrics(trainer: L.Trainer, checkpoint: dict) -> None:
     """Lightning's CSVLogger starts metrics.csv afresh; put back the rows of the epochs the checkpoint
     completed (dropping those of the epoch that was cut short, which is about to run again). A run killed after
     its checkpoints but before Lightning wrote that epoch's rows gets them from the checkpoint itself."""
@@ -95,8 +106,11 @@ def keep_metrics(trainer, checkpoint: dict) -> None:
                 reader = csv.DictReader(f)
                 header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) < global_step]
         epoch = str(checkpoint["epoch"])
-        missing = {k: v for k, v in checkpoint.get("epoch_metrics", {}).items()
-                   if not any(r["epoch"] == epoch and r.get(k) for r in rows)}
+        missing = {
+            k: v
+            for k, v in checkpoint.get("epoch_metrics", {}).items()
+            if not any(r["epoch"] == epoch and r.get(k) for r in rows)
+        }
         if missing:
             header += [k for k in ("epoch", "step", *missing) if k not in header]
             rows.append({"epoch": epoch, "step": str(global_step - 1), **missing})
@@ -108,7 +122,7 @@ def keep_metrics(trainer, checkpoint: dict) -> None:
         writer.metrics_keys = list(header)
 
 
-def keep_best(trainer, checkpoint: dict, last: Path) -> None:
+def keep_best(trainer: L.Trainer, checkpoint: dict, last: Path) -> None:
     """last.ckpt is saved before best.ckpt; a run killed between the two has, in last.ckpt only, an epoch that may
     beat best.ckpt. Then it becomes best.ckpt, and both files record it as the best, as the run would have."""
     for callback in trainer.checkpoint_callbacks:
@@ -120,7 +134,13 @@ def keep_best(trainer, checkpoint: dict, last: Path) -> None:
         if best is not None and not (score > best if callback.mode == "max" else score < best):
             continue
         path, score = str(Path(callback.dirpath) / f"{callback.filename}.ckpt"), torch.tensor(score)
-        state.update(best_model_score=score, current_score=score, best_model_path=path, best_k_models={path: score},
-                     kth_best_model_path=path, kth_value=score)
+        state.update(
+            best_model_score=score,
+            current_score=score,
+            best_model_path=path,
+            best_k_models={path: score},
+            kth_best_model_path=path,
+            kth_value=score,
+        )
         for target in (path, last):
             AtomicCheckpointIO().save_checkpoint(checkpoint, target)

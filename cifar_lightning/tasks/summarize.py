@@ -3,6 +3,7 @@
 One row per run (its overrides, best val acc, test acc, epochs, wall time; failed runs too); runs that
 differ only in `seed` grouped into mean ± std; written as summary.md and summary.csv, with summary.png.
 """
+
 import argparse
 import csv
 import json
@@ -22,12 +23,19 @@ def read_runs(sweep: Path) -> list[dict]:
         overrides = yaml.safe_load(overrides_file.read_text()) or []
         summary_file = run / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        runs.append({"run": str(run.relative_to(sweep)), "overrides": overrides,
-                     "group": " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)",
-                     "status": "done" if summary else "failed",
-                     "best_val_acc": summary.get("best_val_acc"), "test_acc": summary.get("test_acc"),
-                     "epochs": summary.get("epochs"), "fit_seconds": summary.get("fit_seconds"),
-                     "hardware": summary.get("hardware")})
+        runs.append(
+            {
+                "run": str(run.relative_to(sweep)),
+                "overrides": overrides,
+                "group": " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)",
+                "status": "done" if summary else "failed",
+                "best_val_acc": summary.get("best_val_acc"),
+                "test_acc": summary.get("test_acc"),
+                "epochs": summary.get("epochs"),
+                "fit_seconds": summary.get("fit_seconds"),
+                "hardware": summary.get("hardware"),
+            }
+        )
     return runs
 
 
@@ -52,7 +60,7 @@ def group(runs: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: -(r["best_val_acc"] or -1))
 
 
-def _pct(mean, std=None) -> str:
+def _pct(mean: float | None, std: float | None = None) -> str:
     if mean is None:
         return "—"
     return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else "")
@@ -60,34 +68,54 @@ def _pct(mean, std=None) -> str:
 
 def write(sweep: Path, runs: list[dict], groups: list[dict]) -> None:
     with open(sweep / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["run", "overrides", "status", "best_val_acc", "test_acc", "epochs",
-                                               "fit_seconds"], extrasaction="ignore")
+        writer = csv.DictWriter(
+            f,
+            fieldnames=["run", "overrides", "status", "best_val_acc", "test_acc", "epochs", "fit_seconds"],
+            extrasaction="ignore",
+        )
         writer.writeheader()
         writer.writerows({**r, "overrides": " ".join(r["overrides"])} for r in runs)
-    lines = [f"# Sweep {sweep}", "", "## Grouped over seeds (mean ± std)", "",
-             "| overrides | runs | failed | best val acc | test acc | wall time (s) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Sweep {sweep}",
+        "",
+        "## Grouped over seeds (mean ± std)",
+        "",
+        "| overrides | runs | failed | best val acc | test acc | wall time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for g in groups:
         seconds = "—" if g["fit_seconds"] is None else f"{g['fit_seconds']:.0f}"
-        lines.append(f"| {g['group']} | {g['runs']} | {g['failed']} | {_pct(g['best_val_acc'], g['best_val_acc_std'])} "
-                     f"| {_pct(g['test_acc'], g['test_acc_std'])} | {seconds} |")
-    lines += ["", "## Runs", "", "| run | overrides | status | best val acc | test acc | epochs | wall time (s) |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {g['group']} | {g['runs']} | {g['failed']} | {_pct(g['best_val_acc'], g['best_val_acc_std'])} "
+            f"| {_pct(g['test_acc'], g['test_acc_std'])} | {seconds} |"
+        )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | overrides | status | best val acc | test acc | epochs | wall time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
-        lines.append(f"| {r['run']} | {' '.join(r['overrides'])} | {r['status']} | {_pct(r['best_val_acc'])} "
-                     f"| {_pct(r['test_acc'])} | {r['epochs'] if r['epochs'] is not None else '—'} "
-                     f"| {r['fit_seconds'] if r['fit_seconds'] is not None else '—'} |")
+        lines.append(
+            f"| {r['run']} | {' '.join(r['overrides'])} | {r['status']} | {_pct(r['best_val_acc'])} "
+            f"| {_pct(r['test_acc'])} | {r['epochs'] if r['epochs'] is not None else '—'} "
+            f"| {r['fit_seconds'] if r['fit_seconds'] is not None else '—'} |"
+        )
     lines += ["", "![summary](summary.png)", ""]
     (sweep / "summary.md").write_text("\n".join(lines))
     sweep_plot(runs, groups, sweep / "summary.png")
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="a multirun folder, e.g. outputs/multiruns/2026-01-01_12-00-00")
     args = parser.parse_args(argv)
     runs = read_runs(args.sweep) if args.sweep.is_dir() else []
     if not runs:
-        sys.exit(f"error: {args.sweep} holds no runs (no */.hydra/overrides.yaml): give a folder that train.py -m wrote")
+        sys.exit(
+            f"error: {args.sweep} holds no runs (no */.hydra/overrides.yaml): give a folder that train.py -m wrote"
+        )
     groups = group(runs)
     write(args.sweep, runs, groups)
     print((args.sweep / "summary.md").read_text())

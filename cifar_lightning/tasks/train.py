@@ -1,8 +1,9 @@
 """One training run from a composed config: data, module, callbacks, loggers, trainer, fit, test."""
+
 import contextlib
 import json
-import math
 import logging
+import math
 import platform
 import time
 import warnings
@@ -12,14 +13,17 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning.callbacks import StopAtMaxSteps
+from cifar_lightning import tracking
 from cifar_lightning.calibration import fit_on_validation
+from cifar_lightning.callbacks import StopAtMaxSteps
 from cifar_lightning.checkpoints import MODEL_CONFIGS, check_model_config, write_atomic, write_temperature
 from cifar_lightning.checks import check_arguments, fits
-from cifar_lightning.errors import UserError
+from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
+from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier, plain
 from cifar_lightning.tasks.resume import keep_best, keep_metrics, read_last
 
@@ -28,6 +32,9 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
 # metrics.csv shares the run folder with .hydra/ and train.log by design
 warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+
+
+SUMMARY_METRICS = ("best_val_acc", "test_acc", "test_loss", "fit_seconds")  # what a sweeper can optimise
 
 
 def instantiate_all(configs: DictConfig | dict | None) -> list:
@@ -58,20 +65,43 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"module.tta={module['tta']!r} must be 0 (off), 1 (mirror) or 2 (six views)")
     if not 0 <= module.get("label_smoothing", 0) < 1:
         raise UserError(f"module.label_smoothing={module['label_smoothing']!r} must be at least 0 and below 1")
+    # .get: a run folder from before these keys existed is resumed with their defaults
+    if cfg.get("optimized_metric", "best_val_acc") not in SUMMARY_METRICS:
+        raise UserError(f"optimized_metric={cfg.optimized_metric!r} must be one of {', '.join(SUMMARY_METRICS)}")
+    if not fits(print_config(cfg), bool):
+        raise UserError(f"extras.print_config={print_config(cfg)!r} must be true or false")
     if cfg.calibration not in ("temperature", "none"):
         raise UserError(f"calibration={cfg.calibration!r} must be temperature or none")
     if module.get("loss_reduction", "mean") not in ("mean", "sum"):
         raise UserError(f"module.loss_reduction={module['loss_reduction']!r} must be mean or sum")
-    for group, kind in (("model", "net"), ("augmentation", "augmentation"), ("optimizer", "optimizer"),
-                        ("scheduler", "scheduler")):
+    for group, kind in (
+        ("model", "net"),
+        ("augmentation", "augmentation"),
+        ("optimizer", "optimizer"),
+        ("scheduler", "scheduler"),
+    ):
         if cfg.get(group) is not None:
             check_model_config(plain(cfg[group]), kind, group)
-    lightning_parts = {"trainer": cfg.trainer, **{f"{group}.{name}": part for group in ("callbacks", "logger")
-                                                 for name, part in (cfg.get(group) or {}).items() if part is not None}}
+    lightning_parts = {
+        "trainer": cfg.trainer,
+        **{
+            f"{group}.{name}": part
+            for group in ("callbacks", "logger")
+            for name, part in (cfg.get(group) or {}).items()
+            if part is not None
+        },
+    }
     for where, part in lightning_parts.items():  # the user's own config: its targets may be anything importable
-        # plugins are configs of their own; a fractional max_epochs (= epochs) is rounded up by build()
-        kwargs = {k: v for k, v in plain(part).items() if not k.startswith("_") and k != "plugins"
-                  and not (where == "trainer" and k == "max_epochs" and not float(cfg.epochs).is_integer())}
+        # plugins and objects given as configs (a profiler) are built by Hydra, which names what it refuses; a
+        # fractional max_epochs (= epochs) is rounded up by build()
+        kwargs = {
+            k: v
+            for k, v in plain(part).items()
+            if not k.startswith("_")
+            and k != "plugins"
+            and not (isinstance(v, dict) and "_target_" in v)
+            and not (where == "trainer" and k == "max_epochs" and not float(cfg.epochs).is_integer())
+        }
         check_arguments(get_object(part._target_), kwargs, where)
     _build_small(cfg, data.get("image_size", 32))
 
@@ -79,7 +109,9 @@ def check(cfg: DictConfig) -> None:
 def _build_small(cfg: DictConfig, image_size: int) -> None:
     group = "model"
     try:
-        module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, class_names=["a", "b"])
+        module = ImageClassifier(
+            net=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, class_names=["a", "b"]
+        )
         images = torch.zeros(2, 3, image_size, image_size)
         module(images)
         if cfg.augmentation is not None:
@@ -91,11 +123,16 @@ def _build_small(cfg: DictConfig, image_size: int) -> None:
         raise refused(group, e) from None
 
 
+def print_config(cfg: DictConfig) -> bool:
+    return (cfg.get("extras") or {}).get("print_config", True)
+
+
 def refused(group: str, error: Exception) -> UserError:
     """A constructor's refusal of the values of a config group, as one line (Hydra wraps it in its own error)."""
     cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-    return UserError(f"{group} cannot be built from these values: {type(cause).__name__}: "
-                     f"{str(cause).strip().splitlines()[0][:300]}")
+    return UserError(
+        f"{group} cannot be built from these values: {type(cause).__name__}: {str(cause).strip().splitlines()[0][:300]}"
+    )
 
 
 def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
@@ -110,14 +147,24 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
         group = "logger"
         loggers = instantiate_all(cfg.logger)
         group = "trainer"
-        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *([StopAtMaxSteps()] if fractional else [])],
-                              logger=loggers, **({"max_epochs": math.ceil(cfg.epochs)} if fractional else {}))
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[*callbacks, *([StopAtMaxSteps()] if fractional else [])],
+            logger=loggers,
+            **({"max_epochs": math.ceil(cfg.epochs)} if fractional else {}),
+        )
     except InstantiationException as e:
         raise refused(group, e) from None
     datamodule.setup("fit")
     mean, std = datamodule.channel_stats()
-    module = instantiate(cfg.module, class_names=datamodule.class_names, mean=mean, std=std,
-                         image_size=datamodule.image_size, _recursive_=False)
+    module = instantiate(
+        cfg.module,
+        class_names=datamodule.class_names,
+        mean=mean,
+        std=std,
+        image_size=datamodule.image_size,
+        _recursive_=False,
+    )
     module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
     if fractional:  # counted per process: under DDP each one trains on its own share of every epoch
         trainer.fit_loop.epoch_loop.max_steps = round(cfg.epochs * datamodule.train_batches(trainer.world_size))
@@ -144,7 +191,16 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     """Trains (from a checkpoint of the same run, if given), tests the best checkpoint, writes summary.json
     into the run folder and returns the summary."""
     check(cfg)
+    if rank_zero_only.rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
+        logging.getLogger("cifar_lightning").setLevel(logging.WARNING)
+    if print_config(cfg) and rank_zero_only.rank == 0:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config_tree.txt", config_tree(cfg))
+    tracking.prepare(cfg)
     datamodule, module, trainer = build(cfg)
+    if trainer.is_global_zero:
+        tracking.start(trainer.loggers, cfg)
     if resume_from:
         last = read_last(resume_from)
         keep_metrics(trainer, last)
@@ -156,11 +212,13 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
 
     # best.ckpt's: the one that watches val/acc, else (nothing validated) the last configured, which follows the epochs
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None) or (
-        trainer.checkpoint_callbacks[-1] if trainer.checkpoint_callbacks else None)
+        trainer.checkpoint_callbacks[-1] if trainer.checkpoint_callbacks else None
+    )
     best_path = checkpoint.best_model_path if checkpoint else ""
     summary = {
         "temperature": calibrate(cfg, trainer, module, datamodule, best_path),
-        "best_val_acc": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None
+        "best_val_acc": float(checkpoint.best_model_score)
+        if checkpoint and checkpoint.best_model_score is not None
         else None,
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
@@ -173,23 +231,35 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        log.info("best val acc %s | test acc %s | wall time %.0f s | %s", _pct(summary["best_val_acc"]),
-                 _pct(summary.get("test_acc")), fit_seconds, out)
+        tracking.finish(trainer.loggers, summary, out / "summary.json")
+        log.info(
+            "best val acc %s | test acc %s | wall time %.0f s | %s",
+            _pct(summary["best_val_acc"]),
+            _pct(summary.get("test_acc")),
+            fit_seconds,
+            out,
+        )
     return summary
 
 
-def calibrate(cfg: DictConfig, trainer: L.Trainer, module: ImageClassifier, datamodule: ImageDataModule,
-              best_path: str) -> float:
+def calibrate(
+    cfg: DictConfig, trainer: L.Trainer, module: ImageClassifier, datamodule: ImageDataModule, best_path: str
+) -> float:
     """calibration=temperature: the temperature fitted on the validation split with the best weights, set in the
     module and written into every checkpoint of the run. Returns it (1 when nothing was fitted)."""
     if cfg.calibration != "temperature":
         return 1.0
-    if not datamodule.validates or not best_path:
+    if not datamodule.validates:
         log.info("calibration=temperature: data.val_size=0 leaves no validation images to fit it on; it stays 1")
         return 1.0
+    if not best_path:
+        log.info("calibration=temperature: no checkpoint was saved (trainer.fast_dev_run?); it stays 1")
+        return 1.0
     if trainer.world_size > 1:  # the predict loop would give each process only its shard
-        log.info("calibration=temperature is not fitted under DDP: run python evaluate.py ckpt=%s calibrate=true",
-                 Path(cfg.paths.output_dir))
+        log.info(
+            "calibration=temperature is not fitted under DDP: run python evaluate.py ckpt=%s calibrate=true",
+            Path(cfg.paths.output_dir),
+        )
         return 1.0
     temperature = fit_on_validation(trainer, module, datamodule, ckpt_path=best_path)
     module.temperature.fill_(temperature)
@@ -205,9 +275,15 @@ def hardware(trainer: L.Trainer) -> dict:
     with contextlib.suppress(OSError):
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     gpu = torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else None
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "gpu": gpu, "devices": trainer.world_size,
-            "torch": torch.__version__, "lightning": L.__version__}
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "devices": trainer.world_size,
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
 
 
-def _pct(x) -> str:
+def _pct(x: torch.Tensor) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
