@@ -6,7 +6,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_lightning.cli import compose_config  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
@@ -69,12 +68,3 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def training_flops_per_image(net: torch.nn.Module, batch: int = 32, size: int = 32) -> float:
-    """Forward + backward FLOPs of one image, counted by torch's FlopCounterMode (convs and matmuls)."""
-    x = torch.randn(batch, 3, size, size)
-    with FlopCounterMode(display=False) as counter:
-        net(x).sum().backward()
-    net.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / batch

@@ -15,8 +15,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import matmul_peak, pipeline, sync, training_flops_per_image
+from common import matmul_peak, pipeline, sync
 from hydra.utils import instantiate
+
+from cifar_lightning.callbacks import training_flops_per_image
 
 
 def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
@@ -93,7 +95,7 @@ def main():
     train = datamodule.splits["train"]
     steps = args.steps or len(train.labels) // cfg.batch_size
     ratios = [p / q for p, q in zip(pipeline_rates, loop_rates)]
-    flops = training_flops_per_image(module.net.cpu())
+    flops = training_flops_per_image(module.net, module.hparams.image_size)
     peak = matmul_peak()
     rate = statistics.median(pipeline_rates)
     print(f"model {cfg.model._target_}, batch {cfg.batch_size}, {steps - args.warmup} timed steps x {args.pairs}")

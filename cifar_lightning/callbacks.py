@@ -1,10 +1,12 @@
 """Training callbacks of our own, next to Lightning's (configured in configs/callbacks/)."""
 
+import copy
 import math
 from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_lightning.data import Batch
 from cifar_lightning.errors import UserError
@@ -97,3 +99,45 @@ class StopAtMaxSteps(L.Callback):
     ) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+def training_flops_per_image(net: torch.nn.Module, image_size: int = 32, batch: int = 8) -> float:
+    """Forward + backward FLOPs of one training image, counted by torch's FlopCounterMode (convolutions and
+    matrix products) on a copy, so the net's gradients and normalisation statistics stay as they are."""
+    clone = copy.deepcopy(net).cpu().train()
+    images = torch.randn(batch, 3, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        clone(images).sum().backward()
+    return counter.get_total_flops() / batch
+
+
+class CountTrainingFlops(L.Callback):
+    """The run's training compute, a cost no machine's speed changes: FLOPs per training image (forward +
+    backward, counted once before the net is compiled) times the training images of every step, all processes
+    together. Validation and test-time augmentation are not counted. Kept in checkpoints, so a resumed run adds on."""
+
+    def __init__(self):
+        self.flops_per_image = 0.0
+        self.images = 0
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.flops_per_image = training_flops_per_image(module.net, module.hparams.image_size)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
+    ) -> None:
+        self.images += len(batch[0]) * trainer.world_size
+
+    @property
+    def total_flops(self) -> float:
+        return self.flops_per_image * self.images
+
+    def state_dict(self) -> dict:
+        return {"images": self.images}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        images = state_dict.get("images")
+        if not isinstance(images, int) or isinstance(images, bool) or images < 0:
+            raise UserError(f"the checkpoint's count of trained images ({images!r}) is not a whole number")
+        self.images = images

@@ -1,6 +1,6 @@
 """Optimizer factories beyond torch.optim's own, called (as partials) with the model's named parameters."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -29,3 +29,101 @@ def decoupled_sgd(
         dict(params=others, lr=torch_lr, weight_decay=decay / torch_lr),
     ]
     return torch.optim.SGD([g for g in groups if g["params"]], momentum=momentum, nesterov=nesterov)
+
+
+# The quintic Newton-Schulz coefficients of Jordan et al.'s Muon: chosen for the steepest slope at zero, so 3 steps
+# bring every singular value into roughly [0.5, 1.5] rather than exactly to 1, which trains as well as U V^T.
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(matrix: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """An approximation of U V^T for matrix = U S V^T, by `steps` Newton-Schulz iterations (float32 on the CPU,
+    bfloat16 on a GPU, where it is a few matrix products at tensor-core speed)."""
+    a, b, c = NEWTON_SCHULZ
+    x = matrix.to(torch.bfloat16 if matrix.is_cuda else torch.float32)
+    x = x / (x.norm() + eps)  # the largest singular value at most 1, where the iteration converges
+    tall = matrix.size(0) > matrix.size(1)
+    if tall:  # iterate on the smaller Gram matrix
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(matrix.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the groups marked `muon=True` (conv filters: each output filter's weights flattened into a row),
+    Nesterov SGD with weight decay for the rest (biases, the head), in one optimizer so that Lightning's automatic
+    optimization and one schedule drive both.
+
+    Muon group: momentum buffer -> Nesterov update -> orthogonalised (every direction of the update gets the same
+    size) -> step of `lr`; before each step the filters are rescaled to norm sqrt(out channels), so with BatchNorm
+    after them only their direction matters and `lr` sets how far it turns. No weight decay (the norm is fixed).
+    SGD groups: torch.optim.SGD's Nesterov rule, with the group's own lr and weight_decay."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float,
+        nesterov: bool = True,
+        ns_steps: int = 3,
+        weight_decay: float = 0.0,
+        muon: bool = True,
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, muon=muon),
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if group["muon"] else p.grad.add(p, alpha=group["weight_decay"])
+                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buffer.mul_(group["momentum"]).add_(grad)
+                update = grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
+                if group["muon"]:
+                    p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
+                    update = orthogonalize(update.reshape(len(update), -1), group["ns_steps"]).view_as(p)
+                p.add_(update, alpha=-group["lr"])
+        return loss
+
+
+def muon_sgd(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    lr: float,
+    momentum: float,
+    bias_lr: float,
+    head_lr: float,
+    sgd_momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    ns_steps: int = 3,
+    whiten_bias_decay: float = 1.0,
+) -> Muon:
+    """airbench94_muon's optimizer: Muon on the trainable conv filters; Nesterov SGD on the BatchNorm biases and
+    the whitening bias (`bias_lr`) and on the head (`head_lr`). Weight decay (per example of a summed loss, times
+    `batch_size`) is applied as lr x weight_decay per step in every SGD group. `whiten_bias_decay` is the share of
+    the run over which the whitening bias's learning rate falls to zero (schedules.linear_to_zero reads it)."""
+    trainable = [(name, p) for name, p in named_parameters if p.requires_grad]
+    decay = weight_decay * batch_size
+    filters = [p for _, p in trainable if p.ndim == 4]
+    whiten_bias = [p for name, p in trainable if name.endswith("whiten.bias")]
+    head = [p for name, p in trainable if p.ndim == 2]
+    biases = [p for name, p in trainable if p.ndim == 1 and not name.endswith("whiten.bias")]
+    sgd = dict(muon=False, momentum=sgd_momentum)
+    groups = [
+        dict(params=filters, lr=lr, momentum=momentum, ns_steps=ns_steps),
+        dict(params=whiten_bias, lr=bias_lr, weight_decay=decay / bias_lr, decay_share=whiten_bias_decay, **sgd),
+        dict(params=biases, lr=bias_lr, weight_decay=decay / bias_lr, **sgd),
+        dict(params=head, lr=head_lr, weight_decay=decay / head_lr, **sgd),
+    ]
+    return Muon([g for g in groups if g["params"]], lr=lr, momentum=momentum)

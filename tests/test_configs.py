@@ -8,6 +8,7 @@ import yaml
 from conftest import ROOT, compose_train, write_cifar, write_folder
 from hydra.utils import instantiate
 
+from cifar_lightning import tracking
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.tasks.train import instantiate_all
 
@@ -86,7 +87,9 @@ def test_data_builds_and_serves_uint8_batches(name, tmp_path):
 @pytest.mark.parametrize("logger", options("logger"))
 @pytest.mark.parametrize("callbacks", options("callbacks"))
 def test_trainer_callbacks_logger_build(trainer, logger, callbacks, tmp_path):
-    cfg = compose_train([f"trainer={trainer}", f"logger={logger}", f"callbacks={callbacks}"], output_dir=tmp_path)
+    overrides = [f"trainer={trainer}", f"logger={logger}", f"callbacks={callbacks}", f"paths.root={tmp_path}"]
+    cfg = compose_train(overrides, output_dir=tmp_path)
+    tracking.prepare(cfg)  # as build() does: the MLflow store under paths.root
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         # composes as it is; to instantiate it here, put the same trainer on the CPU
         cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision = "cpu", 1, "32-true"

@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import FAST, ROOT, train_run
+from conftest import FAST, ROOT, run_script, train_run
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -39,6 +39,12 @@ def test_mlflow_run_holds_the_config_epoch_metrics_summary_tags_and_evaluation(t
     evaluate(compose_config("evaluate", [f"ckpt={run}"]))
     attached = {a.path for a in client.list_artifacts(run_id, "eval/test")}
     assert {"eval/test/metrics.json", "eval/test/report.md", "eval/test/confusion_matrix.png"} <= attached
+
+    # resumed, the run goes on logging to its own MLflow run
+    resumed = run_script("train.py", f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run_id]
+    assert len(client.get_metric_history(run_id, "summary/test_acc")) == 2
 
 
 def test_a_record_naming_a_store_elsewhere_is_not_written_to(tmp_path, cifar_root):

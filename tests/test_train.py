@@ -7,6 +7,8 @@ import pytest
 import torch
 from conftest import FAST, compose_train, run_script, train_run
 
+from cifar_lightning.callbacks import training_flops_per_image
+from cifar_lightning.models.cnn import CNN
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.tasks.train import train
 
@@ -97,3 +99,13 @@ def test_compiled_net_trains_and_its_checkpoint_loads_like_any_other(tmp_path):
     assert not any("_orig_mod" in k for k in plain)  # compiled in place: the same parameter names
     model = load_model(tmp_path / "compiled" / "checkpoints" / "best.ckpt")
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_training_flops_are_counted_per_image_and_summed_over_the_run(tmp_path, cifar_root):
+    # the CNN by hand: forward 2 x (32x32x3x32x9 + 16x16x32x64x9 + 8x8x64x128x9 + 128x10) multiply-adds; backward
+    # twice that, less the first convolution's input gradient, which nothing needs
+    forward = 2 * (32 * 32 * 3 * 32 * 9 + 16 * 16 * 32 * 64 * 9 + 8 * 8 * 64 * 128 * 9 + 128 * 10)
+    per_image = 3 * forward - 2 * 32 * 32 * 3 * 32 * 9
+    assert training_flops_per_image(CNN(10), 32) == per_image == 60_169_728
+    summary = train_run([*FAST, "epochs=2", f"data.root={cifar_root}", "data.verify=false"], tmp_path / "run")
+    assert summary["training_pflop"] == pytest.approx(2 * 160 * per_image / 1e15)  # 160 training images, twice

@@ -44,6 +44,7 @@ class AirbenchNet(nn.Module):
         whiten_eps: float = 5e-4,
         bn_momentum: float = 0.4,
         logit_scale: float = 1 / 9,
+        head_std: float | None = None,
     ):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=2, padding=0, bias=True)
@@ -57,6 +58,8 @@ class AirbenchNet(nn.Module):
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveMaxPool2d(1)  # 3x3 maps at this point for 32x32 inputs: maxpool 3
         self.head = nn.Linear(c_in, num_classes, bias=False)
+        if head_std is not None:  # airbench94_muon: a head of unit-std weights, its logits scaled down instead
+            self.head.weight.data *= head_std / self.head.weight.std()
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor) -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning import tracking
 from cifar_lightning.calibration import fit_on_validation
-from cifar_lightning.callbacks import StopAtMaxSteps
+from cifar_lightning.callbacks import CountTrainingFlops, StopAtMaxSteps
 from cifar_lightning.checkpoints import MODEL_CONFIGS, check_model_config, write_atomic, write_temperature
 from cifar_lightning.checks import check_arguments, fits
 from cifar_lightning.cli import config_tree
@@ -145,11 +145,12 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
         group = "callbacks"
         callbacks = instantiate_all(without_validation(cfg.callbacks, datamodule))
         group = "logger"
+        tracking.prepare(cfg)
         loggers = instantiate_all(cfg.logger)
         group = "trainer"
         trainer = instantiate(
             cfg.trainer,
-            callbacks=[*callbacks, *([StopAtMaxSteps()] if fractional else [])],
+            callbacks=[*callbacks, CountTrainingFlops(), *([StopAtMaxSteps()] if fractional else [])],
             logger=loggers,
             **({"max_epochs": math.ceil(cfg.epochs)} if fractional else {}),
         )
@@ -193,13 +194,13 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     check(cfg)
     if rank_zero_only.rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
         logging.getLogger("cifar_lightning").setLevel(logging.WARNING)
-    if print_config(cfg) and rank_zero_only.rank == 0:
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "config_tree.txt", config_tree(cfg))
-    tracking.prepare(cfg)
+    tree = config_tree(cfg) if print_config(cfg) and rank_zero_only.rank == 0 else None
     datamodule, module, trainer = build(cfg)
     if trainer.is_global_zero:
+        if tree:  # written once nothing has refused the config: a refused run leaves no folder behind
+            out = Path(cfg.paths.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomic(out / "config_tree.txt", tree)
         tracking.start(trainer.loggers, cfg)
     if resume_from:
         last = read_last(resume_from)
@@ -209,6 +210,8 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - start
+    # read now: testing or calibrating from best.ckpt restores the count saved with it
+    training_flops = next(c for c in trainer.callbacks if isinstance(c, CountTrainingFlops)).total_flops
 
     # best.ckpt's: the one that watches val/acc, else (nothing validated) the last configured, which follows the epochs
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None) or (
@@ -222,6 +225,7 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         else None,
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
+        "training_pflop": training_flops / 1e15,
         "best_checkpoint": best_path,
         "hardware": hardware(trainer),
     }

@@ -1,0 +1,104 @@
+"""The Muon recipe's parts: Newton-Schulz orthogonalisation, the Muon/SGD optimizer, its groups, the schedule."""
+
+import pytest
+import torch
+from conftest import FAST, train_run
+
+from cifar_lightning.models.airbench import AirbenchNet
+from cifar_lightning.optim import Muon, muon_sgd, orthogonalize
+from cifar_lightning.schedules import linear_to_zero
+
+
+@pytest.mark.parametrize("shape", [(64, 576), (576, 64), (32, 32)])
+def test_orthogonalize_evens_out_the_singular_values(shape):
+    g = torch.Generator().manual_seed(0)
+    rank = min(shape)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], rank, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], rank, generator=g))
+    matrix = u @ torch.diag(torch.logspace(-2, 0, rank)) @ v.T  # singular values from 0.01 to 1
+    after = torch.linalg.svdvals(orthogonalize(matrix, steps=5))
+    # quintic coefficients: every direction brought near size 1 (not exactly 1), a 100x spread down to a few x
+    assert after.max() < 1.3 and after.max() / after.min() < 10
+
+
+def test_orthogonalize_keeps_an_orthogonal_matrix_s_directions():
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(1)))
+    out = orthogonalize(q, steps=3)
+    assert torch.allclose(out / out.norm(), q / q.norm(), atol=1e-5)
+
+
+def test_muon_step_renormalises_the_filters_then_takes_an_orthogonal_step():
+    weight = torch.nn.Parameter(5 * torch.randn(8, 4, 3, 3))
+    grad = torch.randn(8, 4, 3, 3)
+    weight.grad = grad.clone()
+    optimizer = Muon([weight], lr=0.1, momentum=0.6, nesterov=True, ns_steps=3)
+    normalised = weight.detach() * 8**0.5 / weight.detach().norm()
+    optimizer.step()
+    update = orthogonalize(((1 + 0.6) * grad).reshape(8, -1), 3).view(8, 4, 3, 3)  # first step: buffer = grad
+    assert torch.allclose(weight.detach(), normalised - 0.1 * update, atol=1e-6)
+    # a second step starts again from norm sqrt(8)
+    weight.grad = grad.clone()
+    optimizer.step()
+    assert weight.detach().norm() != pytest.approx(8**0.5)  # moved off it by the step, renormalised before the next
+
+
+def test_muon_sgd_groups_step_like_torch_sgd():
+    a = torch.nn.Parameter(torch.randn(5))
+    b = torch.nn.Parameter(a.detach().clone())
+    ours = Muon([dict(params=[a], lr=0.05, momentum=0.85, weight_decay=0.1, muon=False)], lr=1.0, momentum=0.0)
+    torch_sgd = torch.optim.SGD([b], lr=0.05, momentum=0.85, nesterov=True, weight_decay=0.1)
+    for step in range(4):
+        grad = torch.randn(5, generator=torch.Generator().manual_seed(step))
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        torch_sgd.step()
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+def test_muon_sgd_puts_each_parameter_in_its_group():
+    net = AirbenchNet(widths=(8, 16, 16))
+    optimizer = muon_sgd(
+        net.named_parameters(),
+        lr=0.24,
+        momentum=0.6,
+        bias_lr=0.053,
+        head_lr=0.67,
+        sgd_momentum=0.85,
+        weight_decay=2e-6,
+        batch_size=2000,
+        whiten_bias_decay=0.375,
+    )
+    filters, whiten_bias, biases, head = optimizer.param_groups
+    assert filters["muon"] and len(filters["params"]) == 6 and all(p.ndim == 4 for p in filters["params"])
+    assert all(p is not net.whiten.weight for p in filters["params"])  # frozen: set from the data
+    assert whiten_bias["params"][0] is net.whiten.bias and whiten_bias["decay_share"] == 0.375
+    assert len(biases["params"]) == 6 and head["params"][0] is net.head.weight and len(head["params"]) == 1
+    for group, lr in ((whiten_bias, 0.053), (biases, 0.053), (head, 0.67)):
+        assert not group["muon"] and group["lr"] == lr and group["momentum"] == 0.85
+        assert group["lr"] * group["weight_decay"] == pytest.approx(2e-6 * 2000)  # the same decay per step
+    assert filters["momentum"] == 0.6 and filters["weight_decay"] == 0.0
+
+
+def test_linear_to_zero_ends_each_group_at_its_own_share():
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = torch.optim.SGD([dict(params=params[:1], lr=1.0), dict(params=params[1:], lr=2.0, decay_share=0.25)])
+    schedule = linear_to_zero(optimizer, total_steps=40)
+    for step in range(45):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(max(0, 1 - step / 40))
+        assert optimizer.param_groups[1]["lr"] == pytest.approx(2 * max(0, 1 - step / 10))
+        optimizer.step()
+        schedule.step()
+
+
+def test_fast94_muon_trains_on_tiny_data(tmp_path):
+    overrides = [
+        "experiment=fast94_muon",
+        "data=synthetic",
+        *FAST,
+        "epochs=2",
+        "batch_size=200",
+        "model.widths=[16,32,32]",
+    ]
+    summary = train_run(overrides, tmp_path / "run")
+    assert summary["epochs"] == 2 and summary["best_val_acc"] > 0.5  # 10 classes: well above chance
+    assert summary["training_pflop"] > 0
