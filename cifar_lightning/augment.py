@@ -26,24 +26,30 @@ class Compose:
 
 class RandomCrop:
     """Pad by `padding` pixels, then take a random crop of the original size: a random translation of up to
-    `padding` pixels. One gather for the whole batch instead of a Python loop over images."""
+    `padding` pixels."""
 
     def __init__(self, padding: int = 4, padding_mode: str = "constant"):
         self.padding, self.padding_mode = padding, padding_mode
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0):
-        n, c, h, w = images.shape
+        n, _, h, w = images.shape
         p = self.padding
         padded = F.pad(images, (p, p, p, p), mode=self.padding_mode)
-        dy = torch.randint(0, 2 * p + 1, (n, 1, 1, 1), device=images.device)
-        dx = torch.randint(0, 2 * p + 1, (n, 1, 1, 1), device=images.device)
-        rows = (torch.arange(h, device=images.device).view(1, 1, h, 1) + dy).expand(n, c, h, w + 2 * p)
-        padded = padded.gather(2, rows)
-        cols = (torch.arange(w, device=images.device).view(1, 1, 1, w) + dx).expand(n, c, h, w)
-        return padded.gather(3, cols)
+        top = torch.randint(0, 2 * p + 1, (n,), device=images.device)
+        left = torch.randint(0, 2 * p + 1, (n,), device=images.device)
+        return crop(padded, top, left, h, w)
 
     def __repr__(self):
         return f"RandomCrop(padding={self.padding}, padding_mode={self.padding_mode!r})"
+
+
+def crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A height x width window of each image (N, C, H, W), at its own top-left corner (top[n], left[n]): two
+    gathers for the whole batch instead of a Python loop over images."""
+    n, c, _, full_width = images.shape
+    rows = torch.arange(height, device=images.device).view(1, 1, height, 1) + top.view(n, 1, 1, 1)
+    cols = torch.arange(width, device=images.device).view(1, 1, 1, width) + left.view(n, 1, 1, 1)
+    return images.gather(2, rows.expand(n, c, height, full_width)).gather(3, cols.expand(n, c, height, width))
 
 
 class RandomFlip:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cifar_lightning.augment import crop
+
 
 def _power_of_two_at_least(n: int) -> int:
     return 1 << (n - 1).bit_length()
@@ -220,12 +222,9 @@ def frost(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.T
     size = 4 * _power_of_two_at_least(max(h, w))
     textures = frost_texture(6, size, generator)
     choice = torch.randint(0, len(textures), (n,), generator=generator)
-    top = torch.randint(0, size - h + 1, (n, 1, 1, 1), generator=generator)
-    left = torch.randint(0, size - w + 1, (n, 1, 1, 1), generator=generator)
-    rows = (top + torch.arange(h).view(1, 1, h, 1)).expand(n, 3, h, size)
-    cols = (left + torch.arange(w).view(1, 1, 1, w)).expand(n, 3, h, w)
-    crops = textures[choice].gather(2, rows).gather(3, cols)
-    return keep * x + weight * crops
+    top = torch.randint(0, size - h + 1, (n,), generator=generator)
+    left = torch.randint(0, size - w + 1, (n,), generator=generator)
+    return keep * x + weight * crop(textures[choice], top, left, h, w)
 
 
 def fog(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:

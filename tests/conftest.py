@@ -1,5 +1,6 @@
 """Shared fixtures: tiny datasets written into temp folders, and configs composed from configs/."""
 
+import os
 import pickle
 import subprocess
 import sys
@@ -100,6 +101,17 @@ FAST = [
     "callbacks.progress_bar=null",
     "trainer.enable_model_summary=false",
 ]
+
+
+# for scripts that load test callbacks (+callbacks.x._target_=helpers.X): tests/ on their import path
+HELPERS_ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def start_script(*args, env=None, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """A script started in the background from the project folder (run_script waits for one)."""
+    return subprocess.Popen(
+        [sys.executable, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True
+    )
 
 
 def run_script(*args, cwd: Path = ROOT, timeout: int = 300, env=None) -> subprocess.CompletedProcess:

@@ -1,13 +1,10 @@
 """Sweeps beyond one process: submitit's local launcher (with MLflow tracking), the Slurm config, and two Optuna
 workers sharing one study through an RDB storage."""
 
-import subprocess
-import sys
-
 import optuna
 import pytest
 import yaml
-from conftest import FAST, ROOT, run_script
+from conftest import FAST, ROOT, run_script, start_script
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
@@ -50,26 +47,19 @@ def test_two_optuna_workers_share_one_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     optuna.create_study(study_name="shared", storage=storage, direction="maximize")  # once, before the workers
     workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "train.py",
-                "-m",
-                "hparams_search=optuna",
-                f"hydra.sweeper.storage={storage}",
-                "hydra.sweeper.study_name=shared",
-                "hydra.sweeper.n_trials=2",
-                f"hydra.sweeper.sampler.seed={seed}",
-                *TINY,
-                "data.val_size=200",
-                "optimized_metric=test_acc",
-                f"paths.root={tmp_path}",
-                f"hydra.sweep.dir={tmp_path / f'worker{seed}'}",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_script(
+            "train.py",
+            "-m",
+            "hparams_search=optuna",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=shared",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.sampler.seed={seed}",
+            *TINY,
+            "data.val_size=200",
+            "optimized_metric=test_acc",
+            f"paths.root={tmp_path}",
+            f"hydra.sweep.dir={tmp_path / f'worker{seed}'}",
         )
         for seed in (1, 2)
     ]

@@ -2,30 +2,22 @@
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import FAST, ROOT, run_script
+from conftest import FAST, run_script, start_script
+from conftest import HELPERS_ENV as ENV
 from helpers import KillAt
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 SLOW = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.04", "callbacks.early_stopping=null"]
 
 
 def start(*args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "train.py", *map(str, args)],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_script("train.py", *args, env=ENV, stderr=subprocess.DEVNULL)
 
 
 def kill_mid_epoch(process: subprocess.Popen, last, epoch: int) -> None:

@@ -1,13 +1,11 @@
 """DDP on two CPU processes, an Optuna study and ONNX export, each on tiny data."""
 
-import os
-
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 import yaml
-from conftest import FAST, ROOT, run_script, train_run
+from conftest import FAST, HELPERS_ENV, run_script, train_run
 
 from cifar_lightning.checkpoints import load_model
 
@@ -17,7 +15,6 @@ TINY = [o for o in FAST if not o.startswith(("batch_size=", "data.val_size="))]
 
 def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once_and_stops_a_fractional_epoch(tmp_path):
     run = tmp_path / "run"
-    env_path = f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     result = run_script(
         "train.py",
         "trainer=ddp_cpu",
@@ -29,7 +26,7 @@ def test_ddp_cpu_shards_batches_syncs_metrics_and_writes_once_and_stops_a_fracti
         "+callbacks.record._target_=helpers.RecordIndices",
         f"+callbacks.record.dir={tmp_path}",
         f"hydra.run.dir={run}",
-        env={**os.environ, "PYTHONPATH": env_path},
+        env=HELPERS_ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr

@@ -1,20 +1,17 @@
 """Runs started together, checkpoint writes that fail, run folders whose files were damaged or crafted."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import FAST, ROOT, run_script, train_run
+from conftest import FAST, run_script, start_script, train_run
+from conftest import HELPERS_ENV as ENV
 
 from cifar_lightning.checkpoints import load_checkpoint
 from cifar_lightning.cli import compose_config
 from cifar_lightning.errors import UserError
 from cifar_lightning.tasks.evaluate import evaluate
 from cifar_lightning.tasks.resume import new_dir
-
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
 def test_new_folders_claimed_in_the_same_second_are_distinct_and_sort_by_time(tmp_path):
@@ -27,28 +24,8 @@ def test_new_folders_claimed_in_the_same_second_are_distinct_and_sort_by_time(tm
 @pytest.mark.slow
 def test_runs_and_sweeps_started_together_never_share_a_folder(tmp_path):
     quick = ["data=synthetic", *FAST, f"paths.root={tmp_path}"]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "train.py", *quick, f"seed={i}"],
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(3)
-    ]
-    processes += [
-        subprocess.Popen(
-            [sys.executable, "train.py", "-m", *quick, "seed=1"],
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    processes = [start_script("train.py", *quick, f"seed={i}", env=ENV) for i in range(3)]
+    processes += [start_script("train.py", "-m", *quick, "seed=1", env=ENV) for _ in range(2)]
     for process in processes:
         assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
     runs = sorted((tmp_path / "runs").iterdir())
