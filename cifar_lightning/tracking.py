@@ -55,6 +55,14 @@ def prepare(cfg: DictConfig) -> None:
         client = MlflowClient(config.tracking_uri)
         if client.get_experiment_by_name(config.experiment_name) is None:
             client.create_experiment(config.experiment_name, artifact_location=config.get("artifact_location"))
+        if config.get("run_id"):  # from the run folder's record, which may be stale or crafted
+            try:
+                client.get_run(config.run_id)
+            except Exception:
+                raise UserError(
+                    f"{out / RECORD} names MLflow run {config.run_id!r}, which {config.tracking_uri} does not hold: "
+                    f"delete that file to log the resumed run as a new MLflow run"
+                ) from None
 
 
 def tags(cfg: DictConfig) -> dict[str, str]:

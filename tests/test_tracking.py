@@ -46,6 +46,12 @@ def test_mlflow_run_holds_the_config_epoch_metrics_summary_tags_and_evaluation(t
     assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run_id]
     assert len(client.get_metric_history(run_id, "summary/test_acc")) == 2
 
+    # a record naming a run the store does not hold: one line, no traceback
+    (run / "mlflow_run.json").write_text(json.dumps({"tracking_uri": client.tracking_uri, "run_id": "f" * 32}))
+    refused = run_script("train.py", f"resume={run}")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: ") and "does not hold" in refused.stderr
+
 
 def test_a_record_naming_a_store_elsewhere_is_not_written_to(tmp_path, cifar_root):
     run = tmp_path / "outputs" / "runs" / "plain"
