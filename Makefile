@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 ARGS ?=
 
-.PHONY: train evaluate test test-fast lint format benchmark setup clean
+.PHONY: train evaluate test test-fast lint format benchmark frontier setup clean
 
 $(PYTHON): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -35,6 +35,13 @@ test-fast: $(PYTHON)
 
 benchmark: $(PYTHON)
 	$(PYTHON) benchmarks/throughput.py $(ARGS)
+
+# The README's speed/accuracy figure: six recipes trained one after another (about 45 minutes on 2 CPU cores),
+# then plotted into docs/frontier.png. On the shared data copy: make frontier ARGS=data.verify=false
+frontier: $(PYTHON)
+	$(PYTHON) train.py -m experiment=seed_baseline,default,fast,fast85,fast90,fast94 \
+		hydra.sweep.dir=outputs/multiruns/frontier $(ARGS)
+	$(PYTHON) benchmarks/frontier.py outputs/multiruns/frontier
 
 clean:
 	rm -rf .venv outputs .pytest_cache

@@ -39,14 +39,12 @@ class StepTimer(L.Callback):
         return self.images / (self.end - self.start)
 
 
-def pipeline(overrides, output_dir, steps: int | None = None, warmup: int = 10):
-    """The real pipeline (datamodule, module, trainer) for one epoch with no validation, timed by a StepTimer."""
-    extra = [
-        "epochs=1",
-        "+trainer.limit_val_batches=0",
-        "callbacks.early_stopping=null",
-        "trainer.num_sanity_val_steps=0",
-    ]
+def pipeline(overrides, output_dir, steps: int | None = None, warmup: int = 10, validate: bool = False):
+    """The real pipeline (datamodule, module, trainer) for one epoch, with its validation only if `validate`,
+    timed by a StepTimer."""
+    extra = ["epochs=1", "callbacks.early_stopping=null", "trainer.num_sanity_val_steps=0"]
+    if not validate:
+        extra.append("+trainer.limit_val_batches=0")
     if steps:
         extra.append(f"+trainer.limit_train_batches={steps}")
     cfg = compose_config("train", [*overrides, *extra, f"paths.output_dir={output_dir}"])

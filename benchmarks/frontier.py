@@ -1,11 +1,16 @@
-"""The speed/accuracy frontier of finished runs: best validation accuracy against training wall time.
+"""The speed/accuracy frontier of finished runs: best validation accuracy against training compute and wall time.
 
-    python benchmarks/frontier.py RUN_FOLDER... [--out docs/frontier.png]
-    e.g. python benchmarks/frontier.py outputs/runs/seed_baseline outputs/runs/default_seed1 \
-             outputs/runs/fast outputs/runs/fast94_seed1
+    python benchmarks/frontier.py FOLDER... [--out docs/frontier.png]
 
-Each run is one point, labelled with its command-line overrides (from .hydra/overrides.yaml); the figures
-come from the summary.json that train.py writes, so only measured runs can appear.
+A FOLDER is a run or a sweep (every run in it). The README's figure is `make frontier ARGS=data.verify=false`:
+the recipes in one sweep, then the plot:
+
+    python train.py -m experiment=seed_baseline,default,fast,fast85,fast90,fast94 data.verify=false \\
+        hydra.sweep.dir=outputs/multiruns/frontier
+    python benchmarks/frontier.py outputs/multiruns/frontier
+
+Each run is one point, labelled with its command-line overrides (from .hydra/overrides.yaml); the figures come from
+the summary.json that train.py writes, so only measured runs can appear.
 """
 
 import argparse
@@ -17,7 +22,7 @@ from cifar_lightning.figures import frontier_plot  # noqa: E402 (after the sys.p
 from cifar_lightning.tasks.summarize import read_runs  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
 
 ORIGINAL_ACCURACY = 0.765  # the plain-PyTorch script this project started from (its test accuracy)
-UNINFORMATIVE = ("data.verify=", "data.root=", "hydra.", "seed=")  # where the data lies, not what the recipe is
+UNINFORMATIVE = ("data.verify=", "data.root=", "hydra.", "seed=", "extras.")  # where the data lies, what is printed
 
 
 def label(overrides: list[str]) -> str:
@@ -26,18 +31,27 @@ def label(overrides: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/frontier.png"))
     args = parser.parse_args()
     points = []
-    for folder in args.runs:
+    for folder in args.folders:
         runs = read_runs(folder) if folder.is_dir() else []
-        if len(runs) != 1 or runs[0]["best_val_acc"] is None:
-            sys.exit(f"error: {folder} is not a finished run with validation (no summary.json with best_val_acc)")
-        points.append(runs[0] | {"label": label(runs[0]["overrides"])})
+        if not runs:
+            sys.exit(f"error: {folder} is neither a run nor a sweep folder (no .hydra/overrides.yaml in it)")
+        for run in runs:
+            where = folder / run["run"]
+            if run["best_val_acc"] is None:
+                sys.exit(f"error: {where} is not a finished run with validation (no summary.json with best_val_acc)")
+            if run["training_pflop"] is None:
+                sys.exit(
+                    f"error: {where} has no training_pflop in its summary.json (trained before FLOPs were "
+                    "counted): train it again"
+                )
+            points.append(run | {"label": label(run["overrides"])})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frontier_plot(points, ORIGINAL_ACCURACY, args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} ({len(points)} runs)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ median ratio, the time per epoch and the FLOP rate.
 
     python benchmarks/throughput.py [--steps 150] [--pairs 3] [OVERRIDES...]
     e.g. python benchmarks/throughput.py data.verify=false model=cnn batch_size=128
-         python benchmarks/throughput.py --steps 0 --warmup 1 experiment=fast94 data.verify=false data.val_size=0
+         python benchmarks/throughput.py --steps 0 --warmup 1 experiment=fast94_lookahead data.verify=false \
+             data.val_size=0
     (--steps 0: one whole epoch)
 """
 

@@ -311,42 +311,54 @@ def describe_machine(hardware: dict | None) -> str:
     return f"{device}, torch {hardware['torch']}"
 
 
+def frontier(costs: list[float], accuracies: list[float]) -> list[tuple[float, float]]:
+    """The (cost, accuracy) points that no other point beats on both, cheapest first."""
+    best, line = -math.inf, []
+    for cost, accuracy in sorted(zip(costs, accuracies), key=lambda p: (p[0], -p[1])):
+        if accuracy > best:
+            best, line = accuracy, [*line, (cost, accuracy)]
+    return line
+
+
 def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
-    """Best validation accuracy against training time, one labelled point per run (dicts with label,
-    fit_seconds, best_val_acc), and a dashed line at the reference accuracy to beat."""
-    minutes = [p["fit_seconds"] / 60 for p in points]
+    """Best validation accuracy against training compute (left) and training wall time (right), one labelled
+    point per run (dicts with label, training_pflop, fit_seconds, best_val_acc), the frontier (runs no other run
+    beats on both cost and accuracy) as a line, and a dashed line at the reference accuracy to beat."""
     accuracies = [100 * p["best_val_acc"] for p in points]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.set_xscale("log")
-    for p, x, y in zip(points, minutes, accuracies):
-        ax.plot(x, y, "o", markersize=8)
-        ax.annotate(
-            f"{p['label']}\n{y:.2f}% in {x:.1f} min",
-            (x, y),
-            textcoords="offset points",
-            xytext=(8, 4),
-            fontsize=8,
-            va="bottom",
-        )
-    low, high = min(minutes) / 1.5, max(minutes) * 3  # room for the labels, right of their points
-    ax.set_xlim(low, high)
-    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200) if low <= t <= high]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylim(min(accuracies + [100 * reference]) - 2, max(accuracies + [100 * reference]) + 2)
-    ax.axhline(100 * reference, color="grey", linestyle="--", linewidth=1)
-    ax.text(
+    axes_costs = [
+        ("training compute (PFLOP, forward + backward, log scale)", [p["training_pflop"] for p in points]),
+        ("training wall time (minutes, fit with validation, log scale)", [p["fit_seconds"] / 60 for p in points]),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    for ax, (xlabel, costs) in zip(axes, axes_costs):
+        ax.set_xscale("log")
+        line = frontier(costs, accuracies)
+        ax.plot(*zip(*line), "-", color="grey", alpha=0.5, zorder=1)
+        for p, x, y in zip(points, costs, accuracies):
+            ax.plot(x, y, "o", markersize=8, zorder=2)
+            cost = f"{x:.3g} PFLOP" if ax is axes[0] else f"{x:.1f} min"
+            ax.annotate(
+                f"{p['label']}\n{y:.2f}%, {cost}", (x, y), textcoords="offset points", xytext=(7, -10), fontsize=7.5
+            )
+        low, high = min(costs) / 1.6, max(costs) * 4  # room for the labels, right of their points
+        ax.set_xlim(low, high)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ticks = [t * 10**e for e in range(-3, 4) for t in (1, 2, 5) if low <= t * 10**e <= high]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.axhline(100 * reference, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[1].text(
         high,
         100 * reference,
-        f"{100 * reference:.1f}%: the original project's test accuracy (the target) ",
+        f"{100 * reference:.1f}%: the original project's test accuracy ",
         fontsize=8,
         color="grey",
         ha="right",
         va="top",
     )
+    axes[0].set_ylim(min(accuracies + [100 * reference]) - 2, max(accuracies + [100 * reference]) + 2)
+    axes[0].set_ylabel("best validation accuracy (%)")
     machines = sorted({describe_machine(p.get("hardware")) for p in points})
-    ax.set_xlabel(f"training wall time (minutes, log scale), on {'; '.join(machines)}")
-    ax.set_ylabel("best validation accuracy (%)")
-    ax.set_title("CIFAR-10: accuracy against training time, one point per run")
-    ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"CIFAR-10 recipes: accuracy against cost, one point per run; times on {'; '.join(machines)}")
     return _save(fig, path)

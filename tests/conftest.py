@@ -3,13 +3,14 @@
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scripts
 from omegaconf import OmegaConf
 from PIL import Image
+from scripts import Script
 
 from cifar_lightning.cli import compose_config
 from cifar_lightning.tasks.train import train
@@ -107,14 +108,11 @@ FAST = [
 HELPERS_ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def start_script(*args, env=None, stderr=subprocess.PIPE) -> subprocess.Popen:
+def start_script(*args, env=None) -> Script:
     """A script started in the background from the project folder (run_script waits for one)."""
-    return subprocess.Popen(
-        [sys.executable, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True
-    )
+    return Script(args, ROOT, env)
 
 
 def run_script(*args, cwd: Path = ROOT, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    """`python *args` in `cwd` (scripts.py: a forked process, without the interpreter's start-up and imports)."""
+    return scripts.run(*args, cwd=cwd, timeout=timeout, env=env)

@@ -102,7 +102,7 @@ def test_trainer_callbacks_logger_build(trainer, logger, callbacks, tmp_path):
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_sets_what_its_file_says_and_builds(name):
     cfg = compose_train([f"experiment={name}"])
-    spec = yaml.safe_load((ROOT / "configs" / "experiment" / f"{name}.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "configs" / "experiment" / f"{name}.yaml").read_text()) or {}  # default: empty
     for entry in spec.get("defaults", []):
         for key, option in entry.items() if isinstance(entry, dict) else ():
             group = key.removeprefix("override /")

@@ -90,7 +90,7 @@ def test_warmup_linear_is_airbench_schedule_step_by_step(total):
 
 
 def test_freeze_after_epochs_stops_training_that_parameter_only():
-    cfg = compose_train(["experiment=fast94", "model.widths=[8,16,16]"])
+    cfg = compose_train(["experiment=fast94_lookahead", "model.widths=[8,16,16]"])
     module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, class_names=list("ab"), channels_last=False)
     optimizer, _, _ = module.optimizer_and_schedule(total_steps=10)
     freeze = FreezeAfterEpochs("net.whiten.bias", epochs=1)
@@ -110,7 +110,7 @@ def test_lookahead_resumes_with_its_slow_weights_from_the_checkpoint(tmp_path):
     from the net's current weights (which differ: 28 steps an epoch, a pull every 5)."""
     run = tmp_path / "run"
     overrides = [
-        "experiment=fast94",
+        "experiment=fast94_lookahead",
         "data=synthetic",
         *FAST,
         "epochs=2",
@@ -159,9 +159,16 @@ def test_tta_two_averages_six_views():
     assert torch.allclose(module.predict_logits(x), both[0] / 2 + (both[1] + both[2]) / 4, atol=1e-6)
 
 
-def test_fast94_runs_one_short_epoch_on_tiny_data_and_evaluates(tmp_path):
+def test_fast94_lookahead_runs_one_short_epoch_on_tiny_data_and_evaluates(tmp_path):
     run = tmp_path / "run"
-    overrides = ["experiment=fast94", "data=synthetic", *FAST, "epochs=1.5", "batch_size=64", "model.widths=[16,32,32]"]
+    overrides = [
+        "experiment=fast94_lookahead",
+        "data=synthetic",
+        *FAST,
+        "epochs=1.5",
+        "batch_size=64",
+        "model.widths=[16,32,32]",
+    ]
     cfg = compose_train(overrides, output_dir=run)
     assert cfg.module.loss_reduction == "sum" and cfg.module.tta == 2 and cfg.module.label_smoothing == 0.2
     summary = train_run(overrides, run)

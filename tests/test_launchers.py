@@ -64,7 +64,7 @@ def test_two_optuna_workers_share_one_study(tmp_path):
         for seed in (1, 2)
     ]
     for worker in workers:
-        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-3000:]
+        assert worker.wait(timeout=300) == 0, worker.stderr[-3000:]
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # 2 + 2, numbered once across both
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

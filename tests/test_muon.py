@@ -90,9 +90,9 @@ def test_linear_to_zero_ends_each_group_at_its_own_share():
         schedule.step()
 
 
-def test_fast94_muon_trains_on_tiny_data(tmp_path):
+def test_fast94_trains_on_tiny_data_with_muon(tmp_path):
     overrides = [
-        "experiment=fast94_muon",
+        "experiment=fast94",
         "data=synthetic",
         *FAST,
         "epochs=2",

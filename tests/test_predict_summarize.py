@@ -84,26 +84,46 @@ def test_summary_groups_seeds_and_records_failed_runs(tmp_path):
         assert image.width > 300
 
 
-def test_frontier_plots_finished_runs_and_refuses_a_crashed_one(tmp_path):
-    fake_run(tmp_path / "fast", ["experiment=fast", "data.verify=false"], {"best_val_acc": 0.78, "fit_seconds": 115})
-    fake_run(tmp_path / "default", ["seed=1"], {"best_val_acc": 0.805, "fit_seconds": 468})
+def test_frontier_plots_runs_and_sweeps_and_refuses_unfinished_or_uncounted_runs(tmp_path):
+    def summary(acc, seconds, pflop):
+        return {"best_val_acc": acc, "fit_seconds": seconds, "training_pflop": pflop}
+
+    fake_run(tmp_path / "sweep" / "0", ["experiment=fast", "data.verify=false"], summary(0.82, 70, 0.004))
+    fake_run(tmp_path / "sweep" / "1", ["experiment=fast90"], summary(0.90, 300, 0.06))
+    fake_run(tmp_path / "default", ["seed=1"], summary(0.805, 468, 0.05))
     fake_run(tmp_path / "crashed", ["experiment=fast94"], None)
+    fake_run(tmp_path / "old", ["experiment=fast94"], {"best_val_acc": 0.94, "fit_seconds": 1500})
     out = tmp_path / "frontier.png"
-    result = run_script("benchmarks/frontier.py", tmp_path / "fast", tmp_path / "default", "--out", out)
+    result = run_script("benchmarks/frontier.py", tmp_path / "sweep", tmp_path / "default", "--out", out)
     assert result.returncode == 0, result.stderr[-1000:]
+    assert f"wrote {out} (3 runs)" in result.stdout
     with Image.open(out) as image:
-        assert image.width > 300
-    result = run_script("benchmarks/frontier.py", tmp_path / "fast", tmp_path / "crashed", "--out", tmp_path / "x.png")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'crashed'} is not a finished run")
+        assert image.width > 1000  # two panels
+    for bad, message in [
+        ("crashed", "is not a finished run"),
+        ("old", "has no training_pflop in its summary.json"),
+        ("nothing", "is neither a run nor a sweep folder"),
+    ]:
+        result = run_script("benchmarks/frontier.py", tmp_path / "sweep", tmp_path / bad, "--out", tmp_path / "x.png")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / bad}")
+        assert message in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_frontier_keeps_the_runs_nothing_beats_on_cost_and_accuracy():
+    from cifar_lightning.figures import frontier
+
+    costs, accuracies = [5, 1, 2, 3, 2, 8], [90, 80, 79, 85, 83, 89]
+    assert frontier(costs, accuracies) == [(1, 80), (2, 83), (3, 85), (5, 90)]
 
 
 def test_frontier_labels_drop_where_the_data_lies():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from frontier import label
 
-    assert label(["experiment=fast", "data.verify=false", "seed=1", "hydra.run.dir=x"]) == "experiment=fast"
+    overrides = ["experiment=fast", "data.verify=false", "seed=1", "hydra.run.dir=x", "extras.print_config=false"]
+    assert label(overrides) == "experiment=fast"
     assert label(["data.verify=false"]) == "python train.py (defaults)"
 
 

@@ -17,7 +17,7 @@ SLOW = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0
 
 
 def start(*args) -> subprocess.Popen:
-    return start_script("train.py", *args, env=ENV, stderr=subprocess.DEVNULL)
+    return start_script("train.py", *args, env=ENV)
 
 
 def kill_mid_epoch(process: subprocess.Popen, last, epoch: int) -> None:

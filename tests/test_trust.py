@@ -27,7 +27,7 @@ def test_runs_and_sweeps_started_together_never_share_a_folder(tmp_path):
     processes = [start_script("train.py", *quick, f"seed={i}", env=ENV) for i in range(3)]
     processes += [start_script("train.py", "-m", *quick, "seed=1", env=ENV) for _ in range(2)]
     for process in processes:
-        assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
+        assert process.wait(timeout=600) == 0, process.stderr[-2000:]
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 3
     assert sorted(int(r.joinpath(".hydra", "config.yaml").read_text().split("seed: ")[1].split()[0]) for r in runs) == [

@@ -33,6 +33,7 @@ def read_runs(sweep: Path) -> list[dict]:
                 "test_acc": summary.get("test_acc"),
                 "epochs": summary.get("epochs"),
                 "fit_seconds": summary.get("fit_seconds"),
+                "training_pflop": summary.get("training_pflop"),
                 "hardware": summary.get("hardware"),
             }
         )
@@ -70,7 +71,9 @@ def write(sweep: Path, runs: list[dict], groups: list[dict]) -> None:
     with open(sweep / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(
             f,
-            fieldnames=["run", "overrides", "status", "best_val_acc", "test_acc", "epochs", "fit_seconds"],
+            fieldnames=[
+                *("run", "overrides", "status", "best_val_acc", "test_acc", "epochs", "fit_seconds", "training_pflop")
+            ],
             extrasaction="ignore",
         )
         writer.writeheader()

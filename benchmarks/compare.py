@@ -1,0 +1,93 @@
+"""Two variants of the pipeline measured alternating in one process, `--pairs` times: their training speed, the time
+to their first timed step (where torch.compile pays for compiling) and, with --validate, the time of one epoch with
+its validation, projected to each recipe's whole run. Prints every pair, the median ratio b/a and its range.
+
+    python benchmarks/compare.py --a OVERRIDES --b OVERRIDES [--steps 150] [--warmup 10] [--pairs 3] [COMMON...]
+    e.g. python benchmarks/compare.py --b module.compile=true --steps 300 data.verify=false
+         python benchmarks/compare.py --a experiment=fast94 --b experiment=fast94_muon --steps 0 --validate \
+             data.verify=false
+    (--steps 0: one whole epoch; --a/--b take space-separated overrides in one quoted argument)
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from common import matmul_peak, pipeline
+
+from cifar_lightning.callbacks import training_flops_per_image
+from cifar_lightning.cli import compose_config
+
+
+def measure(overrides: list[str], out: str, args) -> dict:
+    _, datamodule, module, trainer, timer = pipeline(overrides, out, args.steps, args.warmup, args.validate)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    epochs = compose_config("train", overrides).epochs  # the recipe's own, before pipeline() made it 1
+    return {
+        "images_per_second": timer.images_per_second,
+        "to_first_timed_step": timer.start - start,
+        "epoch_seconds": seconds,
+        # the recipe's whole run: epochs x (one epoch of training + its validation), as measured here
+        "projected_run_seconds": seconds * epochs if args.validate and not args.steps else None,
+        "flops_per_image": training_flops_per_image(module.net, module.hparams.image_size),
+        "steps": round(epochs * datamodule.train_batches(trainer.world_size)),
+    }
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.3f}, range {min(values):.3f}-{max(values):.3f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", default="", help="overrides of variant a (default: none)")
+    parser.add_argument("--b", default="", help="overrides of variant b")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per measurement; 0: a whole epoch")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed first steps (allocation, compilation)")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--validate", action="store_true", help="include the epoch's validation in its time")
+    args, common = parser.parse_known_args()
+    variants = {"a": args.a.split() + common, "b": args.b.split() + common}
+    results = {"a": [], "b": []}
+    with tempfile.TemporaryDirectory() as out:
+        for pair in range(args.pairs):
+            order = "ba" if pair % 2 else "ab"  # alternate, so that neither always finds the machine warmer
+            for name in order:
+                results[name].append(measure(variants[name], out, args))
+            a, b = results["a"][-1], results["b"][-1]
+            rate_a, rate_b = a["images_per_second"], b["images_per_second"]
+            print(
+                f"pair {pair + 1} ({order[0]} first): a {rate_a:.0f} img/s, b {rate_b:.0f} img/s, "
+                f"speed b/a {rate_b / rate_a:.3f}; "
+                f"to the first timed step a {a['to_first_timed_step']:.1f} s, b {b['to_first_timed_step']:.1f} s; "
+                f"epoch a {a['epoch_seconds']:.1f} s, b {b['epoch_seconds']:.1f} s",
+                flush=True,
+            )
+    peak = matmul_peak()
+    print(f"a: {' '.join(variants['a'])}\nb: {' '.join(variants['b'])}")
+    for name in "ab":
+        rates = [r["images_per_second"] for r in results[name]]
+        flops = results[name][0]["flops_per_image"]
+        print(
+            f"{name}: {statistics.median(rates):.0f} images/s (median), {flops / 1e6:.1f} MFLOP per training image, "
+            f"{statistics.median(rates) * flops / 1e9:.1f} GFLOP/s; first timed step after "
+            f"{spread([r['to_first_timed_step'] for r in results[name]])} s"
+        )
+    print(f"fp32 2048^2 matmul here, now: {peak / 1e9:.1f} GFLOP/s")
+    ratios = [rb["images_per_second"] / ra["images_per_second"] for ra, rb in zip(results["a"], results["b"])]
+    print(f"training speed b/a: {spread(ratios)} ({args.pairs} pairs)")
+    if args.validate and not args.steps:
+        ratios = [rb["epoch_seconds"] / ra["epoch_seconds"] for ra, rb in zip(results["a"], results["b"])]
+        print(f"one epoch with validation, time b/a: {spread(ratios)}")
+        runs = [rb["projected_run_seconds"] / ra["projected_run_seconds"] for ra, rb in zip(results["a"], results["b"])]
+        for name in "ab":
+            seconds = statistics.median(r["projected_run_seconds"] for r in results[name])
+            print(f"{name}: whole run projected {seconds:.0f} s ({results[name][0]['steps']} steps)")
+        print(f"whole run (epochs x that epoch), time b/a: {spread(runs)}")
+
+
+if __name__ == "__main__":
+    main()
