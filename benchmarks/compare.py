@@ -4,7 +4,7 @@ its validation, projected to each recipe's whole run. Prints every pair, the med
 
     python benchmarks/compare.py --a OVERRIDES --b OVERRIDES [--steps 150] [--warmup 10] [--pairs 3] [COMMON...]
     e.g. python benchmarks/compare.py --b module.compile=true --steps 300 data.verify=false
-         python benchmarks/compare.py --a experiment=fast94 --b experiment=fast94_muon --steps 0 --validate \
+         python benchmarks/compare.py --a experiment=fast94_lookahead --b experiment=fast94 --steps 0 --validate \
              data.verify=false
     (--steps 0: one whole epoch; --a/--b take space-separated overrides in one quoted argument)
 """
@@ -24,16 +24,13 @@ def measure(overrides: list[str], out: str, args) -> dict:
     _, datamodule, module, trainer, timer = pipeline(overrides, out, args.steps, args.warmup, args.validate)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
-    seconds = time.perf_counter() - start
-    epochs = compose_config("train", overrides).epochs  # the recipe's own, before pipeline() made it 1
     return {
         "images_per_second": timer.images_per_second,
         "to_first_timed_step": timer.start - start,
-        "epoch_seconds": seconds,
-        # the recipe's whole run: epochs x (one epoch of training + its validation), as measured here
-        "projected_run_seconds": seconds * epochs if args.validate and not args.steps else None,
-        "flops_per_image": training_flops_per_image(module.net, module.hparams.image_size),
-        "steps": round(epochs * datamodule.train_batches(trainer.world_size)),
+        "epoch_seconds": time.perf_counter() - start,
+        "steps_per_epoch": datamodule.train_batches(trainer.world_size),
+        "net": module.net,
+        "image_size": module.hparams.image_size,
     }
 
 
@@ -70,7 +67,7 @@ def main():
     print(f"a: {' '.join(variants['a'])}\nb: {' '.join(variants['b'])}")
     for name in "ab":
         rates = [r["images_per_second"] for r in results[name]]
-        flops = results[name][0]["flops_per_image"]
+        flops = training_flops_per_image(results[name][0]["net"], results[name][0]["image_size"])
         print(
             f"{name}: {statistics.median(rates):.0f} images/s (median), {flops / 1e6:.1f} MFLOP per training image, "
             f"{statistics.median(rates) * flops / 1e9:.1f} GFLOP/s; first timed step after "
@@ -82,11 +79,13 @@ def main():
     if args.validate and not args.steps:
         ratios = [rb["epoch_seconds"] / ra["epoch_seconds"] for ra, rb in zip(results["a"], results["b"])]
         print(f"one epoch with validation, time b/a: {spread(ratios)}")
-        runs = [rb["projected_run_seconds"] / ra["projected_run_seconds"] for ra, rb in zip(results["a"], results["b"])]
+        # a recipe's whole run: its own epochs (pipeline() made them 1) x one epoch of training + its validation
+        epochs = {name: compose_config("train", variants[name]).epochs for name in "ab"}
+        runs = {name: [epochs[name] * r["epoch_seconds"] for r in results[name]] for name in "ab"}
         for name in "ab":
-            seconds = statistics.median(r["projected_run_seconds"] for r in results[name])
-            print(f"{name}: whole run projected {seconds:.0f} s ({results[name][0]['steps']} steps)")
-        print(f"whole run (epochs x that epoch), time b/a: {spread(runs)}")
+            steps = round(epochs[name] * results[name][0]["steps_per_epoch"])
+            print(f"{name}: whole run projected {statistics.median(runs[name]):.0f} s ({steps} steps)")
+        print(f"whole run (epochs x that epoch), time b/a: {spread([b / a for a, b in zip(runs['a'], runs['b'])])}")
 
 
 if __name__ == "__main__":

@@ -325,20 +325,31 @@ def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
     point per run (dicts with label, training_pflop, fit_seconds, best_val_acc), the frontier (runs no other run
     beats on both cost and accuracy) as a line, and a dashed line at the reference accuracy to beat."""
     accuracies = [100 * p["best_val_acc"] for p in points]
-    axes_costs = [
-        ("training compute (PFLOP, forward + backward, log scale)", [p["training_pflop"] for p in points]),
-        ("training wall time (minutes, fit with validation, log scale)", [p["fit_seconds"] / 60 for p in points]),
+    axes_costs = [  # x-axis label, each run's cost on it, how a point's label shows that cost
+        (
+            "training compute (PFLOP, forward + backward, log scale)",
+            [p["training_pflop"] for p in points],
+            "{:.3g} PFLOP",
+        ),
+        (
+            "training wall time (minutes, fit with validation, log scale)",
+            [p["fit_seconds"] / 60 for p in points],
+            "{:.1f} min",
+        ),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
-    for ax, (xlabel, costs) in zip(axes, axes_costs):
+    for ax, (xlabel, costs, cost_format) in zip(axes, axes_costs):
         ax.set_xscale("log")
         line = frontier(costs, accuracies)
         ax.plot(*zip(*line), "-", color="grey", alpha=0.5, zorder=1)
         for p, x, y in zip(points, costs, accuracies):
             ax.plot(x, y, "o", markersize=8, zorder=2)
-            cost = f"{x:.3g} PFLOP" if ax is axes[0] else f"{x:.1f} min"
             ax.annotate(
-                f"{p['label']}\n{y:.2f}%, {cost}", (x, y), textcoords="offset points", xytext=(7, -10), fontsize=7.5
+                f"{p['label']}\n{y:.2f}%, {cost_format.format(x)}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(7, -10),
+                fontsize=7.5,
             )
         low, high = min(costs) / 1.6, max(costs) * 4  # room for the labels, right of their points
         ax.set_xlim(low, high)

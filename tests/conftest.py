@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scripts
 from omegaconf import OmegaConf
 from PIL import Image
-from scripts import Script
+from scripts import Script, run
 
 from cifar_lightning.cli import compose_config
 from cifar_lightning.tasks.train import train
@@ -115,4 +114,4 @@ def start_script(*args, env=None) -> Script:
 
 def run_script(*args, cwd: Path = ROOT, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
     """`python *args` in `cwd` (scripts.py: a forked process, without the interpreter's start-up and imports)."""
-    return scripts.run(*args, cwd=cwd, timeout=timeout, env=env)
+    return run(*args, cwd=cwd, timeout=timeout, env=env)

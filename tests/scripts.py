@@ -13,7 +13,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 _forkserver = multiprocessing.get_context("forkserver")
 _forkserver.set_forkserver_preload(["torch", "lightning", "hydra", "cifar_lightning.tasks.train"])
 
@@ -44,7 +43,7 @@ def _as_python_would(args: list[str], cwd: str, env: dict, stdout: str, stderr: 
 class Script:
     """A running script, with the parts of subprocess.Popen the tests use; stdout and stderr are text once it ended."""
 
-    def __init__(self, args, cwd: Path = ROOT, env: dict | None = None):
+    def __init__(self, args, cwd: Path, env: dict | None = None):
         self.args = [str(a) for a in args]
         self._folder = Path(tempfile.mkdtemp(prefix="script-"))
         self._files = self._folder / "stdout", self._folder / "stderr"
@@ -80,7 +79,7 @@ class Script:
         return self.returncode
 
 
-def run(*args, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(*args, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     script = Script(args, cwd, env)
     script.wait(timeout)
     return subprocess.CompletedProcess(script.args, script.returncode, script.stdout, script.stderr)

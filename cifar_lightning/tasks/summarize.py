@@ -72,7 +72,14 @@ def write(sweep: Path, runs: list[dict], groups: list[dict]) -> None:
         writer = csv.DictWriter(
             f,
             fieldnames=[
-                *("run", "overrides", "status", "best_val_acc", "test_acc", "epochs", "fit_seconds", "training_pflop")
+                "run",
+                "overrides",
+                "status",
+                "best_val_acc",
+                "test_acc",
+                "epochs",
+                "fit_seconds",
+                "training_pflop",
             ],
             extrasaction="ignore",
         )
