@@ -10,6 +10,7 @@ its validation, projected to each recipe's whole run. Prints every pair, the med
 """
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -17,13 +18,16 @@ import time
 from common import matmul_peak, pipeline
 
 from cifar_lightning.callbacks import training_flops_per_image
-from cifar_lightning.cli import compose_config
+from cifar_lightning.cli import compose_config, run_composing
+from cifar_lightning.errors import UserError
 
 
 def measure(overrides: list[str], out: str, args) -> dict:
     _, datamodule, module, trainer, timer = pipeline(overrides, out, args.steps, args.warmup, args.validate)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
+    if timer.start is None:
+        raise UserError(f"--warmup {args.warmup} is not below the {trainer.global_step} steps of the epoch")
     return {
         "images_per_second": timer.images_per_second,
         "to_first_timed_step": timer.start - start,
@@ -47,6 +51,8 @@ def main():
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--validate", action="store_true", help="include the epoch's validation in its time")
     args, common = parser.parse_known_args()
+    if args.pairs < 1 or args.steps < 0 or not 0 <= args.warmup < (args.steps or math.inf):
+        parser.error("--pairs must be at least 1, --steps 0 or more, --warmup 0 or more and below --steps")
     variants = {"a": args.a.split() + common, "b": args.b.split() + common}
     results = {"a": [], "b": []}
     with tempfile.TemporaryDirectory() as out:
@@ -89,4 +95,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_composing(main)

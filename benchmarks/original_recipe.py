@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from cifar_lightning.cli import run_composing
 from cifar_lightning.models.cnn import CNN
 
 
@@ -97,4 +98,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_composing(main)

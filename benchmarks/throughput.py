@@ -20,6 +20,7 @@ from common import matmul_peak, pipeline, sync
 from hydra.utils import instantiate
 
 from cifar_lightning.callbacks import training_flops_per_image
+from cifar_lightning.cli import run_composing
 
 
 def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
@@ -110,4 +111,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_composing(main)

@@ -49,6 +49,17 @@ def run(hydra_main: Callable) -> None:
         sys.exit(1)
 
 
+def run_composing(main: Callable[[], None]) -> None:
+    """Calls the main of a script that composes configs itself (benchmarks/) so that a bad override or a user
+    mistake ends in one `error:` line and exit 1, as with the Hydra entry points."""
+    with exit_on_user_error():
+        try:
+            main()
+        except CompactHydraException as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            sys.exit(1)
+
+
 def one_line(error: CompactHydraException) -> str:
     """Hydra's message, the options it offers (a missing config's `options`) and its cause, on one line. The
     message's first paragraph is what Hydra says; a missing config adds its option list and search path below."""

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 from conftest import run_script
 
 TINY = ["data=synthetic", "batch_size=100", "data.eval_batch_size=200", "callbacks.progress_bar=null"]
@@ -23,3 +24,18 @@ def test_compare_alternates_and_projects_each_recipe_to_its_whole_run():
     for line in ("training speed b/a: median", "one epoch with validation, time b/a: median", "time b/a: median"):
         assert line in out
     assert re.search(r"fp32 2048\^2 matmul here, now: \d+\.\d GFLOP/s", out)
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--a", "experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
+        (["--b", "trainer.nope=1"], 1, "error: Could not override 'trainer.nope'"),
+        (["--pairs", "0"], 2, "--pairs must be at least 1"),
+        (["--steps", "5", "--warmup", "5"], 2, "--warmup 0 or more and below --steps"),
+    ],
+)
+def test_compare_refuses_bad_input_in_one_line(args, code, message):
+    result = run_script("benchmarks/compare.py", *args, *TINY)
+    assert result.returncode == code and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
