@@ -39,6 +39,8 @@ benchmark: $(PYTHON)
 # The README's speed/accuracy figure: six recipes trained one after another (about 45 minutes on 2 CPU cores),
 # then plotted into docs/frontier.png. On the shared data copy: make frontier ARGS=data.verify=false
 frontier: $(PYTHON)
+	@test ! -e outputs/multiruns/frontier || { echo "error: outputs/multiruns/frontier exists: move it away \
+	first (a new sweep would write over its runs)" >&2; exit 1; }
 	$(PYTHON) train.py -m experiment=seed_baseline,default,fast,fast85,fast90,fast94 \
 		hydra.sweep.dir=outputs/multiruns/frontier $(ARGS)
 	$(PYTHON) benchmarks/frontier.py outputs/multiruns/frontier

@@ -4,11 +4,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from cifar_lightning import precision
 from cifar_lightning.cli import exit_on_user_error, run
 from cifar_lightning.tasks.resume import register_resolvers, resume_config
 from cifar_lightning.tasks.train import train
 
 register_resolvers()  # before Hydra composes: the run folder depends on resume=
+precision.register_resolver()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

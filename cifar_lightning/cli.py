@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
+from cifar_lightning import precision
 from cifar_lightning.errors import UserError
 
 
@@ -78,6 +79,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """A config composed as `python NAME.py OVERRIDES` would, outside a Hydra app (tests, benchmarks);
     a train config then needs paths.output_dir set, which Hydra would have filled in."""
+    precision.register_resolver()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
 

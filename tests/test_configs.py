@@ -8,7 +8,7 @@ import yaml
 from conftest import ROOT, compose_train, write_cifar, write_folder
 from hydra.utils import instantiate
 
-from cifar_lightning import tracking
+from cifar_lightning import precision, tracking
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.tasks.train import instantiate_all
 
@@ -131,3 +131,33 @@ def test_seed_baseline_is_the_original_recipe():
     assert cfg.scheduler._target_.endswith("StepLR") and cfg.scheduler.step_size == 10 and cfg.scheduler.gamma == 0.5
     assert cfg.callbacks.early_stopping.patience == 5
     assert set(cfg.augmentation) == {"_target_", "crop", "flip"}
+
+
+@pytest.mark.parametrize(
+    ("cuda", "cuda_bf16", "cpu_bf16", "amx", "accelerator", "expected"),
+    [
+        (True, True, False, False, "auto", "bf16-mixed"),
+        (True, False, False, False, "gpu", "16-mixed"),  # pre-Ampere GPUs: fp16 with loss scaling
+        (True, True, False, False, "cpu", "32-true"),  # the GPU is not used, and this CPU has no bf16
+        (False, False, True, False, "auto", "bf16-mixed"),  # AVX-512 BF16
+        (False, False, False, True, "cpu", "bf16-mixed"),  # AMX
+        (False, False, False, False, "auto", "32-true"),  # emulated bf16 would be slower than fp32
+        (False, False, True, False, "gpu", "32-true"),  # no GPU here: Lightning itself says so
+        (False, False, True, False, "mps", "32-true"),
+    ],
+)
+def test_precision_is_16_bit_only_where_the_hardware_computes_in_it(
+    monkeypatch, cuda, cuda_bf16, cpu_bf16, amx, accelerator, expected
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: cuda_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert precision.fastest(accelerator) == expected
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "gpu", "ddp_cpu"])
+def test_every_trainer_resolves_its_precision_on_this_machine(trainer):
+    cfg = compose_train([f"trainer={trainer}"])
+    assert cfg.trainer.precision == precision.fastest(cfg.trainer.accelerator)
+    assert compose_train([f"trainer={trainer}", "trainer.precision=32-true"]).trainer.precision == "32-true"

@@ -30,6 +30,7 @@ def test_one_epoch_writes_checkpoints_metrics_and_summary(cifar_root, tmp_path):
     machine = summary["hardware"]  # what the times were measured on
     assert machine["torch"] == torch.__version__ and machine["threads"] == torch.get_num_threads()
     assert machine["cpu"] and machine["gpu"] is None and machine["devices"] == 1
+    assert machine["precision"] == cfg.trainer.precision  # bf16-mixed on a CPU with bf16 instructions
 
     # the checkpoint alone rebuilds the model, with the data's classes and normalisation, and loads safely
     model = ImageClassifier.load_from_checkpoint(

@@ -284,6 +284,7 @@ def hardware(trainer: L.Trainer) -> dict:
         "threads": torch.get_num_threads(),
         "gpu": gpu,
         "devices": trainer.world_size,
+        "precision": trainer.precision,
         "torch": torch.__version__,
         "lightning": L.__version__,
     }
