@@ -1,6 +1,6 @@
 """Training images/s of the Lightning pipeline vs a plain PyTorch loop: same model, data in memory, batch size,
-normalisation, augmentation, loss, optimizer, schedule and lookahead; alternating, `--pairs` times; prints the
-median ratio, the time per epoch and the FLOP rate.
+normalisation, augmentation, loss, optimizer, schedule, lookahead and precision (autocast); alternating, `--pairs`
+times; prints the median ratio, the time per epoch and the FLOP rate.
 
     python benchmarks/throughput.py [--steps 150] [--pairs 3] [OVERRIDES...]
     e.g. python benchmarks/throughput.py data.verify=false model=cnn batch_size=128
@@ -25,8 +25,11 @@ from cifar_lightning.cli import run_composing
 
 def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
     """The pipeline's training steps written as a bare loop, with the module's own optimizer, schedule and
-    augmentation and the recipe's lookahead, so that it follows any change to the recipe. Returns images/s."""
+    augmentation, the recipe's lookahead and the trainer's precision (autocast as plain PyTorch writes it), so that
+    it follows any change to the recipe. Returns images/s."""
     net, batch_size, hparams = module.net, cfg.batch_size, module.hparams
+    half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.trainer.precision)
+    scaler = torch.amp.GradScaler(enabled=half == torch.float16)  # fp16 needs its loss scaled; bf16 does not
     net.train()  # build() has initialised data-dependent nets already
     optimizer, scheduler, _ = module.optimizer_and_schedule(steps)
     lookahead = instantiate(cfg.callbacks.lookahead) if cfg.callbacks.get("lookahead") else None
@@ -43,11 +46,13 @@ def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
         x = module.augment(x, idx, 0) if module.augment else x
         if hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(
-            net(x), labels[idx], label_smoothing=hparams.label_smoothing, reduction=hparams.loss_reduction
-        )
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(x.device.type, dtype=half, enabled=half is not None):
+            loss = F.cross_entropy(
+                net(x), labels[idx], label_smoothing=hparams.label_smoothing, reduction=hparams.loss_reduction
+            )
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if scheduler:
             scheduler.step()

@@ -308,7 +308,8 @@ def describe_machine(hardware: dict | None) -> str:
     if not hardware:
         return "a machine not recorded"
     device = hardware["gpu"] or f"{hardware['cpu']}, {hardware['threads']} threads"
-    return f"{device}, torch {hardware['torch']}"
+    precision = f", {hardware['precision']}" if "precision" in hardware else ""  # not recorded before 2026-11-26
+    return f"{device}, torch {hardware['torch']}{precision}"
 
 
 def frontier(costs: list[float], accuracies: list[float]) -> list[tuple[float, float]]:

@@ -130,3 +130,12 @@ def test_frontier_labels_drop_where_the_data_lies():
 def test_summary_of_a_folder_without_runs_is_an_error(tmp_path):
     result = run_script("-m", "cifar_lightning.tasks.summarize", tmp_path)
     assert result.returncode == 1 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_a_plots_machine_names_the_precision_when_the_run_recorded_it():
+    from cifar_lightning.figures import describe_machine
+
+    machine = {"cpu": "AMD EPYC", "threads": 2, "gpu": None, "torch": "2.14.1"}
+    assert describe_machine(machine) == "AMD EPYC, 2 threads, torch 2.14.1"
+    assert describe_machine(machine | {"precision": "bf16-mixed"}) == "AMD EPYC, 2 threads, torch 2.14.1, bf16-mixed"
+    assert describe_machine(None) == "a machine not recorded"
