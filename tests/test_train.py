@@ -51,6 +51,16 @@ def test_train_py_runs_and_prints_the_result(cifar_root, tmp_path):
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "metrics.csv").is_file()
 
 
+def test_a_bf16_run_with_its_model_summary_prints_no_precision_warning(tmp_path):
+    """bf16-mixed is the default on CPUs with native bf16; Lightning's summary warns that it sizes the model in fp32,
+    which is right (the weights are fp32), so the warning is filtered. bf16 runs (emulated) on any CPU."""
+    overrides = [*FAST, "trainer.enable_model_summary=true", "trainer.precision=bf16-mixed", "data=synthetic"]
+    result = run_script("train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Params" in result.stdout + result.stderr  # the summary was printed
+    assert "not supported by the model summary" not in result.stdout + result.stderr
+
+
 def test_multirun_gives_each_job_its_own_folder(tmp_path):
     result = run_script("train.py", "-m", "data=synthetic", "seed=1,2", *FAST, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
 # metrics.csv shares the run folder with .hydra/ and train.log by design
 warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+# bf16-mixed keeps fp32 weights, so the model summary's fallback to 32 bits gives the right size
+warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
 
 
 SUMMARY_METRICS = ("best_val_acc", "test_acc", "test_loss", "fit_seconds")  # what a sweeper can optimise
