@@ -1,6 +1,7 @@
 """The fast recipe's parts: whitening, alternating flip, lookahead, decoupled SGD, schedule, TTA, a tiny run."""
 
 import csv
+import math
 
 import pytest
 import torch
@@ -157,6 +158,17 @@ def test_tta_two_averages_six_views():
     views = [x, padded[..., :8, :8], padded[..., 2:, 2:]]
     both = [(module.net(v) + module.net(v.flip(3))) / 2 for v in views]
     assert torch.allclose(module.predict_logits(x), both[0] / 2 + (both[1] + both[2]) / 4, atol=1e-6)
+
+
+def test_a_fractional_epoch_with_accumulated_batches_stops_and_decays_in_optimizer_steps(tmp_path):
+    run = tmp_path / "run"
+    overrides = ["data=synthetic", *FAST, "epochs=1.5", "batch_size=64", "trainer.accumulate_grad_batches=2"]
+    train_run([*overrides, "scheduler=linear_to_zero"], run)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    steps = round(1.5 * math.ceil((1960 // 64) / 2))  # 30 batches an epoch, 15 optimizer steps
+    assert checkpoint["global_step"] == steps
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == steps
+    assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == 0.0  # the decay ends with the run, not after it
 
 
 def test_fast94_lookahead_runs_one_short_epoch_on_tiny_data_and_evaluates(tmp_path):

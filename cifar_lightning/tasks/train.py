@@ -170,7 +170,9 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     )
     module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
     if fractional:  # counted per process: under DDP each one trains on its own share of every epoch
-        trainer.fit_loop.epoch_loop.max_steps = round(cfg.epochs * datamodule.train_batches(trainer.world_size))
+        # in optimizer steps: with accumulation the last, incomplete group of an epoch still makes a step
+        steps_per_epoch = math.ceil(datamodule.train_batches(trainer.world_size) / trainer.accumulate_grad_batches)
+        trainer.fit_loop.epoch_loop.max_steps = round(cfg.epochs * steps_per_epoch)
     return datamodule, module, trainer
 
 
