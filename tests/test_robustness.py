@@ -20,6 +20,8 @@ from cifar_lightning.tasks.train import train
         ("epochs=true", "epochs=True must be"),
         ("batch_size=0", "batch_size=0 must be"),
         ("batch_size=2.5", "batch_size=2.5 must be a whole number"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be a whole number of at least 1"),
+        ("trainer.accumulate_grad_batches=-1", "trainer.accumulate_grad_batches=-1 must be"),
         ("seed=abc", "seed='abc' must be a whole number from 0 to 4294967295"),
         ("seed=-1", "seed=-1 must be"),
         ("seed=1.5", "seed=1.5 must be"),

@@ -53,6 +53,9 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"epochs={cfg.epochs!r} must be a positive number (a fraction stops the last epoch early)")
     if not fits(cfg.batch_size, int) or cfg.batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size!r} must be a whole number of at least 1")
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # Lightning divides by it unchecked
+    if not fits(accumulate, int) or accumulate < 1:
+        raise UserError(f"trainer.accumulate_grad_batches={accumulate!r} must be a whole number of at least 1")
     if not fits(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise UserError(f"seed={cfg.seed!r} must be a whole number from 0 to {2**32 - 1}")
     lr = cfg.optimizer.get("lr")
