@@ -1,7 +1,6 @@
 """The benchmark scripts on tiny data: they run, alternate and report what the README quotes from them."""
 
 import re
-import sys
 
 import pytest
 import torch
@@ -55,9 +54,9 @@ def test_throughput_compares_pipeline_and_plain_loop_alternating():
 
 
 @pytest.mark.parametrize("chosen, dtype", [("32-true", None), ("bf16-mixed", torch.bfloat16)])
-def test_the_plain_loop_trains_in_the_pipelines_precision(chosen, dtype, tmp_path):
+def test_the_plain_loop_trains_in_the_pipelines_precision(chosen, dtype, tmp_path, monkeypatch):
     """Else the 'Lightning overhead' ratio would compare bf16 steps with fp32 ones."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
     import throughput
     from common import pipeline
 

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -118,8 +117,8 @@ def test_the_frontier_keeps_the_runs_nothing_beats_on_cost_and_accuracy():
     assert frontier(costs, accuracies) == [(1, 80), (2, 83), (3, 85), (5, 90)]
 
 
-def test_frontier_labels_drop_where_the_data_lies():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+def test_frontier_labels_drop_where_the_data_lies(monkeypatch):
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
     from frontier import label
 
     overrides = ["experiment=fast", "data.verify=false", "seed=1", "hydra.run.dir=x", "extras.print_config=false"]
