@@ -45,5 +45,10 @@ frontier: $(PYTHON)
 		hydra.sweep.dir=outputs/multiruns/frontier $(ARGS)
 	$(PYTHON) benchmarks/frontier.py outputs/multiruns/frontier
 
+# docs/results.md from docs/results*.csv (add runs first: python benchmarks/results.py add RUN_DIR ...)
+.PHONY: results
+results: $(PYTHON)
+	$(PYTHON) benchmarks/results.py $(ARGS)
+
 clean:
 	rm -rf .venv outputs .pytest_cache
