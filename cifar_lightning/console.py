@@ -1,0 +1,38 @@
+"""The one place that decides which library messages the console leaves out: those the user cannot act on (an
+advertisement, a deprecation inside a library's own code, a warning about a choice this project makes on purpose).
+Everything else a library prints stays, above all what a user can change with an override."""
+
+import logging
+import re
+import warnings
+
+# Lightning's advertisements for its cloud services, logged at INFO by every Trainer (also with logger=false);
+# Lightning has no switch for them (Lightning-AI/pytorch-lightning#21294), so they are dropped by their exact text.
+TIPS = (
+    "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]",
+    "💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]",
+)
+TIPS_LOGGER = "lightning.pytorch.utilities.rank_zero"  # the logger of Lightning's rank_zero_info
+
+
+def not_an_advertisement(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(TIPS)
+
+
+def quiet() -> None:
+    """Installs the filters; the entry points call it before they run (cli.run, cli.run_composing)."""
+    logging.getLogger(TIPS_LOGGER).addFilter(not_an_advertisement)  # added once however often quiet() runs
+    # Lightning's own utilities/_pytree.py builds torch's deprecated LeafSpec on every fit, test and predict: only
+    # a Lightning release can change that. A LeafSpec in the user's own code still warns (other module).
+    warnings.filterwarnings(
+        "ignore",
+        message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    # Normalisation and augmentation live in the LightningModule on purpose (a checkpoint must carry them).
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+    # metrics.csv shares the run folder with .hydra/ and train.log by design
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+    # bf16-mixed keeps fp32 weights, so the model summary's fallback to 32 bits gives the right size
+    warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
