@@ -21,10 +21,12 @@ evaluate: $(PYTHON)
 test: $(PYTHON)
 	$(PYTHON) -m pytest $(ARGS)
 
-# ruff: lint and formatting, as configured in pyproject.toml (also a pre-commit hook: pre-commit install)
+# ruff: lint and formatting; mypy: types of the package (both configured in pyproject.toml; ruff is also a
+# pre-commit hook: pre-commit install)
 lint: $(PYTHON)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 format: $(PYTHON)
 	$(PYTHON) -m ruff check --fix .

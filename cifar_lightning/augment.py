@@ -12,6 +12,8 @@ import torch.nn.functional as F
 class Compose:
     """Applies the named augmentations in order; a name set to null is skipped (one override drops it)."""
 
+    takes_configs = True  # its keywords are augmentations' configs: the checker checks each against its own target
+
     def __init__(self, **augmentations):
         self.augmentations = {name: a for name, a in augmentations.items() if a is not None}
 

@@ -1,9 +1,11 @@
 """Temperature scaling (Guo et al., 2017): one number T that divides the logits so that softmax probabilities
 match how often the model is right. Fitted on validation logits; argmax, and so accuracy, do not change."""
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+
+from cifar_lightning.data import InMemoryImages
+from cifar_lightning.module import ImageClassifier
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
@@ -22,10 +24,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
     return float(log_t.detach().exp())
 
 
-def fit_on_validation(
-    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None = None
-) -> float:
-    """The temperature of `model` (the weights of `ckpt_path`, if given) fitted on the data's validation split, with
-    the model's own test-time augmentation, through Lightning's predict loop."""
-    batches = trainer.predict(model, dataloaders=datamodule.loader("val"), ckpt_path=ckpt_path)
-    return fit_temperature(torch.cat([b[0] for b in batches]).cpu(), torch.cat([b[1] for b in batches]).cpu())
+def fit_on_validation(model: ImageClassifier, validation: InMemoryImages, batch_size: int = 500) -> float:
+    """The temperature of `model` fitted on a validation split's uint8 images, with the model's own test-time
+    augmentation."""
+    return fit_temperature(model.predict_logits(validation.images, batch_size=batch_size), validation.labels)

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -91,8 +92,9 @@ class FreezeAfterEpochs(L.Callback):
 
 class StopAtMaxSteps(L.Callback):
     """Ends a run that stops inside an epoch (a fractional `epochs`, e.g. 9.9) the way a whole epoch ends.
-    At max_steps Lightning leaves the epoch without validating, so the final weights, the ones the schedule
-    and lookahead aimed for, would never be validated nor become best.ckpt. Asking it to stop validates first."""
+    At max_steps Lightning leaves the epoch without validating (Lightning-AI/pytorch-lightning#9855, closed as
+    "working as intended"), so the final weights, the ones the schedule and lookahead aimed for, would
+    never be validated nor become best.ckpt. Asking it to stop validates first."""
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
@@ -141,3 +143,30 @@ class CountTrainingFlops(L.Callback):
         if not isinstance(images, int) or isinstance(images, bool) or images < 0:
             raise UserError(f"the checkpoint's count of trained images ({images!r}) is not a whole number")
         self.images = images
+
+
+class FitClock(L.Callback):
+    """Seconds spent in `trainer.fit`, added up over every resume of a run (kept in its checkpoints)."""
+
+    def __init__(self):
+        self.before = 0.0  # seconds of the run's earlier fits
+        self.started: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.before, self.started = self.seconds, None
+
+    @property
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        seconds = state_dict.get("seconds")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < math.inf:
+            raise UserError(f"the checkpoint's fit time ({seconds!r}) is not a number of seconds")
+        self.before = float(seconds)

@@ -12,11 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
 from cifar_lightning import precision
+from cifar_lightning.console import quiet
 from cifar_lightning.errors import UserError
 
 
@@ -25,7 +27,10 @@ def exit_on_user_error() -> Callable:
     """Single runs: print the message and exit 1. Under -m the error is re-raised, for Hydra to record the
     job as failed and go on with the sweep (an exit would end every job after it)."""
     try:
-        yield
+        try:
+            yield
+        except OmegaConfBaseException as e:  # an interpolation that does not resolve, a key that is not there
+            raise UserError(config_error(e)) from None
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -33,11 +38,19 @@ def exit_on_user_error() -> Callable:
         sys.exit(1)
 
 
+def config_error(error: OmegaConfBaseException) -> str:
+    """OmegaConf's message on one line, naming the key whose value could not be resolved."""
+    message = " ".join(str(error).split("\n")[0].split())
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}; fix that value on the command line or in its config" if key else message
+
+
 def run(hydra_main: Callable) -> None:
     """Calls a @hydra.main entry point so that mistakes on the command line (an unknown option, a typo in a key,
     a bad override) end in one line too: Hydra would print them over several lines with a hint, so it is asked
     to raise them instead (HYDRA_FULL_ERROR) and they are printed here from the exception's parts. A user who
     sets HYDRA_FULL_ERROR=1 still gets Hydra's full report."""
+    quiet()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return hydra_main()
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -53,6 +66,7 @@ def run(hydra_main: Callable) -> None:
 def run_composing(main: Callable[[], None]) -> None:
     """Calls the main of a script that composes configs itself (benchmarks/) so that a bad override or a user
     mistake ends in one `error:` line and exit 1, as with the Hydra entry points."""
+    quiet()
     with exit_on_user_error():
         try:
             main()

@@ -5,18 +5,25 @@ with `save_hyperparameters()`: a checkpoint alone then rebuilds the same model, 
 names, and holds nothing but plain containers and tensors (so it loads with `weights_only=True`).
 """
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Interval
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from tqdm import tqdm
 
 from cifar_lightning.data import Batch
+
+# 0: the image alone; 1: the mean with its mirror image; 2 (airbench): half that, half the same over the image
+# shifted 1 px up-left and 1 px down-right (six views)
+TTA = Annotated[Literal[0, 1, 2], "must be 0 (off), 1 (mirror) or 2 (six views)"]
 
 
 def plain(config: Any) -> Any:
@@ -33,16 +40,29 @@ class ImageClassifier(L.LightningModule):
         optimizer: dict,
         scheduler: dict | None = None,
         augmentation: dict | None = None,
-        class_names: list[str] = (),
-        mean: list[float] = (0.5, 0.5, 0.5),
-        std: list[float] = (0.25, 0.25, 0.25),
-        image_size: int = 32,
-        label_smoothing: float = 0.0,
-        loss_reduction: str = "mean",
+        class_names: Sequence[str] = (),
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
+        image_size: Annotated[int, Ge(1)] = 32,
+        label_smoothing: Annotated[float, Interval(ge=0, lt=1)] = 0.0,
+        loss_reduction: Annotated[Literal["mean", "sum"], "must be mean or sum"] = "mean",
         channels_last: bool = False,
         compile: bool = False,
-        tta: int = 0,
+        tta: TTA = 0,
     ):
+        """
+        Args:
+            net, optimizer, scheduler, augmentation: configs with a `_target_` (the optimizer and scheduler
+                `_partial_`); the net is built with `num_classes=len(class_names)`.
+            class_names: the data's classes, in label order.
+            mean, std: per-channel normalisation on the 0..1 scale (the training split's).
+            image_size: height and width of the images, in pixels.
+            label_smoothing: of the training loss (Szegedy et al., 2016).
+            loss_reduction: "sum" makes the gradient grow with the batch (airbench).
+            channels_last: NHWC memory layout for the net and its inputs.
+            compile: torch.compile the net when training.
+            tta: the test-time augmentation of validation and test (see `logits`).
+        """
         super().__init__()
         net, optimizer, scheduler, augmentation = map(plain, (net, optimizer, scheduler, augmentation))
         class_names, mean, std = list(class_names), list(mean), list(std)
@@ -56,8 +76,8 @@ class ImageClassifier(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         # Per stage, so that running states never mix. Steps only update them and each epoch logs them once:
-        # logging with self.log at every step cost ~2 ms of Lightning bookkeeping, 3% of a CNN step on the CPU, and
-        # validate_args=False skips a per-step input check that held the CNN to 0.86 of a plain loop's speed.
+        # self.log at every step adds Lightning's bookkeeping to every step, and validate_args=False skips a
+        # per-step input check; both are fixed costs that weigh most in small, fast steps (docs/results.md).
         # Under DDP, compute() gathers the states of all ranks.
         self.metrics = nn.ModuleDict()
         for stage in ("train", "val", "test"):
@@ -77,13 +97,17 @@ class ImageClassifier(L.LightningModule):
             self.net.compile()  # in place: parameter names, and so checkpoints, stay the same
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) in 0..255 -> normalised float."""
+        """uint8 (N, C, H, W) in 0..255 -> normalised float32 (N, C, H, W)."""
         return (images.float() / 255 - self.mean) / self.std
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Training batches are normalised and augmented here, on the device; other batches stay uint8 for
+        `logits`, the one inference path."""
         images, labels, indices = batch
+        if not self.trainer.training:
+            return batch
         x = self.normalize(images)
-        if self.augment is not None and self.trainer.training:
+        if self.augment is not None:
             x = self.augment(x, indices, self.current_epoch)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -92,24 +116,54 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits with test-time augmentation. tta=0: the image alone; 1: mean with its mirror image;
-        2 (airbench): half that, half the same over the image shifted 1 px up-left and 1 px down-right."""
+    # ------------------------------------------------------------------------------------- inference
+    def logits(self, images: torch.Tensor, tta: int | None = None, calibrated: bool = False) -> torch.Tensor:
+        """The one inference path: uint8 images (N, C, H, W) on the module's device -> logits (N, classes).
 
-        def with_mirror(v: torch.Tensor):
+        Args:
+            images: uint8, 0..255, `image_size` pixels high and wide.
+            tta: 0 the image alone; 1 the mean with its mirror image; 2 (airbench) half that, half the same over
+                the image shifted 1 px up-left and 1 px down-right; None: the module's own `tta`.
+            calibrated: divide by the temperature fitted on validation (calibration.py).
+        """
+        tta = self.hparams.tta if tta is None else int(tta)
+        x = self.normalize(images)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def with_mirror(v: torch.Tensor) -> torch.Tensor:
             return (self.net(v) + self.net(v.flip(3))) / 2
 
-        if self.hparams.tta == 0:
-            return self.net(x)
-        logits = with_mirror(x)
-        if self.hparams.tta >= 2:
+        logits = self.net(x) if tta == 0 else with_mirror(x)
+        if tta >= 2:
             padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
             h, w = x.shape[-2:]
             up_left, down_right = padded[..., :h, :w], padded[..., 2:, 2:]
             logits = logits / 2 + (with_mirror(up_left) + with_mirror(down_right)) / 4
-        return logits
+        return logits / self.temperature if calibrated else logits
+
+    def probabilities(self, images: torch.Tensor, tta: int | None = None, calibrated: bool = True) -> torch.Tensor:
+        """softmax(logits / temperature), float32 (N, classes): `logits` with its arguments."""
+        return self.logits(images, tta, calibrated).float().softmax(dim=1)
+
+    @torch.inference_mode()
+    def predict_logits(self, images: torch.Tensor, tta: int | None = None, batch_size: int = 500) -> torch.Tensor:
+        """`logits` (uncalibrated) of any number of uint8 images, `batch_size` at a time on the module's device,
+        in eval mode; returned float32 on the CPU. Shows a progress bar past 20 batches."""
+        self.eval()
+        starts = range(0, len(images), batch_size)
+        batches = tqdm(starts, desc="predicting", unit="batch", leave=False, disable=len(starts) <= 20)
+        out = [self.logits(images[i : i + batch_size].to(self.device), tta).float().cpu() for i in batches]
+        return torch.cat(out) if out else torch.empty(0, len(self.hparams.class_names))
 
     # ------------------------------------------------------------------------------------- steps
+    STAGES = ("train", "val", "test")
+
+    @staticmethod
+    def logged_metrics(validates: bool = True) -> list[str]:
+        """The metrics a training run logs each epoch (callbacks may watch these)."""
+        return [f"{stage}/{name}" for stage in ("train", "val")[: 1 + validates] for name in ("loss", "acc")]
+
     def _step(self, stage: str, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         _, labels, _ = batch
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
@@ -128,9 +182,6 @@ class ImageClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"].setdefault("temperature", torch.ones(()))  # checkpoints from before calibration
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return (logits.float() / self.temperature).softmax(dim=1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning writes an epoch's rows to metrics.csv only after its checkpoints: a run killed in between resumes
@@ -152,14 +203,10 @@ class ImageClassifier(L.LightningModule):
         return self._step("train", batch, self(batch[0]))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step("val", batch, self.predict_logits(batch[0]))
+        self._step("val", batch, self.logits(batch[0]))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step("test", batch, self.predict_logits(batch[0]))
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels, _ = batch
-        return self.predict_logits(images), labels
+        self._step("test", batch, self.logits(batch[0]))
 
     # ------------------------------------------------------------------------------------- optimization
     def configure_optimizers(self) -> Any:

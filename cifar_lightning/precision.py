@@ -6,9 +6,9 @@ from omegaconf import OmegaConf
 
 def fastest(accelerator: str) -> str:
     """bf16-mixed on a GPU that has bf16 (no loss scaling needed) and on a CPU with AVX-512 BF16 or AMX
-    instructions (there 1.5x the default recipe's fp32 speed per epoch, 1.6x the airbench recipes', README
-    "Speed"); fp16 with loss scaling on older GPUs. Elsewhere fp32: a CPU without those instructions emulates
-    bf16, slower than fp32. Weights, optimizer state and checkpoints stay fp32 under every mixed precision."""
+    instructions (faster than fp32 there: docs/results.md); fp16 with loss scaling on older GPUs. Elsewhere fp32:
+    a CPU without those instructions emulates bf16, slower than fp32. Weights, optimizer state and checkpoints
+    stay fp32 under every mixed precision."""
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if accelerator in ("auto", "cpu") and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):

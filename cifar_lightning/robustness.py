@@ -1,10 +1,10 @@
 """Accuracy of a model under the CIFAR-10-C corruptions: the table behind `evaluate.py corruptions=all`."""
 
-import lightning as L
 import torch
 from tqdm import tqdm
 
 from cifar_lightning.corruptions import corrupt
+from cifar_lightning.module import ImageClassifier
 
 FROST = "frost blends a synthesised ice texture (the original's photographs cannot be downloaded here)"
 
@@ -15,31 +15,25 @@ def choose(count: int, wanted: int, seed: int) -> torch.Tensor:
     return torch.randperm(count, generator=generator)[:wanted].sort().values
 
 
-@torch.inference_mode()
-def accuracy(model: L.LightningModule, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    """Top-1 accuracy of `model` (with its hparams.tta) on uint8 images, in batches on the model's device."""
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(model.device)
-        predicted = model.predict_logits(model.normalize(batch)).argmax(1).cpu()
-        correct += int((predicted == labels[start : start + batch_size]).sum())
-    return correct / len(images)
+def accuracy(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, tta: int, batch_size: int) -> float:
+    """Top-1 accuracy (0..1) of `model` with test-time augmentation `tta` on uint8 images (N, C, H, W)."""
+    return float((model.predict_logits(images, tta, batch_size).argmax(1) == labels).float().mean())
 
 
 def corruption_report(
-    model: L.LightningModule,
+    model: ImageClassifier,
     images: torch.Tensor,
     labels: torch.Tensor,
     names: list[str],
     severities: list[int],
     seed: int,
+    tta: int,
     batch_size: int,
 ) -> tuple[dict, dict[str, list[torch.Tensor]]]:
     """Accuracy per corruption and severity on these uint8 images, their mean (mCA), its ratio to the clean
     accuracy on the same images, and the means per severity and per corruption; and the first image's corrupted
     versions, {name: [one per severity]}, to show what was applied."""
-    model.eval()
-    clean = accuracy(model, images, labels, batch_size)
+    clean = accuracy(model, images, labels, tta, batch_size)
     table, examples = {}, {}
     with tqdm(total=len(names) * len(severities), desc=f"corruptions ({len(images):,} images)", unit="set") as bar:
         for name in names:
@@ -47,14 +41,14 @@ def corruption_report(
             for severity in severities:
                 bar.set_postfix_str(f"{name} {severity}")
                 corrupted = corrupt(images, name, severity, seed)
-                table[name].append(accuracy(model, corrupted, labels, batch_size))
+                table[name].append(accuracy(model, corrupted, labels, tta, batch_size))
                 examples[name].append(corrupted[0])
                 bar.update()
     mean = sum(map(sum, table.values())) / (len(names) * len(severities))
     return {
         "images": len(images),
         "seed": seed,
-        "tta": model.hparams.tta,
+        "tta": tta,
         "severities": list(severities),
         "clean_accuracy": clean,
         "mean_corruption_accuracy": mean,

@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cifar_lightning.checkpoints import write_atomic
 from cifar_lightning.errors import UserError
+from cifar_lightning.runs import write_atomic
 
 log = logging.getLogger(__name__)
 RECORD = "mlflow_run.json"
@@ -65,13 +65,21 @@ def prepare(cfg: DictConfig) -> None:
                 ) from None
 
 
+def git_commit() -> str:
+    """The project's git commit, or "unknown" outside a git checkout."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
 def tags(cfg: DictConfig) -> dict[str, str]:
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True).stdout.strip()
     return {
         "experiment": str(choices.get("experiment") or "none"),
         "seed": str(cfg.seed),
-        "git_commit": commit or "unknown",
+        "git_commit": git_commit(),
         "run_dir": str(Path(cfg.paths.output_dir).resolve()),
     }
 

@@ -8,7 +8,8 @@ from conftest import FAST, ROOT, compose_train, train_run
 from hydra import compose, initialize_config_dir
 
 from cifar_lightning.errors import UserError
-from cifar_lightning.tasks.train import check
+from cifar_lightning.tasks.train import TrainOptions
+from cifar_lightning.validation import check_train_config
 
 QUICK = [o for o in FAST if o != "epochs=1"]  # the debug configs set the epochs
 
@@ -65,7 +66,7 @@ def test_profiler_writes_its_report_into_the_run_folder(tmp_path, cifar_root):
 )
 def test_bad_extras_are_refused(override, message):
     with pytest.raises(UserError, match=message):
-        check(compose_train([override]))
+        check_train_config(compose_train([override]), TrainOptions)
 
 
 def test_config_tree_is_printed_and_saved_unless_switched_off(tmp_path, cifar_root, capsys):

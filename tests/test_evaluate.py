@@ -10,10 +10,11 @@ import torch
 from conftest import FAST, run_script, train_run, write_cifar, write_folder
 from PIL import Image
 
-from cifar_lightning.checkpoints import load_model, resolve
+from cifar_lightning.checkpoints import load_model
 from cifar_lightning.cli import compose_config
 from cifar_lightning.errors import UserError
 from cifar_lightning.metrics import evaluate_predictions
+from cifar_lightning.runs import resolve
 from cifar_lightning.tasks.evaluate import evaluate
 
 FILES = {
@@ -188,7 +189,7 @@ def test_corruption_options_are_checked_in_one_line(trained, override, message):
     [
         (None, ["outputs=/nonexistent/outputs"], "no training runs with a best.ckpt under"),
         (None, ["ckpt=/nonexistent/model.ckpt"], "does not exist"),
-        (None, ["split=train"], "split=train does not exist"),
+        (None, ["split=train"], "split='train' does not exist"),
         (
             lambda tmp, run: (tmp / "x.ckpt").write_text("not a checkpoint"),
             ["ckpt={tmp}/x.ckpt"],

@@ -145,19 +145,21 @@ def test_tta_of_a_model_that_ignores_its_input_is_the_plain_prediction(tta):
     cfg = compose_train()
     module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, class_names=list("abc"), tta=tta)
     module.net = Constant()
-    x = torch.randn(5, 3, 32, 32)
-    assert torch.allclose(module.predict_logits(x), module.net(x))
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    assert torch.allclose(module.logits(images), module.net(images))
 
 
 def test_tta_two_averages_six_views():
     cfg = compose_train()
     module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, class_names=list("ab"), tta=2)
     module.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
-    x = torch.randn(4, 3, 8, 8)
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    x = module.normalize(images)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
     views = [x, padded[..., :8, :8], padded[..., 2:, 2:]]
     both = [(module.net(v) + module.net(v.flip(3))) / 2 for v in views]
-    assert torch.allclose(module.predict_logits(x), both[0] / 2 + (both[1] + both[2]) / 4, atol=1e-6)
+    assert torch.allclose(module.logits(images), both[0] / 2 + (both[1] + both[2]) / 4, atol=1e-6)
+    assert torch.allclose(module.logits(images, tta=0), module.net(x), atol=1e-6)  # the argument wins
 
 
 def test_a_fractional_epoch_with_accumulated_batches_stops_and_decays_in_optimizer_steps(tmp_path):

@@ -10,12 +10,12 @@ from conftest import HELPERS_ENV as ENV
 from cifar_lightning.checkpoints import load_checkpoint
 from cifar_lightning.cli import compose_config
 from cifar_lightning.errors import UserError
+from cifar_lightning.runs import claim
 from cifar_lightning.tasks.evaluate import evaluate
-from cifar_lightning.tasks.resume import new_dir
 
 
 def test_new_folders_claimed_in_the_same_second_are_distinct_and_sort_by_time(tmp_path):
-    folders = [new_dir(str(tmp_path)) for _ in range(20)]
+    folders = [str(claim(tmp_path).path) for _ in range(20)]
     assert len(set(folders)) == 20 and all(os.path.isdir(f) for f in folders)
     stamps = {os.path.basename(f).rsplit("_", 1)[0] for f in folders}
     assert len(stamps) <= 2 and all(len(s) == len("2026-01-01_12-00-00") for s in stamps)

@@ -8,12 +8,13 @@ import torch
 from conftest import FAST, compose_train, run_script, train_run
 from hydra.utils import instantiate
 
-from cifar_lightning.checkpoints import check_model_config, load_model
+from cifar_lightning.checkpoints import load_model
 from cifar_lightning.cli import compose_config
 from cifar_lightning.errors import UserError
 from cifar_lightning.tasks.evaluate import evaluate
 from cifar_lightning.tasks.export import export
 from cifar_lightning.tasks.predict import predict
+from cifar_lightning.trust import check_model_config
 
 CNN = "cifar_lightning.models.cnn.CNN"
 

@@ -1,170 +1,230 @@
-"""One evaluation from a composed config: checkpoint -> predictions -> metrics, figures and report."""
+"""One evaluation: checkpoint -> logits on a split -> a typed result -> metrics, figures and report (run folder)."""
 
 import json
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-import lightning as L
 import torch
+from annotated_types import Ge, MinLen
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifar_lightning import figures, tracking
 from cifar_lightning.calibration import fit_on_validation
-from cifar_lightning.checkpoints import evaluation_data, load_model, resolve, run_dir_of, write_temperature
-from cifar_lightning.checks import TTA, check_arguments, check_option
-from cifar_lightning.corruptions import CORRUPTIONS, SEVERITIES
-from cifar_lightning.data import InMemoryImages
+from cifar_lightning.checkpoints import load_model, write_temperature
+from cifar_lightning.corruptions import CORRUPTIONS
+from cifar_lightning.data import ImageDataModule
 from cifar_lightning.errors import UserError
-from cifar_lightning.metrics import classification_report, evaluate_predictions
-from cifar_lightning.module import plain
+from cifar_lightning.metrics import Evaluation, classification_report, evaluate_predictions
+from cifar_lightning.module import ImageClassifier, plain
 from cifar_lightning.robustness import choose, corruption_report
+from cifar_lightning.runs import RunFolder, resolve
+from cifar_lightning.trust import run_data_config
+from cifar_lightning.validation import check_arguments
 
-SPLITS = ("test", "val")
+# null: the checkpoint's own level; true is 1, false 0
+TTA_OPTION = Annotated[bool | Literal[0, 1, 2] | None, "must be one of null, 0, 1, 2"]
+
+
+def whole_at_least(least: int) -> Any:
+    return Annotated[int, Ge(least), f"must be a whole number of at least {least}"]
+
+
+@dataclass
+class EvaluateOptions:
+    """The keys of configs/evaluate.yaml (data, corruptions and trainer are checked as what they build)."""
+
+    ckpt: str = "best"
+    split: Annotated[Literal["test", "val"], "does not exist: use split=test or split=val"] = "test"
+    tta: TTA_OPTION = None
+    outputs: str = "outputs"
+    misclassified: whole_at_least(0) = 36  # type: ignore[valid-type]
+    calibrate: bool = False
+    trusted_modules: list[str] | None = None
+
+
+@dataclass
+class CorruptionOptions:
+    """configs/corruptions/all.yaml: which corruptions of which severities on how many images."""
+
+    names: Annotated[list[str], MinLen(1), "must list at least one corruption"]
+    severities: Annotated[list[Literal[1, 2, 3, 4, 5]], MinLen(1), "must list severities from 1 to 5"]
+    images: whole_at_least(1)  # type: ignore[valid-type]
+    seed: whole_at_least(0)  # type: ignore[valid-type]
+    tta: TTA_OPTION
+    batch_size: whole_at_least(1)  # type: ignore[valid-type]
+
+
+@dataclass
+class Result:
+    """What an evaluation computed, before anything is written."""
+
+    checkpoint: Path
+    run: RunFolder
+    out: Path  # the folder it goes to
+    split: str
+    tta: int
+    data: ImageDataModule
+    logits: torch.Tensor  # float32 (N, classes), uncalibrated
+    labels: torch.Tensor  # int64 (N,)
+    evaluation: Evaluation
+    temperature: float
+    robustness: dict | None = None
+    corruption_examples: tuple | None = None  # (clean uint8 image, {name: [one per severity]})
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Writes <run>/eval/<split>/ (replacing it only once everything is written) and returns the metrics."""
-    if cfg.split not in SPLITS:
-        raise UserError(f"split={cfg.split} does not exist: use split=test or split=val")
-    check_option("tta", cfg.tta, *TTA)
-    check_option("misclassified", cfg.misclassified, int, least=0)
-    check_option("calibrate", cfg.calibrate, bool)
-    corruption_options = check_corruptions(plain(cfg.corruptions))
-    checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
-    model = load_model(checkpoint)
-    if cfg.tta is not None:  # else the checkpoint's own level (e.g. 2 for the fast recipe)
-        model.hparams.tta = int(cfg.tta)
-    run_dir = run_dir_of(checkpoint)
+    result = compute(cfg)
+    metrics = write(result, cfg.misclassified)
+    report(result)
+    return metrics
 
-    datamodule = evaluation_data(cfg.get("data"), run_dir)
-    datamodule.setup("test")
+
+def check_options(cfg: DictConfig) -> dict | None:
+    """The task's options, checked before the checkpoint is read; returns the corruption options or None."""
+    options = {k: plain(v) for k, v in cfg.items() if k not in ("data", "corruptions", "trainer")}
+    check_arguments(EvaluateOptions, options, "")
+    corruptions = plain(cfg.get("corruptions"))
+    if corruptions is not None:
+        check_arguments(CorruptionOptions, corruptions, "corruptions")
+        unknown = [n for n in corruptions["names"] if n not in CORRUPTIONS]
+        if unknown:
+            raise UserError(
+                f"corruptions.names: {', '.join(unknown)} is not one of the corruptions ({', '.join(CORRUPTIONS)})"
+            )
+    return corruptions
+
+
+def model_and_data(cfg: DictConfig, split: str) -> tuple[Path, ImageClassifier, ImageDataModule]:
+    """The checkpoint ckpt= names, its model, and the data it is evaluated on (the run's own unless data= is given),
+    set up, with the checkpoint's classes and the split."""
+    checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
+    model = load_model(checkpoint, cfg.get("trusted_modules") or ())
+    chosen = cfg.get("data")
+    if chosen is not None:
+        config = {k: v for k, v in plain(chosen).items() if k not in ("_target_", "batch_size")}
+        check_arguments(ImageDataModule, config, "data")
+    else:
+        config = run_data_config(RunFolder.of_checkpoint(checkpoint).config)
+    data = ImageDataModule(**config)
+    data.setup("test")
     class_names = list(model.hparams.class_names)
-    if datamodule.class_names != class_names:
+    if data.class_names != class_names:
         raise UserError(
             f"the checkpoint's classes ({', '.join(class_names[:5])}, ...: {len(class_names)}) do not "
-            f"match the data's ({', '.join(datamodule.class_names[:5])}, ...: {datamodule.num_classes})"
+            f"match the data's ({', '.join(data.class_names[:5])}, ...: {data.num_classes})"
         )
-    if cfg.split not in datamodule.splits:
-        raise UserError(f"the data in {datamodule.root} has no {cfg.split} split")
+    if split not in data.splits:
+        raise UserError(f"the data in {data.root} has no {split} split")
+    return checkpoint, model, data
 
-    trainer = instantiate(cfg.trainer)
+
+def compute(cfg: DictConfig) -> Result:
+    """Everything evaluate.py reports, computed: logits, metrics, and with corruptions= the robustness table."""
+    corruptions = check_options(cfg)
+    checkpoint, model, data = model_and_data(cfg, cfg.split)
+    model.to(instantiate(cfg.trainer).strategy.root_device)
     if cfg.calibrate:
-        if "val" not in datamodule.splits:
+        if "val" not in data.splits:
             raise UserError(
-                f"calibrate=true fits the temperature on a validation split, and the data in "
-                f"{datamodule.root} has none (data.val_size=0): choose data with one"
+                f"calibrate=true fits the temperature on a validation split, and the data in {data.root} has none "
+                f"(data.val_size=0): choose data with one"
             )
-        temperature = fit_on_validation(trainer, model, datamodule)
+        temperature = fit_on_validation(model, data.splits["val"], data.eval_batch_size)
         model.temperature.fill_(temperature)
         write_temperature(checkpoint, temperature)
         print(
-            f"temperature {temperature:.4f} fitted on {len(datamodule.splits['val'])} validation images, "
+            f"temperature {temperature:.4f} fitted on {len(data.splits['val'])} validation images, "
             f"written into {checkpoint}"
         )
-    batches = trainer.predict(model, dataloaders=datamodule.loader(cfg.split))
-    logits = torch.cat([b[0] for b in batches]).cpu()
-    labels = torch.cat([b[1] for b in batches]).cpu()
-    evaluation = evaluate_predictions(logits, labels, class_names, float(model.temperature))
-    robustness = examples = None
-    if corruption_options:
-        model.to(trainer.strategy.root_device)
-        robustness, examples = corruption_table(model, datamodule.splits[cfg.split], **corruption_options)
+    tta = model.hparams.tta if cfg.tta is None else int(cfg.tta)
+    split = data.splits[cfg.split]
+    logits = model.predict_logits(split.images, tta, data.eval_batch_size)
+    temperature = float(model.temperature)
+    run = RunFolder.of_checkpoint(checkpoint)
+    result = Result(
+        checkpoint=checkpoint,
+        run=run,
+        out=run.eval_dir(cfg.split, None if cfg.get("data") is None else data.root),
+        split=cfg.split,
+        tta=tta,
+        data=data,
+        logits=logits,
+        labels=split.labels,
+        evaluation=evaluate_predictions(logits, split.labels, list(model.hparams.class_names), temperature),
+        temperature=temperature,
+    )
+    if corruptions:
+        chosen = choose(len(split), corruptions["images"], corruptions["seed"])
+        pixels, labels = split.images[chosen], split.labels[chosen]
+        result.robustness, examples = corruption_report(
+            model,
+            pixels,
+            labels,
+            corruptions["names"],
+            corruptions["severities"],
+            corruptions["seed"],
+            int(corruptions["tta"] or 0),
+            corruptions["batch_size"],
+        )
+        result.corruption_examples = (pixels[0], examples)
+    return result
 
-    # data other than the run's own gets a folder of its own, e.g. eval/test_data-exact
-    out = run_dir / "eval" / (cfg.split if cfg.get("data") is None else f"{cfg.split}_{datamodule.root.name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{cfg.split}-") as tmp:
-        tmp = Path(tmp)
-        metrics = {
-            **evaluation.metrics,
-            "checkpoint": str(checkpoint),
-            "split": cfg.split,
-            "tta": model.hparams.tta,
-            "data_root": str(datamodule.root),
-            "reliability": evaluation.reliability,
-            "reliability_uncalibrated": evaluation.reliability_uncalibrated,
-            "confusion_matrix": evaluation.confusion.tolist(),
-            **({"corruptions": robustness} if robustness else {}),
-        }
+
+def write(result: Result, misclassified: int) -> dict:
+    """metrics.json, the classification report, the figures and report.md into the result's folder, which is
+    replaced whole once all of them are written. Returns the metrics."""
+    evaluation = result.evaluation
+    metrics = {
+        **evaluation.metrics,
+        "checkpoint": str(result.checkpoint),
+        "split": result.split,
+        "tta": result.tta,
+        "data_root": str(result.data.root),
+        "reliability": evaluation.reliability,
+        "reliability_uncalibrated": evaluation.reliability_uncalibrated,
+        "confusion_matrix": evaluation.confusion.tolist(),
+        **({"corruptions": result.robustness} if result.robustness else {}),
+    }
+    probabilities = (result.logits / result.temperature).softmax(dim=1)
+    with result.run.replace_folder(result.out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "classification_report.txt").write_text(classification_report(evaluation))
+        images = result.data.splits[result.split].images
         pngs = [
             figures.confusion_matrix(evaluation, tmp / "confusion_matrix.png"),
             figures.misclassified(
-                datamodule.splits[cfg.split].images,
-                labels,
-                model.probabilities(logits),
-                class_names,
-                tmp / "misclassified.png",
-                cfg.misclassified,
+                images, result.labels, probabilities, evaluation.class_names, tmp / "misclassified.png", misclassified
             ),
             figures.reliability(evaluation, tmp / "reliability.png"),
         ]
-        if robustness:
+        if result.robustness and result.corruption_examples:
             pngs += [
-                figures.corruption_heatmap(robustness, tmp / "corruptions.png"),
-                figures.corruption_examples(*examples, tmp / "corruption_examples.png"),
+                figures.corruption_heatmap(result.robustness, tmp / "corruptions.png"),
+                figures.corruption_examples(*result.corruption_examples, tmp / "corruption_examples.png"),
             ]
-        if (run_dir / "metrics.csv").is_file():
-            pngs.insert(0, figures.training_curves(run_dir / "metrics.csv", tmp / "training_curves.png"))
-        tta = f", TTA level {model.hparams.tta}" if model.hparams.tta else ""
-        title = f"Evaluation of {checkpoint.name} on the {cfg.split} split ({datamodule.root}{tta})"
-        figures.report(evaluation, pngs, title, tmp / "report.md", robustness)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        tmp.mkdir()  # TemporaryDirectory cleans up a folder of this name
-    print(classification_report(evaluation))
+        if result.run.metrics_csv.is_file():
+            pngs.insert(0, figures.training_curves(result.run.metrics_csv, tmp / "training_curves.png"))
+        tta = f", TTA level {result.tta}" if result.tta else ""
+        title = f"Evaluation of {result.checkpoint.name} on the {result.split} split ({result.data.root}{tta})"
+        figures.report(evaluation, pngs, title, tmp / "report.md", result.robustness)
+    return metrics
+
+
+def report(result: Result) -> None:
+    """The console's summary of a written evaluation; its files attached to the run's MLflow run, if it has one."""
+    print(classification_report(result.evaluation))
+    robustness = result.robustness
     if robustness:
         print(
             f"mean corruption accuracy {robustness['mean_corruption_accuracy']:.2%} "
             f"({robustness['relative_accuracy']:.3f} x clean {robustness['clean_accuracy']:.2%}) on "
             f"{robustness['images']:,} images"
         )
-    attached = tracking.attach(run_dir, out)
+    attached = tracking.attach(result.run.path, result.out)
     if attached:
         print(f"attached to {attached}")
-    print(f"checkpoint {checkpoint}\nwrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
-    return metrics
-
-
-def check_corruptions(options: dict | None) -> dict | None:
-    if options is None:
-        return None
-    check_arguments(corruption_table, options, "corruptions")
-    names, severities = options.get("names"), options.get("severities")
-    unknown = [n for n in names if n not in CORRUPTIONS]
-    if unknown or not names:
-        what = f"{', '.join(unknown)} is not one of the corruptions" if unknown else "lists no corruption"
-        raise UserError(f"corruptions.names: {what} ({', '.join(CORRUPTIONS)})")
-    if not severities or any(s not in SEVERITIES for s in severities):
-        raise UserError(f"corruptions.severities={severities} must list severities from 1 to 5")
-    for key in ("images", "batch_size"):
-        check_option(f"corruptions.{key}", options.get(key), int, least=1)
-    check_option("corruptions.seed", options.get("seed"), int, least=0)
-    check_option("corruptions.tta", options.get("tta"), *TTA)
-    return options
-
-
-def corruption_table(
-    model: L.LightningModule,
-    split: InMemoryImages,
-    names: list[str],
-    severities: list[int],
-    images: int,
-    seed: int,
-    tta: int | bool | None,
-    batch_size: int,
-) -> tuple[dict, tuple]:
-    """The corruption table on `images` of the split's images, and the first one, clean and corrupted, for the
-    figure. The model's own TTA level is put back afterwards."""
-    chosen = choose(len(split), images, seed)
-    pixels, labels = split.images[chosen], split.labels[chosen]
-    own_tta, model.hparams.tta = model.hparams.tta, int(tta or 0)
-    try:
-        robustness, examples = corruption_report(model, pixels, labels, names, severities, seed, batch_size)
-    finally:
-        model.hparams.tta = own_tta
-    return robustness, (pixels[0], examples)
+    files = ", ".join(sorted(p.name for p in result.out.iterdir()))
+    print(f"checkpoint {result.checkpoint}\nwrote {result.out}/ ({files})")

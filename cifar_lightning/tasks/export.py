@@ -1,48 +1,56 @@
 """Checkpoint -> ONNX model, verified against PyTorch with onnxruntime on real images."""
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
-import lightning as L
 import torch
+from annotated_types import Ge
 from omegaconf import DictConfig
 
-from cifar_lightning.checkpoints import evaluation_data, load_model, resolve, run_dir_of
-from cifar_lightning.checks import check_option
 from cifar_lightning.errors import UserError
-
-FORMATS = ("onnx",)
+from cifar_lightning.module import ImageClassifier, plain
+from cifar_lightning.runs import RunFolder
+from cifar_lightning.tasks.evaluate import model_and_data
+from cifar_lightning.validation import check_arguments
 
 
 class RawImagesToLogits(torch.nn.Module):
     """The exported graph takes uint8 images as they are stored, so users need not know the normalisation, and
-    gives logits divided by the calibration temperature: their softmax is the calibrated probabilities."""
+    gives logits divided by the calibration temperature (no test-time augmentation): their softmax is the
+    calibrated probabilities."""
 
-    def __init__(self, model: L.LightningModule):
+    def __init__(self, model: ImageClassifier):
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.model.normalize(images)) / self.model.temperature
+        return self.model.logits(images, tta=0, calibrated=True)
+
+
+@dataclass
+class ExportOptions:
+    """The keys of configs/export.yaml (data is checked as what it builds)."""
+
+    ckpt: str = "best"
+    format: Annotated[Literal["onnx"], "is not supported: use onnx"] = "onnx"
+    outputs: str = "outputs"
+    output: str | None = None
+    split: Annotated[Literal["test", "val"], "does not exist: use split=test or split=val"] = "test"
+    check_images: Annotated[int, Ge(1), "must be a whole number of at least 1"] = 500
+    tolerance: Annotated[float, Ge(0), "must be a number of at least 0"] = 1e-3
+    trusted_modules: list[str] | None = None
 
 
 def export(cfg: DictConfig) -> Path:
-    if cfg.format not in FORMATS:
-        raise UserError(f"format={cfg.format} is not supported: use {', '.join(FORMATS)}")
-    check_option("check_images", cfg.check_images, int, least=1)
-    check_option("tolerance", cfg.tolerance, float, least=0)
+    """Writes the ONNX model (default <run>/model.onnx) once onnxruntime agrees with PyTorch on real images."""
+    check_arguments(ExportOptions, {k: plain(v) for k, v in cfg.items() if k != "data"}, "")
     try:
         import onnxruntime
     except ImportError:
         raise UserError('onnxruntime is not installed: pip install -e ".[export]"') from None
-    checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
-    model = load_model(checkpoint)
-    run_dir = run_dir_of(checkpoint)
-    out = Path(cfg.output) if cfg.output else run_dir / "model.onnx"
-
-    datamodule = evaluation_data(cfg.get("data"), run_dir)
-    datamodule.setup("test")
-    if cfg.split not in datamodule.splits:
-        raise UserError(f"the data in {datamodule.root} has no {cfg.split} split to check the export on")
+    checkpoint, model, datamodule = model_and_data(cfg, cfg.split)
+    out = Path(cfg.output) if cfg.output else RunFolder.of_checkpoint(checkpoint).path / "model.onnx"
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
 
     graph = RawImagesToLogits(model).eval()

@@ -2,18 +2,21 @@
 
 import csv
 import glob
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from cifar_lightning.checkpoints import load_model, resolve
-from cifar_lightning.checks import TTA, check_option
-from cifar_lightning.data import InMemoryImages, keep_batch, read_image
+from cifar_lightning.checkpoints import load_model
+from cifar_lightning.data import read_image
 from cifar_lightning.errors import UserError
+from cifar_lightning.module import plain
+from cifar_lightning.runs import resolve
+from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
+from cifar_lightning.validation import check_arguments
 
 
 def find_images(pattern: str) -> list[Path]:
@@ -25,13 +28,24 @@ def find_images(pattern: str) -> list[Path]:
     return paths
 
 
+@dataclass
+class PredictOptions:
+    """The keys of configs/predict.yaml (trainer is checked as what it builds)."""
+
+    images: str
+    ckpt: str = "best"
+    outputs: str = "outputs"
+    top_k: whole_at_least(1) = 3  # type: ignore[valid-type]
+    tta: TTA_OPTION = None
+    csv: str | None = None
+    batch_size: whole_at_least(1) = 256  # type: ignore[valid-type]
+    trusted_modules: list[str] | None = None
+
+
 def predict(cfg: DictConfig) -> list[dict]:
-    check_option("tta", cfg.tta, *TTA)
-    check_option("top_k", cfg.top_k, int, least=1)
-    check_option("batch_size", cfg.batch_size, int, least=1)
-    model = load_model(resolve(str(cfg.ckpt), Path(cfg.outputs)))
-    if cfg.tta is not None:  # else the checkpoint's own level (e.g. 2 for the fast recipe)
-        model.hparams.tta = int(cfg.tta)
+    """Prints each image's top classes (and writes them as CSV with csv=PATH); returns them."""
+    check_arguments(PredictOptions, {k: plain(v) for k, v in cfg.items() if k != "trainer"}, "")
+    model = load_model(resolve(str(cfg.ckpt), Path(cfg.outputs)), cfg.get("trusted_modules") or ())
     size, class_names = model.hparams.image_size, model.hparams.class_names
     readable, images = [], []
     for path in find_images(str(cfg.images)):
@@ -43,11 +57,9 @@ def predict(cfg: DictConfig) -> list[dict]:
     if not readable:
         raise UserError(f"none of the files matched by images={cfg.images} is a readable image")
 
-    dataset = InMemoryImages(torch.stack(images), torch.full((len(images),), -1))
-    batches = instantiate(cfg.trainer).predict(
-        model, dataloaders=DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=keep_batch)
-    )
-    probs = model.probabilities(torch.cat([logits for logits, _ in batches]).cpu())
+    model.to(instantiate(cfg.trainer).strategy.root_device)
+    logits = model.predict_logits(torch.stack(images), None if cfg.tta is None else int(cfg.tta), cfg.batch_size)
+    probs = (logits / model.temperature.cpu()).softmax(dim=1)
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
     rows = [
         {"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)]}

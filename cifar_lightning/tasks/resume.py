@@ -2,8 +2,6 @@
 with the config it was started with, appending to its metrics.csv."""
 
 import csv
-import secrets
-import time
 from pathlib import Path
 
 import lightning as L
@@ -11,79 +9,42 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning.checkpoints import AtomicCheckpointIO, load_checkpoint, newest, run_dir_of
+from cifar_lightning.checkpoints import AtomicCheckpointIO, load_checkpoint
 from cifar_lightning.errors import UserError
+from cifar_lightning.runs import RunFolder
 
 
-def register_resolvers() -> None:
-    """Run folders: each new one claimed on disk (two runs started in the same second never share one), a resumed
-    run's own, and the resuming call's config beside the original. Cached, so a folder is chosen once per run
-    (Hydra copies the cache into every job of a sweep)."""
-    OmegaConf.register_new_resolver("new_dir", new_dir, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver(
-        "config_subdir",
-        lambda resume: f".hydra/resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resume else ".hydra",
-        replace=True,
-    )
-
-
-def new_dir(parent: str) -> str:
-    """A new folder in `parent` named by the time (so names sort by start) and a random suffix, created here:
-    mkdir fails if the name is taken, by another process too, and another suffix is drawn."""
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    while True:
-        folder = Path(parent) / f"{stamp}_{secrets.token_hex(3)}"
-        try:
-            folder.mkdir(parents=True)
-            return str(folder)
-        except FileExistsError:
-            continue
-
-
-def _run_dir(resume: str | None, outputs: str) -> str:
-    """resume=RUN: RUN, if it holds a last.ckpt; resume=latest: the newest run with a last.ckpt under `outputs`;
-    otherwise a new folder under outputs/runs (where resume_config then finds nothing to resume, rather than
-    Hydra making a folder wherever resume= pointed)."""
-    if resume == "latest":
-        last = newest(Path(outputs), "last")
-        if last:
-            return str(run_dir_of(last))
-    elif resume and (Path(resume) / "checkpoints" / "last.ckpt").is_file():
-        return resume
-    return new_dir(f"{outputs}/runs")
-
-
-def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The resumed run's own config (its folder as output_dir) and its last checkpoint. Hydra's run folder is
-    already the run to resume (the run_dir resolver)."""
-    others = [o for o in overrides if not o.startswith(("resume=", "paths.root="))]
+def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path | None]:
+    """The resumed run's own config (its folder as output_dir) and its last checkpoint; None for a run that
+    finished, which is left as it is. Hydra's run folder is already the run to resume (runs.run_dir)."""
+    others = [o for o in overrides if not o.startswith(("resume=", "paths.root=", "trusted_modules="))]
     if others:
         raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
-    run = Path(cfg.paths.output_dir)
-    last, saved = run / "checkpoints" / "last.ckpt", run / ".hydra" / "config.yaml"
+    run = RunFolder(cfg.paths.output_dir)
+    last = run.checkpoint("last")
     if not last.is_file():
         missing = (
             f"no run under {cfg.paths.root}/ has a checkpoints/last.ckpt"
             if cfg.resume == "latest"
-            else f"{Path(cfg.resume) / 'checkpoints' / 'last.ckpt'} does not exist"
+            else f"{RunFolder(cfg.resume).checkpoint('last')} does not exist"
         )
         raise UserError(
             f"resume={cfg.resume}: {missing}, so there is nothing to resume (a run folder holds .hydra/ "
             f"and checkpoints/)"
         )
-    if not saved.is_file():
-        raise UserError(f"resume={cfg.resume}: {saved} does not exist, so the run's config is unknown")
-    config = OmegaConf.load(saved)
-    config.paths.output_dir = str(run)
+    if not run.config.is_file():
+        raise UserError(f"resume={cfg.resume}: {run.config} does not exist, so the run's config is unknown")
+    config = OmegaConf.load(run.config)
+    config.paths.output_dir = str(run.path)
     config.resume = None
-    return config, last
+    config.trusted_modules = cfg.get("trusted_modules")
+    return config, None if run.finished else last
 
 
-def read_last(last: Path) -> dict:
+def read_last(last: Path, trusted_modules: list[str] | None = None) -> dict:
     """The checkpoint to resume from, read and checked like any other before Lightning is given it."""
     try:
-        return load_checkpoint(last)
+        return load_checkpoint(last, trusted_modules or ())
     except UserError as e:
         raise UserError(
             f"cannot resume: {e}. Start a new run, or copy checkpoints/best.ckpt over it to continue "

@@ -1,42 +1,51 @@
-"""One training run from a composed config: data, module, callbacks, loggers, trainer, fit, test."""
+"""One training run from a composed config: check, data, module, trainer, fit, calibrate, test, summary."""
 
 import contextlib
 import json
 import logging
 import math
 import platform
-import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import torch
+from annotated_types import Ge, Gt, Interval
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning import tracking
 from cifar_lightning.calibration import fit_on_validation
-from cifar_lightning.callbacks import CountTrainingFlops, StopAtMaxSteps
-from cifar_lightning.checkpoints import MODEL_CONFIGS, check_model_config, write_atomic, write_temperature
-from cifar_lightning.checks import check_arguments, fits
+from cifar_lightning.callbacks import CountTrainingFlops, FitClock, StopAtMaxSteps
+from cifar_lightning.checkpoints import load_model, write_temperature
 from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
-from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier, plain
+from cifar_lightning.runs import RunFolder
 from cifar_lightning.tasks.resume import keep_best, keep_metrics, read_last
+from cifar_lightning.validation import check_train_config, refused, run_length
 
 log = logging.getLogger(__name__)
-# Normalisation and augmentation live in the LightningModule on purpose (a checkpoint must carry them).
-warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
-# metrics.csv shares the run folder with .hydra/ and train.log by design
-warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
-# bf16-mixed keeps fp32 weights, so the model summary's fallback to 32 bits gives the right size
-warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
-
 
 SUMMARY_METRICS = ("best_val_acc", "test_acc", "test_loss", "fit_seconds")  # what a sweeper can optimise
+
+
+@dataclass
+class TrainOptions:
+    """The run's own keys in configs/train.yaml (the groups are checked against what they build)."""
+
+    epochs: Annotated[float, Gt(0), "must be a positive number (a fraction stops the last epoch early)"]
+    batch_size: Annotated[int, Ge(1), "must be a whole number of at least 1"]
+    seed: Annotated[int, Interval(ge=0, lt=2**32), f"must be a whole number from 0 to {2**32 - 1}"]
+    resume: str | None = None
+    calibration: Annotated[Literal["temperature", "none"], "must be temperature or none"] = "temperature"
+    optimized_metric: Annotated[
+        Literal[SUMMARY_METRICS], f"must be one of {', '.join(SUMMARY_METRICS)}"  # type: ignore[valid-type]
+    ] = "best_val_acc"
+    trusted_modules: list[str] | None = None  # modules a resumed run's config may name, beside the project's own
 
 
 def instantiate_all(configs: DictConfig | dict | None) -> list:
@@ -44,124 +53,38 @@ def instantiate_all(configs: DictConfig | dict | None) -> list:
     return [instantiate(c) for c in (configs or {}).values() if c is not None]
 
 
-def check(cfg: DictConfig) -> None:
-    """Values Hydra accepts but no run can use: refused before any data is loaded, each in one line that names
-    the key. Every group's values are checked against the signature of what they build (as a checkpoint's are),
-    and the net, augmentation, optimizer and schedule are built once on a tiny scale, so that a value their
-    constructors refuse is reported now, naming its group."""
-    if not fits(cfg.epochs, float) or not cfg.epochs > 0:
-        raise UserError(f"epochs={cfg.epochs!r} must be a positive number (a fraction stops the last epoch early)")
-    if not fits(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise UserError(f"batch_size={cfg.batch_size!r} must be a whole number of at least 1")
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # Lightning divides by it unchecked
-    if not fits(accumulate, int) or accumulate < 1:
-        raise UserError(f"trainer.accumulate_grad_batches={accumulate!r} must be a whole number of at least 1")
-    if not fits(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
-        raise UserError(f"seed={cfg.seed!r} must be a whole number from 0 to {2**32 - 1}")
-    lr = cfg.optimizer.get("lr")
-    if not fits(lr, float) or not lr > 0:
-        raise UserError(f"optimizer.lr={lr!r} must be a positive number")
-    data = {k: v for k, v in plain(cfg.data).items() if k != "_target_"}
-    check_arguments(ImageDataModule, data, "data")
-    ImageDataModule(**data)  # its own ranges
-    module = {k: v for k, v in plain(cfg.module).items() if k not in ("_target_", *MODEL_CONFIGS)}
-    check_arguments(ImageClassifier, module, "module")
-    if module.get("tta", 0) not in (0, 1, 2):
-        raise UserError(f"module.tta={module['tta']!r} must be 0 (off), 1 (mirror) or 2 (six views)")
-    if not 0 <= module.get("label_smoothing", 0) < 1:
-        raise UserError(f"module.label_smoothing={module['label_smoothing']!r} must be at least 0 and below 1")
-    # .get: a run folder from before these keys existed is resumed with their defaults
-    if cfg.get("optimized_metric", "best_val_acc") not in SUMMARY_METRICS:
-        raise UserError(f"optimized_metric={cfg.optimized_metric!r} must be one of {', '.join(SUMMARY_METRICS)}")
-    if not fits(print_config(cfg), bool):
-        raise UserError(f"extras.print_config={print_config(cfg)!r} must be true or false")
-    if cfg.calibration not in ("temperature", "none"):
-        raise UserError(f"calibration={cfg.calibration!r} must be temperature or none")
-    if module.get("loss_reduction", "mean") not in ("mean", "sum"):
-        raise UserError(f"module.loss_reduction={module['loss_reduction']!r} must be mean or sum")
-    for group, kind in (
-        ("model", "net"),
-        ("augmentation", "augmentation"),
-        ("optimizer", "optimizer"),
-        ("scheduler", "scheduler"),
-    ):
-        if cfg.get(group) is not None:
-            check_model_config(plain(cfg[group]), kind, group)
-    lightning_parts = {
-        "trainer": cfg.trainer,
-        **{
-            f"{group}.{name}": part
-            for group in ("callbacks", "logger")
-            for name, part in (cfg.get(group) or {}).items()
-            if part is not None
-        },
-    }
-    for where, part in lightning_parts.items():  # the user's own config: its targets may be anything importable
-        # plugins and objects given as configs (a profiler) are built by Hydra, which names what it refuses; a
-        # fractional max_epochs (= epochs) is rounded up by build()
-        kwargs = {
-            k: v
-            for k, v in plain(part).items()
-            if not k.startswith("_")
-            and k != "plugins"
-            and not (isinstance(v, dict) and "_target_" in v)
-            and not (where == "trainer" and k == "max_epochs" and not float(cfg.epochs).is_integer())
-        }
-        check_arguments(get_object(part._target_), kwargs, where)
-    _build_small(cfg, data.get("image_size", 32))
-
-
-def _build_small(cfg: DictConfig, image_size: int) -> None:
-    group = "model"
-    try:
-        module = ImageClassifier(
-            net=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, class_names=["a", "b"]
-        )
-        images = torch.zeros(2, 3, image_size, image_size)
-        module(images)
-        if cfg.augmentation is not None:
-            group = "augmentation"
-            instantiate(cfg.augmentation)(images, torch.arange(2), 0)
-        group = "optimizer or scheduler"
-        module.optimizer_and_schedule(total_steps=10)
-    except Exception as e:  # any constructor's refusal of a user's value
-        raise refused(group, e) from None
-
-
 def print_config(cfg: DictConfig) -> bool:
     return (cfg.get("extras") or {}).get("print_config", True)
 
 
-def refused(group: str, error: Exception) -> UserError:
-    """A constructor's refusal of the values of a config group, as one line (Hydra wraps it in its own error)."""
-    cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-    return UserError(
-        f"{group} cannot be built from these values: {type(cause).__name__}: {str(cause).strip().splitlines()[0][:300]}"
-    )
-
-
 def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
-    """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a config.
-    The trainer, its callbacks and loggers are built before the data loads: their refusals come first."""
+    """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a checked
+    config. Callbacks and loggers are built before the data loads, so that their refusals come first; the trainer
+    after it, with the run's length in optimizer steps (validation.run_length)."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    fractional = not float(cfg.epochs).is_integer()  # e.g. 9.9: whole epochs, then part of one more
     try:
+        group = "trainer"
+        processes = trainer_processes(cfg.trainer)
         group = "callbacks"
         callbacks = instantiate_all(without_validation(cfg.callbacks, datamodule))
         group = "logger"
         tracking.prepare(cfg)
         loggers = instantiate_all(cfg.logger)
-        group = "trainer"
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=[*callbacks, CountTrainingFlops(), *([StopAtMaxSteps()] if fractional else [])],
-            logger=loggers,
-            **({"max_epochs": math.ceil(cfg.epochs)} if fractional else {}),
-        )
     except InstantiationException as e:
         raise refused(group, e) from None
     datamodule.setup("fit")
+    max_steps = run_length(cfg, datamodule, processes, callbacks)
+    try:
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[*callbacks, CountTrainingFlops(), FitClock(), StopAtMaxSteps()],
+            logger=loggers,
+            max_epochs=math.ceil(cfg.epochs),
+            max_steps=max_steps,
+        )
+    except InstantiationException as e:
+        raise refused("trainer", e) from None
     mean, std = datamodule.channel_stats()
     module = instantiate(
         cfg.module,
@@ -172,11 +95,27 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
         _recursive_=False,
     )
     module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
-    if fractional:  # counted per process: under DDP each one trains on its own share of every epoch
-        # in optimizer steps: with accumulation the last, incomplete group of an epoch still makes a step
-        steps_per_epoch = math.ceil(datamodule.train_batches(trainer.world_size) / trainer.accumulate_grad_batches)
-        trainer.fit_loop.epoch_loop.max_steps = round(cfg.epochs * steps_per_epoch)
     return datamodule, module, trainer
+
+
+def trainer_processes(trainer_config: DictConfig) -> int:
+    """How many processes the trainer config runs (devices x nodes, as Lightning resolves them): a Trainer of its
+    device keys alone is asked, quietly (the real one reports the devices)."""
+    keys = {k: trainer_config[k] for k in ("accelerator", "devices", "num_nodes", "strategy") if k in trainer_config}
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        probe = instantiate(
+            {"_target_": "lightning.pytorch.Trainer", **OmegaConf.to_container(OmegaConf.create(keys), resolve=True)},
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    finally:
+        quiet.setLevel(level)
+    return probe.world_size
 
 
 def without_validation(callbacks: DictConfig, datamodule: ImageDataModule) -> DictConfig | dict:
@@ -198,27 +137,27 @@ def without_validation(callbacks: DictConfig, datamodule: ImageDataModule) -> Di
 def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     """Trains (from a checkpoint of the same run, if given), tests the best checkpoint, writes summary.json
     into the run folder and returns the summary."""
-    check(cfg)
+    check_train_config(cfg, TrainOptions)
+    run = RunFolder(cfg.paths.output_dir)
     if rank_zero_only.rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
         logging.getLogger("cifar_lightning").setLevel(logging.WARNING)
     tree = config_tree(cfg) if print_config(cfg) and rank_zero_only.rank == 0 else None
     datamodule, module, trainer = build(cfg)
     if trainer.is_global_zero:
+        run.mark_started()
         if tree:  # written once nothing has refused the config: a refused run leaves no folder behind
-            out = Path(cfg.paths.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            write_atomic(out / "config_tree.txt", tree)
+            run.write("config_tree.txt", tree)
         tracking.start(trainer.loggers, cfg)
     if resume_from:
         last = read_last(resume_from)
         keep_metrics(trainer, last)
         keep_best(trainer, last, resume_from)
 
-    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    fit_seconds = time.perf_counter() - start
-    # read now: testing or calibrating from best.ckpt restores the count saved with it
-    training_flops = next(c for c in trainer.callbacks if isinstance(c, CountTrainingFlops)).total_flops
+    # read now: testing from best.ckpt restores the states saved with it
+    cost = next(c for c in trainer.callbacks if isinstance(c, CountTrainingFlops))
+    clock = next(c for c in trainer.callbacks if isinstance(c, FitClock))
+    training_flops, fit_seconds = cost.total_flops, clock.seconds
 
     # best.ckpt's: the one that watches val/acc, else (nothing validated) the last configured, which follows the epochs
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None) or (
@@ -235,20 +174,20 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         "training_pflop": training_flops / 1e15,
         "best_checkpoint": best_path,
         "hardware": hardware(trainer),
+        "commit": tracking.git_commit(),
     }
     if "test" in datamodule.splits:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         summary.update(test_acc=results[0]["test/acc"], test_loss=results[0]["test/loss"])
     if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir)
-        write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        tracking.finish(trainer.loggers, summary, out / "summary.json")
+        path = run.write("summary.json", json.dumps(summary, indent=2) + "\n")
+        tracking.finish(trainer.loggers, summary, path)
         log.info(
             "best val acc %s | test acc %s | wall time %.0f s | %s",
             _pct(summary["best_val_acc"]),
             _pct(summary.get("test_acc")),
             fit_seconds,
-            out,
+            run.path,
         )
     return summary
 
@@ -266,21 +205,22 @@ def calibrate(
     if not best_path:
         log.info("calibration=temperature: no checkpoint was saved (trainer.fast_dev_run?); it stays 1")
         return 1.0
-    if trainer.world_size > 1:  # the predict loop would give each process only its shard
+    if trainer.world_size > 1:  # each process holds only its shard of the validation split
         log.info(
             "calibration=temperature is not fitted under DDP: run python evaluate.py ckpt=%s calibrate=true",
             Path(cfg.paths.output_dir),
         )
         return 1.0
-    temperature = fit_on_validation(trainer, module, datamodule, ckpt_path=best_path)
+    best = load_model(Path(best_path)).to(trainer.strategy.root_device)
+    temperature = fit_on_validation(best, datamodule.splits["val"], datamodule.eval_batch_size)
     module.temperature.fill_(temperature)
     for path in {c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path}:
-        write_temperature(path, temperature)
+        write_temperature(Path(path), temperature)
     log.info("calibration: temperature %.4f fitted on %d validation images", temperature, len(datamodule.splits["val"]))
     return temperature
 
 
-def hardware(trainer: L.Trainer) -> dict:
+def hardware(trainer: L.Trainer) -> dict[str, Any]:
     """What the run's times were measured on: a time means little without it."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -297,5 +237,10 @@ def hardware(trainer: L.Trainer) -> dict:
     }
 
 
-def _pct(x: torch.Tensor) -> str:
+def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def plain_options(cfg: DictConfig) -> dict:
+    """The run's own keys (not the groups) as plain values."""
+    return {k: plain(v) for k, v in cfg.items() if not isinstance(v, DictConfig)}

@@ -1,0 +1,210 @@
+"""The run folder: its layout, a unique claim, its age, `ckpt=best|last|PATH|RUN` and atomic writes.
+
+    outputs/runs/<date_time>_<6 hex>/        (outputs/multiruns/<date_time>_<6 hex>/<job>/ under -m)
+      .hydra/config.yaml, overrides.yaml       the composed config (a resume adds .hydra/resume_<time>/)
+      run.json                                 when the run started (its age: `newest` compares these)
+      checkpoints/best.ckpt, last.ckpt         the best val/acc so far, and every epoch's (for resume=)
+      metrics.csv, hparams.yaml, train.log     per-epoch metrics, Lightning's and Hydra's logs
+      config_tree.txt                          the composed config as printed at the start
+      summary.json                             written last: a run that has it finished
+      eval/<split>[_<data>]/                   evaluate.py's report, written whole or not at all
+
+Everything else in the project asks this module where a file of a run lives.
+"""
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from cifar_lightning.errors import UserError
+
+STAMP = "%Y-%m-%d_%H-%M-%S"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A file written beside its place and renamed into it: never seen half-written, even after a kill."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """One training run's folder (see the module's docstring for its layout)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> "RunFolder":
+        """Checkpoints live in <run>/checkpoints/; a loose file's run folder is its own folder."""
+        checkpoint = Path(checkpoint)
+        return cls(checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent)
+
+    # ------------------------------------------------------------------------------------- layout
+    def checkpoint(self, name: str) -> Path:
+        """<run>/checkpoints/<name>.ckpt (name: best or last)."""
+        return self.path / "checkpoints" / f"{name}.ckpt"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def config(self) -> Path:
+        return self.path / ".hydra" / "config.yaml"
+
+    def eval_dir(self, split: str, data_root: Path | None = None) -> Path:
+        """eval/<split>/ for the run's own data; data chosen on the command line gets eval/<split>_<its folder>/."""
+        return self.path / "eval" / (split if data_root is None else f"{split}_{Path(data_root).name}")
+
+    # ------------------------------------------------------------------------------------- state
+    @property
+    def finished(self) -> bool:
+        """summary.json is the last file a run writes."""
+        return self.summary.is_file()
+
+    def mark_started(self) -> None:
+        """Records when the run started, once: a resumed run keeps its first start."""
+        record = self.path / "run.json"
+        if not record.is_file():
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_atomic(record, json.dumps({"started": time.time()}) + "\n")
+
+    @property
+    def started(self) -> float:
+        """When the run started (seconds since the epoch): run.json's record, else the time in the folder's name
+        (runs from before run.json existed), else 0. Never a file's modification time, which rewriting a
+        checkpoint (evaluate.py calibrate=true) moves."""
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            started = json.loads((self.path / "run.json").read_text())["started"]
+            if isinstance(started, (int, float)) and not isinstance(started, bool):
+                return float(started)
+        for name in (self.path.name, self.path.parent.name):  # a sweep's job folder is named by its number
+            match = re.match(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", name)
+            if match:
+                offset = int(self.path.name) * 1e-6 if self.path.name.isdigit() else 0.0  # jobs in order
+                return datetime.strptime(match.group(), STAMP).timestamp() + offset
+        return 0.0
+
+    def summary_values(self) -> dict:
+        """summary.json as a dict ({} if it is missing or unreadable)."""
+        with contextlib.suppress(OSError, ValueError):
+            values = json.loads(self.summary.read_text())
+            return values if isinstance(values, dict) else {}
+        return {}
+
+    # ------------------------------------------------------------------------------------- writing
+    def write(self, name: str, text: str) -> Path:
+        """<run>/<name>, written atomically."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path / name, text)
+        return self.path / name
+
+    @contextlib.contextmanager
+    def replace_folder(self, folder: Path) -> Iterator[Path]:
+        """Yields an empty temporary folder beside `folder`; once the block ends without an error it replaces
+        `folder` whole (an error or a kill leaves the previous `folder` as it was)."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        try:
+            yield tmp
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------- finding runs
+def claim(parent: str | Path) -> RunFolder:
+    """A new folder in `parent` named by the time (so names sort by start) and a random suffix, created here:
+    mkdir fails if the name is taken, by another process too, and another suffix is drawn."""
+    stamp = time.strftime(STAMP)
+    while True:
+        folder = Path(parent) / f"{stamp}_{secrets.token_hex(3)}"
+        try:
+            folder.mkdir(parents=True)
+            return RunFolder(folder)
+        except FileExistsError:
+            continue
+
+
+def newest(outputs: Path, name: str) -> RunFolder | None:
+    """The run under `outputs` that started last among those holding checkpoints/<name>.ckpt."""
+    runs = [RunFolder(p.parent.parent) for p in Path(outputs).glob(f"**/checkpoints/{name}.ckpt")]
+    return max(runs, key=lambda run: (run.started, str(run.path)), default=None)
+
+
+def resolve(ckpt: str, outputs: Path) -> Path:
+    """ckpt= -> a checkpoint file: best / last of the newest run under `outputs`, a .ckpt file, or a run folder
+    (its best, else its last). Raises UserError saying what to pass when there is none."""
+    if ckpt in ("best", "last"):
+        run = newest(Path(outputs), ckpt)
+        if run is None:
+            raise UserError(
+                f"no training runs with a {ckpt}.ckpt under {outputs}/: train one first (python train.py), "
+                f"or pass ckpt=PATH"
+            )
+        return run.checkpoint(ckpt)
+    path = Path(ckpt)
+    if path.is_dir():
+        run = RunFolder(path)
+        for candidate in (run.checkpoint("best"), path / "best.ckpt", run.checkpoint("last")):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{path} holds no checkpoints/best.ckpt or last.ckpt: is it a run folder?")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: use ckpt=best, ckpt=last, a .ckpt file or a run folder")
+    return path
+
+
+# ----------------------------------------------------------------------------------------- Hydra's run folder
+def register_resolvers() -> None:
+    """Hydra's run folder is chosen through these (configs/hydra/default.yaml): each new one claimed on disk, a
+    resumed run's own, and the resuming call's config beside the original. Cached, so a folder is chosen once
+    per run (Hydra copies the cache into every job of a sweep)."""
+    OmegaConf.register_new_resolver("new_dir", lambda parent: str(claim(parent).path), replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("config_subdir", config_subdir, replace=True)
+
+
+def to_resume(resume: str | None, outputs: str) -> RunFolder | None:
+    """resume=RUN: RUN, if it holds a last.ckpt; resume=latest: the newest run with a last.ckpt under `outputs`."""
+    if resume == "latest":
+        return newest(Path(outputs), "last")
+    if resume and RunFolder(resume).checkpoint("last").is_file():
+        return RunFolder(resume)
+    return None
+
+
+def run_dir(resume: str | None, outputs: str) -> str:
+    """The run to resume, else a new folder under outputs/runs (where resume_config then finds nothing to resume,
+    rather than Hydra making a folder wherever resume= pointed)."""
+    run = to_resume(resume, outputs)
+    return str(run.path) if run else str(claim(f"{outputs}/runs").path)
+
+
+def config_subdir(resume: str | None, outputs: str = "outputs") -> str | None:
+    """.hydra for a new run; .hydra/resume_<time> beside it for a resuming call; none for a finished run, which
+    a resume leaves as it is."""
+    if not resume:
+        return ".hydra"
+    run = to_resume(resume, outputs)
+    return None if run is not None and run.finished else f".hydra/resume_{time.strftime(STAMP)}"

@@ -1,0 +1,135 @@
+"""The run folder: which run is the newest, resuming a finished run, fit time over resumes, atomic folders."""
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from conftest import FAST, run_script
+
+from cifar_lightning.callbacks import FitClock
+from cifar_lightning.errors import UserError
+from cifar_lightning.runs import RunFolder, claim, newest, resolve, to_resume
+
+
+def fake_run(root, name, started=None, checkpoints=("best", "last")):
+    run = RunFolder(root / name)
+    for ckpt in checkpoints:
+        run.checkpoint(ckpt).parent.mkdir(parents=True, exist_ok=True)
+        run.checkpoint(ckpt).write_bytes(b"x")
+    if started is not None:
+        (run.path / "run.json").write_text(json.dumps({"started": started}))
+    return run
+
+
+def touch_later(path):
+    later = time.time() + 3600
+    os.utime(path, (later, later))
+
+
+@pytest.mark.parametrize("rewritten", ["best", "last", "both"])
+def test_the_newest_run_is_the_one_that_started_last_whatever_its_files_times(tmp_path, rewritten):
+    """evaluate.py calibrate=true rewrites an older run's checkpoint: it must not become the newest run."""
+    older = fake_run(tmp_path / "runs", "a", started=1000.0)
+    newer = fake_run(tmp_path / "runs", "b", started=2000.0)
+    for name in ("best", "last") if rewritten == "both" else (rewritten,):
+        touch_later(older.checkpoint(name))
+    assert newest(tmp_path, "best").path == newer.path
+    assert resolve("best", tmp_path) == newer.checkpoint("best")
+    assert resolve("last", tmp_path) == newer.checkpoint("last")
+    assert to_resume("latest", str(tmp_path)).path == newer.path  # resume=latest
+
+
+def test_runs_without_a_start_record_are_dated_by_their_folder_name(tmp_path):
+    """Folders from before run.json: the time in their name (and a sweep's job number) orders them."""
+    old = fake_run(tmp_path / "runs", "2026-01-01_10-00-00_aaaaaa")
+    new = fake_run(tmp_path / "runs", "2026-01-01_11-00-00_bbbbbb")
+    job0 = fake_run(tmp_path / "multiruns" / "2026-01-01_10-30-00_cccccc", "0")
+    job1 = fake_run(tmp_path / "multiruns" / "2026-01-01_10-30-00_cccccc", "1")
+    touch_later(old.checkpoint("best"))
+    assert old.started < job0.started < job1.started < new.started
+    assert newest(tmp_path, "best").path == new.path
+
+
+def test_a_run_records_its_start_once(tmp_path):
+    run = claim(tmp_path)
+    run.mark_started()
+    first = run.started
+    time.sleep(0.01)
+    run.mark_started()  # a resume
+    assert run.started == first and first > time.time() - 60
+
+
+def test_newest_ignores_runs_without_that_checkpoint(tmp_path):
+    fake_run(tmp_path, "a", started=1.0)
+    fake_run(tmp_path, "b", started=2.0, checkpoints=("last",))
+    assert newest(tmp_path, "best").path.name == "a" and newest(tmp_path, "last").path.name == "b"
+    with pytest.raises(UserError, match="no training runs with a best.ckpt"):
+        resolve("best", tmp_path / "nothing")
+
+
+def test_a_folder_is_replaced_only_when_its_block_ends_without_error(tmp_path):
+    run = RunFolder(tmp_path)
+    out = run.eval_dir("test")
+    with run.replace_folder(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), run.replace_folder(out) as tmp:
+        (tmp / "a.txt").write_text("second")
+        raise RuntimeError("killed halfway")
+    assert (out / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.glob("eval/*")) == ["test"]
+
+
+def test_fit_time_adds_up_over_resumes():
+    clock = FitClock()
+    clock.load_state_dict({"seconds": 14.0})  # the time of the run before it was killed
+    clock.on_fit_start(None, None)
+    time.sleep(0.05)
+    clock.on_fit_end(None, None)
+    assert 14.05 <= clock.seconds < 20 and clock.state_dict()["seconds"] == clock.seconds
+    with pytest.raises(UserError, match="fit time"):
+        FitClock().load_state_dict({"seconds": -1})
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+    first = run_script("train.py", "data=synthetic", *FAST, f"hydra.run.dir={run}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.log"}
+    for resume in (str(run), "latest"):
+        again = run_script("train.py", f"resume={resume}", f"paths.root={tmp_path}")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "finished already: nothing to resume" in again.stdout + again.stderr
+        assert "Epoch 0" not in again.stderr and "Testing" not in again.stderr
+        after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.log"}
+        assert after == files  # summary.json's fit_seconds included, and no .hydra/resume_* folder
+
+
+@pytest.mark.slow
+def test_fit_seconds_of_a_killed_and_resumed_run_count_both_parts(tmp_path):
+    from conftest import HELPERS_ENV as ENV
+
+    run, once = tmp_path / "run", tmp_path / "killed"
+    first = run_script(
+        "train.py",
+        "data=synthetic",
+        *FAST,
+        "epochs=2",
+        "callbacks.early_stopping=null",
+        "+callbacks.kill._target_=helpers.KillAt",
+        "+callbacks.kill.point=train_step",
+        f"+callbacks.kill.once={once}",
+        "+callbacks.slow._target_=helpers.SlowSteps",
+        "+callbacks.slow.seconds=0.05",
+        f"hydra.run.dir={run}",
+        env=ENV,
+    )
+    assert once.exists(), first.stderr[-2000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    before = next(v["seconds"] for k, v in saved.items() if k.startswith("FitClock"))
+    assert before > 0
+    resumed = run_script("train.py", f"resume={run}", env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["fit_seconds"] >= round(before, 1) + 0.05 * 5  # the resumed epoch's slowed steps on top

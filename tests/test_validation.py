@@ -1,0 +1,109 @@
+"""The one checker: signatures with ranges, the command line's freedom, and values that only fail together."""
+
+import re
+from typing import Annotated, Literal
+
+import annotated_types as at
+import pytest
+import torch
+from conftest import FAST, compose_train, run_script, train_run
+
+from cifar_lightning.errors import UserError
+from cifar_lightning.tasks.train import train
+from cifar_lightning.validation import check_arguments, check_value, fits
+
+
+def ranged(count: Annotated[int, at.Ge(1)], share: Annotated[float, at.Interval(gt=0, le=1)] = 0.5) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"count": 0}, "x.count=0 must be at least 1"),
+        ({"count": 1.5}, "x.count=1.5 is not a whole number"),
+        ({"count": True}, "x.count=True is not a whole number"),
+        ({"count": 2, "share": 0}, "x.share=0 must be above 0 and at most 1"),
+        ({"count": 2, "share": float("nan")}, "x.share=nan must be above 0 and at most 1"),
+        ({"count": 2, "shares": 1}, "x.shares: tests.test_validation.ranged takes no argument 'shares'"),
+        ({"count": "${oc.env:HOME}"}, "x.count='${oc.env:HOME}' is not a whole number"),
+    ],
+)
+def test_a_signature_with_ranges_refuses_in_one_line_naming_the_key(kwargs, message):
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        check_arguments(ranged, kwargs, "x")
+    assert "\n" not in str(error.value)
+
+
+def test_a_phrase_in_the_annotation_is_the_message_and_literals_are_exact():
+    with pytest.raises(UserError, match=r"^mode='max' must be mean or sum$"):
+        check_value("mode", "max", Annotated[Literal["mean", "sum"], "must be mean or sum"])
+    assert fits(1, Literal[0, 1, 2]) and not fits(True, Literal[0, 1, 2]) and not fits(1.0, Literal[0, 1, 2])
+    check_arguments(ranged, {"count": 3, "share": 1}, "x")  # an int is a number
+
+
+def quick(tmp_path, *overrides):
+    return compose_train(["data=synthetic", *FAST, *overrides], output_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["epochs=0.01", "batch_size=128"], "epochs=0.01 makes 0.15 optimizer steps"),
+        (["epochs=0.5", "batch_size=1000", "data.val_size=200"], "epochs=0.5 makes 0.5 optimizer steps"),
+        (["epochs=0.05", "trainer.accumulate_grad_batches=8"], "makes 0.4 optimizer steps of 32 x 8 images"),
+        (["batch_size=100000"], "batch_size=100000 is larger than the training split (1960 images)"),
+        (["callbacks.early_stopping.monitor=val/accuracy"], "EarlyStopping watches monitor='val/accuracy'"),
+        (["callbacks.model_checkpoint.monitor=val_acc"], "ModelCheckpoint watches monitor='val_acc'"),
+        (["data.val_size=0", "callbacks.last_checkpoint.monitor=val/acc"], "which this run never logs"),
+    ],
+)
+def test_values_that_only_fail_together_are_refused_once_the_data_is_known(tmp_path, overrides, message):
+    """Each of these would fail (or train nothing) only after the data loaded, mid-run or at an epoch's end."""
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        train(quick(tmp_path, *overrides))
+    assert "\n" not in str(error.value) and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("monitor", ["train/loss", "val/loss"])
+def test_every_metric_the_module_logs_may_be_watched(tmp_path, monitor):
+    summary = train_run(
+        ["data=synthetic", *FAST, f"callbacks.early_stopping.monitor={monitor}", "callbacks.early_stopping.mode=min"],
+        tmp_path / "run",
+    )
+    assert summary["epochs"] == 1
+
+
+def test_the_command_line_may_name_any_importable_net(tmp_path):
+    """A Hydra user's own class (here torchvision's ResNet-18 factory) trains; only what comes from disk is gated."""
+    summary = train_run(
+        ["data=synthetic", *FAST, "model._target_=torchvision.models.resnet18", "~model.blocks", "~model.widths"],
+        tmp_path / "run",
+    )
+    assert summary["epochs"] == 1
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    from cifar_lightning.checkpoints import load_model
+
+    with pytest.raises(UserError, match="add your own module with trusted_modules"):
+        load_model(checkpoint)
+    model = load_model(checkpoint, trusted_modules=["torchvision.models"])
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    assert model.probabilities(images).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "script, args, key",
+    [
+        ("train.py", ["data=synthetic", "data.root=${oc.env:CIFAR_LIGHTNING_UNSET_DIR}"], "data.root"),
+        ("train.py", ["data=synthetic", "optimizer.lr=${optimizer.learning_rate}"], "optimizer.lr"),
+        ("evaluate.py", ["ckpt=${oc.env:CIFAR_LIGHTNING_UNSET}"], "ckpt"),
+        ("predict.py", ["images=x", "ckpt=${nope}"], "ckpt"),
+    ],
+)
+def test_interpolations_that_do_not_resolve_are_one_line_naming_the_key(tmp_path, script, args, key):
+    folder = [f"hydra.run.dir={tmp_path / 'run'}"] if script == "train.py" else []
+    result = run_script(script, *args, *folder)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {key}: ") and len(result.stderr.strip().splitlines()) <= 3
+    assert not (tmp_path / "run" / "checkpoints").exists()
