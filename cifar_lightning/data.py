@@ -11,11 +11,13 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
+from annotated_types import Ge
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
@@ -50,7 +52,8 @@ class _ArraysOnly(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
-    }  # bytes in Python-3 pickles
+        ("__builtin__", "bytes"),
+    }  # bytes in Python-3 pickles of protocol 2 (empty ones, as in a batch of 0 images, through bytes())
 
     def find_class(self, module: L.LightningModule, name: str):
         if (module, name) not in self.ALLOWED:
@@ -122,24 +125,73 @@ def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> Im
 
 # -------------------------------------------------------------------------------------- ImageFolder
 def read_image(path: Path, size: int) -> torch.Tensor:
-    """One image file -> uint8 (3, size, size); any size or mode is converted."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    """One image file -> uint8 tensor (3, size, size), RGB: the picture an image viewer shows, 8 bits per channel,
+    resized bilinearly to size x size.
+
+    - EXIF orientation (1-8) is applied first, so a photo stored sideways comes out upright.
+    - Transparency (LA, RGBA, PA, a P palette with alpha, or L / RGB / I;16 with a transparent colour) is
+      composited over white, as a browser shows it on a white page; dropping the alpha would instead reveal
+      whatever colour the invisible pixels happen to hold (often black).
+    - 16-bit grey (I;16, I;16B, ...) keeps the top 8 bits (value >> 8): Pillow reduces 16-bit RGB PNGs the same
+      way when it opens them, so a picture saved as 16-bit grey or as 16-bit RGB reads the same.
+    - 32-bit integer grey (I; Pillow gives some 16-bit PNGs and TIFFs this mode) is read as 16-bit when its
+      values lie in 0..65535, else stretched linearly from its own minimum..maximum to 0..255.
+    - 32-bit float grey (F) maps 0..1 to 0..255 (rounded) when all values lie in 0..1, else it is stretched from
+      its own minimum..maximum; NaN and infinities read as 0 first.
+    - Every other mode (1, L, P, RGB, CMYK, YCbCr, LAB, ...) goes through Pillow's own conversion to RGB.
+
+    Raises what Pillow raises for a file it cannot read (OSError, PIL.UnidentifiedImageError, ValueError, ...).
+    """
+    # from an open file, not the path: Pillow memory-maps an uncompressed TIFF opened by path and then decodes
+    # orientations 5-8 with width and height swapped
+    with open(path, "rb") as f, Image.open(f) as img:
+        img = _to_rgb8(ImageOps.exif_transpose(img))
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+def _grey8(img: Image.Image) -> np.ndarray:
+    """A grey image of more than 8 bits (I;16*, I, F) -> uint8 (H, W), as read_image describes."""
+    values = np.asarray(img)
+    if img.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if values.min() >= 0 and values.max() <= 1:
+            return np.rint(values * 255).astype(np.uint8)
+    elif values.min() >= 0 and values.max() <= 65535:
+        return (values.astype(np.uint32) >> 8).astype(np.uint8)
+    low, high = float(values.min()), float(values.max())
+    scale = 255 / (high - low) if high > low else 0.0
+    return np.rint((values - low) * scale).astype(np.uint8)
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    """Any mode Pillow opens -> 8-bit RGB, as read_image describes."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        grey = _grey8(img)
+        if "transparency" in img.info:  # a 16-bit PNG's transparent grey level: white, as for the modes below
+            grey[np.asarray(img) == img.info["transparency"]] = 255
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.has_transparency_data:
+        white = Image.new("RGBA", img.size, "white")
+        return Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
 
 
 def _read_tree(folder: Path, class_names: list[str], size: int):
+    """folder/<class>/*.png -> uint8 (N, 3, size, size), int64 (N,); a missing class folder gives no images."""
     images, labels = [], []
     for label, name in enumerate(class_names):
+        if not (folder / name).is_dir():
+            continue
         for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMG_EXTENSIONS):
             try:
                 images.append(read_image(path, size))
             except Exception as e:
                 raise UserError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from None
             labels.append(label)
-    return torch.stack(images), torch.tensor(labels)
+    stacked = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return stacked, torch.tensor(labels, dtype=torch.long)
 
 
 def load_folder(root: Path, image_size: int) -> ImageSet:
@@ -153,13 +205,20 @@ def load_folder(root: Path, image_size: int) -> ImageSet:
         raise UserError(f"{train} has no class folders: data=folder expects the layout {layout}") from None
     empty = [c for c in class_names if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (train / c).iterdir())]
     if empty:
-        raise UserError(f"{train}: class folders without images: {', '.join(empty)} (expected the layout {layout})")
+        raise UserError(
+            f"{train}: class folders without images: {', '.join(empty)}; add images ({', '.join(IMG_EXTENSIONS)}) "
+            f"to them or remove them (expected the layout {layout})"
+        )
     train_images, train_labels = _read_tree(train, class_names, image_size)
     test_images = test_labels = None
     if (root / "test").is_dir():
-        test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
-        if test_classes != class_names:
-            raise UserError(f"{root / 'test'} has classes {test_classes}, but {train} has {class_names}")
+        # a test class may have no images (its accuracy is just not measured), but it must be a known class
+        unknown = sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and p.name not in class_names)
+        if unknown:
+            raise UserError(
+                f"{root / 'test'} has class folders that {train} lacks: {', '.join(unknown)}; "
+                f"add training images for them or remove them from test/"
+            )
         test_images, test_labels = _read_tree(root / "test", class_names, image_size)
     return ImageSet(train_images, train_labels, test_images, test_labels, class_names)
 
@@ -182,6 +241,13 @@ def make_synthetic(
 
 
 # ------------------------------------------------------------------------------------- the module
+def _check_labels(labels: torch.Tensor, classes: list[str], origin: str, fix: str) -> None:
+    """Every label names one of `classes`: a split holds only known classes."""
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < len(classes)):
+        unknown = sorted(set(labels.tolist()) - set(range(len(classes))))
+        raise UserError(f"{origin}: labels {unknown} name no class (there are {len(classes)}); {fix}")
+
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 images, labels, positions in the dataset
 
 
@@ -216,29 +282,35 @@ class ImageDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: str = "cifar10",
+        source: Annotated[
+            Literal["cifar10", "cifar100", "folder", "synthetic"],
+            "is not a data source: use cifar10, cifar100, folder or synthetic",
+        ] = "cifar10",
         root: str = "data",
         verify: bool = True,
         download: bool = True,
-        val_size: float = 5000,
-        split_seed: int = 0,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        image_size: int = 32,
-        num_workers: int = 0,
+        val_size: Annotated[float, Ge(0)] = 5000,
+        split_seed: Annotated[int, Ge(0)] = 0,
+        batch_size: Annotated[int, Ge(1)] = 128,
+        eval_batch_size: Annotated[int, Ge(1)] = 1000,
+        image_size: Annotated[int, Ge(1)] = 32,
+        num_workers: Annotated[int, Ge(0)] = 0,
     ):
+        """
+        Args:
+            source: where the images come from.
+            root: the folder holding them (CIFAR: its python-version batches; folder: train/<class>/...).
+            verify: refuse CIFAR files whose md5 differs from the official release.
+            download: fetch CIFAR into `root` when it is missing.
+            val_size: images held out of the training set for validation; a fraction below 1 is a share.
+            split_seed: the train/validation split.
+            batch_size, eval_batch_size: images per training / evaluation batch.
+            image_size: height and width in pixels (folder images are resized to it).
+            num_workers: DataLoader worker processes.
+
+        The values are checked by cifar_lightning.validation against these annotations before construction.
+        """
         super().__init__()
-        if source not in (*CIFAR, "folder", "synthetic"):
-            raise UserError(f"data.source={source!r} is not a data source: use cifar10, cifar100, folder or synthetic")
-        for name, value, least in (
-            ("val_size", val_size, 0),
-            ("batch_size", batch_size, 1),
-            ("eval_batch_size", eval_batch_size, 1),
-            ("image_size", image_size, 1),
-            ("num_workers", num_workers, 0),
-        ):
-            if value < least:
-                raise UserError(f"data.{name}={value!r} must be at least {least}")
         self.source, self.root, self.verify, self.download = source, Path(root), verify, download
         self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -256,7 +328,15 @@ class ImageDataModule(L.LightningDataModule):
         if self.splits:  # loaded once, whichever stage asks first
             return
         data = self.load()
+        classes, (origin, fix) = data.class_names, self._origin("train")
         n = len(data.train_labels)
+        if n == 0:
+            raise UserError(f"{origin}: no images; {fix}")
+        _check_labels(data.train_labels, classes, origin, fix)
+        counts = torch.bincount(data.train_labels, minlength=len(classes))
+        if (counts > 0).sum() < 2:  # one class "trains" to 100% and cannot be evaluated
+            found = ", ".join(c for c, k in zip(classes, counts) if k > 0)
+            raise UserError(f"{origin}: images of one class only ({found}), a classifier needs two or more; {fix}")
         # a fraction below 1 is a share of the training images, anything else a count
         n_val = round(self.val_size * n) if 0 < self.val_size < 1 else int(self.val_size)
         if not 0 <= n_val < n or (self.validates and n_val == 0):
@@ -266,18 +346,44 @@ class ImageDataModule(L.LightningDataModule):
             )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         train_idx, val_idx = order[n_val:], order[:n_val]
+        kept = torch.bincount(data.train_labels[train_idx], minlength=len(classes))
+        held_out = [c for c, k, m in zip(classes, kept, counts) if k == 0 and m > 0]
+        # a folder tree names its classes itself, so each must be learnt; CIFAR's fixed list may outnumber a
+        # reduced copy's classes (data.verify=false), which then only warns, as long as two classes are learnt
+        if held_out and (self.source == "folder" or (kept > 0).sum() < 2):
+            raise UserError(
+                f"data.val_size={self.val_size} holds out every training image of the class(es) "
+                f"{', '.join(held_out)} ({origin} has {n} images): lower data.val_size or add images"
+            )
+        if (kept == 0).any():
+            untrained = ", ".join(c for c, k in zip(classes, kept) if k == 0)
+            log.warning("%s: no training images of the class(es) %s: the model never predicts them", origin, untrained)
         if stage in ("fit", None) and self.batch_size > len(train_idx):
             raise UserError(
                 f"batch_size={self.batch_size} is larger than the training split "
                 f"({len(train_idx)} images): lower batch_size or data.val_size"
             )
-        self.class_names = data.class_names
+        self.class_names = classes
         self.splits["train"] = InMemoryImages(data.train_images[train_idx], data.train_labels[train_idx])
         if n_val:
             self.splits["val"] = InMemoryImages(data.train_images[val_idx], data.train_labels[val_idx])
-        if data.test_images is not None:
-            self.splits["test"] = InMemoryImages(data.test_images, data.test_labels)
+        if data.test_images is not None:  # optional: when empty, as if absent (a test class may have no images)
+            origin, fix = self._origin("test")
+            if len(data.test_labels) == 0:
+                log.warning("%s: no images, so there is no test split and no test metrics", origin)
+            else:
+                _check_labels(data.test_labels, classes, origin, fix)
+                self.splits["test"] = InMemoryImages(data.test_images, data.test_labels)
         log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
+
+    def _origin(self, split: str) -> tuple[str, str]:
+        """Where a split's images come from, and what to do when they are unusable: for error messages."""
+        if self.source == "folder":
+            return str(self.root / split), f"add images under {self.root / split}/<class>/ (a folder per class)"
+        if self.source in CIFAR:
+            folder = self.root / CIFAR[self.source][0].base_folder
+            return f"the {self.source} {split} batches in {folder}", "delete them and download or unpack them again"
+        return f"the synthetic {split} data", "synthetic data is made with every class: report this as a bug"
 
     @property
     def validates(self) -> bool:
