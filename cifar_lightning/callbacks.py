@@ -13,6 +13,13 @@ from cifar_lightning.data import Batch
 from cifar_lightning.errors import UserError
 
 
+def _net(module: L.LightningModule) -> torch.nn.Module:
+    """ImageClassifier's net, which a callback's LightningModule types as Tensor | Module (torch's __getattr__)."""
+    net = module.net
+    assert isinstance(net, torch.nn.Module)
+    return net
+
+
 class TrainingDiverged(UserError):
     pass
 
@@ -49,18 +56,18 @@ class Lookahead(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not self.slow:  # a resumed run brings its own from the checkpoint
-            self.start(module.net)
+            self.start(_net(module))
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
     ) -> None:
-        self.step(module.net, trainer.global_step, trainer.estimated_stepping_batches)
+        self.step(_net(module), trainer.global_step, trainer.estimated_stepping_batches)
 
     def start(self, net: torch.nn.Module) -> None:
         self.slow = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
 
-    def step(self, net: torch.nn.Module, step: int, total: int) -> None:
-        """After optimizer step `step` of `total`."""
+    def step(self, net: torch.nn.Module, step: int, total: float) -> None:
+        """After optimizer step `step` of `total` (Lightning's estimate, inf for a run without a length)."""
         if step >= total:
             self.pull(net, decay=1.0)  # the last step: keep the slow weights, before the last checkpoint
         elif step % self.every == 0:
@@ -124,7 +131,7 @@ class CountTrainingFlops(L.Callback):
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.flops_per_image = training_flops_per_image(module.net, module.hparams.image_size)
+            self.flops_per_image = training_flops_per_image(_net(module), module.hparams["image_size"])
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int

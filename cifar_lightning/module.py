@@ -15,7 +15,7 @@ from annotated_types import Ge, Interval
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
@@ -34,6 +34,11 @@ def plain(config: Any) -> Any:
 
 
 class ImageClassifier(L.LightningModule):
+    # buffers (register_buffer): declared here, as torch types a Module's attributes Tensor | Module
+    mean: torch.Tensor
+    std: torch.Tensor
+    temperature: torch.Tensor
+
     def __init__(
         self,
         net: dict,
@@ -93,7 +98,7 @@ class ImageClassifier(L.LightningModule):
             init_from_data(self.normalize(images))
 
     def configure_model(self) -> None:
-        if self.hparams.compile:
+        if self.hparams["compile"]:
             self.net.compile()  # in place: parameter names, and so checkpoints, stay the same
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -109,7 +114,7 @@ class ImageClassifier(L.LightningModule):
         x = self.normalize(images)
         if self.augment is not None:
             x = self.augment(x, indices, self.current_epoch)
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, labels, indices
 
@@ -126,9 +131,9 @@ class ImageClassifier(L.LightningModule):
                 the image shifted 1 px up-left and 1 px down-right; None: the module's own `tta`.
             calibrated: divide by the temperature fitted on validation (calibration.py).
         """
-        tta = self.hparams.tta if tta is None else int(tta)
+        tta = self.hparams["tta"] if tta is None else int(tta)
         x = self.normalize(images)
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
 
         def with_mirror(v: torch.Tensor) -> torch.Tensor:
@@ -154,7 +159,7 @@ class ImageClassifier(L.LightningModule):
         starts = range(0, len(images), batch_size)
         batches = tqdm(starts, desc="predicting", unit="batch", leave=False, disable=len(starts) <= 20)
         out = [self.logits(images[i : i + batch_size].to(self.device), tta).float().cpu() for i in batches]
-        return torch.cat(out) if out else torch.empty(0, len(self.hparams.class_names))
+        return torch.cat(out) if out else torch.empty(0, len(self.hparams["class_names"]))
 
     # ------------------------------------------------------------------------------------- steps
     STAGES = ("train", "val", "test")
@@ -164,18 +169,23 @@ class ImageClassifier(L.LightningModule):
         """The metrics a training run logs each epoch (callbacks may watch these)."""
         return [f"{stage}/{name}" for stage in ("train", "val")[: 1 + validates] for name in ("loss", "acc")]
 
+    def _metric(self, name: str) -> Metric:
+        metric = self.metrics[name]
+        assert isinstance(metric, Metric)  # a ModuleDict's items type as Module
+        return metric
+
     def _step(self, stage: str, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         _, labels, _ = batch
-        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        smoothing = self.hparams["label_smoothing"] if stage == "train" else 0.0
         losses = F.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="none")
-        self.metrics[f"{stage}_loss"].update(losses.detach())
-        self.metrics[f"{stage}_acc"].update(logits.detach(), labels)
+        self._metric(f"{stage}_loss").update(losses.detach())
+        self._metric(f"{stage}_acc").update(logits.detach(), labels)
         # "sum" (airbench) makes the gradient grow with the batch size; the logged loss is a mean either way
-        return losses.sum() if self.hparams.loss_reduction == "sum" else losses.mean()
+        return losses.sum() if self.hparams["loss_reduction"] == "sum" else losses.mean()
 
     def _log_epoch(self, stage: str) -> None:
         for name in ("loss", "acc"):
-            metric = self.metrics[f"{stage}_{name}"]
+            metric = self._metric(f"{stage}_{name}")
             # compute() has gathered all ranks already; sync_dist only tells Lightning so (the values are equal)
             self.log(f"{stage}/{name}", metric.compute(), prog_bar=True, sync_dist=True)
             metric.reset()
@@ -219,10 +229,10 @@ class ImageClassifier(L.LightningModule):
         """The optimizer, its schedule (or None) and the schedule's interval (step|epoch) for a run of `total_steps`
         optimizer steps; the benchmarks' plain loop builds its own from here too."""
         # named, so that a factory can treat groups of parameters differently (cifar_lightning.optim)
-        optimizer = instantiate(self.hparams.optimizer)(self.named_parameters())
-        if not self.hparams.scheduler:
+        optimizer = instantiate(self.hparams["optimizer"])(self.named_parameters())
+        if not self.hparams["scheduler"]:
             return optimizer, None, None
-        config = dict(self.hparams.scheduler)
+        config = dict(self.hparams["scheduler"])
         interval = config.pop("interval", "epoch")
         if "total_steps" in config and config["total_steps"] is None:  # a null total_steps means "the whole run"
             config["total_steps"] = total_steps
