@@ -260,6 +260,7 @@ def check_train_config(cfg: Any, options: type) -> None:
         for name, part in (cfg.get(group) or {}).items():
             if part is not None:
                 config = OmegaConf.to_container(part, resolve=True)
+                assert isinstance(config, dict)  # a callback's or logger's config is a mapping (DictConfig)
                 kwargs = {k: v for k, v in config.items() if not (isinstance(v, dict) and "_target_" in v)}
                 check_target(kwargs, f"{group}.{name}")
     _build_small(cfg, plain(cfg.data).get("image_size", 32))

@@ -3,9 +3,11 @@ with the config it was started with, appending to its metrics.csv."""
 
 import csv
 from pathlib import Path
+from typing import cast
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,6 +40,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     config.paths.output_dir = str(run.path)
     config.resume = None
     config.trusted_modules = cfg.get("trusted_modules")
+    assert isinstance(config, DictConfig)  # a ListConfig has failed on config.paths above
     return config, None if run.finished else last
 
 
@@ -61,11 +64,13 @@ def keep_metrics(trainer: L.Trainer, checkpoint: dict) -> None:
         if not isinstance(logger, CSVLogger):
             continue
         path = Path(logger.log_dir) / "metrics.csv"
-        header, rows = [], []
+        header: list[str] = []
+        rows: list[dict[str, str]] = []
         if path.is_file():
             with open(path, newline="") as f:
                 reader = csv.DictReader(f)
-                header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) < global_step]
+                # fieldnames is a list (typeshed: a Sequence)
+                header, rows = list(reader.fieldnames or []), [r for r in reader if int(r["step"]) < global_step]
         epoch = str(checkpoint["epoch"])
         missing = {
             k: v
@@ -83,10 +88,16 @@ def keep_metrics(trainer: L.Trainer, checkpoint: dict) -> None:
         writer.metrics_keys = list(header)
 
 
+def model_checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:
+    """trainer.checkpoint_callbacks, which Lightning types as its Checkpoint base (no monitor, best_model_path, ...):
+    its docstring and every checkpoint callback of configs/callbacks/ are ModelCheckpoint."""
+    return cast(list[ModelCheckpoint], trainer.checkpoint_callbacks)
+
+
 def keep_best(trainer: L.Trainer, checkpoint: dict, last: Path) -> None:
     """last.ckpt is saved before best.ckpt; a run killed between the two has, in last.ckpt only, an epoch that may
     beat best.ckpt. Then it becomes best.ckpt, and both files record it as the best, as the run would have."""
-    for callback in trainer.checkpoint_callbacks:
+    for callback in model_checkpoints(trainer):
         state = checkpoint.get("callbacks", {}).get(callback.state_key)
         score = checkpoint.get("epoch_metrics", {}).get(callback.monitor)
         if not callback.monitor or state is None or score is None:
@@ -94,6 +105,7 @@ def keep_best(trainer: L.Trainer, checkpoint: dict, last: Path) -> None:
         best = state["best_model_score"]
         if best is not None and not (score > best if callback.mode == "max" else score < best):
             continue
+        assert callback.dirpath is not None  # configs/callbacks/ name it (the run's checkpoints/)
         path, score = str(Path(callback.dirpath) / f"{callback.filename}.ckpt"), torch.tensor(score)
         state.update(
             best_model_score=score,

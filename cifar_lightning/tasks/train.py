@@ -25,7 +25,7 @@ from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.module import ImageClassifier, plain
 from cifar_lightning.runs import RunFolder
-from cifar_lightning.tasks.resume import keep_best, keep_metrics, read_last
+from cifar_lightning.tasks.resume import keep_best, keep_metrics, model_checkpoints, read_last
 from cifar_lightning.validation import check_train_config, refused, run_length
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,10 @@ def trainer_processes(trainer_config: DictConfig) -> int:
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
+        device_keys = OmegaConf.to_container(OmegaConf.create(keys), resolve=True)
+        assert isinstance(device_keys, dict)  # OmegaConf.create of a dict is a DictConfig
         probe = instantiate(
-            {"_target_": "lightning.pytorch.Trainer", **OmegaConf.to_container(OmegaConf.create(keys), resolve=True)},
+            {"_target_": "lightning.pytorch.Trainer", **device_keys},
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -124,7 +126,9 @@ def without_validation(callbacks: DictConfig, datamodule: ImageDataModule) -> Di
     if datamodule.validates:
         return callbacks
     kept = {}
-    for name, callback in OmegaConf.to_container(callbacks or {}, resolve=True).items():
+    configs = OmegaConf.to_container(callbacks or {}, resolve=True)
+    assert isinstance(configs, dict)  # of a DictConfig
+    for name, callback in configs.items():
         watches_val = callback is not None and str(callback.get("monitor", "")).startswith("val/")
         if watches_val and callback["_target_"].endswith("ModelCheckpoint"):
             callback["monitor"] = None
@@ -139,9 +143,10 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     into the run folder and returns the summary."""
     check_train_config(cfg, TrainOptions)
     run = RunFolder(cfg.paths.output_dir)
-    if rank_zero_only.rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
+    rank = rank_zero_only.rank  # type: ignore[attr-defined]  # set on the function by Lightning, not in its type
+    if rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
         logging.getLogger("cifar_lightning").setLevel(logging.WARNING)
-    tree = config_tree(cfg) if print_config(cfg) and rank_zero_only.rank == 0 else None
+    tree = config_tree(cfg) if print_config(cfg) and rank == 0 else None
     datamodule, module, trainer = build(cfg)
     if trainer.is_global_zero:
         run.mark_started()
@@ -155,16 +160,16 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     # read now: testing from best.ckpt restores the states saved with it
-    cost = next(c for c in trainer.callbacks if isinstance(c, CountTrainingFlops))
-    clock = next(c for c in trainer.callbacks if isinstance(c, FitClock))
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it, undeclared
+    cost = next(c for c in callbacks if isinstance(c, CountTrainingFlops))
+    clock = next(c for c in callbacks if isinstance(c, FitClock))
     training_flops, fit_seconds = cost.total_flops, clock.seconds
 
     # best.ckpt's: the one that watches val/acc, else (nothing validated) the last configured, which follows the epochs
-    checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None) or (
-        trainer.checkpoint_callbacks[-1] if trainer.checkpoint_callbacks else None
-    )
+    checkpoints = model_checkpoints(trainer)
+    checkpoint = next((c for c in checkpoints if c.monitor), None) or (checkpoints[-1] if checkpoints else None)
     best_path = checkpoint.best_model_path if checkpoint else ""
-    summary = {
+    summary: dict[str, Any] = {
         "temperature": calibrate(cfg, trainer, module, datamodule, best_path),
         "best_val_acc": float(checkpoint.best_model_score)
         if checkpoint and checkpoint.best_model_score is not None
@@ -214,7 +219,7 @@ def calibrate(
     best = load_model(Path(best_path)).to(trainer.strategy.root_device)
     temperature = fit_on_validation(best, datamodule.splits["val"], datamodule.eval_batch_size)
     module.temperature.fill_(temperature)
-    for path in {c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path}:
+    for path in {c.best_model_path for c in model_checkpoints(trainer) if c.best_model_path}:
         write_temperature(Path(path), temperature)
     log.info("calibration: temperature %.4f fitted on %d validation images", temperature, len(datamodule.splits["val"]))
     return temperature
