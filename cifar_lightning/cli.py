@@ -4,7 +4,7 @@ import contextlib
 import io
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -23,7 +23,7 @@ from cifar_lightning.errors import UserError
 
 
 @contextlib.contextmanager
-def exit_on_user_error() -> Callable:
+def exit_on_user_error() -> Iterator[None]:
     """Single runs: print the message and exit 1. Under -m the error is re-raised, for Hydra to record the
     job as failed and go on with the sweep (an exit would end every job after it)."""
     try:
@@ -80,8 +80,9 @@ def one_line(error: CompactHydraException) -> str:
     message's first paragraph is what Hydra says; a missing config adds its option list and search path below."""
     message = str(error).split("\n\n")[0]
     line = ". ".join(part.strip().rstrip(".") for part in message.splitlines() if part.strip())
-    if getattr(error, "options", None):
-        line += f" (options: {', '.join(error.options)})"
+    options = getattr(error, "options", None)  # only a MissingConfigException has them
+    if options:
+        line += f" (options: {', '.join(options)})"
     if error.__cause__ is not None:
         line += f" ({str(error.__cause__).splitlines()[0]})"
     return line
@@ -107,6 +108,7 @@ def config_tree(cfg: DictConfig) -> str:
     tree.add("[bold]run").add(Syntax(OmegaConf.to_yaml(values, resolve=True).strip(), "yaml", theme="ansi_dark"))
     for key, value in cfg.items():
         if isinstance(value, DictConfig):
+            assert isinstance(key, str)  # a composed config's keys are its YAML's, strings
             text = OmegaConf.to_yaml(value, resolve=key != "module").strip() or "{}"
             tree.add(f"[bold]{key}").add(Syntax(text, "yaml", theme="ansi_dark"))
     console = Console(record=True, file=io.StringIO(), width=120)
