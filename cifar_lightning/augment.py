@@ -94,7 +94,7 @@ class AlternatingFlip:
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def __call__(self, images: torch.Tensor, indices: torch.Tensor | None, epoch: int = 0):
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor, epoch: int = 0):
         # a fixed pseudo-random bit per dataset index: whether the image is flipped on even epochs
         mixed = (indices.to(images.device) * 2654435761 + self.seed * 40503) % (2**31)
         flip = ((mixed >> 16) & 1).bool() ^ bool(epoch % 2)

@@ -314,7 +314,8 @@ def describe_machine(hardware: dict | None) -> str:
 
 def frontier(costs: list[float], accuracies: list[float]) -> list[tuple[float, float]]:
     """The (cost, accuracy) points that no other point beats on both, cheapest first."""
-    best, line = -math.inf, []
+    best = -math.inf
+    line: list[tuple[float, float]] = []
     for cost, accuracy in sorted(zip(costs, accuracies), key=lambda p: (p[0], -p[1])):
         if accuracy > best:
             best, line = accuracy, [*line, (cost, accuracy)]

@@ -76,8 +76,9 @@ class Muon(torch.optim.Optimizer):
             dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, muon=muon),
         )
 
+    # torch's stub overloads step on a closure returning float; Lightning's closures return the loss tensor
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -34,7 +34,8 @@ def corruption_report(
     accuracy on the same images, and the means per severity and per corruption; and the first image's corrupted
     versions, {name: [one per severity]}, to show what was applied."""
     clean = accuracy(model, images, labels, tta, batch_size)
-    table, examples = {}, {}
+    table: dict[str, list[float]] = {}
+    examples: dict[str, list[torch.Tensor]] = {}
     with tqdm(total=len(names) * len(severities), desc=f"corruptions ({len(images):,} images)", unit="set") as bar:
         for name in names:
             table[name], examples[name] = [], []

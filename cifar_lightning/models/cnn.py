@@ -10,7 +10,8 @@ class CNN(nn.Sequential):
     global average pool, linear classifier."""
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128)):
-        layers, c_in = [], 3
+        layers: list[nn.Module] = []
+        c_in = 3
         for i, width in enumerate(widths):
             layers.append(conv_bn_relu(c_in, width))
             if i < len(widths) - 1:

@@ -11,7 +11,7 @@ class MLP(nn.Sequential):
         hidden: tuple[int, ...] = (512, 512),
         dropout: float = 0.5,
     ):
-        layers = [nn.Flatten()]
+        layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden:
             layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
             in_features = width

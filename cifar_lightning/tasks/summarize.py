@@ -48,7 +48,7 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def group(runs: list[dict]) -> list[dict]:
-    groups = {}
+    groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(run["group"], []).append(run)
     rows = []
