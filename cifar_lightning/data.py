@@ -55,7 +55,7 @@ class _ArraysOnly(pickle.Unpickler):
         ("__builtin__", "bytes"),
     }  # bytes in Python-3 pickles of protocol 2 (empty ones, as in a batch of 0 images, through bytes())
 
-    def find_class(self, module: L.LightningModule, name: str):
+    def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing {module}.{name}")
         return super().find_class(module, name)
@@ -144,10 +144,10 @@ def read_image(path: Path, size: int) -> torch.Tensor:
     """
     # from an open file, not the path: Pillow memory-maps an uncompressed TIFF opened by path and then decodes
     # orientations 5-8 with width and height swapped
-    with open(path, "rb") as f, Image.open(f) as img:
-        img = _to_rgb8(ImageOps.exif_transpose(img))
+    with open(path, "rb") as f, Image.open(f) as opened:
+        img = _to_rgb8(ImageOps.exif_transpose(opened))
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
@@ -231,7 +231,7 @@ def make_synthetic(
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(num_classes, 3, image_size, image_size, generator=g) * 255
 
-    def draw(n: int):
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.randint(num_classes, (n,), generator=g)
         noise = torch.randn(n, 3, image_size, image_size, generator=g) * 60
         return (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8), labels
@@ -358,17 +358,13 @@ class ImageDataModule(L.LightningDataModule):
         if (kept == 0).any():
             untrained = ", ".join(c for c, k in zip(classes, kept) if k == 0)
             log.warning("%s: no training images of the class(es) %s: the model never predicts them", origin, untrained)
-        if stage in ("fit", None) and self.batch_size > len(train_idx):
-            raise UserError(
-                f"batch_size={self.batch_size} is larger than the training split "
-                f"({len(train_idx)} images): lower batch_size or data.val_size"
-            )
         self.class_names = classes
         self.splits["train"] = InMemoryImages(data.train_images[train_idx], data.train_labels[train_idx])
         if n_val:
             self.splits["val"] = InMemoryImages(data.train_images[val_idx], data.train_labels[val_idx])
         if data.test_images is not None:  # optional: when empty, as if absent (a test class may have no images)
             origin, fix = self._origin("test")
+            assert data.test_labels is not None  # an ImageSet has test labels exactly when it has test images
             if len(data.test_labels) == 0:
                 log.warning("%s: no images, so there is no test split and no test metrics", origin)
             else:
@@ -416,7 +412,7 @@ class ImageDataModule(L.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             drop_last=train,
-            collate_fn=keep_batch,
+            collate_fn=keep_batch,  # type: ignore[arg-type]  # torch types collate_fn as taking a list of samples
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -228,7 +228,7 @@ def check_train_config(cfg: Any, options: type) -> None:
     """A composed train config, before any data loads: its own keys against `options` (a dataclass), every group
     against the signature of what it builds, and the net, augmentation, optimizer and schedule built once on a
     tiny scale, so that a value only their constructors refuse is reported now, naming its group."""
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
 
     from cifar_lightning.data import ImageDataModule
     from cifar_lightning.module import ImageClassifier, plain
@@ -259,10 +259,10 @@ def check_train_config(cfg: Any, options: type) -> None:
     for group in ("callbacks", "logger"):
         for name, part in (cfg.get(group) or {}).items():
             if part is not None:
-                config = OmegaConf.to_container(part, resolve=True)
-                assert isinstance(config, dict)  # a callback's or logger's config is a mapping (DictConfig)
-                kwargs = {k: v for k, v in config.items() if not (isinstance(v, dict) and "_target_" in v)}
-                check_target(kwargs, f"{group}.{name}")
+                config = plain(part)
+                if isinstance(config, dict):  # what it holds as configs of their own (a profiler) Hydra builds
+                    config = {k: v for k, v in config.items() if not (isinstance(v, dict) and "_target_" in v)}
+                check_target(config, f"{group}.{name}")
     _build_small(cfg, plain(cfg.data).get("image_size", 32))
 
 

@@ -70,7 +70,10 @@ def test_module_augments_training_batches_only():
     for training, changed in ((False, False), (True, True)):
         module.trainer = type("FakeTrainer", (), {"training": training, "current_epoch": 0})()
         x, y, i = module.on_after_batch_transfer((images, labels, indices), 0)
-        assert not torch.equal(x, plain) if changed else torch.equal(x, plain)
+        if changed:  # training batches: normalised, then augmented
+            assert x.dtype == torch.float32 and not torch.equal(x, plain)
+        else:  # the others stay uint8 for logits(), which normalises them without augmenting
+            assert torch.equal(x, images) and torch.equal(module.normalize(x), plain)
         assert torch.equal(y, labels) and torch.equal(i, indices)
 
 

@@ -128,9 +128,16 @@ def test_bad_image_folders_are_clear_errors(tmp_path, layout, message):
         setup(source="folder", root=tmp_path, val_size=0)
 
 
-def test_batch_larger_than_the_training_split_is_refused(cifar_root):
+def test_batch_larger_than_the_training_split_is_refused(cifar_root, tmp_path):
+    """A cross-field check (validation.run_length), made once the data's sizes are known and before training."""
+    from conftest import FAST, compose_train
+
+    from cifar_lightning.tasks.train import train
+
+    overrides = [*FAST, f"data.root={cifar_root}", "data.verify=false", "data.val_size=20", "batch_size=500"]
     with pytest.raises(UserError, match="batch_size=500 is larger than the training split"):
-        setup(root=cifar_root, verify=False, val_size=20, batch_size=500)
+        train(compose_train(overrides, output_dir=tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_synthetic_data_is_ready_without_files():

@@ -71,7 +71,8 @@ class Result:
     evaluation: Evaluation
     temperature: float
     robustness: dict | None = None
-    corruption_examples: tuple | None = None  # (clean uint8 image, {name: [one per severity]})
+    # (clean uint8 image, {name: [one per severity]})
+    corruption_examples: tuple[torch.Tensor, dict[str, list[torch.Tensor]]] | None = None
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -104,13 +105,14 @@ def model_and_data(cfg: DictConfig, split: str) -> tuple[Path, ImageClassifier, 
     model = load_model(checkpoint, cfg.get("trusted_modules") or ())
     chosen = cfg.get("data")
     if chosen is not None:
-        config = {k: v for k, v in plain(chosen).items() if k not in ("_target_", "batch_size")}
+        # batch_size is training's (interpolated from train.yaml): evaluation batches are eval_batch_size
+        config = {k: plain(chosen[k]) for k in chosen if k not in ("_target_", "batch_size")}
         check_arguments(ImageDataModule, config, "data")
     else:
         config = run_data_config(RunFolder.of_checkpoint(checkpoint).config)
     data = ImageDataModule(**config)
     data.setup("test")
-    class_names = list(model.hparams.class_names)
+    class_names = list(model.hparams["class_names"])
     if data.class_names != class_names:
         raise UserError(
             f"the checkpoint's classes ({', '.join(class_names[:5])}, ...: {len(class_names)}) do not "
@@ -139,7 +141,7 @@ def compute(cfg: DictConfig) -> Result:
             f"temperature {temperature:.4f} fitted on {len(data.splits['val'])} validation images, "
             f"written into {checkpoint}"
         )
-    tta = model.hparams.tta if cfg.tta is None else int(cfg.tta)
+    tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     split = data.splits[cfg.split]
     logits = model.predict_logits(split.images, tta, data.eval_batch_size)
     temperature = float(model.temperature)
@@ -153,7 +155,7 @@ def compute(cfg: DictConfig) -> Result:
         data=data,
         logits=logits,
         labels=split.labels,
-        evaluation=evaluate_predictions(logits, split.labels, list(model.hparams.class_names), temperature),
+        evaluation=evaluate_predictions(logits, split.labels, list(model.hparams["class_names"]), temperature),
         temperature=temperature,
     )
     if corruptions:

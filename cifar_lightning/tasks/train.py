@@ -126,7 +126,7 @@ def without_validation(callbacks: DictConfig, datamodule: ImageDataModule) -> Di
     if datamodule.validates:
         return callbacks
     kept = {}
-    configs = OmegaConf.to_container(callbacks or {}, resolve=True)
+    configs = OmegaConf.to_container(callbacks, resolve=True) if callbacks else {}
     assert isinstance(configs, dict)  # of a DictConfig
     for name, callback in configs.items():
         watches_val = callback is not None and str(callback.get("monitor", "")).startswith("val/")
