@@ -2,7 +2,6 @@
 
 import copy
 import math
-import time
 from typing import Any
 
 import lightning as L
@@ -150,30 +149,3 @@ class CountTrainingFlops(L.Callback):
         if not isinstance(images, int) or isinstance(images, bool) or images < 0:
             raise UserError(f"the checkpoint's count of trained images ({images!r}) is not a whole number")
         self.images = images
-
-
-class FitClock(L.Callback):
-    """Seconds spent in `trainer.fit`, added up over every resume of a run (kept in its checkpoints)."""
-
-    def __init__(self):
-        self.before = 0.0  # seconds of the run's earlier fits
-        self.started: float | None = None
-
-    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.started = time.perf_counter()
-
-    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.before, self.started = self.seconds, None
-
-    @property
-    def seconds(self) -> float:
-        return self.before + (time.perf_counter() - self.started if self.started is not None else 0.0)
-
-    def state_dict(self) -> dict:
-        return {"seconds": self.seconds}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        seconds = state_dict.get("seconds")
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < math.inf:
-            raise UserError(f"the checkpoint's fit time ({seconds!r}) is not a number of seconds")
-        self.before = float(seconds)

@@ -83,8 +83,25 @@ def load_model(path: Path, trusted_modules: Sequence[str] = ()) -> ImageClassifi
     return model.eval()
 
 
+def _read_tensors(path: Path) -> dict:
+    """A checkpoint file's contents with nothing built from them (tensors and plain values only)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserError(f"{path} is not a cifar-lightning checkpoint (no state_dict in it)")
+    return checkpoint
+
+
+def read_weights(path: Path) -> dict:
+    """The state_dict of a checkpoint (weights, normalisation, temperature): names to tensors."""
+    return _read_tensors(path)["state_dict"]
+
+
 def write_temperature(path: Path, temperature: float) -> None:
-    """Sets the calibration temperature in a checkpoint file, rewritten atomically."""
-    checkpoint = load_checkpoint(Path(path))
+    """Sets the calibration temperature in a checkpoint file, rewritten atomically. Its hyperparameters are not
+    read: the caller has loaded the model it holds through load_model, or wrote the file itself."""
+    checkpoint = _read_tensors(Path(path))
     checkpoint["state_dict"]["temperature"] = torch.tensor(temperature)
     AtomicCheckpointIO().save_checkpoint(checkpoint, path)

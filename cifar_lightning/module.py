@@ -152,18 +152,18 @@ class ImageClassifier(L.LightningModule):
         return self.logits(images, tta, calibrated).float().softmax(dim=1)
 
     @torch.inference_mode()
-    def predict_logits(self, images: torch.Tensor, tta: int | None = None, batch_size: int = 500) -> torch.Tensor:
-        """`logits` (uncalibrated) of any number of uint8 images, `batch_size` at a time on the module's device,
-        in eval mode; returned float32 on the CPU. Shows a progress bar past 20 batches."""
+    def predict_logits(
+        self, images: torch.Tensor, tta: int | None = None, batch_size: int = 500, calibrated: bool = False
+    ) -> torch.Tensor:
+        """`logits` of any number of uint8 images (N, C, H, W), `batch_size` at a time on the module's device, in
+        eval mode, without gradients; float32 (N, classes) on the CPU. Shows a progress bar past 20 batches."""
         self.eval()
         starts = range(0, len(images), batch_size)
         batches = tqdm(starts, desc="predicting", unit="batch", leave=False, disable=len(starts) <= 20)
-        out = [self.logits(images[i : i + batch_size].to(self.device), tta).float().cpu() for i in batches]
+        out = [self.logits(images[i : i + batch_size].to(self.device), tta, calibrated).float().cpu() for i in batches]
         return torch.cat(out) if out else torch.empty(0, len(self.hparams["class_names"]))
 
     # ------------------------------------------------------------------------------------- steps
-    STAGES = ("train", "val", "test")
-
     @staticmethod
     def logged_metrics(validates: bool = True) -> list[str]:
         """The metrics a training run logs each epoch (callbacks may watch these)."""

@@ -8,6 +8,8 @@
       config_tree.txt                          the composed config as printed at the start
       summary.json                             written last: a run that has it finished
       eval/<split>[_<data>]/                   evaluate.py's report, written whole or not at all
+      model.onnx                               export.py's model
+      mlflow_run.json                          with logger=mlflow: the MLflow run it logs to (tracking.py)
 
 Everything else in the project asks this module where a file of a run lives.
 """
@@ -70,6 +72,10 @@ class RunFolder:
     def config(self) -> Path:
         return self.path / ".hydra" / "config.yaml"
 
+    def export_file(self, format: str) -> Path:
+        """<run>/model.<format>: what export.py writes by default."""
+        return self.path / f"model.{format}"
+
     def eval_dir(self, split: str, data_root: Path | None = None) -> Path:
         """eval/<split>/ for the run's own data; data chosen on the command line gets eval/<split>_<its folder>/."""
         return self.path / "eval" / (split if data_root is None else f"{split}_{Path(data_root).name}")
@@ -120,16 +126,20 @@ class RunFolder:
     @contextlib.contextmanager
     def replace_folder(self, folder: Path) -> Iterator[Path]:
         """Yields an empty temporary folder beside `folder`; once the block ends without an error it replaces
-        `folder` whole (an error or a kill leaves the previous `folder` as it was)."""
+        `folder` whole. An error while the block runs leaves the previous `folder` as it was; the swap itself is two
+        renames (POSIX has no atomic exchange of folders), and a kill between them leaves the previous one as
+        `.<name>-old-*` beside it."""
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        old = tmp.with_name(f".{folder.name}-old-{tmp.name.rsplit('-', 1)[-1]}")
         try:
             yield tmp
             if folder.exists():
-                shutil.rmtree(folder)
+                folder.rename(old)
             tmp.rename(folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------- finding runs

@@ -13,12 +13,14 @@ never an interpolation (`${...}`). The user's own command line is not checked he
 import importlib
 import inspect
 import pkgutil
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning import models
 from cifar_lightning.errors import UserError
@@ -111,3 +113,93 @@ def run_data_config(config_file: Path) -> dict:
     config = {k: v for k, v in config.items() if k not in ("_target_", "batch_size")}
     check_arguments(ImageDataModule, config, "data")
     return config
+
+
+# A resumed run's saved config builds its trainer, callbacks and loggers too: their targets must come from here
+RUN_MODULES = (
+    "lightning.pytorch",
+    "lightning.pytorch.callbacks",
+    "lightning.pytorch.loggers",
+    "lightning.pytorch.profilers",
+    "lightning.pytorch.strategies",
+    "cifar_lightning.callbacks",
+    "cifar_lightning.checkpoints",
+    "cifar_lightning.data",
+    "cifar_lightning.module",
+)
+REFERENCE = re.compile(r"\$\{(\.*[A-Za-z_][\w.]*)\}")  # ${epochs}, ${optimizer.lr}, ${.accelerator}
+RESOLVERS = ("${fastest_precision:${.accelerator}}",)  # the project's own, which only reads the hardware
+
+
+def run_config(config_file: Path, output_dir: Path, trusted_modules: Sequence[str] = ()) -> DictConfig:
+    """A run folder's .hydra/config.yaml, for resume=: read as plain YAML, its interpolations only references
+    to its own keys (no resolver that reads the environment, the disk or the clock, but the precision's), every
+    `_target_` on an allow-list (nets, augmentations, optimizers and schedules as in checkpoints; the trainer,
+    callbacks, loggers, profilers, strategies of Lightning and this package; `trusted_modules`). Its
+    paths.output_dir (Hydra's interpolation) becomes `output_dir`, the run being resumed."""
+    try:
+        raw = yaml.safe_load(config_file.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_file} is not a readable run config ({type(e).__name__})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("paths"), dict):
+        raise UserError(f"{config_file} was refused: it is not a train config (no paths)")
+    raw["paths"]["output_dir"] = str(output_dir)
+    _check_interpolations(raw, config_file)
+    config = OmegaConf.create(raw)
+    try:
+        resolved = OmegaConf.to_container(config, resolve=True)
+    except Exception as e:  # a reference to a key that is not there
+        raise UserError(f"{config_file} was refused: {str(e).splitlines()[0]}") from None
+    assert isinstance(resolved, dict)
+    for kind, group in (("net", "model"), ("augmentation", "augmentation"), ("optimizer", "optimizer")):
+        if resolved.get(group) is not None or kind == "net":
+            _refused_in(config_file, check_model_config, resolved.get(group), kind, group, trusted_modules)
+    if resolved.get("scheduler") is not None:
+        _refused_in(config_file, check_model_config, resolved["scheduler"], "scheduler", "scheduler", trusted_modules)
+    for where, target in _targets(resolved):
+        module_name, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
+        allowed = module_name in (*RUN_MODULES, *trusted_modules)
+        obj = vars(importlib.import_module(module_name)).get(name) if allowed else None
+        if not inspect.isclass(obj):
+            raise UserError(
+                f"{config_file} was refused: {where}._target_={target!r} is not one of the classes a resumed run "
+                f"may build (what {', '.join(RUN_MODULES)} define; add your own with trusted_modules=[...])"
+            )
+    return config
+
+
+def _refused_in(config_file: Path, check: Any, *args: Any) -> None:
+    try:
+        check(*args)
+    except UserError as e:
+        raise UserError(f"{config_file} was refused: {e}") from None
+
+
+def _check_interpolations(node: Any, config_file: Path, where: str = "") -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_interpolations(value, config_file, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_interpolations(value, config_file, f"{where}[{i}]")
+    elif isinstance(node, str) and "${" in node and node not in RESOLVERS and "${" in REFERENCE.sub("", node):
+        raise UserError(
+            f"{config_file} was refused: {where}={node!r} calls a resolver; a run config may only refer to its own keys"
+        )
+
+
+def _targets(node: Any, where: str = "") -> list[tuple[str, Any]]:
+    """(path, _target_) of every config in `node` but the model groups (checked as in checkpoints) and the
+    module's copies of them."""
+    found = []
+    if isinstance(node, dict):
+        if "_target_" in node and where.split(".")[0] not in ("model", "augmentation", "optimizer", "scheduler"):
+            found.append((where, node["_target_"]))
+        for key, value in node.items():
+            if where == "module" and key in MODEL_CONFIGS:
+                continue
+            found += _targets(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _targets(value, f"{where}[{i}]")
+    return found

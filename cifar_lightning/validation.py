@@ -132,7 +132,7 @@ def fits(value: Any, expected: Any) -> bool:
         return all(fits(v, args[0] if args else typing.Any) for v in value)
     if origin is typing.Literal:
         return any(value == a and type(value) is type(a) for a in args)
-    if inspect.isclass(expected):  # a tensor, a module, ...: nothing a config or checkpoint should hold
+    if expected is not typing.Any and inspect.isclass(expected):  # a tensor, a module, ...: not in a config
         return False
     # Any, or an unannotated argument without a default: plain scalars and lists of them
     return isinstance(value, SCALARS) or (isinstance(value, (list, tuple)) and all(fits(v, typing.Any) for v in value))
@@ -245,15 +245,20 @@ def check_train_config(cfg: Any, options: type) -> None:
     for group in ("model", "augmentation", "optimizer", "scheduler"):
         if cfg.get(group) is not None:
             check_target(plain(cfg[group]), group)
-    fractional = not float(cfg.epochs).is_integer()
     trainer = {
         k: v
         for k, v in plain(cfg.trainer).items()
         # plugins and objects given as configs (a profiler) are built by Hydra, which names what it refuses;
-        # max_epochs is the run's length, set by train.build
-        if k != "plugins" and not (isinstance(v, dict) and "_target_" in v) and not (k == "max_epochs" and fractional)
+        # max_epochs is ${epochs} (maybe 9.9 or 2.0): the run's length, which train.build hands to the Trainer
+        if k != "plugins"
+        and not (isinstance(v, dict) and "_target_" in v)
+        and not (k == "max_epochs" and v == cfg.epochs)
     }
     check_target(trainer, "trainer")
+    if "max_epochs" in trainer:  # set apart from epochs, it would be ignored
+        raise UserError(
+            f"trainer.max_epochs={trainer['max_epochs']!r} differs from epochs={cfg.epochs}: set epochs instead"
+        )
     # Lightning divides by it unchecked
     check_value("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), ACCUMULATE)
     for group in ("callbacks", "logger"):

@@ -49,11 +49,11 @@ def test_killed_run_resumes_without_losing_or_repeating_an_epoch(tmp_path, kills
     process = start("data=synthetic", *FAST, "epochs=5", *SLOW, f"hydra.run.dir={run}")
     kill_mid_epoch(process, last, epoch=0)
     for kill in range(1, kills):
-        process = start(f"resume={run}")
+        process = start(f"resume={run}", "trusted_modules=[helpers]")
         kill_mid_epoch(process, last, epoch=kill)
     best_before = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
 
-    result = run_script("train.py", f"resume={run}", env=ENV)
+    result = run_script("train.py", f"resume={run}", "trusted_modules=[helpers]", env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert epochs_logged(run) == [0, 1, 2, 3, 4]
     assert torch.load(last, weights_only=True)["epoch"] == 4
@@ -91,7 +91,7 @@ def test_a_run_killed_at_any_point_resumes_and_loses_nothing(tmp_path, point):
         env=ENV,
     )
     assert first.returncode == -signal.SIGKILL and once.exists(), first.stderr[-2000:]
-    resumed = run_script("train.py", f"resume={run}", env=ENV)
+    resumed = run_script("train.py", f"resume={run}", "trusted_modules=[helpers]", env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     rows = read_metrics(run)

@@ -134,3 +134,35 @@ def test_a_crafted_run_config_is_refused_before_anything_is_built(finished, tmp_
     with pytest.raises(UserError, match=message.replace("$", r"\$").replace("[", r"\[")):
         evaluate(compose_config("evaluate", [f"ckpt={run}"]))
     assert not marker.exists() and not (run / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (  # a callback that would write a file: allowed on the command line, not from a run folder on disk
+            lambda c: c["callbacks"].update(
+                x={"_target_": "pathlib.Path.touch", "self": "{marker}"},
+            ),
+            "callbacks.x._target_='pathlib.Path.touch' is not one of the classes a resumed run may build",
+        ),
+        (lambda c: c["model"].update(_target_="os.system", command="touch {marker}"), "is not one of the nets"),
+        (lambda c: c["data"].update(root="${oc.env:HOME}"), "data.root='${oc.env:HOME}' calls a resolver"),
+        (lambda c: c["callbacks"]["model_checkpoint"].update(dirpath="${new_dir:{marker}}"), "calls a resolver"),
+    ],
+)
+def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tmp_path, edit, message):
+    import yaml
+
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
+    config = yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())
+    edit(config)
+    text = yaml.safe_dump(config).replace("{marker}", str(marker))
+    (run / ".hydra" / "config.yaml").write_text(text)
+    result = run_script("train.py", f"resume={run}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {run / '.hydra' / 'config.yaml'} was refused") and message in line, line
+    assert not marker.exists() and not (run / "summary.json").exists()

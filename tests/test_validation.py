@@ -107,3 +107,24 @@ def test_interpolations_that_do_not_resolve_are_one_line_naming_the_key(tmp_path
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {key}: ") and len(result.stderr.strip().splitlines()) <= 3
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unannotated_arguments_take_plain_values():
+    """torch's MultiStepLR (whose hints do not evaluate) takes its milestones; a tensor is still refused."""
+    from cifar_lightning.validation import check_target
+
+    config = {"_target_": "torch.optim.lr_scheduler.MultiStepLR", "_partial_": True, "milestones": [1, 2]}
+    check_target(config, "scheduler")
+    assert fits([1, "a", None], typing_any()) and not fits(torch.zeros(1), typing_any())
+
+
+def typing_any():
+    import typing
+
+    return typing.Any
+
+
+def test_epochs_written_as_a_whole_float_trains_and_max_epochs_apart_from_epochs_is_refused(tmp_path):
+    assert train_run(["data=synthetic", *FAST, "epochs=1.0"], tmp_path / "a")["epochs"] == 1
+    with pytest.raises(UserError, match=re.escape("trainer.max_epochs=5 differs from epochs=1: set epochs instead")):
+        train(quick(tmp_path, "trainer.max_epochs=5"))

@@ -168,7 +168,8 @@ def compute(cfg: DictConfig) -> Result:
             corruptions["names"],
             corruptions["severities"],
             corruptions["seed"],
-            int(corruptions["tta"] or 0),
+            # null: the checkpoint's own level, as tta= means for the clean split
+            model.hparams["tta"] if corruptions["tta"] is None else int(corruptions["tta"]),
             corruptions["batch_size"],
         )
         result.corruption_examples = (pixels[0], examples)

@@ -50,7 +50,7 @@ def export(cfg: DictConfig) -> Path:
     except ImportError:
         raise UserError('onnxruntime is not installed: pip install -e ".[export]"') from None
     checkpoint, model, datamodule = model_and_data(cfg, cfg.split)
-    out = Path(cfg.output) if cfg.output else RunFolder.of_checkpoint(checkpoint).path / "model.onnx"
+    out = Path(cfg.output) if cfg.output else RunFolder.of_checkpoint(checkpoint).export_file(cfg.format)
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
 
     graph = RawImagesToLogits(model).eval()

@@ -58,8 +58,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise UserError(f"none of the files matched by images={cfg.images} is a readable image")
 
     model.to(instantiate(cfg.trainer).strategy.root_device)
-    logits = model.predict_logits(torch.stack(images), None if cfg.tta is None else int(cfg.tta), cfg.batch_size)
-    probs = (logits / model.temperature.cpu()).softmax(dim=1)
+    tta = None if cfg.tta is None else int(cfg.tta)
+    probs = model.predict_logits(torch.stack(images), tta, cfg.batch_size, calibrated=True).softmax(dim=1)
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
     rows = [
         {"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)]}

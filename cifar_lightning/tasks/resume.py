@@ -2,6 +2,7 @@
 with the config it was started with, appending to its metrics.csv."""
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -9,11 +10,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cifar_lightning.checkpoints import AtomicCheckpointIO, load_checkpoint
 from cifar_lightning.errors import UserError
 from cifar_lightning.runs import RunFolder
+from cifar_lightning.trust import run_config
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path | None]:
@@ -36,18 +38,17 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         )
     if not run.config.is_file():
         raise UserError(f"resume={cfg.resume}: {run.config} does not exist, so the run's config is unknown")
-    config = OmegaConf.load(run.config)
-    config.paths.output_dir = str(run.path)
+    trusted = list(cfg.get("trusted_modules") or ())
+    config = run_config(run.config, run.path, trusted)  # from disk: checked before anything is built from it
     config.resume = None
-    config.trusted_modules = cfg.get("trusted_modules")
-    assert isinstance(config, DictConfig)  # a ListConfig has failed on config.paths above
+    config.trusted_modules = trusted
     return config, None if run.finished else last
 
 
-def read_last(last: Path, trusted_modules: list[str] | None = None) -> dict:
+def read_last(last: Path, trusted_modules: Sequence[str] = ()) -> dict:
     """The checkpoint to resume from, read and checked like any other before Lightning is given it."""
     try:
-        return load_checkpoint(last, trusted_modules or ())
+        return load_checkpoint(last, trusted_modules)
     except UserError as e:
         raise UserError(
             f"cannot resume: {e}. Start a new run, or copy checkpoints/best.ckpt over it to continue "

@@ -14,16 +14,17 @@ import torch
 from annotated_types import Ge, Gt, Interval
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning import tracking
 from cifar_lightning.calibration import fit_on_validation
-from cifar_lightning.callbacks import CountTrainingFlops, FitClock, StopAtMaxSteps
-from cifar_lightning.checkpoints import load_model, write_temperature
+from cifar_lightning.callbacks import CountTrainingFlops, StopAtMaxSteps
+from cifar_lightning.checkpoints import read_weights, write_temperature
 from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
-from cifar_lightning.module import ImageClassifier, plain
+from cifar_lightning.module import ImageClassifier
 from cifar_lightning.runs import RunFolder
 from cifar_lightning.tasks.resume import keep_best, keep_metrics, model_checkpoints, read_last
 from cifar_lightning.validation import check_train_config, refused, run_length
@@ -78,7 +79,7 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     try:
         trainer = instantiate(
             cfg.trainer,
-            callbacks=[*callbacks, CountTrainingFlops(), FitClock(), StopAtMaxSteps()],
+            callbacks=[*callbacks, CountTrainingFlops(), Timer(), StopAtMaxSteps()],
             logger=loggers,
             max_epochs=math.ceil(cfg.epochs),
             max_steps=max_steps,
@@ -150,11 +151,11 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     datamodule, module, trainer = build(cfg)
     if trainer.is_global_zero:
         run.mark_started()
-        if tree:  # written once nothing has refused the config: a refused run leaves no folder behind
+        if tree:  # written once nothing has refused the config: a refused run leaves no checkpoints or tree
             run.write("config_tree.txt", tree)
         tracking.start(trainer.loggers, cfg)
     if resume_from:
-        last = read_last(resume_from)
+        last = read_last(resume_from, cfg.get("trusted_modules") or ())
         keep_metrics(trainer, last)
         keep_best(trainer, last, resume_from)
 
@@ -162,8 +163,9 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     # read now: testing from best.ckpt restores the states saved with it
     callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it, undeclared
     cost = next(c for c in callbacks if isinstance(c, CountTrainingFlops))
-    clock = next(c for c in callbacks if isinstance(c, FitClock))
-    training_flops, fit_seconds = cost.total_flops, clock.seconds
+    # Lightning's Timer keeps the training time in checkpoints: a resumed run adds on
+    timer = next(c for c in callbacks if isinstance(c, Timer))
+    training_flops, fit_seconds = cost.total_flops, timer.time_elapsed("train")
 
     # best.ckpt's: the one that watches val/acc, else (nothing validated) the last configured, which follows the epochs
     checkpoints = model_checkpoints(trainer)
@@ -185,7 +187,7 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         summary.update(test_acc=results[0]["test/acc"], test_loss=results[0]["test/loss"])
     if trainer.is_global_zero:
-        path = run.write("summary.json", json.dumps(summary, indent=2) + "\n")
+        path = run.write(run.summary.name, json.dumps(summary, indent=2) + "\n")
         tracking.finish(trainer.loggers, summary, path)
         log.info(
             "best val acc %s | test acc %s | wall time %.0f s | %s",
@@ -216,8 +218,9 @@ def calibrate(
             Path(cfg.paths.output_dir),
         )
         return 1.0
-    best = load_model(Path(best_path)).to(trainer.strategy.root_device)
-    temperature = fit_on_validation(best, datamodule.splits["val"], datamodule.eval_batch_size)
+    # the run's own best weights into the module: trainer.test loads them again, with the temperature written below
+    module.load_state_dict(read_weights(Path(best_path)))
+    temperature = fit_on_validation(module, datamodule.splits["val"], datamodule.eval_batch_size)
     module.temperature.fill_(temperature)
     for path in {c.best_model_path for c in model_checkpoints(trainer) if c.best_model_path}:
         write_temperature(Path(path), temperature)
@@ -244,8 +247,3 @@ def hardware(trainer: L.Trainer) -> dict[str, Any]:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def plain_options(cfg: DictConfig) -> dict:
-    """The run's own keys (not the groups) as plain values."""
-    return {k: plain(v) for k, v in cfg.items() if not isinstance(v, DictConfig)}
