@@ -94,7 +94,9 @@ class KillAt(L.Callback):
 
             checkpoints.torch.save, checkpoints.os.replace = saving, replacing
         if point == "summary":
-            write = checkpoints.write_atomic
+            import cifar_lightning.runs as runs
+
+            write = runs.write_atomic
 
             def writing(path, text):
                 if path.name == "summary.json":
@@ -102,9 +104,7 @@ class KillAt(L.Callback):
                     self.kill()
                 return write(path, text)
 
-            import cifar_lightning.tasks.train as train
-
-            train.write_atomic = writing
+            runs.write_atomic = writing  # RunFolder.write writes every file of the run folder through it
 
     def kill(self):
         import os

@@ -87,4 +87,4 @@ def test_onnx_export_matches_pytorch(tmp_path):
             expected = (model(model.normalize(torch.from_numpy(images))) / model.temperature).numpy()
         assert got.shape == (batch, 10) and np.abs(got - expected).max() < 1e-4
     bad = run_script("export.py", f"ckpt={run}", "format=tflite")
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: format=tflite")
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: format='tflite'")

@@ -40,7 +40,8 @@ def test_mlflow_run_holds_the_config_epoch_metrics_summary_tags_and_evaluation(t
     attached = {a.path for a in client.list_artifacts(run_id, "eval/test")}
     assert {"eval/test/metrics.json", "eval/test/report.md", "eval/test/confusion_matrix.png"} <= attached
 
-    # resumed, the run goes on logging to its own MLflow run
+    # killed before its summary and resumed, the run goes on logging to its own MLflow run
+    (run / "summary.json").unlink()
     resumed = run_script("train.py", f"resume={run}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run_id]
@@ -48,6 +49,7 @@ def test_mlflow_run_holds_the_config_epoch_metrics_summary_tags_and_evaluation(t
 
     # a record naming a run the store does not hold: one line, no traceback
     (run / "mlflow_run.json").write_text(json.dumps({"tracking_uri": client.tracking_uri, "run_id": "f" * 32}))
+    (run / "summary.json").unlink()  # not finished, so there is something to resume
     refused = run_script("train.py", f"resume={run}")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith("error: ") and "does not hold" in refused.stderr

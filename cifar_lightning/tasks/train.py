@@ -61,7 +61,7 @@ def print_config(cfg: DictConfig) -> bool:
 def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
     """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a checked
     config. Callbacks and loggers are built before the data loads, so that their refusals come first; the trainer
-    after it, with the run's length in optimizer steps (validation.run_length)."""
+    after it, with the run's length (validation.run_length checks it: at least one optimizer step)."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     try:
@@ -75,7 +75,10 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     except InstantiationException as e:
         raise refused(group, e) from None
     datamodule.setup("fit")
-    max_steps = run_length(cfg, datamodule, processes, callbacks)
+    steps = run_length(cfg, datamodule, processes, callbacks)
+    # whole epochs end the run by max_epochs, as Lightning counts them (a resumed last epoch stays counted);
+    # a fractional one also by the optimizer step inside the last epoch
+    max_steps = -1 if float(cfg.epochs).is_integer() else steps
     try:
         trainer = instantiate(
             cfg.trainer,
