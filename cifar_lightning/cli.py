@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,7 @@ from rich.tree import Tree
 from cifar_lightning import precision
 from cifar_lightning.console import quiet
 from cifar_lightning.errors import UserError
+from cifar_lightning.runs import RunFolder
 
 
 @contextlib.contextmanager
@@ -34,7 +36,10 @@ def exit_on_user_error() -> Iterator[None]:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
+            raise  # the sweep's summary lists the failed job by its folder
+        if HydraConfig.initialized():  # a run refused before it started leaves no folder behind
+            logging.shutdown()  # train.log closed first
+            RunFolder(HydraConfig.get().runtime.output_dir).discard_if_unused()
         sys.exit(1)
 
 

@@ -79,7 +79,7 @@ def _download_cifar(name: str, root: Path) -> None:
     except Exception as e:
         raise UserError(
             f"{name} is not in {root / spec.base_folder} and could not be downloaded ({type(e).__name__}). "
-            f"Put the python-version batches there (from {spec.url}), or see README.md, section Data"
+            f"Put the python-version batches there (from {spec.url}), or see README.md, section Set-up"
         ) from None
 
 

@@ -15,6 +15,7 @@ Everything else in the project asks this module where a file of a run lives.
 """
 
 import contextlib
+import csv
 import json
 import os
 import re
@@ -115,6 +116,41 @@ class RunFolder:
             values = json.loads(self.summary.read_text())
             return values if isinstance(values, dict) else {}
         return {}
+
+    def keep_metrics(self, step: int, epoch: int, epoch_metrics: dict[str, float]) -> None:
+        """metrics.csv cut to the rows of the optimizer steps before `step` (a resumed checkpoint's global step:
+        the rows of an epoch cut short go, it runs again), plus a row of `epoch_metrics` (that checkpoint's epoch,
+        saved in it) for the metrics whose row the kill kept from the file."""
+        header: list[str] = []
+        rows: list[dict[str, str]] = []
+        if self.metrics_csv.is_file():
+            with open(self.metrics_csv, newline="") as f:
+                reader = csv.DictReader(f)
+                header, rows = list(reader.fieldnames or []), [r for r in reader if int(r["step"]) < step]
+        missing = {
+            k: v for k, v in epoch_metrics.items() if not any(r["epoch"] == str(epoch) and r.get(k) for r in rows)
+        }
+        if missing:
+            header += [k for k in ("epoch", "step", *missing) if k not in header]
+            rows.append({"epoch": str(epoch), "step": str(step - 1), **{k: str(v) for k, v in missing.items()}})
+        if header:
+            tmp = self.metrics_csv.with_name(f".{self.metrics_csv.name}.tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.metrics_csv)
+
+    def discard_if_unused(self) -> bool:
+        """Removes the folder when a run refused before it started left nothing in it but what Hydra writes first
+        (.hydra/, train.log); anything else (a start record, a checkpoint, a file of the user's) keeps it. Returns
+        whether it was removed."""
+        if not self.path.is_dir() or (self.path / "run.json").exists():
+            return False
+        if not {p.name for p in self.path.iterdir()} <= {".hydra", "train.log"}:
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
 
     # ------------------------------------------------------------------------------------- writing
     def write(self, name: str, text: str) -> Path:

@@ -67,7 +67,8 @@ def allowed_target(target: Any, kind: str, where: str, trusted_modules: Sequence
         return obj  # a factory of ours (optim, schedules) or of a trusted module
     raise UserError(
         f"{where}._target_={target!r} is not one of the {kind}s this project loads from a file (allowed: what "
-        f"{', '.join([*modules, *trusted_modules])} define; add your own module with trusted_modules=[...])"
+        f"{', '.join([*modules, *trusted_modules])} define; if you trust this file and that code, add "
+        f"its module as written there: trusted_modules=[{module_name or '...'}])"
     )
 
 
@@ -125,6 +126,7 @@ RUN_MODULES = (
     "cifar_lightning.callbacks",
     "cifar_lightning.checkpoints",
     "cifar_lightning.data",
+    "cifar_lightning.loggers",
     "cifar_lightning.module",
 )
 REFERENCE = re.compile(r"\$\{(\.*[A-Za-z_][\w.]*)\}")  # ${epochs}, ${optimizer.lr}, ${.accelerator}

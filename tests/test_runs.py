@@ -127,3 +127,25 @@ def test_fit_seconds_of_a_killed_and_resumed_run_count_both_parts(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["fit_seconds"] >= round(before, 1) + 0.05 * 5  # the resumed epoch's slowed steps on top
+
+
+def test_a_run_refused_before_it_started_leaves_no_folder_and_other_folders_stay(tmp_path):
+    refused = run_script("train.py", "data=synthetic", "epochs=0", f"paths.root={tmp_path}")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: epochs=0")
+    assert not list((tmp_path / "runs").iterdir())  # Hydra had made one, with .hydra/ and train.log
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("a file of the user's")
+    again = run_script("train.py", "data=synthetic", "epochs=0", f"hydra.run.dir={kept}")
+    assert again.returncode == 1 and (kept / "notes.txt").read_text() == "a file of the user's"
+
+
+def test_discard_keeps_a_folder_that_holds_anything_but_what_hydra_writes_first(tmp_path):
+    empty = RunFolder(tmp_path / "a")
+    (empty.path / ".hydra").mkdir(parents=True)
+    (empty.path / "train.log").write_text("")
+    started = RunFolder(tmp_path / "b")
+    (started.path / ".hydra").mkdir(parents=True)
+    started.mark_started()
+    assert empty.discard_if_unused() and not empty.path.exists()
+    assert not started.discard_if_unused() and started.path.exists()

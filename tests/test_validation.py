@@ -84,7 +84,9 @@ def test_the_command_line_may_name_any_importable_net(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
     from cifar_lightning.checkpoints import load_model
 
-    with pytest.raises(UserError, match="add your own module with trusted_modules"):
+    with pytest.raises(
+        UserError, match=re.escape("add its module as written there: trusted_modules=[torchvision.models]")
+    ):
         load_model(checkpoint)
     model = load_model(checkpoint, trusted_modules=["torchvision.models"])
     images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)

@@ -1,7 +1,6 @@
 """`python train.py resume=RUN|latest`: continue an interrupted run in its own folder, from its last.ckpt,
 with the config it was started with, appending to its metrics.csv."""
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -9,7 +8,6 @@ from typing import cast
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 from cifar_lightning.checkpoints import AtomicCheckpointIO, load_checkpoint
@@ -40,6 +38,10 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         raise UserError(f"resume={cfg.resume}: {run.config} does not exist, so the run's config is unknown")
     trusted = list(cfg.get("trusted_modules") or ())
     config = run_config(run.config, run.path, trusted)  # from disk: checked before anything is built from it
+    csv_logger = (config.get("logger") or {}).get("csv")
+    if csv_logger is not None and csv_logger.get("_target_") == "lightning.pytorch.loggers.CSVLogger":
+        # a run from before the project's CSVLogger: Lightning's would delete the rows it has
+        csv_logger["_target_"] = "cifar_lightning.loggers.CSVLogger"
     config.resume = None
     config.trusted_modules = trusted
     return config, None if run.finished else last
@@ -54,39 +56,6 @@ def read_last(last: Path, trusted_modules: Sequence[str] = ()) -> dict:
             f"cannot resume: {e}. Start a new run, or copy checkpoints/best.ckpt over it to continue "
             f"from the best epoch"
         ) from None
-
-
-def keep_metrics(trainer: L.Trainer, checkpoint: dict) -> None:
-    """Lightning's CSVLogger starts metrics.csv afresh; put back the rows of the epochs the checkpoint
-    completed (dropping those of the epoch that was cut short, which is about to run again). A run killed after
-    its checkpoints but before Lightning wrote that epoch's rows gets them from the checkpoint itself."""
-    global_step = checkpoint["global_step"]
-    for logger in trainer.loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        path = Path(logger.log_dir) / "metrics.csv"
-        header: list[str] = []
-        rows: list[dict[str, str]] = []
-        if path.is_file():
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                # fieldnames is a list (typeshed: a Sequence)
-                header, rows = list(reader.fieldnames or []), [r for r in reader if int(r["step"]) < global_step]
-        epoch = str(checkpoint["epoch"])
-        missing = {
-            k: v
-            for k, v in checkpoint.get("epoch_metrics", {}).items()
-            if not any(r["epoch"] == epoch and r.get(k) for r in rows)
-        }
-        if missing:
-            header += [k for k in ("epoch", "step", *missing) if k not in header]
-            rows.append({"epoch": epoch, "step": str(global_step - 1), **missing})
-        writer = logger.experiment  # created now: this is when it removes the old file
-        with open(path, "w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=header)
-            out.writeheader()
-            out.writerows(rows)
-        writer.metrics_keys = list(header)
 
 
 def model_checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:

@@ -14,7 +14,7 @@ import torch
 from annotated_types import Ge, Gt, Interval
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,7 +26,7 @@ from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.runs import RunFolder
-from cifar_lightning.tasks.resume import keep_best, keep_metrics, model_checkpoints, read_last
+from cifar_lightning.tasks.resume import keep_best, model_checkpoints, read_last
 from cifar_lightning.validation import check_train_config, refused, run_length
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a checked
     config. Callbacks and loggers are built before the data loads, so that their refusals come first; the trainer
     after it, with the run's length (validation.run_length checks it: at least one optimizer step)."""
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config tree and summary
     datamodule = instantiate(cfg.data)
     try:
         group = "trainer"
@@ -159,8 +159,10 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         tracking.start(trainer.loggers, cfg)
     if resume_from:
         last = read_last(resume_from, cfg.get("trusted_modules") or ())
-        keep_metrics(trainer, last)
+        run.keep_metrics(last["global_step"], last["epoch"], last.get("epoch_metrics", {}))
         keep_best(trainer, last, resume_from)
+    elif trainer.is_global_zero:
+        run.metrics_csv.unlink(missing_ok=True)  # a new run in a folder used before: its rows only
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     # read now: testing from best.ckpt restores the states saved with it
@@ -192,6 +194,9 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     if trainer.is_global_zero:
         path = run.write(run.summary.name, json.dumps(summary, indent=2) + "\n")
         tracking.finish(trainer.loggers, summary, path)
+        stopped = next((c for c in callbacks if isinstance(c, EarlyStopping) and c.stopped_epoch), None)
+        if stopped is not None:
+            log.info("early stopping: %s did not improve for %d epochs", stopped.monitor, stopped.patience)
         log.info(
             "best val acc %s | test acc %s | wall time %.0f s | %s",
             _pct(summary["best_val_acc"]),
