@@ -92,6 +92,14 @@ def train_run(overrides, run_dir: Path) -> dict:
     return train(cfg)
 
 
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory):
+    """One finished training run on synthetic data, shared read-only by the tests that need a checkpoint."""
+    run = tmp_path_factory.mktemp("synthetic") / "run"
+    train_run([*FAST, "data=synthetic"], run)
+    return run
+
+
 # Overrides that make a training run take seconds: tiny data, no progress bar.
 FAST = [
     "epochs=1",

@@ -9,7 +9,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, run_script, train_run
+from conftest import run_script
 from PIL import ExifTags, Image
 
 from cifar_lightning.data import ImageDataModule, make_synthetic, read_image
@@ -290,21 +290,14 @@ def test_a_folder_tree_reads_rotated_and_16bit_images_upright(tmp_path):
         assert any(lab == label and torch.equal(img, want) for img, lab in zip(train.images, train.labels)), label
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict-exif") / "run"
-    train_run([*FAST, "data=synthetic"], out)
-    return out
-
-
-def test_predict_gives_a_rotated_photo_and_its_upright_twin_the_same_answer(checkpoint, tmp_path):
+def test_predict_gives_a_rotated_photo_and_its_upright_twin_the_same_answer(synthetic_run, tmp_path):
     data = make_synthetic(num_train=20, num_test=0)
     upright = data.train_images[0].permute(1, 2, 0).numpy()  # a training picture: the net has a class for it
     Image.fromarray(np.rot90(upright, 1)).save(tmp_path / "rotated.jpg", exif=exif(6), quality=95)
     with Image.open(tmp_path / "rotated.jpg") as decoded:  # the upright twin of exactly the decoded pixels
         Image.fromarray(np.rot90(np.asarray(decoded), -1)).save(tmp_path / "upright.png")
     out = tmp_path / "out.csv"
-    result = run_script("predict.py", f"ckpt={checkpoint}", f"images={tmp_path}/*", f"csv={out}", "tta=0")
+    result = run_script("predict.py", f"ckpt={synthetic_run}", f"images={tmp_path}/*", f"csv={out}", "tta=0")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out) as f:
         rows = {r["path"].rsplit("/", 1)[1]: r for r in csv.DictReader(f)}

@@ -5,17 +5,15 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST, ROOT, run_script, train_run
+from conftest import ROOT, run_script
 from PIL import Image
 
 from cifar_lightning.tasks import summarize
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict") / "run"
-    train_run([*FAST, "data=synthetic"], out)
-    return out
+@pytest.fixture
+def run(synthetic_run):
+    return synthetic_run
 
 
 def test_predict_prints_top3_skips_unreadable_files_and_writes_csv(run, tmp_path):

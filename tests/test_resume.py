@@ -74,10 +74,10 @@ def read_metrics(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("point", KillAt.POINTS)
-def test_a_run_killed_at_any_point_resumes_and_loses_nothing(tmp_path, point):
+def killed_and_resumed(tmp_path, point, *extra):
+    """A 2-epoch run SIGKILLed once at `point` of its last epoch, then resumed to the end; returns its folder and
+    the `callbacks` state of the last.ckpt the kill left."""
     run, once = tmp_path / "run", tmp_path / "killed"
-    """Killed in the last of 2 epochs (or after it): the resumed run ends as an uninterrupted one would."""
     first = run_script(
         "train.py",
         "data=synthetic",
@@ -87,12 +87,21 @@ def test_a_run_killed_at_any_point_resumes_and_loses_nothing(tmp_path, point):
         "+callbacks.kill._target_=helpers.KillAt",
         f"+callbacks.kill.point={point}",
         f"+callbacks.kill.once={once}",
+        *extra,
         f"hydra.run.dir={run}",
         env=ENV,
     )
     assert first.returncode == -signal.SIGKILL and once.exists(), first.stderr[-2000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
     resumed = run_script("train.py", f"resume={run}", "trusted_modules=[helpers]", env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return run, saved
+
+
+@pytest.mark.parametrize("point", KillAt.POINTS)
+def test_a_run_killed_at_any_point_resumes_and_loses_nothing(tmp_path, point):
+    """Killed in the last of 2 epochs (or after it): the resumed run ends as an uninterrupted one would."""
+    run, _ = killed_and_resumed(tmp_path, point)
 
     rows = read_metrics(run)
     val = [(int(r["epoch"]), float(r["val/acc"])) for r in rows if r["val/acc"]]
@@ -120,3 +129,12 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path, args, message):
     result = run_script("train.py", *(a.format(tmp=tmp_path) for a in args))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_fit_seconds_of_a_killed_and_resumed_run_count_both_parts(tmp_path):
+    slow = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.05"]
+    run, saved = killed_and_resumed(tmp_path, "train_step", *slow)
+    before = next(v["time_elapsed"]["train"] for k, v in saved.items() if k.startswith("Timer"))
+    assert before > 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["fit_seconds"] >= round(before, 1) + 0.05 * 5  # the resumed epoch's slowed steps on top

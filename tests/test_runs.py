@@ -5,7 +5,6 @@ import os
 import time
 
 import pytest
-import torch
 from conftest import FAST, run_script
 
 from cifar_lightning.errors import UserError
@@ -98,35 +97,6 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
             log.startswith(before) and log[len(before) :].count("\n") == 1 and "finished already" in log[len(before) :]
         )
         before = log
-
-
-@pytest.mark.slow
-def test_fit_seconds_of_a_killed_and_resumed_run_count_both_parts(tmp_path):
-    from conftest import HELPERS_ENV as ENV
-
-    run, once = tmp_path / "run", tmp_path / "killed"
-    first = run_script(
-        "train.py",
-        "data=synthetic",
-        *FAST,
-        "epochs=2",
-        "callbacks.early_stopping=null",
-        "+callbacks.kill._target_=helpers.KillAt",
-        "+callbacks.kill.point=train_step",
-        f"+callbacks.kill.once={once}",
-        "+callbacks.slow._target_=helpers.SlowSteps",
-        "+callbacks.slow.seconds=0.05",
-        f"hydra.run.dir={run}",
-        env=ENV,
-    )
-    assert once.exists(), first.stderr[-2000:]
-    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
-    before = next(v["time_elapsed"]["train"] for k, v in saved.items() if k.startswith("Timer"))
-    assert before > 0
-    resumed = run_script("train.py", f"resume={run}", "trusted_modules=[helpers]", env=ENV)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["fit_seconds"] >= round(before, 1) + 0.05 * 5  # the resumed epoch's slowed steps on top
 
 
 def test_a_run_refused_before_it_started_leaves_no_folder_and_other_folders_stay(tmp_path):

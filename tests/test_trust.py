@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import FAST, run_script, start_script, train_run
+from conftest import FAST, run_script, start_script
 from conftest import HELPERS_ENV as ENV
 
 from cifar_lightning.checkpoints import load_checkpoint
@@ -66,11 +66,9 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_checkpoints_before(
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    run = tmp_path_factory.mktemp("trust") / "run"
-    train_run([*FAST, "data=synthetic"], run)
-    return run
+@pytest.fixture
+def finished(synthetic_run):
+    return synthetic_run
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "pickle that runs code"])
