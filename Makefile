@@ -38,7 +38,7 @@ test-fast: $(PYTHON)
 benchmark: $(PYTHON)
 	$(PYTHON) benchmarks/throughput.py $(ARGS)
 
-# The README's speed/accuracy figure: six recipes trained one after another (about 45 minutes on 2 CPU cores),
+# The README's speed/accuracy figure: six recipes trained one after another (the longest job here),
 # then plotted into docs/frontier.png. On the shared data copy: make frontier ARGS=data.verify=false
 frontier: $(PYTHON)
 	@test ! -e outputs/multiruns/frontier || { echo "error: outputs/multiruns/frontier exists: move it away \

@@ -308,7 +308,7 @@ def describe_machine(hardware: dict | None) -> str:
     if not hardware:
         return "a machine not recorded"
     device = hardware["gpu"] or f"{hardware['cpu']}, {hardware['threads']} threads"
-    precision = f", {hardware['precision']}" if "precision" in hardware else ""  # not recorded before 2026-11-26
+    precision = f", {hardware['precision']}" if "precision" in hardware else ""  # older summaries do not record it
     return f"{device}, torch {hardware['torch']}{precision}"
 
 
