@@ -52,11 +52,13 @@ def test_runs_without_a_start_record_are_dated_by_their_folder_name(tmp_path):
 
 def test_a_run_records_its_start_once(tmp_path):
     run = claim(tmp_path)
+    before = time.time()
     run.mark_started()
+    after = time.time()
     first = run.started
     time.sleep(0.01)
     run.mark_started()  # a resume
-    assert run.started == first and first > time.time() - 60
+    assert run.started == first and before <= first <= after  # no bound on how long anything took
 
 
 def test_newest_ignores_runs_without_that_checkpoint(tmp_path):
