@@ -57,6 +57,16 @@ class RunFolder:
         return cls(checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent)
 
     # ------------------------------------------------------------------------------------- layout
+    @property
+    def root(self) -> Path | None:
+        """The runs root that holds this folder by the layout (<root>/runs/<run>, <root>/multiruns/<sweep>/<job>),
+        or None for a folder placed elsewhere (hydra.run.dir=...)."""
+        if self.path.parent.name == "runs":
+            return self.path.parent.parent
+        if self.path.parent.parent.name == "multiruns":
+            return self.path.parent.parent.parent
+        return None
+
     def checkpoint(self, name: str) -> Path:
         """<run>/checkpoints/<name>.ckpt (name: best or last)."""
         return self.path / "checkpoints" / f"{name}.ckpt"

@@ -133,19 +133,28 @@ REFERENCE = re.compile(r"\$\{(\.*[A-Za-z_][\w.]*)\}")  # ${epochs}, ${optimizer.
 RESOLVERS = ("${fastest_precision:${.accelerator}}",)  # the project's own, which only reads the hardware
 
 
-def run_config(config_file: Path, output_dir: Path, trusted_modules: Sequence[str] = ()) -> DictConfig:
+def run_config(
+    config_file: Path, output_dir: Path, paths_root: str | Path, trusted_modules: Sequence[str] = ()
+) -> DictConfig:
     """A run folder's .hydra/config.yaml, for resume=: read as plain YAML, its interpolations only references
     to its own keys (no resolver that reads the environment, the disk or the clock, but the precision's), every
     `_target_` on an allow-list (nets, augmentations, optimizers and schedules as in checkpoints; the trainer,
-    callbacks, loggers, profilers, strategies of Lightning and this package; `trusted_modules`). Its
-    paths.output_dir (Hydra's interpolation) becomes `output_dir`, the run being resumed."""
+    callbacks, loggers, profilers, strategies of Lightning and this package; `trusted_modules`), and nothing it
+    builds writing outside `output_dir` (see `_check_writes`). Its `paths` are not trusted: paths.output_dir
+    becomes `output_dir`, the run being resumed, and paths.root `paths_root`, the caller's.
+
+    Raises:
+        UserError: one line naming the file and the key refused."""
     try:
         raw = yaml.safe_load(config_file.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file} is not a readable run config ({type(e).__name__})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("paths"), dict):
         raise UserError(f"{config_file} was refused: it is not a train config (no paths)")
-    raw["paths"]["output_dir"] = str(output_dir)
+    saved_root = raw["paths"].get("root")
+    same_root = isinstance(saved_root, str) and Path(saved_root).resolve() == Path(paths_root).resolve()
+    # the saved spelling when it names the same folder: MLflow refuses a logged parameter that changes
+    raw["paths"].update(root=saved_root if same_root else str(paths_root), output_dir=str(output_dir))
     _check_interpolations(raw, config_file)
     config = OmegaConf.create(raw)
     try:
@@ -167,7 +176,51 @@ def run_config(config_file: Path, output_dir: Path, trusted_modules: Sequence[st
                 f"{config_file} was refused: {where}._target_={target!r} is not one of the classes a resumed run "
                 f"may build (what {', '.join(RUN_MODULES)} define; add your own with trusted_modules=[...])"
             )
+    _check_writes(resolved, output_dir, config_file)
     return config
+
+
+# Where a trainer, callback, logger or profiler config sends files: folders, a file name inside its folder, and
+# MLflow's store (null: the project's, under paths.root)
+FOLDER_KEYS = ("default_root_dir", "dirpath", "save_dir", "log_dir", "root_dir")
+FILE_KEYS = ("filename",)
+STORE_KEYS = ("tracking_uri", "artifact_location")
+REMOTE_STORE = re.compile(r"(https?|databricks)://")  # a tracking server: nothing written here
+
+
+def _check_writes(resolved: dict, output_dir: Path, config_file: Path) -> None:
+    """Refuses a resumed run's config that sends a file outside the run folder: every folder key of the trainer,
+    callbacks and loggers lies inside it, no file name leaves its folder, an MLflow store is a server or null."""
+    run = output_dir.resolve()
+    for where, key, value in _leaves({k: resolved.get(k) for k in ("trainer", "callbacks", "logger")}):
+        if value is None:
+            continue
+        if key in FOLDER_KEYS:
+            inside = Path(str(value)).resolve().is_relative_to(run)
+        elif key in FILE_KEYS:
+            inside = not Path(str(value)).is_absolute() and ".." not in Path(str(value)).parts
+        elif key in STORE_KEYS:
+            inside = REMOTE_STORE.match(str(value)) is not None
+        else:
+            continue
+        if not inside:
+            raise UserError(
+                f"{config_file} was refused: {where}={value!r} would make the resumed run write outside its "
+                f"folder {output_dir}"
+            )
+
+
+def _leaves(node: Any, where: str = "") -> list[tuple[str, str, Any]]:
+    """(path, key, value) of every value of a nested dict, lists included."""
+    found = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        path = f"{where}.{key}" if isinstance(key, str) and where else f"{where}[{key}]" if where else str(key)
+        if isinstance(value, (dict, list)):
+            found += _leaves(value, path)
+        else:
+            found.append((path, str(key), value))
+    return found
 
 
 def _refused_in(config_file: Path, check: Any, *args: Any) -> None:

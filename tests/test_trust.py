@@ -134,6 +134,9 @@ def test_a_crafted_run_config_is_refused_before_anything_is_built(finished, tmp_
     assert not marker.exists() and not (run / "eval").exists()
 
 
+OUTSIDE = "would make the resumed run write outside its folder"
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -146,6 +149,17 @@ def test_a_crafted_run_config_is_refused_before_anything_is_built(finished, tmp_
         (lambda c: c["model"].update(_target_="os.system", command="touch {marker}"), "is not one of the nets"),
         (lambda c: c["data"].update(root="${oc.env:HOME}"), "data.root='${oc.env:HOME}' calls a resolver"),
         (lambda c: c["callbacks"]["model_checkpoint"].update(dirpath="${new_dir:{marker}}"), "calls a resolver"),
+        # plain values that would send the resumed run's files elsewhere
+        (lambda c: c["callbacks"]["model_checkpoint"].update(dirpath="{marker}"), OUTSIDE),
+        (lambda c: c["logger"]["csv"].update(save_dir="{marker}"), OUTSIDE),
+        (lambda c: c["trainer"].update(default_root_dir="{marker}/.."), OUTSIDE),
+        (lambda c: c["callbacks"]["last_checkpoint"].update(filename="../../last"), OUTSIDE),
+        (
+            lambda c: c["logger"].update(
+                mlflow={"_target_": "lightning.pytorch.loggers.MLFlowLogger", "tracking_uri": "sqlite:///{marker}"}
+            ),
+            OUTSIDE,
+        ),
     ],
 )
 def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tmp_path, edit, message):
@@ -164,3 +178,20 @@ def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tm
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {run / '.hydra' / 'config.yaml'} was refused") and message in line, line
     assert not marker.exists() and not (run / "summary.json").exists()
+
+
+def test_a_run_configs_own_paths_root_is_not_where_the_resume_writes(finished, tmp_path):
+    """paths.root decides where MLflow's store goes: a resumed run takes the command's, not the folder's."""
+    import yaml
+
+    run, marker, root = tmp_path / "run", tmp_path / "marker", tmp_path / "root"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
+    config = yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())
+    config["paths"]["root"] = str(marker)
+    config["logger"] = {"mlflow": {"_target_": "lightning.pytorch.loggers.MLFlowLogger", "experiment_name": "x"}}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_script("train.py", f"resume={run}", f"paths.root={root}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (root / "mlflow.db").is_file() and not marker.exists() and (run / "summary.json").is_file()
