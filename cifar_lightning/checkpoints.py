@@ -4,13 +4,17 @@ trust.py has checked them."""
 
 import os
 import pickle
+import shutil
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
 from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier
@@ -37,6 +41,80 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class BestCheckpoint(Checkpoint):
+    """checkpoints/best.ckpt: a copy of last.ckpt from the epoch whose `monitor` was best so far (of every epoch's
+    when `monitor` is None, as with nothing to validate).
+
+    Why a copy, not a second ModelCheckpoint(monitor=...): two callbacks write two files one after the other, and
+    a run killed between them resumes with best.ckpt and last.ckpt disagreeing, which only rewriting
+    ModelCheckpoint's state inside the checkpoint could mend. Here the best epoch travels in last.ckpt as this
+    callback's own state (decided at validation, before the epoch's checkpoint is saved), the copy follows the save
+    (Lightning runs checkpoint callbacks after the others, in their configured order: configs/callbacks/ lists
+    last.ckpt's first), and a resumed run repeats a copy that a kill cut off.
+
+    Args:
+        dirpath: the run's checkpoints/ folder, holding `<source>.ckpt` (saved each epoch by a ModelCheckpoint
+            with save_on_train_epoch_end=True) and `<filename>.ckpt`.
+        monitor: the logged metric that ranks epochs (a float scalar), or None.
+        mode: "max" or "min": which way `monitor` is better.
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        monitor: str | None = "val/acc",
+        mode: Literal["max", "min"] = "max",
+        filename: str = "best",
+        source: str = "last",
+    ):
+        self.dirpath, self.monitor, self.mode = Path(dirpath), monitor, mode
+        self.path, self.source = self.dirpath / f"{filename}.ckpt", self.dirpath / f"{source}.ckpt"
+        self.best_model_score: float | None = None
+        self.best_epoch: int | None = None
+
+    @property
+    def best_model_path(self) -> str:
+        """best.ckpt once an epoch has been chosen, else ""."""
+        return str(self.path) if self.best_epoch is not None else ""
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        score = trainer.callback_metrics.get(self.monitor) if self.monitor else None
+        if trainer.sanity_checking or trainer.fast_dev_run or score is None:  # type: ignore[attr-defined]
+            return
+        best = self.best_model_score
+        if best is None or (float(score) > best if self.mode == "max" else float(score) < best):
+            self.best_model_score, self.best_epoch = float(score), trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:  # type: ignore[attr-defined]  # Lightning sets it, undeclared; it saves nothing
+            return
+        if self.monitor is None:
+            self.best_epoch = trainer.current_epoch
+        if self.best_epoch == trainer.current_epoch:
+            self._copy(trainer, self.source)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # resuming from the checkpoint of the best epoch: its copy may be the one a kill cut off
+        state, epoch = checkpoint.get("callbacks", {}).get(self.state_key, {}), checkpoint.get("epoch")
+        was_best = self.monitor is None or (state.get("monitor") == self.monitor and state.get("best_epoch") == epoch)
+        if trainer.state.fn == TrainerFn.FITTING and trainer.ckpt_path and was_best:
+            self._copy(trainer, Path(trainer.ckpt_path))
+
+    def _copy(self, trainer: L.Trainer, source: Path) -> None:
+        if trainer.is_global_zero:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("best_checkpoint")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "best_model_score": self.best_model_score, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("monitor") == self.monitor:  # a different metric's best says nothing about this one
+            self.best_model_score, self.best_epoch = state_dict["best_model_score"], state_dict["best_epoch"]
 
 
 def load_checkpoint(path: Path, trusted_modules: Sequence[str] = ()) -> dict:

@@ -13,6 +13,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import annotated_types as at
@@ -310,11 +311,15 @@ def refused(group: str, error: Exception) -> UserError:
 # ----------------------------------------------------------------------------------------- once the data is known
 def run_length(cfg: Any, datamodule: Any, processes: int, callbacks: Sequence[Any]) -> int:
     """The values that only make sense together, checked once the data's sizes are known: the batch against
-    the training split, the metrics that callbacks watch against those the module logs, and the run's length.
+    the training split, the metrics that callbacks watch against those the module logs, best.ckpt's source
+    against the checkpoints written, and the run's length.
     Returns that length in optimizer steps: `epochs` times the steps of an epoch, where each of `processes`
     processes trains on ceil(N / processes) images (Lightning's DistributedSampler pads the last share), its
     loader drops an incomplete last batch, and with `trainer.accumulate_grad_batches` = k every k batches make a
     step, the epoch's last incomplete group included. A fractional `epochs` rounds to the nearest step."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from cifar_lightning.checkpoints import BestCheckpoint  # imports trust.py, which imports this module
     from cifar_lightning.module import ImageClassifier
 
     train_images = len(datamodule.splits["train"])
@@ -330,6 +335,15 @@ def run_length(cfg: Any, datamodule: Any, processes: int, callbacks: Sequence[An
             raise UserError(
                 f"{type(callback).__name__} watches monitor={monitor!r}, which this run never logs "
                 f"(it logs {', '.join(logged)}): set its monitor to one of them"
+            )
+    written = [
+        Path(c.dirpath) / f"{c.filename}.ckpt" for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath
+    ]
+    for callback in callbacks:
+        if isinstance(callback, BestCheckpoint) and callback.source not in written:
+            raise UserError(
+                f"callbacks: BestCheckpoint copies {callback.source}, which no ModelCheckpoint writes: keep "
+                f"callbacks.last_checkpoint, or set callbacks.model_checkpoint=null too"
             )
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     batches = math.ceil(train_images / processes) // cfg.batch_size

@@ -7,6 +7,7 @@ import torch
 import yaml
 from conftest import ROOT, compose_train, write_cifar, write_folder
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cifar_lightning import precision, tracking
 from cifar_lightning.module import ImageClassifier
@@ -95,7 +96,9 @@ def test_trainer_callbacks_logger_build(trainer, logger, callbacks, tmp_path):
         cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision = "cpu", 1, "32-true"
     built = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger))
     assert built.max_epochs == cfg.epochs
-    saved = [(c.filename, c.monitor) for c in built.checkpoint_callbacks]
+    saved = [
+        (c.filename if isinstance(c, ModelCheckpoint) else c.path.stem, c.monitor) for c in built.checkpoint_callbacks
+    ]
     assert saved == [("last", None), ("best", "val/acc")]  # last.ckpt first: see configs/callbacks/default.yaml
 
 

@@ -54,7 +54,7 @@ def quick(tmp_path, *overrides):
         (["epochs=0.05", "trainer.accumulate_grad_batches=8"], "makes 0.4 optimizer steps of 32 x 8 images"),
         (["batch_size=100000"], "batch_size=100000 is larger than the training split (1960 images)"),
         (["callbacks.early_stopping.monitor=val/accuracy"], "EarlyStopping watches monitor='val/accuracy'"),
-        (["callbacks.model_checkpoint.monitor=val_acc"], "ModelCheckpoint watches monitor='val_acc'"),
+        (["callbacks.model_checkpoint.monitor=val_acc"], "BestCheckpoint watches monitor='val_acc'"),
         (["data.val_size=0", "callbacks.early_stopping.monitor=train/accuracy"], "which this run never logs"),
     ],
 )

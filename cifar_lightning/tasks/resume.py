@@ -3,14 +3,10 @@ with the config it was started with, appending to its metrics.csv."""
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
-import lightning as L
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from cifar_lightning.checkpoints import AtomicCheckpointIO, load_checkpoint
+from cifar_lightning.checkpoints import load_checkpoint
 from cifar_lightning.errors import UserError
 from cifar_lightning.runs import RunFolder
 from cifar_lightning.trust import run_config
@@ -58,34 +54,3 @@ def read_last(last: Path, trusted_modules: Sequence[str] = ()) -> dict:
             f"cannot resume: {e}. Start a new run, or copy checkpoints/best.ckpt over it to continue "
             f"from the best epoch"
         ) from None
-
-
-def model_checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:
-    """trainer.checkpoint_callbacks, which Lightning types as its Checkpoint base (no monitor, best_model_path, ...):
-    its docstring and every checkpoint callback of configs/callbacks/ are ModelCheckpoint."""
-    return cast(list[ModelCheckpoint], trainer.checkpoint_callbacks)
-
-
-def keep_best(trainer: L.Trainer, checkpoint: dict, last: Path) -> None:
-    """last.ckpt is saved before best.ckpt; a run killed between the two has, in last.ckpt only, an epoch that may
-    beat best.ckpt. Then it becomes best.ckpt, and both files record it as the best, as the run would have."""
-    for callback in model_checkpoints(trainer):
-        state = checkpoint.get("callbacks", {}).get(callback.state_key)
-        score = checkpoint.get("epoch_metrics", {}).get(callback.monitor)
-        if not callback.monitor or state is None or score is None:
-            continue
-        best = state["best_model_score"]
-        if best is not None and not (score > best if callback.mode == "max" else score < best):
-            continue
-        assert callback.dirpath is not None  # configs/callbacks/ name it (the run's checkpoints/)
-        path, score = str(Path(callback.dirpath) / f"{callback.filename}.ckpt"), torch.tensor(score)
-        state.update(
-            best_model_score=score,
-            current_score=score,
-            best_model_path=path,
-            best_k_models={path: score},
-            kth_best_model_path=path,
-            kth_value=score,
-        )
-        for target in (path, last):
-            AtomicCheckpointIO().save_checkpoint(checkpoint, target)

@@ -14,19 +14,19 @@ import torch
 from annotated_types import Ge, Gt, Interval
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning import tracking
 from cifar_lightning.calibration import fit_on_validation
 from cifar_lightning.callbacks import CountTrainingFlops, StopAtMaxSteps
-from cifar_lightning.checkpoints import read_weights, write_temperature
+from cifar_lightning.checkpoints import BestCheckpoint, read_weights, write_temperature
 from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.runs import RunFolder
-from cifar_lightning.tasks.resume import keep_best, model_checkpoints, read_last
+from cifar_lightning.tasks.resume import read_last
 from cifar_lightning.validation import check_train_config, refused, run_length
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def without_validation(callbacks: DictConfig, datamodule: ImageDataModule) -> Di
     assert isinstance(configs, dict)  # of a DictConfig
     for name, callback in configs.items():
         watches_val = callback is not None and str(callback.get("monitor", "")).startswith("val/")
-        if watches_val and callback["_target_"].endswith("ModelCheckpoint"):
+        if watches_val and callback["_target_"].endswith(("ModelCheckpoint", "BestCheckpoint")):
             callback["monitor"] = None
         elif watches_val:
             continue
@@ -160,7 +160,6 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     if resume_from:
         last = read_last(resume_from, cfg.get("trusted_modules") or ())
         run.keep_metrics(last["global_step"], last["epoch"], last.get("epoch_metrics", {}))
-        keep_best(trainer, last, resume_from)
     elif trainer.is_global_zero:
         run.metrics_csv.unlink(missing_ok=True)  # a new run in a folder used before: its rows only
 
@@ -172,15 +171,11 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     timer = next(c for c in callbacks if isinstance(c, Timer))
     training_flops, fit_seconds = cost.total_flops, timer.time_elapsed("train")
 
-    # best.ckpt's: the one that watches val/acc, else (nothing validated) the last configured, which follows the epochs
-    checkpoints = model_checkpoints(trainer)
-    checkpoint = next((c for c in checkpoints if c.monitor), None) or (checkpoints[-1] if checkpoints else None)
-    best_path = checkpoint.best_model_path if checkpoint else ""
+    best = next((c for c in callbacks if isinstance(c, BestCheckpoint)), None)  # None: callbacks.model_checkpoint=null
+    best_path = best.best_model_path if best else ""
     summary: dict[str, Any] = {
         "temperature": calibrate(cfg, trainer, module, datamodule, best_path),
-        "best_val_acc": float(checkpoint.best_model_score)
-        if checkpoint and checkpoint.best_model_score is not None
-        else None,
+        "best_val_acc": best.best_model_score if best else None,
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
         "training_pflop": training_flops / 1e15,
@@ -230,7 +225,8 @@ def calibrate(
     module.load_state_dict(read_weights(Path(best_path)))
     temperature = fit_on_validation(module, datamodule.splits["val"], datamodule.eval_batch_size)
     module.temperature.fill_(temperature)
-    for path in {c.best_model_path for c in model_checkpoints(trainer) if c.best_model_path}:
+    saved = {best_path} | {c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)}
+    for path in saved - {""}:  # best.ckpt and last.ckpt
         write_temperature(Path(path), temperature)
     log.info("calibration: temperature %.4f fitted on %d validation images", temperature, len(datamodule.splits["val"]))
     return temperature
