@@ -56,6 +56,7 @@ def quick(tmp_path, *overrides):
         (["callbacks.early_stopping.monitor=val/accuracy"], "EarlyStopping watches monitor='val/accuracy'"),
         (["callbacks.model_checkpoint.monitor=val_acc"], "BestCheckpoint watches monitor='val_acc'"),
         (["data.val_size=0", "callbacks.early_stopping.monitor=train/accuracy"], "which this run never logs"),
+        (["callbacks.last_checkpoint=null"], "last.ckpt, which no ModelCheckpoint writes"),
     ],
 )
 def test_values_that_only_fail_together_are_refused_once_the_data_is_known(tmp_path, overrides, message):
