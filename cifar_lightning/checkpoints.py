@@ -2,11 +2,10 @@
 (`torch.load(weights_only=True)` refuses pickled objects) and builds nothing its hyperparameters name before
 trust.py has checked them."""
 
-import os
 import pickle
 import shutil
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +17,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier
-from cifar_lightning.runs import RunFolder
+from cifar_lightning.runs import RunFolder, write_atomic
 from cifar_lightning.trust import check_hyperparameters
 
 
@@ -28,19 +27,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     file in the system temp folder, whose move is a copy when that is another filesystem.)"""
 
     def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        except OSError as e:  # disk full, quota, permissions: the run stops, its earlier checkpoints stay whole
-            raise UserError(
-                f"could not write {path} ({e.strerror or e}); the previous {path.name} is kept: free "
-                f'space or fix the folder, then resume="{RunFolder.of_checkpoint(path).path}"'
-            ) from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        save_atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def save_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """A checkpoint file written through runs.write_atomic (`write(tmp)`, then renamed into place).
+
+    Raises:
+        UserError: the write failed (disk full, quota, permissions), naming the file and how to resume."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_atomic(path, write)
+    except OSError as e:  # the run stops, its earlier checkpoints stay whole
+        raise UserError(
+            f"could not write {path} ({e.strerror or e}); the previous {path.name} is kept: free "
+            f'space or fix the folder, then resume="{RunFolder.of_checkpoint(path).path}"'
+        ) from None
 
 
 class BestCheckpoint(Checkpoint):
@@ -104,9 +106,7 @@ class BestCheckpoint(Checkpoint):
 
     def _copy(self, trainer: L.Trainer, source: Path) -> None:
         if trainer.is_global_zero:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, self.path)
+            save_atomic(self.path, lambda tmp: shutil.copyfile(source, tmp))
         trainer.strategy.barrier("best_checkpoint")
 
     def state_dict(self) -> dict[str, Any]:

@@ -317,6 +317,21 @@ class ImageDataModule(L.LightningDataModule):
         self.splits: dict[str, InMemoryImages] = {}
         self.class_names: list[str] = []
 
+    NOT_FOR_EVALUATION = ("_target_", "batch_size")  # a data config's keys that for_evaluation leaves out
+
+    @classmethod
+    def for_evaluation(cls, config: dict) -> "ImageDataModule":
+        """The data module of a data config (train.yaml's `data` group, plain values) as evaluation builds it: its
+        `_target_` is this class, and its batch_size is training's (evaluation batches are eval_batch_size).
+
+        Raises:
+            UserError: a key the constructor does not take, or a value it does not accept (one line)."""
+        from cifar_lightning.validation import check_arguments  # which imports this module's users
+
+        config = {k: v for k, v in config.items() if k not in cls.NOT_FOR_EVALUATION}
+        check_arguments(cls, config, "data")
+        return cls(**config)
+
     def load(self) -> ImageSet:
         if self.source in CIFAR:
             return load_cifar(self.source, self.root, self.verify, self.download)

@@ -11,7 +11,8 @@ def fastest(accelerator: str) -> str:
     stay fp32 under every mixed precision."""
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator in ("auto", "cpu") and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    capabilities = torch.cpu.get_capabilities()  # what cpuinfo detects at run time
+    if accelerator in ("auto", "cpu") and (capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")):
         return "bf16-mixed"
     return "32-true"
 

@@ -23,7 +23,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -34,11 +34,15 @@ from cifar_lightning.errors import UserError
 STAMP = "%Y-%m-%d_%H-%M-%S"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """A file written beside its place and renamed into it: never seen half-written, even after a kill."""
+def write_atomic(path: Path, content: str | Callable[[Path], object]) -> None:
+    """A file written beside its place (the text, or what `content(tmp)` writes into tmp) and renamed into it:
+    never seen half-written, even after a kill. Raises the OSError of a failed write; the old file stays."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(content) if isinstance(content, str) else content(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class RunFolder:

@@ -99,9 +99,7 @@ def check_hyperparameters(hparams: Any, trusted_modules: Sequence[str] = ()) -> 
 
 def run_data_config(config_file: Path) -> dict:
     """The data config of a run folder's .hydra/config.yaml, read as plain YAML (nothing in it resolved or
-    imported) and checked against ImageDataModule's signature. Its batch_size is training's: dropped."""
-    from cifar_lightning.data import ImageDataModule
-
+    imported) and naming ImageDataModule (ImageDataModule.for_evaluation checks its values)."""
     choose = "choose the data, e.g. data=cifar10 data.root=data"
     if not config_file.is_file():
         raise UserError(f"{config_file} is missing, so the data this model was trained on is unknown: {choose}")
@@ -111,8 +109,6 @@ def run_data_config(config_file: Path) -> dict:
         raise UserError(f"{config_file} is not a readable run config ({type(e).__name__}): {choose}") from None
     if not isinstance(config, dict) or config.get("_target_") != DATA_TARGET:
         raise UserError(f"{config_file} was refused: its data is not a {DATA_TARGET} config; {choose}")
-    config = {k: v for k, v in config.items() if k not in ("_target_", "batch_size")}
-    check_arguments(ImageDataModule, config, "data")
     return config
 
 

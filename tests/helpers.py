@@ -73,6 +73,7 @@ class KillAt(L.Callback):
         from pathlib import Path
 
         import cifar_lightning.checkpoints as checkpoints
+        import cifar_lightning.runs as runs
 
         assert point in self.POINTS, point
         self.point, self.once, self.epoch, self.current_epoch = point, Path(once), epoch, -1
@@ -92,10 +93,8 @@ class KillAt(L.Callback):
                 if point == "after_checkpoint" and self.current_epoch == self.epoch and str(dst).endswith(".ckpt"):
                     self.kill()
 
-            checkpoints.torch.save, checkpoints.os.replace = saving, replacing
+            checkpoints.torch.save, runs.os.replace = saving, replacing
         if point == "summary":
-            import cifar_lightning.runs as runs
-
             write = runs.write_atomic
 
             def writing(path, text):
@@ -140,20 +139,28 @@ class KillAt(L.Callback):
 
 
 class DiskFullAfter(L.Callback):
-    """Makes every checkpoint write after the first `saves` fail as on a full disk (OSError ENOSPC)."""
+    """Makes every checkpoint write (a save or best.ckpt's copy) after the first `saves` fail as on a full disk
+    (OSError ENOSPC)."""
 
     def __init__(self, saves: int):
         import errno
 
         import cifar_lightning.checkpoints as checkpoints
 
-        save, count = checkpoints.torch.save, [0]
+        save, copy, count = checkpoints.torch.save, checkpoints.shutil.copyfile, [0]
 
-        def saving(obj, f, *args, **kwargs):
+        def full(f):
             if str(f).endswith(".ckpt.tmp"):
                 count[0] += 1
                 if count[0] > saves:
                     raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+        def saving(obj, f, *args, **kwargs):
+            full(f)
             return save(obj, f, *args, **kwargs)
 
-        checkpoints.torch.save = saving
+        def copying(src, dst, *args, **kwargs):
+            full(dst)
+            return copy(src, dst, *args, **kwargs)
+
+        checkpoints.torch.save, checkpoints.shutil.copyfile = saving, copying

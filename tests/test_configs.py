@@ -154,8 +154,8 @@ def test_precision_is_16_bit_only_where_the_hardware_computes_in_it(
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: cuda_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    capabilities = {"architecture": "x86_64", "avx512_bf16": cpu_bf16, "amx_bf16": amx, "amx_tile": amx}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     assert precision.fastest(accelerator) == expected
 
 

@@ -104,13 +104,11 @@ def model_and_data(cfg: DictConfig, split: str) -> tuple[Path, ImageClassifier, 
     checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
     model = load_model(checkpoint, cfg.get("trusted_modules") or ())
     chosen = cfg.get("data")
-    if chosen is not None:
-        # batch_size is training's (interpolated from train.yaml): evaluation batches are eval_batch_size
-        config = {k: plain(chosen[k]) for k in chosen if k not in ("_target_", "batch_size")}
-        check_arguments(ImageDataModule, config, "data")
+    if chosen is not None:  # batch_size is training's (interpolated from train.yaml): left unresolved
+        config = {k: plain(chosen[k]) for k in chosen if k not in ImageDataModule.NOT_FOR_EVALUATION}
     else:
         config = run_data_config(RunFolder.of_checkpoint(checkpoint).config)
-    data = ImageDataModule(**config)
+    data = ImageDataModule.for_evaluation(config)
     data.setup("test")
     class_names = list(model.hparams["class_names"])
     if data.class_names != class_names:
