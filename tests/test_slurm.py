@@ -144,6 +144,16 @@ def test_a_request_that_sbatch_refuses_ends_in_one_line(tmp_path):
     assert not [p for p in sweep.iterdir() if p.name.isdigit()]  # no job ran
 
 
+@pytest.mark.cluster
+@needs_cluster
+def test_a_job_refused_on_the_cluster_says_why_on_the_sweeps_console(tmp_path):
+    # the job's own error line goes to its Slurm log; the sweep's console gets it too, last
+    result = run_script("train.py", "-m", *FITS, "batch_size=0", f"paths.root={tmp_path}", timeout=600)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: batch_size=0 "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 def test_a_sweep_without_slurm_ends_in_one_line_and_leaves_no_folder(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}  # no sbatch on it
     result = run_script("train.py", "-m", "hydra/launcher=slurm", "seed=1,2", f"paths.root={tmp_path}", env=env)

@@ -16,7 +16,6 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from cifar_lightning.cli import exit_on_user_error
 from cifar_lightning.errors import UserError
 
 START = "start this machine's one-node cluster with `make slurm-up` (as root), or run the sweep where a cluster is"
@@ -51,29 +50,28 @@ else:
         """submitit's SlurmLauncher (hydra-submitit-launcher) with the cluster checked before the sweep starts."""
 
         def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-            """Hydra's set-up of the launcher, after check_cluster() (a UserError ends the sweep in one line)."""
-            with exit_on_user_error():
-                try:
-                    check_cluster()
-                except UserError:
-                    with contextlib.suppress(OSError):  # the sweep's folder, claimed as Hydra composed, if empty
-                        Path(str(config.hydra.sweep.dir)).rmdir()
-                    raise
+            """Hydra's set-up of the launcher, after check_cluster(): its UserError ends the sweep in one line
+            (cifar_lightning.cli.run prints it)."""
+            try:
+                check_cluster()
+            except UserError:
+                with contextlib.suppress(OSError):  # the sweep's folder, claimed as Hydra composed, if still empty
+                    Path(str(config.hydra.sweep.dir)).rmdir()
+                raise
             super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             """Submits the jobs as one Slurm job array and waits for their results (submitit). A request that
             sbatch refuses ends in one line naming sbatch's reason (submitit prints sbatch's message just before)."""
-            with exit_on_user_error():
-                try:
-                    return super().launch(job_overrides, initial_job_idx)
-                except FailedJobError as e:
-                    cause = e.__cause__  # submitit raises it from sbatch's CalledProcessError
-                    if not (isinstance(cause, subprocess.CalledProcessError) and cause.cmd[0] == "sbatch"):
-                        raise
-                    lines = [line.split("error:", 1)[-1].strip() for line in str(e).splitlines() if "error:" in line]
-                    reason = "; ".join(lines) or str(e).strip()
-                    raise UserError(
-                        f"sbatch refused the jobs ({reason}): fit hydra.launcher.partition, cpus_per_task, mem_gb and "
-                        "gpus_per_node to the cluster (sinfo -o '%P %c %m %G' lists what each partition's nodes have)"
-                    ) from None
+            try:
+                return super().launch(job_overrides, initial_job_idx)
+            except FailedJobError as e:
+                cause = e.__cause__  # submitit raises it from sbatch's CalledProcessError
+                if not (isinstance(cause, subprocess.CalledProcessError) and cause.cmd[0] == "sbatch"):
+                    raise
+                lines = [line.split("error:", 1)[-1].strip() for line in str(e).splitlines() if "error:" in line]
+                reason = "; ".join(lines) or str(e).strip()
+                raise UserError(
+                    f"sbatch refused the jobs ({reason}): fit hydra.launcher.partition, cpus_per_task, mem_gb and "
+                    "gpus_per_node to the cluster (sinfo -o '%P %c %m %G' lists what each partition's nodes have)"
+                ) from None
