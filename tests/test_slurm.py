@@ -15,11 +15,11 @@ from test_launchers import TINY
 
 
 def cluster_answers() -> bool:
-    """A Slurm controller answers here and has a node that takes jobs."""
+    """A Slurm controller answers here and has a node that responds and takes jobs."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return False
     try:
-        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout
+        states = subprocess.run(["sinfo", "-h", "-r", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout
     except subprocess.TimeoutExpired:
         return False
     return any(state.strip() in ("idle", "mixed", "allocated") for state in states.splitlines())

@@ -11,7 +11,7 @@ DBD_CONF=/etc/slurm/slurmdbd.conf
 NODE=$(hostname -s)
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 
-up_already() { sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; }
+up_already() { sinfo -h -r -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; }
 
 up() {
   if command -v sinfo >/dev/null && up_already; then
@@ -86,7 +86,9 @@ CONFIG
   chmod 600 "$DBD_CONF"
 }
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+running() {  # running PIDFILE NAME: the pid file names a live (not zombie) process called NAME, not a reused pid
+  [ -f "$1" ] && [ "$(ps -o stat=,comm= -p "$(cat "$1")" 2>/dev/null | awk '$1 !~ /^Z/ {print $2}')" = "$2" ]
+}
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: retry COMMAND until it succeeds
   local seconds=$1 what=$2
@@ -100,22 +102,22 @@ start() {
   mkdir -p /run/munge /run/mysqld
   chown munge:munge /run/munge
   chown mysql:mysql /run/mysqld
-  running /run/munge/munged.pid || runuser -u munge -- /usr/sbin/munged
+  running /run/munge/munged.pid munged || runuser -u munge -- /usr/sbin/munged
   wait_for 20 munged munge -n
-  if ! running /run/mysqld/mysqld.pid; then
-    # the socket belongs to mysqld_safe's child; started in the background, it outlives this script
+  if ! running /run/mysqld/mysqld.pid mariadbd; then
+    # mysqld_safe runs MariaDB (and restarts it should it die); from a subshell, so that it outlives this script
     (mysqld_safe --pid-file=/run/mysqld/mysqld.pid >/dev/null 2>&1 &)
   fi
   wait_for 60 MariaDB mysqladmin ping
   # the database slurmdbd keeps jobs in; the slurm user logs in over the local socket without a password
   mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED VIA unix_socket;
             GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
-  running /run/slurmdbd.pid || slurmdbd
+  running /run/slurmdbd.pid slurmdbd || slurmdbd
   wait_for 30 slurmdbd sacctmgr -i list cluster
   # the cluster in the accounting database, once (jobs of an unknown cluster are not recorded)
   sacctmgr -n -P list cluster format=cluster | grep -qx local || sacctmgr -i add cluster local >/dev/null
-  running /run/slurmctld.pid || slurmctld
-  running /run/slurmd.pid || slurmd
+  running /run/slurmctld.pid slurmctld || slurmctld
+  running /run/slurmd.pid slurmd || slurmd
   wait_for 60 "the node (sinfo idle)" up_already
 }
 
@@ -124,10 +126,17 @@ down() {
     scontrol shutdown >/dev/null  # slurmctld and the slurmd it knows
   fi
   # in this order: the Slurm daemons talk to munged (and slurmdbd to MariaDB) while they shut down
-  for pid in /run/slurmd.pid /run/slurmctld.pid /run/slurmdbd.pid /run/mysqld/mysqld.pid /run/munge/munged.pid; do
-    if running "$pid"; then kill "$(cat "$pid")"; fi
-    for _ in $(seq 30); do running "$pid" || break; sleep 1; done
-  done
+  local pidfile name
+  while read -r pidfile name; do
+    if running "$pidfile" "$name"; then kill "$(cat "$pidfile")"; fi
+    for _ in $(seq 30); do running "$pidfile" "$name" || break; sleep 1; done
+  done <<DAEMONS
+/run/slurmd.pid slurmd
+/run/slurmctld.pid slurmctld
+/run/slurmdbd.pid slurmdbd
+/run/mysqld/mysqld.pid mariadbd
+/run/munge/munged.pid munged
+DAEMONS
   echo "slurm is down"
 }
 
