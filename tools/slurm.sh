@@ -87,7 +87,7 @@ CONFIG
 }
 
 running() {  # running PIDFILE NAME: the pid file names a live (not zombie) process called NAME, not a reused pid
-  [ -f "$1" ] && [ "$(ps -o stat=,comm= -p "$(cat "$1")" 2>/dev/null | awk '$1 !~ /^Z/ {print $2}')" = "$2" ]
+  [ -f "$1" ] && [ "$(ps -o stat=,comm= -p "$(cat "$1" 2>/dev/null)" 2>/dev/null | awk '$1 !~ /^Z/ {print $2}')" = "$2" ]
 }
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: retry COMMAND until it succeeds
