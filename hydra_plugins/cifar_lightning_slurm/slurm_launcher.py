@@ -1,9 +1,9 @@
 """hydra/launcher=slurm: Hydra's submitit launcher for Slurm, refusing in one line a cluster that is not there.
 
 Without a cluster, submitit would fail on its first `sbatch` with a traceback; this launcher asks the controller
-first (`scontrol ping`), before the sweep claims its folder, and turns sbatch's refusal of the request (a partition
-that does not exist, more CPUs, memory or GPUs than a node has) into one line as well. Hydra instantiates launchers
-only from the hydra_plugins package, hence this module's place.
+first (`scontrol ping`, before any job is submitted; a refused sweep leaves no folder), and turns sbatch's refusal
+of the request (a partition that does not exist, more CPUs, memory or GPUs than a node has) into one line as well.
+Hydra instantiates launchers only from the hydra_plugins package, hence this module's place.
 """
 
 import contextlib
