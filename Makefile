@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 ARGS ?=
 
-.PHONY: train evaluate test test-fast lint format benchmark frontier setup clean
+.PHONY: train evaluate test test-fast lint format benchmark frontier setup clean slurm-up slurm-down slurm-test
 
 $(PYTHON): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -34,6 +34,17 @@ format: $(PYTHON)
 
 test-fast: $(PYTHON)
 	$(PYTHON) -m pytest -m "not slow" $(ARGS)
+
+# A one-node Slurm cluster on this machine (as root on Debian; tools/slurm.sh installs what is missing), for
+# python train.py -m hydra/launcher=slurm ...; slurm-test runs the tests that need it (marked cluster)
+slurm-up:
+	tools/slurm.sh up
+
+slurm-down:
+	tools/slurm.sh down
+
+slurm-test: $(PYTHON) slurm-up
+	$(PYTHON) -m pytest -m cluster $(ARGS)
 
 benchmark: $(PYTHON)
 	$(PYTHON) benchmarks/throughput.py $(ARGS)

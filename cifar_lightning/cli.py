@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from cifar_lightning.console import quiet
 from cifar_lightning.errors import UserError
 from cifar_lightning.runs import RunFolder
 
+REPORTED: "weakref.WeakSet[UserError]" = weakref.WeakSet()  # the errors printed in this process already
+
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
@@ -35,6 +38,7 @@ def exit_on_user_error() -> Iterator[None]:
             raise UserError(config_error(e)) from None
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        REPORTED.add(e)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep's summary lists the failed job by its folder
         if HydraConfig.initialized():  # a run refused before it started leaves no folder behind
@@ -64,7 +68,9 @@ def run(hydra_main: Callable) -> None:
     except CompactHydraException as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(1)
-    except UserError:  # a job of a sweep failed: exit_on_user_error has printed why
+    except UserError as e:  # a job of a sweep failed, or the launcher refused the sweep
+        if e not in REPORTED:  # a job in a process of its own (submitit, Slurm) printed it to its own log only
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -164,3 +164,25 @@ class DiskFullAfter(L.Callback):
             return copy(src, dst, *args, **kwargs)
 
         checkpoints.torch.save, checkpoints.shutil.copyfile = saving, copying
+
+
+class RecordProcess(L.Callback):
+    """Writes, as training starts, what each process knows of the run to <dir>/process_rank<R>.json: its rank,
+    the world size, the cluster environment Lightning detected, its pid and the Slurm task it runs as."""
+
+    def __init__(self, dir: str):
+        self.dir = Path(dir)
+
+    def on_train_start(self, trainer, module):
+        import json
+        import os
+
+        record = {
+            "global_rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "cluster_environment": type(trainer.strategy.cluster_environment).__name__,
+            "pid": os.getpid(),
+            "slurm_procid": os.environ.get("SLURM_PROCID"),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        }
+        (self.dir / f"process_rank{trainer.global_rank}.json").write_text(json.dumps(record))

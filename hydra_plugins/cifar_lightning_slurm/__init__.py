@@ -1,0 +1,1 @@
+"""hydra/launcher=slurm's launcher (Hydra finds launchers only in the hydra_plugins namespace package)."""
