@@ -7,6 +7,7 @@ trusted loader, so the weights run no code. Predictions go through `ImageClassif
 predict.py's do. MLflow is imported with this module: import it only when a model is registered or loaded.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,10 @@ class ClassifierModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Rebuilds the model from the logged checkpoint (context.artifacts["checkpoint"]) through the trusted
-        loader, in eval mode on the CPU."""
-        self.model = load_model(Path(context.artifacts["checkpoint"]))
+        loader, in eval mode on the CPU; the modules of one's own it may name are the registering call's
+        trusted_modules (context.model_config)."""
+        trusted = (context.model_config or {}).get("trusted_modules") or ()
+        self.model = load_model(Path(context.artifacts["checkpoint"]), trusted)
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Top-1 class and class probabilities of `model_input` (see the class's docstring)."""
@@ -69,10 +72,13 @@ def as_nchw(images: np.ndarray, size: int) -> torch.Tensor:
     raise UserError(f"images must be (N, {size}, {size}, 3) or (N, 3, {size}, {size}), not {images.shape}")
 
 
-def log(checkpoint: Path, tracking_uri: str, run_id: str, example: np.ndarray) -> str:
+def log(
+    checkpoint: Path, tracking_uri: str, run_id: str, example: np.ndarray, trusted_modules: Sequence[str] = ()
+) -> str:
     """Logs `checkpoint` as the pyfunc model `model` of MLflow run `run_id` in `tracking_uri`, with `example`
-    (a few uint8 images) as its input example; returns its URI (models:/<model id>). The requirements are given,
-    not inferred: inferring them loads the model in another process."""
+    (a few uint8 images) as its input example and the modules of one's own its checkpoint may name; returns its
+    URI (models:/<model id>). The requirements are given, not inferred: inferring them loads the model in another
+    process."""
     mlflow.set_tracking_uri(tracking_uri)
     # any N, either layout: as_nchw checks the rest
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))]))
@@ -82,6 +88,7 @@ def log(checkpoint: Path, tracking_uri: str, run_id: str, example: np.ndarray) -
             name="model",
             python_model=ClassifierModel(),
             artifacts={"checkpoint": str(checkpoint)},
+            model_config={"trusted_modules": list(trusted_modules)},
             signature=signature,
             input_example=example,
             pip_requirements=requirements,

@@ -115,7 +115,8 @@ def to_registry(cfg: DictConfig) -> str:
             f"a store outside its folders): train with logger=mlflow to register its model"
         )
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
-    model_uri = registry.log(checkpoint, record["tracking_uri"], record["run_id"], images[:2].numpy())
+    trusted = list(cfg.get("trusted_modules") or ())
+    model_uri = registry.log(checkpoint, record["tracking_uri"], record["run_id"], images[:2].numpy(), trusted)
     got = mlflow.pyfunc.load_model(model_uri).predict(images.numpy())
     expected = model.predict_logits(images, None, registry.BATCH_SIZE, calibrated=True).softmax(dim=1)
     names = list(model.hparams["class_names"])
