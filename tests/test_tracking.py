@@ -1,12 +1,19 @@
 """Experiment tracking read back from the real stores: MLflow's database and TensorBoard's event files; from an
 MLflow run to its folder (mlflow:RUN_ID) and to its model in MLflow's registry."""
 
+import contextlib
 import csv
 import json
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 
 import mlflow
 import numpy as np
@@ -209,3 +216,97 @@ def test_registering_needs_a_name_and_a_tracked_run(synthetic_run):
     assert "add registered_model=NAME" in one_line_error(unnamed)
     untracked = run_script("export.py", f"ckpt={synthetic_run}", "format=mlflow", "registered_model=x")
     assert "train with logger=mlflow" in one_line_error(untracked)
+
+
+@contextlib.contextmanager
+def own_process_group(args, **popen):
+    """A process started in a session of its own, and at the end every process of that session ended (the MLflow
+    server's workers, chromium's helpers), also when the block fails."""
+    process = subprocess.Popen(args, start_new_session=True, **popen)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever of the session outlived SIGTERM
+        process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def tracking_ui(tracked, tmp_path_factory):
+    """`mlflow ui` on the tracked run's database, answering: its address."""
+    outputs = tracked[0]
+    folder = tmp_path_factory.mktemp("ui")
+    port = free_port()
+    args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{outputs / 'mlflow.db'}"]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers
+    with (
+        open(folder / "ui.log", "w") as log,
+        own_process_group(args, cwd=folder, env=env, stdout=log, stderr=log) as ui,
+    ):
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):  # until it answers (start-up imports MLflow's server), or it died
+            assert ui.poll() is None, (folder / "ui.log").read_text()[-3000:]
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{url}/health", timeout=5)
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"mlflow ui did not answer: {(folder / 'ui.log').read_text()[-3000:]}")
+        yield url
+
+
+def test_the_tracking_ui_serves_the_run_and_its_val_acc_history(tracked, tracking_ui):
+    _, run, run_id = tracked
+    got = get_json(f"{tracking_ui}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+    assert got["info"]["run_id"] == run_id and got["info"]["run_name"] == "tracked"
+    assert {"key": "run_dir", "value": str(run.resolve())} in got["data"]["tags"]
+    query = urllib.parse.urlencode({"run_id": run_id, "metric_key": "val/acc"})
+    history = get_json(f"{tracking_ui}/api/2.0/mlflow/metrics/get-history?{query}")["metrics"]
+    with open(run / "metrics.csv") as f:
+        expected = [float(row["val/acc"]) for row in csv.DictReader(f) if row.get("val/acc")]
+    assert len(expected) == 2  # one per epoch
+    assert [m["value"] for m in sorted(history, key=lambda m: m["step"])] == pytest.approx(expected)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_a_headless_browser_renders_the_runs_page(tracked, tracking_ui, tmp_path):
+    _, _, run_id = tracked
+    experiment = get_json(f"{tracking_ui}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]["info"]["experiment_id"]
+    page = f"{tracking_ui}/#/experiments/{experiment}/runs/{run_id}"
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    browser += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    browser += ["--window-size=1400,1000", "--virtual-time-budget=20000"]
+
+    def chromium(*args, profile):
+        with own_process_group(
+            [*browser, f"--user-data-dir={tmp_path / profile}", *args, page], stdout=subprocess.PIPE, text=True
+        ) as process:
+            out, _ = process.communicate(timeout=240)
+        assert process.returncode == 0
+        return out
+
+    # the page as rendered: the app has filled in the run (its id, status and metrics), not an error page
+    dom = chromium("--dump-dom", profile="dom")
+    assert all(text in dom for text in (run_id, "Finished", "val/acc")), dom[-2000:]
+    chromium(f"--screenshot={tmp_path / 'run.png'}", profile="shot")
+    with Image.open(tmp_path / "run.png") as shot:
+        assert shot.size == (1400, 1000)
+        colours = shot.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # drawn text and widgets, not one flat colour
