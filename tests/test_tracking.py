@@ -18,6 +18,7 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
+import torch
 from conftest import FAST, ROOT, run_script, train_run
 from mlflow import MlflowClient
 from PIL import Image
@@ -310,3 +311,14 @@ def test_a_headless_browser_renders_the_runs_page(tracked, tracking_ui, tmp_path
         assert shot.size == (1400, 1000)
         colours = shot.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # drawn text and widgets, not one flat colour
+
+
+def test_the_registered_model_takes_uint8_images_in_either_layout():
+    from cifar_lightning.registry import as_nchw
+
+    hwc = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+    assert torch.equal(as_nchw(hwc, 32), torch.from_numpy(hwc).permute(0, 3, 1, 2))
+    assert torch.equal(as_nchw(hwc.transpose(0, 3, 1, 2), 32), torch.from_numpy(hwc).permute(0, 3, 1, 2))
+    for wrong, why in ((hwc.astype(np.float32), "must be a uint8 array"), (hwc[:, :16], "not (2, 16, 32, 3)")):
+        with pytest.raises(UserError, match=re.escape(why)):
+            as_nchw(wrong, 32)
