@@ -15,13 +15,23 @@ TIPS = (
 TIPS_LOGGER = "lightning.pytorch.utilities.rank_zero"  # the logger of Lightning's rank_zero_info
 
 
+# MLflow warns that a pyfunc model given as an object is pickled; registry.py's pickle is a reference to its class,
+# on purpose (the checkpoint goes through the trusted loader, not pickle)
+PICKLED_MODEL = "Passing a Python object as `python_model`"
+
+
 def not_an_advertisement(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(TIPS)
+
+
+def not_the_pickled_model_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(PICKLED_MODEL)
 
 
 def quiet() -> None:
     """Installs the filters; the entry points call it before they run (cli.run, cli.run_composing)."""
     logging.getLogger(TIPS_LOGGER).addFilter(not_an_advertisement)  # added once however often quiet() runs
+    logging.getLogger("mlflow.pyfunc").addFilter(not_the_pickled_model_warning)
     # Lightning's own utilities/_pytree.py builds torch's deprecated LeafSpec on every fit, test and predict: only
     # a Lightning release can change that. A LeafSpec in the user's own code still warns (other module).
     warnings.filterwarnings(

@@ -11,7 +11,8 @@
       model.onnx                               export.py's model
       mlflow_run.json                          with logger=mlflow: the MLflow run it logs to (tracking.py)
 
-Everything else in the project asks this module where a file of a run lives.
+Everything else in the project asks this module where a file of a run lives. A run is named by its folder, or
+as mlflow:RUN_ID by the MLflow run it logged to (`named`).
 """
 
 import contextlib
@@ -212,9 +213,20 @@ def newest(outputs: Path, name: str) -> RunFolder | None:
     return max(runs, key=lambda run: (run.started, str(run.path)), default=None)
 
 
+def named(value: str, outputs: Path) -> Path:
+    """A run folder or checkpoint as ckpt= or resume= names it: a path, or mlflow:RUN_ID, the folder of that MLflow
+    run in the store of the runs root `outputs` (tracking.run_folder, which raises UserError when it has none)."""
+    from cifar_lightning import tracking  # imported here: tracking writes through this module
+
+    if value.startswith(tracking.PREFIX):
+        return tracking.run_folder(value.removeprefix(tracking.PREFIX), Path(outputs))
+    return Path(value)
+
+
 def resolve(ckpt: str, outputs: Path) -> Path:
     """ckpt= -> a checkpoint file: best / last of the newest run under `outputs`, a .ckpt file, or a run folder
-    (its best, else its last). Raises UserError saying what to pass when there is none."""
+    (its best, else its last) given as a path or as mlflow:RUN_ID. Raises UserError saying what to pass when there
+    is none."""
     if ckpt in ("best", "last"):
         run = newest(Path(outputs), ckpt)
         if run is None:
@@ -223,7 +235,7 @@ def resolve(ckpt: str, outputs: Path) -> Path:
                 f"or pass ckpt=PATH"
             )
         return run.checkpoint(ckpt)
-    path = Path(ckpt)
+    path = named(ckpt, outputs)
     if path.is_dir():
         run = RunFolder(path)
         for candidate in (run.checkpoint("best"), path / "best.ckpt", run.checkpoint("last")):
@@ -231,7 +243,10 @@ def resolve(ckpt: str, outputs: Path) -> Path:
                 return candidate
         raise UserError(f"{path} holds no checkpoints/best.ckpt or last.ckpt: is it a run folder?")
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: use ckpt=best, ckpt=last, a .ckpt file or a run folder")
+        raise UserError(
+            f"checkpoint {path} does not exist: use ckpt=best, ckpt=last, a .ckpt file, a run folder or "
+            f"ckpt=mlflow:RUN_ID"
+        )
     return path
 
 
@@ -246,12 +261,17 @@ def register_resolvers() -> None:
 
 
 def to_resume(resume: str | None, outputs: str) -> RunFolder | None:
-    """resume=RUN: RUN, if it holds a last.ckpt; resume=latest: the newest run with a last.ckpt under `outputs`."""
+    """resume=RUN (a folder or mlflow:RUN_ID): RUN, if it holds a last.ckpt; resume=latest: the newest run with a
+    last.ckpt under `outputs`."""
     if resume == "latest":
         return newest(Path(outputs), "last")
-    if resume and RunFolder(resume).checkpoint("last").is_file():
-        return RunFolder(resume)
-    return None
+    if not resume:
+        return None
+    try:
+        run = RunFolder(named(resume, Path(outputs)))
+    except UserError:  # resume_config says why, once Hydra has started
+        return None
+    return run if run.checkpoint("last").is_file() else None
 
 
 def run_dir(resume: str | None, outputs: str) -> str:

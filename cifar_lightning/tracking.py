@@ -1,7 +1,8 @@
 """MLflow tracking (`logger=mlflow`): one MLflow run per training run, in a local SQLite store by default.
 
 The run folder records which MLflow run it logs to (mlflow_run.json): a resumed run goes on logging to the same
-one, and evaluate.py attaches its files to it.
+one, and evaluate.py attaches its files to it. The other way, `ckpt=mlflow:RUN_ID` and `resume=mlflow:RUN_ID`
+find the run folder of an MLflow run by its run_dir tag (run_folder).
 """
 
 import contextlib
@@ -22,6 +23,7 @@ from cifar_lightning.runs import write_atomic
 
 log = logging.getLogger(__name__)
 RECORD = "mlflow_run.json"
+PREFIX = "mlflow:"  # ckpt=mlflow:RUN_ID, resume=mlflow:RUN_ID
 PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -132,15 +134,22 @@ def read_record(run_dir: Path) -> dict | None:
     return record
 
 
+def owned_record(run_dir: Path) -> dict | None:
+    """read_record(run_dir) if it names a store the user owns, where the project writes (evaluation files, a
+    registered model): the local store of a folder that holds this run, or $MLFLOW_TRACKING_URI. Else None."""
+    record = read_record(run_dir)
+    owned = {local_store(parent)[0] for parent in run_dir.resolve().parents} | {os.environ.get("MLFLOW_TRACKING_URI")}
+    return record if record is not None and record["tracking_uri"] in owned else None
+
+
 def attach(run_dir: Path, folder: Path) -> str | None:
     """Logs `folder`'s files as artifacts eval/<folder name>/ of the run's MLflow run. Only to a store the user
     owns: the local store of a folder that holds this run, or $MLFLOW_TRACKING_URI; a record naming any other
     store is ignored. Returns where they went, or None."""
-    record = read_record(run_dir)
-    if record is None:
+    if read_record(run_dir) is None:
         return None
-    owned = {local_store(parent)[0] for parent in run_dir.resolve().parents} | {os.environ.get("MLFLOW_TRACKING_URI")}
-    if record["tracking_uri"] not in owned:
+    record = owned_record(run_dir)
+    if record is None:
         log.warning("%s names an MLflow store outside this run's folders: evaluation not attached", run_dir / RECORD)
         return None
     try:
@@ -154,3 +163,64 @@ def attach(run_dir: Path, folder: Path) -> str | None:
         log.warning("evaluation not attached to MLflow run %s: %s", record["run_id"], str(e).splitlines()[0])
         return None
     return f"MLflow run {record['run_id']} ({record['tracking_uri']})"
+
+
+def lookup_stores(root: Path) -> list[str]:
+    """Where `mlflow:RUN_ID` is looked up, in this order: the local store under the runs root (<root>/mlflow.db,
+    where logger=mlflow logs unless logger.mlflow.tracking_uri says otherwise), then $MLFLOW_TRACKING_URI when set
+    (a server, or a store of one's own). A SQLite store whose file does not exist is left out: opening it would
+    create it."""
+    stores: list[str] = []
+    for uri in (local_store(root)[0], os.environ.get("MLFLOW_TRACKING_URI")):
+        if not uri or uri in stores:
+            continue
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            continue
+        stores.append(uri)
+    return stores
+
+
+def run_folder(run_id: str, root: Path) -> Path:
+    """The run folder of MLflow run `run_id`: the folder its run_dir tag names, the run found in the first of
+    lookup_stores(root) that holds it. The tag comes from a database, so the folder must exist and record that
+    same run in its mlflow_run.json (what logger=mlflow writes there); its checkpoints are then checked like any
+    other (checkpoints.load_checkpoint). Raises UserError, one line each: MLflow not installed, no store, an
+    unknown run id, a run without a run_dir tag, a folder that is gone or is not that run's."""
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        raise UserError(f"{PREFIX}{run_id} needs MLflow: pip install -e '.[track]'") from None
+    stores = lookup_stores(root)
+    if not stores:
+        raise UserError(
+            f"{PREFIX}{run_id}: there is no MLflow store at {local_store(root)[0].removeprefix('sqlite:///')} "
+            f"(where logger=mlflow logs runs under this runs root) and MLFLOW_TRACKING_URI is not set: set the "
+            f"runs root (outputs=, paths.root=) or MLFLOW_TRACKING_URI to the store that holds the run"
+        )
+    run, why = None, ""
+    for uri in stores:
+        try:
+            run = MlflowClient(uri).get_run(run_id)
+            break
+        except Exception as e:  # MlflowException for an unknown id; a server that does not answer raises others
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    if run is None:
+        raise UserError(f"{PREFIX}{run_id}: no such MLflow run in {' or '.join(stores)} ({why}): check the run id")
+    tag = run.data.tags.get("run_dir")
+    if not tag:
+        raise UserError(
+            f"{PREFIX}{run_id}: that MLflow run has no run_dir tag, so its run folder is unknown (train.py "
+            f"logger=mlflow tags its runs): pass the run folder or a .ckpt file instead"
+        )
+    folder = Path(tag)
+    if not (folder.is_absolute() and folder.is_dir()):
+        raise UserError(
+            f"{PREFIX}{run_id}: its run folder {tag} is gone (moved or deleted): pass the folder's new place instead"
+        )
+    record = read_record(folder)
+    if record is None or record["run_id"] != run_id:
+        raise UserError(
+            f"{PREFIX}{run_id}: {folder} is not that MLflow run's folder (its {RECORD} names "
+            f"{'no run' if record is None else 'run ' + record['run_id']}): pass the run folder instead"
+        )
+    return folder

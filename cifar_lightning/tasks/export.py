@@ -1,4 +1,5 @@
-"""Checkpoint -> ONNX model, verified against PyTorch with onnxruntime on real images."""
+"""Checkpoint -> ONNX model, verified against PyTorch with onnxruntime on real images; or -> a model in MLflow's
+registry (format=mlflow), verified the same way once loaded back through MLflow."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +9,7 @@ import torch
 from annotated_types import Ge
 from omegaconf import DictConfig
 
+from cifar_lightning import tracking
 from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier, plain
 from cifar_lightning.runs import RunFolder
@@ -33,18 +35,23 @@ class ExportOptions:
     """The keys of configs/export.yaml (data is checked as what it builds)."""
 
     ckpt: str = "best"
-    format: Annotated[Literal["onnx"], "is not supported: use onnx"] = "onnx"
+    format: Annotated[Literal["onnx", "mlflow"], "is not supported: use onnx or mlflow"] = "onnx"
     outputs: str = "outputs"
     output: str | None = None
     split: Annotated[Literal["test", "val"], "does not exist: use split=test or split=val"] = "test"
     check_images: Annotated[int, Ge(1), "must be a whole number of at least 1"] = 500
     tolerance: Annotated[float, Ge(0), "must be a number of at least 0"] = 1e-3
     trusted_modules: list[str] | None = None
+    registered_model: str | None = None
+    alias: str = "champion"
 
 
-def export(cfg: DictConfig) -> Path:
-    """Writes the ONNX model (default <run>/model.onnx) once onnxruntime agrees with PyTorch on real images."""
+def export(cfg: DictConfig) -> Path | str:
+    """Writes the ONNX model (default <run>/model.onnx) once onnxruntime agrees with PyTorch on real images; with
+    format=mlflow, registers the model instead (to_registry) and returns models:/NAME@ALIAS."""
     check_arguments(ExportOptions, {k: plain(v) for k, v in cfg.items() if k != "data"}, "")
+    if cfg.format == "mlflow":
+        return to_registry(cfg)
     try:
         import onnxruntime
     except ImportError:
@@ -83,3 +90,47 @@ def export(cfg: DictConfig) -> Path:
     tmp.replace(out)
     print(f"wrote {out}")
     return out
+
+
+def to_registry(cfg: DictConfig) -> str:
+    """Logs the checkpoint as a pyfunc model (registry.ClassifierModel) of the MLflow run its run folder logged to,
+    loads it back through MLflow, and once its top-1 classes equal PyTorch's and its probabilities are within
+    `tolerance` on `check_images` images of `split`, registers it as a new version of `registered_model` with
+    `alias` pointing at it. Only into a store the user owns (tracking.owned_record). Returns
+    models:/NAME@ALIAS; raises UserError for a run not tracked with MLflow or a model that disagrees."""
+    if not cfg.registered_model:
+        raise UserError("format=mlflow registers the model under a name: add registered_model=NAME")
+    try:
+        import mlflow
+
+        from cifar_lightning import registry
+    except ImportError:
+        raise UserError("format=mlflow needs MLflow: pip install -e '.[track]'") from None
+    checkpoint, model, datamodule = model_and_data(cfg, cfg.split)
+    run = RunFolder.of_checkpoint(checkpoint)
+    record = tracking.owned_record(run.path)
+    if record is None:
+        raise UserError(
+            f"{run.path} was not tracked with MLflow in a store of its own ({tracking.RECORD} missing or naming "
+            f"a store outside its folders): train with logger=mlflow to register its model"
+        )
+    images = datamodule.splits[cfg.split].images[: cfg.check_images]
+    trusted = list(cfg.get("trusted_modules") or ())
+    model_uri = registry.log(checkpoint, record["tracking_uri"], record["run_id"], images[:2].numpy(), trusted)
+    got = mlflow.pyfunc.load_model(model_uri).predict(images.numpy())
+    expected = model.predict_logits(images, None, registry.BATCH_SIZE, calibrated=True).softmax(dim=1)
+    names = list(model.hparams["class_names"])
+    max_diff = float(abs(torch.tensor(got[names].to_numpy()) - expected).max())
+    agreement = float((got["class"].to_numpy() == [names[i] for i in expected.argmax(1)]).mean())
+    print(
+        f"checked on {len(images)} {cfg.split} images: max abs probability difference {max_diff:.2e}, "
+        f"top-1 agreement {agreement:.2%}"
+    )
+    if max_diff > cfg.tolerance or agreement < 1:
+        raise UserError(
+            f"the MLflow model disagrees with PyTorch (max abs probability difference {max_diff:.2e}, top-1 "
+            f"agreement {agreement:.2%}); logged as {model_uri} in MLflow run {record['run_id']}, not registered"
+        )
+    registered = registry.register(model_uri, record["tracking_uri"], cfg.registered_model, cfg.alias)
+    print(f"registered {registered} (MLflow run {record['run_id']}, {record['tracking_uri']})")
+    return registered

@@ -1,4 +1,4 @@
-"""`python train.py resume=RUN|latest`: continue an interrupted run in its own folder, from its last.ckpt,
+"""`python train.py resume=RUN|mlflow:RUN_ID|latest`: continue an interrupted run in its own folder, from its last.ckpt,
 with the config it was started with, appending to its metrics.csv."""
 
 from collections.abc import Sequence
@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from cifar_lightning.checkpoints import load_checkpoint
 from cifar_lightning.errors import UserError
-from cifar_lightning.runs import RunFolder
+from cifar_lightning.runs import RunFolder, named
 from cifar_lightning.trust import run_config
 
 
@@ -24,7 +24,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         missing = (
             f"no run under {cfg.paths.root}/ has a checkpoints/last.ckpt"
             if cfg.resume == "latest"
-            else f"{RunFolder(cfg.resume).checkpoint('last')} does not exist"
+            else f"{RunFolder(named(cfg.resume, Path(cfg.paths.root))).checkpoint('last')} does not exist"
         )
         raise UserError(
             f"resume={cfg.resume}: {missing}, so there is nothing to resume (a run folder holds .hydra/ "
