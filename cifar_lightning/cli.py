@@ -36,6 +36,7 @@ def exit_on_user_error() -> Iterator[None]:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            e.reported = True
             raise  # the sweep's summary lists the failed job by its folder
         if HydraConfig.initialized():  # a run refused before it started leaves no folder behind
             logging.shutdown()  # train.log closed first
@@ -64,7 +65,9 @@ def run(hydra_main: Callable) -> None:
     except CompactHydraException as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(1)
-    except UserError:  # a job of a sweep failed: exit_on_user_error has printed why
+    except UserError as e:  # a sweeper's refusal, or a job of a sweep that failed (exit_on_user_error printed why)
+        if not e.reported:
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 

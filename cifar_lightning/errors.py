@@ -3,3 +3,5 @@
 
 class UserError(Exception):
     """A mistake in what the user asked for or gave us; the message says what was wrong and what to do."""
+
+    reported = False  # printed already (by the job of a sweep that it ended)
