@@ -228,6 +228,16 @@ def build_pruner(config: Any, where: str) -> Any:
     return optuna.pruners.NopPruner() if config is None else optuna_object(config, "pruners", "BasePruner", where)
 
 
+def tell(study: Any, trial: Any, **result: Any) -> None:
+    """study.tell(trial, **result). A GridSampler whose grid is done stops the study as it is told the last
+    trial, which Optuna refuses outside study.optimize() by a RuntimeError raised after the trial is stored."""
+    try:
+        study.tell(trial, **result)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+
+
 def open_storage(url: str) -> Any:
     """An Optuna RDB storage; SQLite waits for a lock held by another worker instead of failing at once."""
     import optuna
@@ -351,14 +361,14 @@ class OptunaSweeper(ResumableSweep, Sweeper):
                 try:
                     value = float(result.return_value)  # the job's own exception if it failed
                 except Exception as e:
-                    study.tell(trial, state=TrialState.FAIL)
+                    tell(study, trial, state=TrialState.FAIL)
                     log.warning("trial %d (job %d) failed: %s", trial.number, job, e)
                     failures.append(e)
                     continue
                 if RunFolder(sweep / str(job)).summary_values().get("pruned"):
-                    study.tell(trial, state=TrialState.PRUNED)
+                    tell(study, trial, state=TrialState.PRUNED)
                 else:
-                    study.tell(trial, value)
+                    tell(study, trial, values=value)
             if len(failures) / len(returns) > self.max_failure_rate:
                 log.error("%d of %d trials failed (max_failure_rate=%s)", len(failures), len(returns),
                           self.max_failure_rate)  # fmt: skip
@@ -393,7 +403,7 @@ class OptunaSweeper(ResumableSweep, Sweeper):
                 },
             )
             storage.set_trial_user_attr(trial_id, "interrupted", True)
-            study.tell(trial.number, state=TrialState.FAIL)
+            tell(study, trial.number, state=TrialState.FAIL)
             log.info("trial %d was interrupted: told FAIL, its configuration tried again", trial.number)
 
     def write_results(self, study: Any, sweep: Path) -> None:
