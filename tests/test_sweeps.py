@@ -68,16 +68,18 @@ def test_an_unknown_pruner_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ pruning
 def search(tmp_path, name, pruner):
-    """4 trials, one after another: lr 3e-3 learns the synthetic classes, 1e-7 cannot; calibration changes nothing
-    in training, so the two learning trials have one curve. GridSampler seed 0 runs them good, bad, bad, good."""
+    """4 trials of the MLP, one after another: lr 3e-3 learns the synthetic classes, 1e-7 cannot; calibration
+    changes nothing in (deterministic) training, so the two learning trials have one curve. GridSampler seed 0 runs
+    them good, bad, bad, good."""
     sweep = tmp_path / name
     result = run_script(
         "train.py",
         "-m",
         "hparams_search=optuna",
         *TINY,
+        "model=mlp",
         "epochs=3",
-        "batch_size=100",
+        "batch_size=200",
         "optimizer.lr=choice(3e-3,1e-7)",
         "calibration=choice(temperature,none)",
         "hydra.sweeper.n_trials=4",
