@@ -151,6 +151,26 @@ class CountTrainingFlops(L.Callback):
         self.images = images
 
 
+class KeepRandomState(L.Callback):
+    """Keeps torch's global random generators (CPU and CUDA: they shuffle the batches and draw the augmentations) in
+    every checkpoint and restores them on resume, so that a run resumed from the end of an epoch continues as the
+    uninterrupted run did: the same batches and augmentations, hence the same weights and results."""
+
+    def state_dict(self) -> dict:
+        return {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        cpu, cuda = state_dict.get("cpu"), state_dict.get("cuda") or []
+        if not isinstance(cpu, torch.Tensor) or cpu.dtype != torch.uint8:
+            raise UserError("the checkpoint's random state is not a byte tensor")
+        torch.set_rng_state(cpu)
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
 class OptunaPruning(L.Callback):
     """Reports each epoch's `monitor` to an Optuna trial (`trial.report(value, epoch)`) and ends the run after that
     epoch's checkpoints when the trial's pruner says so (`trial.should_prune()`); the run then finishes as any run

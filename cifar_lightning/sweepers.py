@@ -89,6 +89,7 @@ class ResumableSweep:
     hydra_context: HydraContext | None
     task_function: TaskFunction
     resuming = False  # set on the sweeper that runs a resumed sweep
+    trusted: list[str] = []  # trusted_modules= given to a resumed sweep, for its resumed jobs
 
     def keep_context(self, hydra_context: HydraContext, task_function: TaskFunction) -> None:
         self.hydra_context, self.task_function = hydra_context, task_function
@@ -104,8 +105,11 @@ class ResumableSweep:
                 f"resume= continues a sweep with the overrides it was started with; drop {' '.join(others)}"
             )
         hydra_overrides, task = recorded_overrides(sweep)
-        given = [a for a in arguments if a.startswith(RESUME_KEEPS)]
-        task = [o for o in task if _key(o) not in {_key(a) for a in given} and _key(o) != "resume"] + given
+        # paths.root= replaces the recorded one in every job; trusted_modules= goes to the resumed jobs only, whose
+        # configs are read from disk (a fresh job runs the recorded overrides, as the sweep did)
+        given = [a for a in arguments if a.startswith("paths.root=")]
+        trusted = [a for a in arguments if a.startswith("trusted_modules=")]
+        task = [o for o in task if _key(o) not in ("paths.root" if given else "", "resume")] + given
         hydra_overrides = [o for o in hydra_overrides if _key(o) != "hydra.sweep.dir"]
         hydra_overrides.append(f"hydra.sweep.dir={quoted(str(sweep))}")
         config = self.hydra_context.config_loader.load_configuration(
@@ -119,7 +123,7 @@ class ResumableSweep:
         if not isinstance(sweeper, ResumableSweep):
             raise UserError(f"{sweep} was swept by {config.hydra.sweeper._target_}, which cannot resume a sweep")
         log.info("resuming the sweep in %s", sweep)
-        sweeper.resuming = True
+        sweeper.resuming, sweeper.trusted = True, trusted
         return sweeper.sweep(arguments=list(config.hydra.overrides.task))
 
     def job_overrides(self, job: int, overrides: Sequence[str]) -> list[str]:
@@ -130,8 +134,9 @@ class ResumableSweep:
         run = RunFolder(Path(self.config.hydra.sweep.dir) / str(job))
         if not self.resuming or not run.checkpoint("last").is_file():
             return list(overrides)
-        kept = [o for o in overrides if o.startswith((*RESUME_KEEPS, "trial=", "hydra."))]
-        return [f"resume={quoted(str(run.path))}", *kept]
+        keys = RESUME_KEEPS[:1] if self.trusted else RESUME_KEEPS
+        kept = [o for o in overrides if o.startswith((*keys, "trial=", "hydra."))]
+        return [f"resume={quoted(str(run.path))}", *kept, *self.trusted]
 
 
 class GridSweeper(ResumableSweep, BasicSweeper):

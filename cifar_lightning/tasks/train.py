@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning import tracking
 from cifar_lightning.calibration import fit_on_validation
-from cifar_lightning.callbacks import CountTrainingFlops, OptunaPruning, StopAtMaxSteps
+from cifar_lightning.callbacks import CountTrainingFlops, KeepRandomState, OptunaPruning, StopAtMaxSteps
 from cifar_lightning.checkpoints import read_weights, write_temperature
 from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
@@ -84,7 +84,7 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     try:
         trainer = instantiate(
             cfg.trainer,
-            callbacks=[*callbacks, CountTrainingFlops(), Timer(), StopAtMaxSteps(), *pruning],
+            callbacks=[*callbacks, CountTrainingFlops(), Timer(), StopAtMaxSteps(), KeepRandomState(), *pruning],
             logger=loggers,
             max_epochs=math.ceil(cfg.epochs),
             max_steps=max_steps,
