@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from cifar_lightning.errors import UserError
@@ -72,6 +73,14 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.path / ".hydra" / "config.yaml"
+
+    def recorded_overrides(self) -> list[str]:
+        """The command-line overrides the run was started with (.hydra/overrides.yaml; [] if unreadable)."""
+        with contextlib.suppress(OSError, ValueError, yaml.YAMLError, UnicodeDecodeError):
+            overrides = yaml.safe_load((self.path / ".hydra" / "overrides.yaml").read_text())
+            if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+                return overrides
+        return []
 
     def export_file(self, format: str) -> Path:
         """<run>/model.<format>: what export.py writes by default."""

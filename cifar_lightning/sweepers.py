@@ -127,16 +127,15 @@ class ResumableSweep:
         return sweeper.sweep(arguments=list(config.hydra.overrides.task))
 
     def job_overrides(self, job: int, overrides: Sequence[str]) -> list[str]:
-        """A job of a resumed sweep: `resume=<sweep>/<job>` when that folder holds a checkpoint (finished: its
-        recorded result; interrupted: from its last.ckpt), with the overrides the run cannot take from its own
-        config (paths.root, trusted_modules, trial, hydra.*); else the job's own overrides, run fresh."""
+        """A job of a resumed sweep: its own overrides plus `resume=<sweep>/<job>` when that folder holds a
+        checkpoint (finished: its recorded result; interrupted: from its last.ckpt; the overrides still compose
+        the job's Hydra config, e.g. hparams_search's sweeper keys), else its own overrides, run fresh."""
         assert self.config is not None  # setup() ran
         run = RunFolder(Path(self.config.hydra.sweep.dir) / str(job))
         if not self.resuming or not run.checkpoint("last").is_file():
             return list(overrides)
-        keys = RESUME_KEEPS[:1] if self.trusted else RESUME_KEEPS
-        kept = [o for o in overrides if o.startswith((*keys, "trial=", "hydra."))]
-        return [f"resume={quoted(str(run.path))}", *kept, *self.trusted]
+        kept = [o for o in overrides if not (self.trusted and o.startswith("trusted_modules="))]
+        return [*kept, f"resume={quoted(str(run.path))}", *self.trusted]
 
 
 class GridSweeper(ResumableSweep, BasicSweeper):
