@@ -36,7 +36,7 @@ from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar_lightning.errors import UserError
 from cifar_lightning.runs import RunFolder
@@ -132,10 +132,27 @@ class ResumableSweep:
         the job's Hydra config, e.g. hparams_search's sweeper keys), else its own overrides, run fresh."""
         assert self.config is not None  # setup() ran
         run = RunFolder(Path(self.config.hydra.sweep.dir) / str(job))
-        if not self.resuming or not run.checkpoint("last").is_file():
+        if not self.resuming:
+            return list(overrides)
+        if not run.checkpoint("last").is_file():
+            self.check_fresh_job(run, overrides)
             return list(overrides)
         kept = [o for o in overrides if not (self.trusted and o.startswith("trusted_modules="))]
         return [*kept, f"resume={quoted(str(run.path))}", *self.trusted]
+
+    def check_fresh_job(self, run: RunFolder, overrides: Sequence[str]) -> None:
+        """A job of a resumed sweep that runs fresh is built from overrides read from the sweep's multirun.yaml:
+        its composed config passes the gate of a resumed run's config (trust.run_config) first."""
+        from cifar_lightning.trust import run_config
+
+        assert self.config is not None and self.hydra_context is not None  # setup() ran
+        mine = [o for o in overrides if not (self.trusted and o.startswith("trusted_modules="))]
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, [*mine, *self.trusted])
+        with open_dict(config):
+            del config["hydra"]
+        record = Path(self.config.hydra.sweep.dir) / "multirun.yaml"
+        trusted = list(config.get("trusted_modules") or ())
+        run_config(record, run.path, trusted, text=OmegaConf.to_yaml(config))
 
 
 class GridSweeper(ResumableSweep, BasicSweeper):

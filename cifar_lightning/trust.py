@@ -133,14 +133,17 @@ REFERENCE = re.compile(r"\$\{(\.*[A-Za-z_][\w.]*)\}")  # ${epochs}, ${optimizer.
 RESOLVERS = ("${fastest_precision:${.accelerator}}",)  # the project's own, which only reads the hardware
 
 
-def run_config(config_file: Path, output_dir: Path, trusted_modules: Sequence[str] = ()) -> DictConfig:
+def run_config(
+    config_file: Path, output_dir: Path, trusted_modules: Sequence[str] = (), text: str | None = None
+) -> DictConfig:
     """A run folder's .hydra/config.yaml, for resume=: read as plain YAML, its interpolations only references
     to its own keys (no resolver that reads the environment, the disk or the clock, but the precision's), every
     `_target_` on an allow-list (nets, augmentations, optimizers and schedules as in checkpoints; the trainer,
     callbacks, loggers, profilers, strategies of Lightning and this package; `trusted_modules`). Its
-    paths.output_dir (Hydra's interpolation) becomes `output_dir`, the run being resumed."""
+    paths.output_dir (Hydra's interpolation) becomes `output_dir`, the run being resumed. `text`, if given, is
+    the config (composed from what `config_file` recorded, which the messages name)."""
     try:
-        raw = yaml.safe_load(config_file.read_text())
+        raw = yaml.safe_load(config_file.read_text() if text is None else text)
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file} is not a readable run config ({type(e).__name__})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("paths"), dict):

@@ -50,6 +50,18 @@ def test_resuming_a_sweep_with_other_overrides_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].endswith("started with; drop epochs=3")
 
 
+def test_a_resumed_sweep_builds_nothing_its_record_names_outside_the_allow_list(tmp_path):
+    """multirun.yaml may come from anywhere: a job that runs fresh is checked as a resumed run's config is."""
+    evil = ["+callbacks.evil._target_=os.system", f"+callbacks.evil.command='touch {tmp_path}/pwned'"]
+    task = [*evil, "data=synthetic", "seed=1,2"]
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"hydra": [], "task": task}}}))
+    result = run_script("train.py", "-m", f"resume={tmp_path}", f"paths.root={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "was refused: callbacks.evil._target_='os.system'" in last
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "0").exists()
+
+
 def test_an_unknown_pruner_is_one_line(tmp_path):
     result = run_script(
         "train.py",
