@@ -6,7 +6,8 @@
       checkpoints/best.ckpt, last.ckpt         the best val/acc so far, and every epoch's (for resume=)
       metrics.csv, hparams.yaml, train.log     per-epoch metrics, Lightning's and Hydra's logs
       config_tree.txt                          the composed config as printed at the start
-      summary.json                             written last: a run that has it finished
+      summary.json                             written last: a run that has it finished (pruned: true for a trial
+                                               an Optuna pruner stopped, finished too)
       eval/<split>[_<data>]/                   evaluate.py's report, written whole or not at all
       model.onnx                               export.py's model
       mlflow_run.json                          with logger=mlflow: the MLflow run it logs to (tracking.py)
