@@ -100,6 +100,8 @@ class ResumableSweep:
         assert self.config is not None and self.hydra_context is not None  # setup() ran
         sweep = Path(folder).resolve()
         others = [a for a in arguments if not a.startswith(("resume=", *RESUME_KEEPS))]
+        # hydra.*, hydra/launcher=...: the recorded ones apply (-m itself sets hydra.mode)
+        others += [o for o in self.config.hydra.overrides.hydra if not o.startswith("hydra.mode=")]
         if others:
             raise UserError(
                 f"resume= continues a sweep with the overrides it was started with; drop {' '.join(others)}"

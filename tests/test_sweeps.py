@@ -45,9 +45,10 @@ def test_resuming_a_folder_that_is_not_a_sweep_is_one_line(tmp_path):
 
 def test_resuming_a_sweep_with_other_overrides_is_one_line(tmp_path):
     (tmp_path / "multirun.yaml").write_text("hydra: {overrides: {hydra: [], task: [seed=1]}}\n")
-    result = run_script("train.py", "-m", f"resume={tmp_path}", "epochs=3", f"paths.root={tmp_path}")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith("started with; drop epochs=3")
+    for other in ("epochs=3", "hydra/launcher=submitit_local"):
+        result = run_script("train.py", "-m", f"resume={tmp_path}", other, f"paths.root={tmp_path}")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith(f"started with; drop {other}")
 
 
 def test_a_resumed_sweep_builds_nothing_its_record_names_outside_the_allow_list(tmp_path):
