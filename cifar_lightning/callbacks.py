@@ -149,3 +149,68 @@ class CountTrainingFlops(L.Callback):
         if not isinstance(images, int) or isinstance(images, bool) or images < 0:
             raise UserError(f"the checkpoint's count of trained images ({images!r}) is not a whole number")
         self.images = images
+
+
+class KeepRandomState(L.Callback):
+    """Keeps torch's global random generators (CPU and CUDA: they shuffle the batches and draw the augmentations) in
+    every checkpoint and restores them on resume, so that a run resumed from the end of an epoch continues as the
+    uninterrupted run did: the same batches and augmentations, hence the same weights and results."""
+
+    def state_dict(self) -> dict:
+        return {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        cpu, cuda = state_dict.get("cpu"), state_dict.get("cuda") or []
+        if not isinstance(cpu, torch.Tensor) or cpu.dtype != torch.uint8:
+            raise UserError("the checkpoint's random state is not a byte tensor")
+        torch.set_rng_state(cpu)
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class OptunaPruning(L.Callback):
+    """Reports each epoch's `monitor` to an Optuna trial (`trial.report(value, epoch)`) and ends the run after that
+    epoch's checkpoints when the trial's pruner says so (`trial.should_prune()`); the run then finishes as any run
+    does (test, summary.json with `pruned: true`) and the sweeper tells the study it was PRUNED. The trial is found
+    through its study's RDB storage, so the job may run in another process than the sweeper (submitit, workers);
+    its pruner is the config the sweeper kept with the trial (user attr `pruner`). Only rank 0 talks to the study;
+    under DDP its decision is broadcast. Optuna's own PyTorchLightningPruningCallback raises instead, which would
+    end fit() before the epoch's checkpoints are written and without a summary."""
+
+    def __init__(self, storage: str, study_name: str, number: int, monitor: str = "val/acc"):
+        self.storage, self.study_name, self.number, self.monitor = storage, study_name, number, monitor
+        self.trial: Any = None
+        self.pruned = False
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero:
+            return
+        import optuna
+
+        from cifar_lightning.sweepers import build_pruner, open_storage
+
+        storage = open_storage(self.storage)
+        try:
+            study_id = storage.get_study_id_from_name(self.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
+        except KeyError:
+            raise UserError(
+                f"trial={{study_name: {self.study_name}, number: {self.number}}} is not in {self.storage}: the "
+                f"trial key is set by hparams_search=optuna's sweeper; drop it to train without a study"
+            ) from None
+        pruner = build_pruner(storage.get_trial(trial_id).user_attrs.get("pruner"), f"trial {self.number}'s pruner")
+        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=pruner)
+        self.trial = optuna.trial.Trial(study, trial_id)
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero and self.monitor in trainer.callback_metrics:
+            self.trial.report(float(trainer.callback_metrics[self.monitor]), trainer.current_epoch)
+            prune = self.trial.should_prune()
+        if trainer.strategy.broadcast(prune):
+            self.pruned = trainer.should_stop = True

@@ -6,7 +6,8 @@
       checkpoints/best.ckpt, last.ckpt         the best val/acc so far, and every epoch's (for resume=)
       metrics.csv, hparams.yaml, train.log     per-epoch metrics, Lightning's and Hydra's logs
       config_tree.txt                          the composed config as printed at the start
-      summary.json                             written last: a run that has it finished
+      summary.json                             written last: a run that has it finished (pruned: true for a trial
+                                               an Optuna pruner stopped, finished too)
       eval/<split>[_<data>]/                   evaluate.py's report, written whole or not at all
       model.onnx                               export.py's model
       mlflow_run.json                          with logger=mlflow: the MLflow run it logs to (tracking.py)
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from cifar_lightning.errors import UserError
@@ -87,6 +89,14 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.path / ".hydra" / "config.yaml"
+
+    def recorded_overrides(self) -> list[str]:
+        """The command-line overrides the run was started with (.hydra/overrides.yaml; [] if unreadable)."""
+        with contextlib.suppress(OSError, ValueError, yaml.YAMLError, UnicodeDecodeError):
+            overrides = yaml.safe_load((self.path / ".hydra" / "overrides.yaml").read_text())
+            if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+                return overrides
+        return []
 
     def export_file(self, format: str) -> Path:
         """<run>/model.<format>: what export.py writes by default."""

@@ -130,19 +130,24 @@ RESOLVERS = ("${fastest_precision:${.accelerator}}",)  # the project's own, whic
 
 
 def run_config(
-    config_file: Path, output_dir: Path, paths_root: str | Path, trusted_modules: Sequence[str] = ()
+    config_file: Path,
+    output_dir: Path,
+    paths_root: str | Path,
+    trusted_modules: Sequence[str] = (),
+    text: str | None = None,
 ) -> DictConfig:
     """A run folder's .hydra/config.yaml, for resume=: read as plain YAML, its interpolations only references
     to its own keys (no resolver that reads the environment, the disk or the clock, but the precision's), every
     `_target_` on an allow-list (nets, augmentations, optimizers and schedules as in checkpoints; the trainer,
     callbacks, loggers, profilers, strategies of Lightning and this package; `trusted_modules`), and nothing it
     builds writing outside `output_dir` (see `_check_writes`). Its `paths` are not trusted: paths.output_dir
-    becomes `output_dir`, the run being resumed, and paths.root `paths_root`, the caller's.
+    becomes `output_dir`, the run being resumed, and paths.root `paths_root`, the caller's. `text`, if given, is
+    the config (composed from what `config_file` recorded, which the messages name).
 
     Raises:
         UserError: one line naming the file and the key refused."""
     try:
-        raw = yaml.safe_load(config_file.read_text())
+        raw = yaml.safe_load(config_file.read_text() if text is None else text)
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file} is not a readable run config ({type(e).__name__})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("paths"), dict):

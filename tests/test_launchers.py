@@ -68,6 +68,7 @@ def test_two_optuna_workers_share_one_study(tmp_path):
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # 2 + 2, numbered once across both
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(list(t.intermediate_values) == [0] for t in trials)  # each job reported its epoch to its own trial
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # each worker's own seed: no repeats
     # the value each trial reports is the optimized_metric of its run
     for worker in ("worker1", "worker2"):

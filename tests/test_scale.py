@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnxruntime
+import optuna
 import pytest
 import torch
 import yaml
@@ -69,6 +70,12 @@ def test_optuna_study_runs_and_records_a_failed_trial(tmp_path):
     assert "batch_size=4000" in (failed[0] / ".hydra" / "overrides.yaml").read_text()
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert best["best_params"]["batch_size"] == 32 and 0 <= best["best_value"] <= 1
+    # the study, kept in the sweep folder (storage: null), recorded the failed trial as FAIL and went on
+    study = optuna.load_study(study_name="cifar_lightning", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = {t.user_attrs["job"]: t.state for t in study.trials}
+    assert states == {int(j.name): optuna.trial.TrialState.COMPLETE for j in finished} | {
+        int(j.name): optuna.trial.TrialState.FAIL for j in failed
+    }
 
 
 def test_onnx_export_matches_pytorch(tmp_path):

@@ -15,10 +15,13 @@ from cifar_lightning.trust import run_config
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path | None]:
     """The resumed run's own config (its folder as output_dir) and its last checkpoint; None for a run that
     finished, which is left as it is. Hydra's run folder is already the run to resume (runs.run_dir)."""
-    others = [o for o in overrides if not o.startswith(("resume=", "paths.root=", "trusted_modules="))]
+    run = RunFolder(cfg.paths.output_dir)
+    # the run's own overrides may be repeated (a resumed sweep does); trial= is set by an Optuna sweeper resuming
+    # the run as one of its trials
+    allowed = ("resume=", "paths.root=", "trusted_modules=", "trial=")
+    others = [o for o in overrides if not o.startswith(allowed) and o not in run.recorded_overrides()]
     if others:
         raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
-    run = RunFolder(cfg.paths.output_dir)
     last = run.checkpoint("last")
     if not last.is_file():
         missing = (
@@ -42,6 +45,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         csv_logger["_target_"] = "cifar_lightning.loggers.CSVLogger"
     config.resume = None
     config.trusted_modules = trusted
+    config.trial = cfg.get("trial")  # the trial the resumed run now reports to, if a sweeper gave one; else none
     return config, None if run.finished else last
 
 

@@ -1,7 +1,8 @@
 """A sweep's table: `python -m cifar_lightning.tasks.summarize MULTIRUN_DIR`.
 
-One row per run (its overrides, best val acc, test acc, epochs, wall time; failed runs too); runs that
-differ only in `seed` grouped into mean ± std; written as summary.md and summary.csv, with summary.png.
+One row per run (its overrides, status done/pruned/failed, best val acc, test acc, epochs, wall time); the done
+runs that differ only in `seed` grouped into mean ± std (pruned ones stopped early: left out of the means);
+written as summary.md and summary.csv, with summary.png.
 """
 
 import argparse
@@ -20,7 +21,8 @@ def read_runs(sweep: Path) -> list[dict]:
     runs = []
     for overrides_file in sorted(sweep.glob("**/.hydra/overrides.yaml")):
         run = overrides_file.parent.parent
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        # trial= is the Optuna sweeper's bookkeeping (which trial the job reports to), not a setting of the run
+        overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not o.startswith("trial=")]
         summary_file = run / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
         runs.append(
@@ -28,7 +30,7 @@ def read_runs(sweep: Path) -> list[dict]:
                 "run": str(run.relative_to(sweep)),
                 "overrides": overrides,
                 "group": " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)",
-                "status": "done" if summary else "failed",
+                "status": "pruned" if summary.get("pruned") else "done" if summary else "failed",
                 "best_val_acc": summary.get("best_val_acc"),
                 "test_acc": summary.get("test_acc"),
                 "epochs": summary.get("epochs"),
@@ -54,7 +56,7 @@ def group(runs: list[dict]) -> list[dict]:
     rows = []
     for name, members in groups.items():
         done = [r for r in members if r["status"] == "done"]
-        row = {"group": name, "runs": len(members), "failed": len(members) - len(done)}
+        row = {"group": name, "runs": len(members), "failed": sum(r["status"] == "failed" for r in members)}
         for key in ("best_val_acc", "test_acc", "fit_seconds"):
             row[key], row[f"{key}_std"] = mean_std([r[key] for r in done])
         rows.append(row)

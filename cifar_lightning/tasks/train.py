@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning import tracking
 from cifar_lightning.calibration import fit_on_validation
-from cifar_lightning.callbacks import CountTrainingFlops, StopAtMaxSteps
+from cifar_lightning.callbacks import CountTrainingFlops, KeepRandomState, OptunaPruning, StopAtMaxSteps
 from cifar_lightning.checkpoints import BestCheckpoint, read_weights, write_temperature
 from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
@@ -79,10 +79,12 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     # whole epochs end the run by max_epochs, as Lightning counts them (a resumed last epoch stays counted);
     # a fractional one also by the optimizer step inside the last epoch
     max_steps = -1 if float(cfg.epochs).is_integer() else steps
+    # a job of an Optuna search reports to its trial, whose pruner may stop it (sweepers.py)
+    pruning = [OptunaPruning(**cfg.trial)] if cfg.get("trial") else []
     try:
         trainer = instantiate(
             cfg.trainer,
-            callbacks=[*callbacks, CountTrainingFlops(), Timer(), StopAtMaxSteps()],
+            callbacks=[*callbacks, CountTrainingFlops(), Timer(), StopAtMaxSteps(), KeepRandomState(), *pruning],
             logger=loggers,
             max_epochs=math.ceil(cfg.epochs),
             max_steps=max_steps,
@@ -183,6 +185,9 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
         "hardware": hardware(trainer),
         "commit": tracking.git_commit(),
     }
+    pruning = next((c for c in callbacks if isinstance(c, OptunaPruning)), None)
+    if pruning is not None:
+        summary["pruned"] = pruning.pruned  # a pruned run is finished too: resume= leaves it as it is
     if "test" in datamodule.splits:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         summary.update(test_acc=results[0]["test/acc"], test_loss=results[0]["test/loss"])

@@ -1,0 +1,440 @@
+"""The project's Hydra sweepers (configs/hydra/sweeper/): every sweep can be resumed, and an Optuna search can prune.
+
+- `GridSweeper` (`hydra/sweeper=grid`, the default): Hydra's BasicSweeper, every combination of the command line's
+  comma lists, job N in `<sweep>/N`.
+- `OptunaSweeper` (`hydra/sweeper=optuna`, chosen by `hparams_search=optuna`): an Optuna study driven through its
+  ask/tell interface (https://optuna.readthedocs.io/en/stable/tutorial/20_recipes/009_ask_and_tell.html), with the
+  keys of hydra-optuna-sweeper (sampler, direction, study_name, storage, n_trials, n_jobs, max_failure_rate, params
+  in Hydra's sweep grammar) plus `pruner`. The study lives in an RDB storage (by default `<sweep>/optuna.db`), so
+  several workers can share it and it survives a crash. Each job learns its trial through the `trial` key of the
+  train config ({storage, study_name, number}); `OptunaPruning` (callbacks.py) reports every epoch's val/acc to it
+  and stops a trial the pruner gives up on. Such a run finishes (tested, summary.json with `pruned: true`) and its
+  trial is told PRUNED.
+- Resume: `python train.py -m resume=SWEEP_DIR` composes the sweep again from the overrides its multirun.yaml
+  recorded, and launches its jobs into the same folders: a finished job returns its recorded result without
+  training, an interrupted one resumes from its checkpoints/last.ckpt (as `resume=RUN` does), one never started runs
+  fresh. An Optuna trial that was RUNNING when the sweep died is told FAIL, marked `interrupted` (not counted towards
+  n_trials) and its configuration enqueued again, to run in the dead trial's folder.
+
+Hydra instantiates sweepers only from the hydra_plugins namespace: hydra_plugins/cifar_lightning_sweepers/ gives
+these classes the names configs/hydra/sweeper/ use.
+"""
+
+import contextlib
+import importlib
+import inspect
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, RunMode, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cifar_lightning.errors import UserError
+from cifar_lightning.runs import RunFolder
+
+log = logging.getLogger(__name__)
+
+# what a resumed sweep may be given besides resume=: where the runs live, and what their configs may name
+RESUME_KEEPS = ("paths.root=", "trusted_modules=")
+
+
+def quoted(value: str) -> str:
+    """A string as a quoted value of Hydra's override grammar (a path may hold spaces, commas, colons)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_requested(arguments: Sequence[str]) -> str | None:
+    """The folder of `resume=FOLDER` among a sweep's command-line overrides, else None."""
+    return next((a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith("resume=")), None)
+
+
+def recorded_overrides(sweep: Path) -> tuple[list[str], list[str]]:
+    """The Hydra and task overrides a sweep was started with, from its multirun.yaml (read as plain YAML: nothing
+    in it is resolved or imported). UserError if the folder is not a sweep."""
+    record = sweep / "multirun.yaml"
+    if not record.is_file():
+        raise UserError(
+            f"resume={sweep}: {record} does not exist, so it is not a sweep folder; under -m, resume= takes the folder "
+            f"that train.py -m wrote (outputs/multiruns/<time>); a single run resumes without -m"
+        )
+    try:
+        overrides = yaml.safe_load(record.read_text())["hydra"]["overrides"]
+        hydra_overrides, task = list(overrides["hydra"]), list(overrides["task"])
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as e:
+        raise UserError(
+            f"{record} is not a readable sweep record ({type(e).__name__}): the sweep cannot resume"
+        ) from None
+    if not all(isinstance(o, str) for o in (*hydra_overrides, *task)):
+        raise UserError(f"{record} is not a readable sweep record (its overrides are not strings)")
+    return hydra_overrides, task
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+class ResumableSweep:
+    """What both sweepers share: `python train.py -m resume=SWEEP_DIR`, and the overrides of a resumed job."""
+
+    config: DictConfig | None  # as Hydra's Sweeper types them; set by setup()
+    hydra_context: HydraContext | None
+    task_function: TaskFunction
+    resuming = False  # set on the sweeper that runs a resumed sweep
+    trusted: list[str] = []  # trusted_modules= given to a resumed sweep, for its resumed jobs
+
+    def keep_context(self, hydra_context: HydraContext, task_function: TaskFunction) -> None:
+        self.hydra_context, self.task_function = hydra_context, task_function
+
+    def resume_sweep(self, folder: str, arguments: Sequence[str]) -> Any:
+        """Composes the sweep in `folder` again from its recorded overrides (plus paths.root= and trusted_modules=
+        given now), instantiates its sweeper (Hydra only builds plugin classes) and runs it in resume mode."""
+        assert self.config is not None and self.hydra_context is not None  # setup() ran
+        sweep = Path(folder).resolve()
+        others = [a for a in arguments if not a.startswith(("resume=", *RESUME_KEEPS))]
+        # hydra.*, hydra/launcher=...: the recorded ones apply (-m itself sets hydra.mode)
+        others += [o for o in self.config.hydra.overrides.hydra if not o.startswith("hydra.mode=")]
+        if others:
+            raise UserError(
+                f"resume= continues a sweep with the overrides it was started with; drop {' '.join(others)}"
+            )
+        hydra_overrides, task = recorded_overrides(sweep)
+        # paths.root= replaces the recorded one in every job; trusted_modules= goes to the resumed jobs only, whose
+        # configs are read from disk (a fresh job runs the recorded overrides, as the sweep did)
+        given = [a for a in arguments if a.startswith("paths.root=")]
+        trusted = [a for a in arguments if a.startswith("trusted_modules=")]
+        task = [o for o in task if _key(o) not in ("paths.root" if given else "", "resume")] + given
+        hydra_overrides = [o for o in hydra_overrides if _key(o) != "hydra.sweep.dir"]
+        hydra_overrides.append(f"hydra.sweep.dir={quoted(str(sweep))}")
+        config = self.hydra_context.config_loader.load_configuration(
+            config_name=self.config.hydra.job.config_name,
+            overrides=hydra_overrides + task,
+            run_mode=RunMode.MULTIRUN,
+        )
+        sweeper = Plugins.instance().instantiate_sweeper(
+            config=config, hydra_context=self.hydra_context, task_function=self.task_function
+        )
+        if not isinstance(sweeper, ResumableSweep):
+            raise UserError(f"{sweep} was swept by {config.hydra.sweeper._target_}, which cannot resume a sweep")
+        log.info("resuming the sweep in %s", sweep)
+        sweeper.resuming, sweeper.trusted = True, trusted
+        return sweeper.sweep(arguments=list(config.hydra.overrides.task))
+
+    def job_overrides(self, job: int, overrides: Sequence[str]) -> list[str]:
+        """A job of a resumed sweep: its own overrides plus `resume=<sweep>/<job>` when that folder holds a
+        checkpoint (finished: its recorded result; interrupted: from its last.ckpt; the overrides still compose
+        the job's Hydra config, e.g. hparams_search's sweeper keys), else its own overrides, run fresh."""
+        assert self.config is not None  # setup() ran
+        run = RunFolder(Path(self.config.hydra.sweep.dir) / str(job))
+        if not self.resuming:
+            return list(overrides)
+        if not run.checkpoint("last").is_file():
+            self.check_fresh_job(run, overrides)
+            return list(overrides)
+        kept = [o for o in overrides if not (self.trusted and o.startswith("trusted_modules="))]
+        return [*kept, f"resume={quoted(str(run.path))}", *self.trusted]
+
+    def check_fresh_job(self, run: RunFolder, overrides: Sequence[str]) -> None:
+        """A job of a resumed sweep that runs fresh is built from overrides read from the sweep's multirun.yaml:
+        its composed config passes the gate of a resumed run's config (trust.run_config) first."""
+        from cifar_lightning.trust import run_config
+
+        assert self.config is not None and self.hydra_context is not None  # setup() ran
+        mine = [o for o in overrides if not (self.trusted and o.startswith("trusted_modules="))]
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, [*mine, *self.trusted])
+        with open_dict(config):
+            del config["hydra"]
+        record = Path(self.config.hydra.sweep.dir) / "multirun.yaml"
+        trusted = list(config.get("trusted_modules") or ())
+        run_config(record, run.path, config.paths.root, trusted, text=OmegaConf.to_yaml(config))
+
+
+class GridSweeper(ResumableSweep, BasicSweeper):
+    """Hydra's BasicSweeper (every combination of the comma lists, in batches) that can resume a sweep."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.keep_context(hydra_context, task_function)
+        self.next_job = 0
+
+    def sweep(self, arguments: list[str]) -> Any:
+        folder = resume_requested(arguments)
+        if folder is not None and not self.resuming:
+            return self.resume_sweep(folder, arguments)
+        return super().sweep(arguments)
+
+    def get_job_batch(self) -> Sequence[Sequence[str]]:
+        """BasicSweeper's next batch; in a resumed sweep each job as job_overrides makes it (job numbers follow
+        the batches, as the launcher numbers them)."""
+        batch = [self.job_overrides(self.next_job + i, job) for i, job in enumerate(super().get_job_batch())]
+        self.next_job += len(batch)
+        return batch
+
+
+# ------------------------------------------------------------------------------------------------ Optuna
+def search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Optuna distributions of the sweep overrides in Hydra's grammar, and the other overrides (passed to every job
+    as written). A later override of a key replaces an earlier one (the command line's, the config's params).
+    choice(a, b) -> categorical; range(a, b[, step]) -> int/float steps over Hydra's values (b excluded);
+    interval(a, b) -> uniform float (int if both ends are ints), tag(log, interval(a, b)) -> log scale."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    by_key: dict[str, Override] = {}
+    for override in OverridesParser.create().parse_overrides(list(arguments)):
+        by_key.pop(override.get_key_element(), None)
+        by_key[override.get_key_element()] = override
+    space: dict[str, Any] = {}
+    fixed: list[str] = []
+    for key, override in by_key.items():
+        value = override.value()
+        if not override.is_sweep_override():
+            assert override.input_line is not None  # parsed from a line
+            fixed.append(override.input_line)
+        elif override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
+            choices: list[Any] = list(override.sweep_iterator(transformer=Transformer.encode))
+            space[key] = CategoricalDistribution(choices)
+        elif isinstance(value, RangeSweep):
+            values: list[Any] = list(override.sweep_iterator())
+            if not values:
+                raise UserError(f"{key}={override.get_value_element_as_str()} is an empty range")
+            if all(isinstance(v, int) for v in values):
+                space[key] = IntDistribution(values[0], values[-1], step=int(value.step or 1))
+            else:
+                space[key] = FloatDistribution(min(values), max(values), step=abs(float(value.step or 1)))
+        elif isinstance(value, IntervalSweep):
+            low, high, log_scale = value.start, value.end, "log" in value.tags
+            if isinstance(low, int) and isinstance(high, int):
+                space[key] = IntDistribution(low, high, log=log_scale)
+            else:
+                space[key] = FloatDistribution(float(low), float(high), log=log_scale)  # type: ignore[arg-type]
+        else:
+            raise UserError(f"{override.input_line}: the Optuna sweeper takes choice(), range() or interval() sweeps")
+    return space, fixed
+
+
+def optuna_object(config: Any, module_name: str, base_name: str, where: str, **kwargs: Any) -> Any:
+    """A sampler or pruner built from a config `{_target_: optuna.<module>.<Class>, ...}`: the class must be one
+    that `optuna.<module>` defines (looked up in its namespace: also the check for a config read from a study's
+    storage, which may come from anywhere). UserError naming `where` otherwise."""
+    module = importlib.import_module(f"optuna.{module_name}")
+    base = getattr(module, base_name)
+    plain: Any = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+    target = plain.get("_target_") if isinstance(plain, dict) else None
+    name = str(target).removeprefix(f"optuna.{module_name}.")
+    cls = vars(module).get(name) if isinstance(target, str) and target.startswith(f"optuna.{module_name}.") else None
+    choices = sorted(n for n, c in vars(module).items() if inspect.isclass(c) and issubclass(c, base) and c is not base)
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise UserError(
+            f"{where}._target_={target!r} is not an Optuna {module_name[:-1]}: use one of optuna.{module_name}."
+            f"{{{', '.join(choices)}}}" + (f" ({where}=null: no pruning)" if module_name == "pruners" else "")
+        )
+    assert isinstance(plain, dict)
+    arguments = {k: v for k, v in plain.items() if k != "_target_"}
+    try:
+        return cls(**arguments, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {target} refused its arguments: {str(e).splitlines()[0]}") from None
+
+
+def build_pruner(config: Any, where: str) -> Any:
+    """The pruner of a config (None: NopPruner, nothing pruned)."""
+    import optuna
+
+    return optuna.pruners.NopPruner() if config is None else optuna_object(config, "pruners", "BasePruner", where)
+
+
+def tell(study: Any, trial: Any, **result: Any) -> None:
+    """study.tell(trial, **result). A GridSampler whose grid is done stops the study as it is told the last
+    trial, which Optuna refuses outside study.optimize() by a RuntimeError raised after the trial is stored."""
+    try:
+        study.tell(trial, **result)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna RDB storage; SQLite waits for a lock held by another worker instead of failing at once."""
+    import optuna
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+class OptunaSweeper(ResumableSweep, Sweeper):
+    """Hyperparameter search on an Optuna study through ask/tell; configs/hydra/sweeper/optuna.yaml documents the
+    keys (those of hydra-optuna-sweeper 1.3, plus `pruner`). n_trials counts this sweep's own trials: several
+    workers sharing a study (same storage and study_name) each run theirs."""
+
+    def __init__(
+        self,
+        sampler: Any = None,
+        direction: str = "maximize",
+        study_name: str | None = None,
+        storage: str | None = None,
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        max_failure_rate: float = 0.0,
+        params: Any = None,
+        pruner: Any = None,
+    ) -> None:
+        self.sampler_config, self.pruner_config = sampler, pruner
+        self.direction, self.study_name, self.storage = direction, study_name, storage
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        plain: Any = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
+        self.params: dict[str, Any] = dict(plain or {})
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Checks the keys (here, not in __init__, which Hydra's instantiate calls and whose errors it rewraps)
+        and builds the pruner, so that a mistake is refused in one line before any job runs."""
+        if self.direction not in ("minimize", "maximize"):
+            raise UserError(f"hydra.sweeper.direction={self.direction!r} must be minimize or maximize")
+        if not 0 <= self.max_failure_rate <= 1:
+            raise UserError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be between 0 and 1")
+        if self.n_trials < 1 or self.n_jobs < 1:
+            raise UserError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1")
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise UserError("hparams_search=optuna needs Optuna: pip install -e '.[search]'") from None
+        self.pruner = build_pruner(self.pruner_config, "hydra.sweeper.pruner")
+        self.config = config
+        self.keep_context(hydra_context, task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.job_idx = 0
+
+    def sampler(self, space: dict[str, Any]) -> tuple[Any, int]:
+        """The sampler, and how many trials it can give (GridSampler: the grid of the categorical space)."""
+        if self.sampler_config is None:
+            return None, self.n_trials  # Optuna's default, TPE
+        target = (self.sampler_config or {}).get("_target_")
+        if target == "optuna.samplers.GridSampler" and "search_space" not in self.sampler_config:
+            grid: dict[str, Any] = {k: getattr(d, "choices", None) for k, d in space.items()}
+            if any(v is None for v in grid.values()):
+                raise UserError("optuna.samplers.GridSampler needs choice() sweeps only (it has no intervals)")
+            size = math.prod([len(v) for v in grid.values()])
+            return optuna_object(self.sampler_config, "samplers", "BaseSampler", "hydra.sweeper.sampler",
+                                 search_space=grid), min(self.n_trials, size)  # fmt: skip
+        return optuna_object(self.sampler_config, "samplers", "BaseSampler", "hydra.sweeper.sampler"), self.n_trials
+
+    def sweep(self, arguments: list[str]) -> None:
+        folder = resume_requested(arguments)
+        if folder is not None and not self.resuming:
+            return self.resume_sweep(folder, arguments)
+        import optuna
+        from optuna.trial import TrialState
+
+        assert self.config is not None  # setup() ran
+        sweep = Path(self.config.hydra.sweep.dir).resolve()
+        sweep.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep / "multirun.yaml")
+        space, fixed = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        sampler, n_trials = self.sampler(space)
+        url = self.storage or f"sqlite:///{sweep / 'optuna.db'}"
+        storage = open_storage(url)
+        study = optuna.create_study(
+            study_name=self.study_name or sweep.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=self.pruner,
+            direction=optuna.study.StudyDirection[self.direction.upper()],
+            load_if_exists=True,
+        )
+        log.info("Optuna study %s in %s: %d trials of %s", study.study_name, url, n_trials, ", ".join(space))
+
+        def mine() -> list[Any]:  # this sweep's trials (workers sharing the study have theirs)
+            return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("sweep") == str(sweep)]
+
+        if self.resuming:
+            self.retry_interrupted(study, storage, mine())
+        counted = [t for t in mine() if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+        to_go = n_trials - len(counted)
+        next_job = 1 + max((int(t.user_attrs.get("job", -1)) for t in mine()), default=-1)
+        while to_go > 0:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
+            jobs, overrides = [], []
+            for trial in trials:
+                if trial.user_attrs.get("sweep") != str(sweep) or "job" not in trial.user_attrs:
+                    trial.set_user_attr("sweep", str(sweep))
+                    trial.set_user_attr("job", next_job)
+                    next_job += 1
+                trial.set_user_attr("pruner", self.pruner_plain())
+                job = int(trial.user_attrs["job"])
+                reporting = f"{{storage:{quoted(url)},study_name:{quoted(study.study_name)},number:{trial.number}}}"
+                params = [f"{k}={v}" for k, v in trial.params.items()]
+                jobs.append(job)
+                overrides.append(
+                    self.job_overrides(job, [*params, *fixed, f"trial={reporting}", f"hydra.sweep.subdir={job}"])
+                )
+            assert self.launcher is not None  # setup() made it
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            failures = []
+            for trial, job, result in zip(trials, jobs, returns):
+                try:
+                    value = float(result.return_value)  # the job's own exception if it failed
+                except Exception as e:
+                    tell(study, trial, state=TrialState.FAIL)
+                    log.warning("trial %d (job %d) failed: %s", trial.number, job, e)
+                    failures.append(e)
+                    continue
+                if RunFolder(sweep / str(job)).summary_values().get("pruned"):
+                    tell(study, trial, state=TrialState.PRUNED)
+                else:
+                    tell(study, trial, values=value)
+            if len(failures) / len(returns) > self.max_failure_rate:
+                log.error("%d of %d trials failed (max_failure_rate=%s)", len(failures), len(returns),
+                          self.max_failure_rate)  # fmt: skip
+                for result in returns:
+                    _ = result.return_value  # raises the first failure, with its traceback
+            to_go -= len(trials)
+        self.write_results(study, sweep)
+
+    def pruner_plain(self) -> Any:
+        """The pruner's config as a plain value (kept with each trial: the job builds the same pruner)."""
+        config = self.pruner_config
+        return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+    @staticmethod
+    def retry_interrupted(study: Any, storage: Any, trials: list[Any]) -> None:
+        """Trials of this sweep left RUNNING by a process that died: each is marked `interrupted` (not counted
+        towards n_trials) and told FAIL, and its configuration is enqueued again for the same job folder (where it
+        resumes from last.ckpt), once."""
+        from optuna.trial import TrialState
+
+        study_id = storage.get_study_id_from_name(study.study_name)
+        for trial in trials:
+            if trial.state != TrialState.RUNNING:
+                continue
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            study.enqueue_trial(
+                trial.params,
+                user_attrs={
+                    "sweep": trial.user_attrs["sweep"],
+                    "job": trial.user_attrs["job"],
+                    "retry_of": trial.number,
+                },
+            )
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            tell(study, trial.number, state=TrialState.FAIL)
+            log.info("trial %d was interrupted: told FAIL, its configuration tried again", trial.number)
+
+    def write_results(self, study: Any, sweep: Path) -> None:
+        """<sweep>/optimization_results.yaml: the study's best parameters and value (as hydra-optuna-sweeper)."""
+        with contextlib.suppress(ValueError):  # no trial completed
+            best = study.best_trial
+            results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+            OmegaConf.save(OmegaConf.create(results), sweep / "optimization_results.yaml")
+            log.info("best parameters %s: %s", best.params, best.value)
+            return
+        log.warning("no trial completed: %s has no best parameters", study.study_name)

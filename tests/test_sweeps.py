@@ -1,0 +1,212 @@
+"""Sweeps that survive a crash and prune: the project's sweepers (cifar_lightning/sweepers.py) on real runs."""
+
+import csv
+import json
+import signal
+
+import optuna
+import pytest
+import yaml
+from conftest import FAST, HELPERS_ENV, run_script, start_script
+from test_resume import kill_mid_epoch
+
+TINY = [o for o in FAST if not o.startswith(("epochs=", "data.val_size="))] + [
+    "data=synthetic",
+    "data.val_size=200",
+    "extras.print_config=false",
+    "trainer.deterministic=true",
+]
+SLOW = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.04"]
+
+
+def epochs_logged(run) -> list[int]:
+    """The epochs of a run's metrics.csv that logged a validation accuracy, in file order."""
+    with open(run / "metrics.csv") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc")]
+
+
+def summary_rows(sweep) -> dict[str, tuple]:
+    """python -m cifar_lightning.tasks.summarize SWEEP, read back: (best val acc, test acc, epochs, status) per
+    overrides."""
+    result = run_script("-m", "cifar_lightning.tasks.summarize", str(sweep))
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(sweep / "summary.csv") as f:
+        return {r["overrides"]: (r["best_val_acc"], r["test_acc"], r["epochs"], r["status"]) for r in csv.DictReader(f)}
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_resuming_a_folder_that_is_not_a_sweep_is_one_line(tmp_path):
+    result = run_script("train.py", "-m", f"resume={tmp_path}", f"paths.root={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: resume=") and "multirun.yaml does not exist, so it is not a sweep folder" in last
+    assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+def test_resuming_a_sweep_with_other_overrides_is_one_line(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("hydra: {overrides: {hydra: [], task: [seed=1]}}\n")
+    for other in ("epochs=3", "hydra/launcher=submitit_local"):
+        result = run_script("train.py", "-m", f"resume={tmp_path}", other, f"paths.root={tmp_path}")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith(f"started with; drop {other}")
+
+
+def test_a_resumed_sweep_builds_nothing_its_record_names_outside_the_allow_list(tmp_path):
+    """multirun.yaml may come from anywhere: a job that runs fresh is checked as a resumed run's config is."""
+    evil = ["+callbacks.evil._target_=os.system", f"+callbacks.evil.command='touch {tmp_path}/pwned'"]
+    task = [*evil, "data=synthetic", "seed=1,2"]
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"hydra": [], "task": task}}}))
+    result = run_script("train.py", "-m", f"resume={tmp_path}", f"paths.root={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "was refused: callbacks.evil._target_='os.system'" in last
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "0").exists()
+
+
+def test_an_unknown_pruner_is_one_line(tmp_path):
+    result = run_script(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.pruner._target_=optuna.pruners.MedianPrunr",
+        *TINY,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"paths.root={tmp_path}",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: hydra.sweeper.pruner._target_='optuna.pruners.MedianPrunr' is not an Optuna pruner")
+    assert "MedianPruner" in last and not (tmp_path / "sweep").exists()  # refused before any trial
+
+
+# ------------------------------------------------------------------------------------------------ pruning
+def search(tmp_path, name, pruner):
+    """4 trials of the MLP, one after another: lr 3e-3 learns the synthetic classes, 1e-7 cannot; calibration
+    changes nothing in (deterministic) training, so the two learning trials have one curve. GridSampler seed 0 runs
+    them good, bad, bad, good."""
+    sweep = tmp_path / name
+    result = run_script(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        *TINY,
+        "model=mlp",
+        "epochs=3",
+        "batch_size=200",
+        "optimizer.lr=choice(3e-3,1e-7)",
+        "calibration=choice(temperature,none)",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.params=null",  # the search on the command line only
+        "~hydra.sweeper.sampler.n_startup_trials",
+        "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
+        "hydra.sweeper.sampler.seed=0",
+        *pruner,
+        f"hydra.sweep.dir={sweep}",
+        f"paths.root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep
+
+
+@pytest.mark.slow
+def test_a_search_prunes_the_trials_that_cannot_learn_and_trains_fewer_epochs(tmp_path):
+    pruned = search(
+        tmp_path, "pruned", ["hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0"]
+    )
+    full = search(tmp_path, "full", ["hydra.sweeper.pruner=null"])
+
+    def epochs(sweep):
+        return sum(len(epochs_logged(job)) for job in sweep.iterdir() if job.name.isdigit())
+
+    assert epochs(full) == 4 * 3
+    assert epochs(pruned) <= 0.7 * epochs(full)  # 3 + 1 + 1 + 3
+    best = [yaml.safe_load((s / "optimization_results.yaml").read_text()) for s in (pruned, full)]
+    assert best[0]["best_params"] == best[1]["best_params"] and best[0]["best_params"]["optimizer.lr"] == 3e-3
+    study = optuna.load_study(study_name="cifar_lightning", storage=f"sqlite:///{pruned / 'optuna.db'}")
+    states = {t.params["optimizer.lr"]: set() for t in study.trials}
+    for t in study.trials:
+        states[t.params["optimizer.lr"]].add(t.state)
+    assert states == {3e-3: {optuna.trial.TrialState.COMPLETE}, 1e-7: {optuna.trial.TrialState.PRUNED}}
+    assert all(len(t.intermediate_values) == len(epochs_logged(pruned / str(t.number))) for t in study.trials)
+    rows = summary_rows(pruned)
+    assert sorted(status for *_, status in rows.values()) == ["done", "done", "pruned", "pruned"]
+    assert all("trial=" not in overrides for overrides in rows)  # the sweeper's bookkeeping is not a setting
+    hopeless = [
+        j for j in pruned.iterdir() if j.name.isdigit() and "lr=1e-07" in (j / ".hydra/overrides.yaml").read_text()
+    ]
+    assert len(hopeless) == 2
+    for job in hopeless:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["pruned"] is True and summary["epochs"] == 1 and summary["test_acc"] is not None
+        assert (job / "checkpoints" / "last.ckpt").is_file() and (job / "checkpoints" / "best.ckpt").is_file()
+    resumed = run_script("train.py", f"resume={job}")  # a pruned run is finished: resume leaves it as it is
+    assert resumed.returncode == 0 and "finished already: nothing to resume" in resumed.stdout + resumed.stderr
+
+
+# ------------------------------------------------------------------------------------------------ resume
+GRID = ["optimizer.lr=3e-3,5e-3", "seed=1,2", *TINY, "epochs=2", "callbacks.early_stopping=null", *SLOW]
+
+
+@pytest.mark.slow
+def test_a_killed_grid_sweep_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path):
+    sweep = tmp_path / "killed"
+    process = start_script(
+        "train.py", "-m", *GRID, f"hydra.sweep.dir={sweep}", f"paths.root={tmp_path}", env=HELPERS_ENV
+    )
+    kill_mid_epoch(process, sweep / "2" / "checkpoints" / "last.ckpt", epoch=0)
+    assert process.returncode == -signal.SIGKILL
+    assert not (sweep / "2" / "summary.json").exists() and not (sweep / "3").exists()
+    first_summaries = {j: (sweep / j / "summary.json").read_text() for j in ("0", "1")}
+
+    resumed = run_script("train.py", "-m", f"resume={sweep}", "trusted_modules=[helpers]", env=HELPERS_ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1", "2", "3"]
+    assert all(epochs_logged(sweep / j) == [0, 1] for j in jobs)  # every epoch once
+    assert {j: (sweep / j / "summary.json").read_text() for j in ("0", "1")} == first_summaries  # kept, not rerun
+
+    uninterrupted = tmp_path / "uninterrupted"
+    result = run_script(
+        "train.py", "-m", *GRID, f"hydra.sweep.dir={uninterrupted}", f"paths.root={tmp_path}", env=HELPERS_ENV
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary_rows(sweep) == summary_rows(uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_killed_optuna_search_retries_the_interrupted_trial_in_its_folder(tmp_path):
+    sweep = tmp_path / "search"
+    process = start_script(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        *TINY,
+        "epochs=2",
+        "callbacks.early_stopping=null",
+        *SLOW,
+        "optimizer.lr=choice(3e-3,5e-3)",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.params=null",  # the search on the command line only
+        "~hydra.sweeper.sampler.n_startup_trials",
+        "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
+        "hydra.sweeper.sampler.seed=0",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.root={tmp_path}",
+        env=HELPERS_ENV,
+    )
+    kill_mid_epoch(process, sweep / "1" / "checkpoints" / "last.ckpt", epoch=0)
+
+    resumed = run_script("train.py", "-m", f"resume={sweep}", "trusted_modules=[helpers]", env=HELPERS_ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = optuna.load_study(study_name="cifar_lightning", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # n_trials complete, plus the interrupted one
+    dead, retry = trials[1], trials[2]
+    assert dead.user_attrs["interrupted"] is True and retry.user_attrs["retry_of"] == dead.number
+    assert retry.params == dead.params and retry.user_attrs["job"] == dead.user_attrs["job"] == 1
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert epochs_logged(sweep / "1") == [0, 1]  # resumed from the dead trial's last.ckpt: no epoch twice
+    summary = json.loads((sweep / "1" / "summary.json").read_text())
+    assert retry.value == pytest.approx(summary["best_val_acc"])
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(trials[0].value, retry.value)
