@@ -159,12 +159,14 @@ class RunFolder:
             header += [k for k in ("epoch", "step", *missing) if k not in header]
             rows.append({"epoch": str(epoch), "step": str(step - 1), **{k: str(v) for k, v in missing.items()}})
         if header:
-            tmp = self.metrics_csv.with_name(f".{self.metrics_csv.name}.tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, self.metrics_csv)
+
+            def write(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=header)
+                    writer.writeheader()
+                    writer.writerows(rows)
+
+            write_atomic(self.metrics_csv, write)
 
     def discard_if_unused(self) -> bool:
         """Removes the folder when a run refused before it started left nothing in it but what Hydra writes first

@@ -78,6 +78,41 @@ def recorded_overrides(sweep: Path) -> tuple[list[str], list[str]]:
     return hydra_overrides, task
 
 
+# The Hydra overrides a resumed sweep takes from its multirun.yaml: which sweeper and launcher, and their search
+# and resource keys; nothing that moves files (sweep.subdir, job_logging), sets the environment or runs commands
+RECORDED_HYDRA = ("hydra.mode", "hydra/sweeper", "hydra/launcher")
+RECORDED_SWEEPER = ("sampler", "direction", "study_name", "n_trials", "n_jobs", "max_failure_rate", "params", "pruner")
+RECORDED_LAUNCHER = (
+    "partition", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
+    "nodes", "qos", "account", "constraint", "comment", "max_num_timeout", "n_jobs",
+)  # fmt: skip
+REMOTE_STORAGE = ("postgresql", "mysql", "oracle", "mssql")  # an RDB server: nothing written here
+
+
+def check_recorded_hydra_override(override: str, sweep: Path, root: Path | None) -> None:
+    """Refuses a Hydra override of a sweep's multirun.yaml that a resumed sweep does not take from disk (see
+    RECORDED_HYDRA); an Optuna storage must be a database server or a SQLite file under the sweep's runs root.
+
+    Raises:
+        UserError: naming the record, the override and what to do."""
+    key, _, value = override.lstrip("+~").partition("=")
+    parts = key.split(".")
+    allowed = (
+        key in RECORDED_HYDRA
+        or (parts[:2] == ["hydra", "sweeper"] and len(parts) > 2 and parts[2] in RECORDED_SWEEPER)
+        or (parts[:2] == ["hydra", "launcher"] and len(parts) == 3 and parts[2] in RECORDED_LAUNCHER)
+    )
+    if key == "hydra.sweeper.storage":
+        scheme, _, path = value.strip("'\"").partition(":///")
+        inside = scheme == "sqlite" and Path(path).resolve().is_relative_to((root or sweep).resolve())
+        allowed = scheme.split("+")[0] in REMOTE_STORAGE or inside
+    if not allowed:
+        raise UserError(
+            f"{sweep / 'multirun.yaml'} records {override}, which a resumed sweep does not take from disk: "
+            f"start the sweep anew"
+        )
+
+
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -89,14 +124,14 @@ class ResumableSweep:
     hydra_context: HydraContext | None
     task_function: TaskFunction
     resuming = False  # set on the sweeper that runs a resumed sweep
-    trusted: list[str] = []  # trusted_modules= given to a resumed sweep, for its resumed jobs
 
     def keep_context(self, hydra_context: HydraContext, task_function: TaskFunction) -> None:
         self.hydra_context, self.task_function = hydra_context, task_function
 
     def resume_sweep(self, folder: str, arguments: Sequence[str]) -> Any:
-        """Composes the sweep in `folder` again from its recorded overrides (plus paths.root= and trusted_modules=
-        given now), instantiates its sweeper (Hydra only builds plugin classes) and runs it in resume mode."""
+        """Composes the sweep in `folder` again from its recorded overrides (but paths.root= and trusted_modules=,
+        which are the command's, and Hydra overrides outside RECORDED_HYDRA, refused), instantiates its sweeper
+        (Hydra only builds plugin classes) and runs it in resume mode."""
         assert self.config is not None and self.hydra_context is not None  # setup() ran
         sweep = Path(folder).resolve()
         others = [a for a in arguments if not a.startswith(("resume=", *RESUME_KEEPS))]
@@ -107,12 +142,16 @@ class ResumableSweep:
                 f"resume= continues a sweep with the overrides it was started with; drop {' '.join(others)}"
             )
         hydra_overrides, task = recorded_overrides(sweep)
-        # paths.root= replaces the recorded one in every job; trusted_modules= goes to the resumed jobs only, whose
-        # configs are read from disk (a fresh job runs the recorded overrides, as the sweep did)
-        given = [a for a in arguments if a.startswith("paths.root=")]
-        trusted = [a for a in arguments if a.startswith("trusted_modules=")]
-        task = [o for o in task if _key(o) not in ("paths.root" if given else "", "resume")] + given
+        # the record comes from disk: where files go and what may be loaded are the command's, never the record's
+        # (paths.root: the command's, else the runs root holding the sweep; trusted_modules: the command's)
+        given = [a for a in arguments if a.startswith(RESUME_KEEPS)]
+        root = sweep.parent.parent if sweep.parent.name == "multiruns" else None
+        if root is not None and not any(a.startswith("paths.root=") for a in given):
+            given.append(f"paths.root={quoted(str(root))}")
+        task = [o for o in task if _key(o) not in ("paths.root", "trusted_modules", "resume")] + given
         hydra_overrides = [o for o in hydra_overrides if _key(o) != "hydra.sweep.dir"]
+        for override in hydra_overrides:
+            check_recorded_hydra_override(override, sweep, root)
         hydra_overrides.append(f"hydra.sweep.dir={quoted(str(sweep))}")
         config = self.hydra_context.config_loader.load_configuration(
             config_name=self.config.hydra.job.config_name,
@@ -125,7 +164,7 @@ class ResumableSweep:
         if not isinstance(sweeper, ResumableSweep):
             raise UserError(f"{sweep} was swept by {config.hydra.sweeper._target_}, which cannot resume a sweep")
         log.info("resuming the sweep in %s", sweep)
-        sweeper.resuming, sweeper.trusted = True, trusted
+        sweeper.resuming = True
         return sweeper.sweep(arguments=list(config.hydra.overrides.task))
 
     def job_overrides(self, job: int, overrides: Sequence[str]) -> list[str]:
@@ -139,8 +178,7 @@ class ResumableSweep:
         if not run.checkpoint("last").is_file():
             self.check_fresh_job(run, overrides)
             return list(overrides)
-        kept = [o for o in overrides if not (self.trusted and o.startswith("trusted_modules="))]
-        return [*kept, f"resume={quoted(str(run.path))}", *self.trusted]
+        return [*overrides, f"resume={quoted(str(run.path))}"]
 
     def check_fresh_job(self, run: RunFolder, overrides: Sequence[str]) -> None:
         """A job of a resumed sweep that runs fresh is built from overrides read from the sweep's multirun.yaml:
@@ -148,8 +186,7 @@ class ResumableSweep:
         from cifar_lightning.trust import run_config
 
         assert self.config is not None and self.hydra_context is not None  # setup() ran
-        mine = [o for o in overrides if not (self.trusted and o.startswith("trusted_modules="))]
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, [*mine, *self.trusted])
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(config):
             del config["hydra"]
         record = Path(self.config.hydra.sweep.dir) / "multirun.yaml"

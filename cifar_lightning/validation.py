@@ -10,6 +10,7 @@ Every refusal is a `UserError` whose one-line message names the key (`data.batch
 
 import inspect
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -336,11 +337,10 @@ def run_length(cfg: Any, datamodule: Any, processes: int, callbacks: Sequence[An
                 f"{type(callback).__name__} watches monitor={monitor!r}, which this run never logs "
                 f"(it logs {', '.join(logged)}): set its monitor to one of them"
             )
-    written = [
-        Path(c.dirpath) / f"{c.filename}.ckpt" for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath
-    ]
+    saves = [c for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    written = [Path(os.path.realpath(str(c.dirpath))) / f"{c.filename}.ckpt" for c in saves]  # as Lightning's realpath
     for callback in callbacks:
-        if isinstance(callback, BestCheckpoint) and callback.source not in written:
+        if isinstance(callback, BestCheckpoint) and Path(os.path.realpath(callback.source)) not in written:
             raise UserError(
                 f"callbacks: BestCheckpoint copies {callback.source}, which no ModelCheckpoint writes: keep "
                 f"callbacks.last_checkpoint, or set callbacks.model_checkpoint=null too"

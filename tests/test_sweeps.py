@@ -63,6 +63,30 @@ def test_a_resumed_sweep_builds_nothing_its_record_names_outside_the_allow_list(
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "0").exists()
 
 
+@pytest.mark.parametrize(
+    "hydra, task, message",
+    [
+        # a recorded trusted_modules is not the user's: the allow-list still refuses io.FileIO
+        ([], ["trusted_modules=[io]", "+callbacks.x._target_=io.FileIO", "+callbacks.x.file={marker}"], "io.FileIO"),
+        (["hydra.sweep.subdir={marker}"], [], "records hydra.sweep.subdir="),
+        (["hydra.job.env_set.PATH={marker}"], [], "records hydra.job.env_set.PATH="),
+        (["hydra.job_logging.handlers.file.filename={marker}"], [], "records hydra.job_logging"),
+        (["hydra.sweeper.storage=sqlite:///{marker}"], [], "records hydra.sweeper.storage="),
+    ],
+)
+def test_a_sweep_record_cannot_choose_where_files_go_or_what_is_trusted(tmp_path, hydra, task, message):
+    root = tmp_path / "outputs"
+    sweep, marker = root / "multiruns" / "sweep", tmp_path / "marker"  # outside the runs root
+    sweep.mkdir(parents=True)
+    record = {"hydra": [o.format(marker=marker) for o in hydra], "task": [o.format(marker=marker) for o in task]}
+    record["task"] += ["data=synthetic", "seed=1,2"]
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": record}}))
+    result = run_script("train.py", "-m", f"resume={sweep}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert not marker.exists() and not (sweep / "0").exists()
+
+
 def test_an_unknown_pruner_is_one_line(tmp_path):
     result = run_script(
         "train.py",

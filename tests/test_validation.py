@@ -131,3 +131,12 @@ def test_epochs_written_as_a_whole_float_trains_and_max_epochs_apart_from_epochs
     assert train_run(["data=synthetic", *FAST, "epochs=1.0"], tmp_path / "a")["epochs"] == 1
     with pytest.raises(UserError, match=re.escape("trainer.max_epochs=5 differs from epochs=1: set epochs instead")):
         train(quick(tmp_path, "trainer.max_epochs=5"))
+
+
+def test_a_run_under_a_symlinked_folder_trains(tmp_path):
+    """Lightning resolves a checkpoint folder's symlinks: best.ckpt's source is compared the same way."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    cfg = compose_train(["data=synthetic", *FAST], output_dir=tmp_path / "link" / "run")
+    summary = train(cfg)
+    assert summary["best_val_acc"] is not None and (tmp_path / "real" / "run" / "checkpoints" / "best.ckpt").is_file()

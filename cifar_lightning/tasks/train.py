@@ -173,11 +173,11 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     timer = next(c for c in callbacks if isinstance(c, Timer))
     training_flops, fit_seconds = cost.total_flops, timer.time_elapsed("train")
 
-    best = next((c for c in callbacks if isinstance(c, BestCheckpoint)), None)  # None: callbacks.model_checkpoint=null
+    best = best_checkpoint(trainer)
     best_path = best.best_model_path if best else ""
     summary: dict[str, Any] = {
         "temperature": calibrate(cfg, trainer, module, datamodule, best_path),
-        "best_val_acc": best.best_model_score if best else None,
+        "best_val_acc": None if best is None or best.best_model_score is None else float(best.best_model_score),
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
         "training_pflop": training_flops / 1e15,
@@ -205,6 +205,14 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
             run.path,
         )
     return summary
+
+
+def best_checkpoint(trainer: L.Trainer) -> BestCheckpoint | ModelCheckpoint | None:
+    """What writes best.ckpt: BestCheckpoint, or in a run started before it (resumed with its own config) the
+    ModelCheckpoint that watches a metric; None with callbacks.model_checkpoint=null."""
+    checkpoints = trainer.checkpoint_callbacks
+    best = next((c for c in checkpoints if isinstance(c, BestCheckpoint)), None)
+    return best or next((c for c in checkpoints if isinstance(c, ModelCheckpoint) and c.monitor), None)
 
 
 def calibrate(
