@@ -184,7 +184,7 @@ def run_config(
 # Where a trainer, callback, logger or profiler config sends files: folders, a file name inside its folder, and
 # MLflow's store (null: the project's, under paths.root)
 FOLDER_KEYS = ("default_root_dir", "dirpath", "save_dir", "log_dir", "root_dir")
-FILE_KEYS = ("filename",)
+FILE_KEYS = ("filename", "name", "version", "sub_dir")  # a file or subfolder name inside its folder
 STORE_KEYS = ("tracking_uri", "artifact_location")
 REMOTE_STORE = re.compile(r"(https?|databricks)://")  # a tracking server: nothing written here
 
@@ -193,6 +193,11 @@ def _check_writes(resolved: dict, output_dir: Path, config_file: Path) -> None:
     """Refuses a resumed run's config that sends a file outside the run folder: every folder key of the trainer,
     callbacks and loggers lies inside it, no file name leaves its folder, an MLflow store is a server or null."""
     run = output_dir.resolve()
+    if (resolved.get("trainer") or {}).get("default_root_dir") is None:  # Lightning's default: the working folder
+        raise UserError(
+            f"{config_file} was refused: trainer.default_root_dir is not set, so the resumed run would write into "
+            f"the working folder"
+        )
     for where, key, value in _leaves({k: resolved.get(k) for k in ("trainer", "callbacks", "logger")}):
         if value is None:
             continue

@@ -154,6 +154,8 @@ OUTSIDE = "would make the resumed run write outside its folder"
         (lambda c: c["logger"]["csv"].update(save_dir="{marker}"), OUTSIDE),
         (lambda c: c["trainer"].update(default_root_dir="{marker}/.."), OUTSIDE),
         (lambda c: c["callbacks"]["last_checkpoint"].update(filename="../../last"), OUTSIDE),
+        (lambda c: c["logger"]["csv"].update(name="../../elsewhere"), OUTSIDE),
+        (lambda c: c["trainer"].update(default_root_dir=None), "would write into the working folder"),
         (
             lambda c: c["logger"].update(
                 mlflow={"_target_": "lightning.pytorch.loggers.MLFlowLogger", "tracking_uri": "sqlite:///{marker}"}
