@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # what a resumed sweep may be given besides resume=: where the runs live, and what their configs may name
 RESUME_KEEPS = ("paths.root=", "trusted_modules=")
+RECORD_REPLACED = ("paths.root", "trusted_modules")  # what a sweep record may not choose: the command's
 
 
 def quoted(value: str) -> str:
@@ -148,7 +149,10 @@ class ResumableSweep:
         root = sweep.parent.parent if sweep.parent.name == "multiruns" else None
         if root is not None and not any(a.startswith("paths.root=") for a in given):
             given.append(f"paths.root={quoted(str(root))}")
-        task = [o for o in task if _key(o) not in ("paths.root", "trusted_modules", "resume")] + given
+        given_by_key = {_key(a): a for a in given}
+        # in the record's place, so that the jobs' overrides (and the summary's rows) read as the sweep's did
+        task = [given_by_key.pop(_key(o), "") if _key(o) in RECORD_REPLACED else o for o in task]
+        task = [o for o in task if o and _key(o) != "resume"] + list(given_by_key.values())
         hydra_overrides = [o for o in hydra_overrides if _key(o) != "hydra.sweep.dir"]
         for override in hydra_overrides:
             check_recorded_hydra_override(override, sweep, root)

@@ -182,7 +182,9 @@ def test_a_killed_grid_sweep_resumes_to_the_rows_of_an_uninterrupted_one(tmp_pat
     assert not (sweep / "2" / "summary.json").exists() and not (sweep / "3").exists()
     first_summaries = {j: (sweep / j / "summary.json").read_text() for j in ("0", "1")}
 
-    resumed = run_script("train.py", "-m", f"resume={sweep}", "trusted_modules=[helpers]", env=HELPERS_ENV)
+    resumed = run_script(
+        "train.py", "-m", f"resume={sweep}", f"paths.root={tmp_path}", "trusted_modules=[helpers]", env=HELPERS_ENV
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1", "2", "3"]
@@ -220,7 +222,9 @@ def test_a_killed_optuna_search_retries_the_interrupted_trial_in_its_folder(tmp_
     )
     kill_mid_epoch(process, sweep / "1" / "checkpoints" / "last.ckpt", epoch=0)
 
-    resumed = run_script("train.py", "-m", f"resume={sweep}", "trusted_modules=[helpers]", env=HELPERS_ENV)
+    resumed = run_script(
+        "train.py", "-m", f"resume={sweep}", f"paths.root={tmp_path}", "trusted_modules=[helpers]", env=HELPERS_ENV
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = optuna.load_study(study_name="cifar_lightning", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
     states = [t.state.name for t in trials]

@@ -21,8 +21,13 @@ def read_runs(sweep: Path) -> list[dict]:
     runs = []
     for overrides_file in sorted(sweep.glob("**/.hydra/overrides.yaml")):
         run = overrides_file.parent.parent
-        # trial= is the Optuna sweeper's bookkeeping (which trial the job reports to), not a setting of the run
-        overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not o.startswith("trial=")]
+        # trial= (which Optuna trial the job reports to) and trusted_modules= (what it may load from disk; a resumed
+        # sweep's command gives it) are bookkeeping, not settings of the run
+        overrides = [
+            o
+            for o in yaml.safe_load(overrides_file.read_text()) or []
+            if not o.startswith(("trial=", "trusted_modules="))
+        ]
         summary_file = run / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
         runs.append(
