@@ -48,6 +48,11 @@ def write_atomic(path: Path, content: str | Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def sweep_root(sweep: Path) -> Path | None:
+    """The runs root that holds a sweep's folder by the layout (<root>/multiruns/<sweep>), or None."""
+    return sweep.parent.parent if sweep.parent.name == "multiruns" else None
+
+
 class RunFolder:
     """One training run's folder (see the module's docstring for its layout)."""
 
@@ -70,9 +75,7 @@ class RunFolder:
         or None for a folder placed elsewhere (hydra.run.dir=...)."""
         if self.path.parent.name == "runs":
             return self.path.parent.parent
-        if self.path.parent.parent.name == "multiruns":
-            return self.path.parent.parent.parent
-        return None
+        return sweep_root(self.path.parent)
 
     def checkpoint(self, name: str) -> Path:
         """<run>/checkpoints/<name>.ckpt (name: best or last)."""

@@ -39,13 +39,13 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar_lightning.errors import UserError
-from cifar_lightning.runs import RunFolder
+from cifar_lightning.runs import RunFolder, sweep_root
 
 log = logging.getLogger(__name__)
 
-# what a resumed sweep may be given besides resume=: where the runs live, and what their configs may name
-RESUME_KEEPS = ("paths.root=", "trusted_modules=")
-RECORD_REPLACED = ("paths.root", "trusted_modules")  # what a sweep record may not choose: the command's
+# what a resumed sweep may be given besides resume=, and what its record may not choose: where the runs live, and
+# what their configs may name
+RESUME_KEEPS = ("paths.root", "trusted_modules")
 
 
 def quoted(value: str) -> str:
@@ -135,7 +135,7 @@ class ResumableSweep:
         (Hydra only builds plugin classes) and runs it in resume mode."""
         assert self.config is not None and self.hydra_context is not None  # setup() ran
         sweep = Path(folder).resolve()
-        others = [a for a in arguments if not a.startswith(("resume=", *RESUME_KEEPS))]
+        others = [a for a in arguments if a.partition("=")[0] not in ("resume", *RESUME_KEEPS)]
         # hydra.*, hydra/launcher=...: the recorded ones apply (-m itself sets hydra.mode)
         others += [o for o in self.config.hydra.overrides.hydra if not o.startswith("hydra.mode=")]
         if others:
@@ -145,13 +145,13 @@ class ResumableSweep:
         hydra_overrides, task = recorded_overrides(sweep)
         # the record comes from disk: where files go and what may be loaded are the command's, never the record's
         # (paths.root: the command's, else the runs root holding the sweep; trusted_modules: the command's)
-        given = [a for a in arguments if a.startswith(RESUME_KEEPS)]
-        root = sweep.parent.parent if sweep.parent.name == "multiruns" else None
-        if root is not None and not any(a.startswith("paths.root=") for a in given):
+        given = [a for a in arguments if a.partition("=")[0] in RESUME_KEEPS]
+        root = sweep_root(sweep)
+        if root is not None and not any(_key(a) == "paths.root" for a in given):
             given.append(f"paths.root={quoted(str(root))}")
         given_by_key = {_key(a): a for a in given}
         # in the record's place, so that the jobs' overrides (and the summary's rows) read as the sweep's did
-        task = [given_by_key.pop(_key(o), "") if _key(o) in RECORD_REPLACED else o for o in task]
+        task = [given_by_key.pop(_key(o), "") if _key(o) in RESUME_KEEPS else o for o in task]
         task = [o for o in task if o and _key(o) != "resume"] + list(given_by_key.values())
         hydra_overrides = [o for o in hydra_overrides if _key(o) != "hydra.sweep.dir"]
         for override in hydra_overrides:

@@ -217,15 +217,16 @@ def _check_writes(resolved: dict, output_dir: Path, config_file: Path) -> None:
 
 
 def _leaves(node: Any, where: str = "") -> list[tuple[str, str, Any]]:
-    """(path, key, value) of every value of a nested dict, lists included."""
+    """(path, key, value) of every value of a nested dict that is neither a dict nor a list (path: a.b[0].c)."""
+    if isinstance(node, dict):
+        items = [(f"{where}.{key}" if where else str(key), str(key), value) for key, value in node.items()]
+    elif isinstance(node, list):
+        items = [(f"{where}[{i}]", str(i), value) for i, value in enumerate(node)]
+    else:
+        return []
     found = []
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        path = f"{where}.{key}" if isinstance(key, str) and where else f"{where}[{key}]" if where else str(key)
-        if isinstance(value, (dict, list)):
-            found += _leaves(value, path)
-        else:
-            found.append((path, str(key), value))
+    for path, key, value in items:
+        found += _leaves(value, path) if isinstance(value, (dict, list)) else [(path, key, value)]
     return found
 
 
@@ -236,17 +237,13 @@ def _refused_in(config_file: Path, check: Any, *args: Any) -> None:
         raise UserError(f"{config_file} was refused: {e}") from None
 
 
-def _check_interpolations(node: Any, config_file: Path, where: str = "") -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            _check_interpolations(value, config_file, f"{where}.{key}" if where else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            _check_interpolations(value, config_file, f"{where}[{i}]")
-    elif isinstance(node, str) and "${" in node and node not in RESOLVERS and "${" in REFERENCE.sub("", node):
-        raise UserError(
-            f"{config_file} was refused: {where}={node!r} calls a resolver; a run config may only refer to its own keys"
-        )
+def _check_interpolations(node: dict, config_file: Path) -> None:
+    for where, _, value in _leaves(node):
+        if isinstance(value, str) and "${" in value and value not in RESOLVERS and "${" in REFERENCE.sub("", value):
+            raise UserError(
+                f"{config_file} was refused: {where}={value!r} calls a resolver; a run config may only refer to its "
+                f"own keys"
+            )
 
 
 def _targets(node: Any, where: str = "") -> list[tuple[str, Any]]:

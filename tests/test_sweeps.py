@@ -8,7 +8,7 @@ import optuna
 import pytest
 import yaml
 from conftest import FAST, HELPERS_ENV, run_script, start_script
-from test_resume import kill_mid_epoch
+from test_resume import epochs_logged, kill_mid_epoch
 
 TINY = [o for o in FAST if not o.startswith(("epochs=", "data.val_size="))] + [
     "data=synthetic",
@@ -17,12 +17,13 @@ TINY = [o for o in FAST if not o.startswith(("epochs=", "data.val_size="))] + [
     "trainer.deterministic=true",
 ]
 SLOW = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.04"]
-
-
-def epochs_logged(run) -> list[int]:
-    """The epochs of a run's metrics.csv that logged a validation accuracy, in file order."""
-    with open(run / "metrics.csv") as f:
-        return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc")]
+# an Optuna search over the command line's choice() lists only, trial by trial through Optuna's GridSampler
+GRID_SEARCH = [
+    "hydra.sweeper.params=null",
+    "~hydra.sweeper.sampler.n_startup_trials",
+    "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
+    "hydra.sweeper.sampler.seed=0",
+]
 
 
 def summary_rows(sweep) -> dict[str, tuple]:
@@ -120,10 +121,7 @@ def search(tmp_path, name, pruner):
         "optimizer.lr=choice(3e-3,1e-7)",
         "calibration=choice(temperature,none)",
         "hydra.sweeper.n_trials=4",
-        "hydra.sweeper.params=null",  # the search on the command line only
-        "~hydra.sweeper.sampler.n_startup_trials",
-        "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
-        "hydra.sweeper.sampler.seed=0",
+        *GRID_SEARCH,
         *pruner,
         f"hydra.sweep.dir={sweep}",
         f"paths.root={tmp_path}",
@@ -212,10 +210,7 @@ def test_a_killed_optuna_search_retries_the_interrupted_trial_in_its_folder(tmp_
         *SLOW,
         "optimizer.lr=choice(3e-3,5e-3)",
         "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.params=null",  # the search on the command line only
-        "~hydra.sweeper.sampler.n_startup_trials",
-        "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
-        "hydra.sweeper.sampler.seed=0",
+        *GRID_SEARCH,
         f"hydra.sweep.dir={sweep}",
         f"paths.root={tmp_path}",
         env=HELPERS_ENV,
