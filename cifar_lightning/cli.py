@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-from cifar_lightning import precision
+from cifar_lightning import memory, precision
 from cifar_lightning.console import quiet
 from cifar_lightning.errors import UserError
 from cifar_lightning.runs import RunFolder
@@ -60,6 +60,7 @@ def run(hydra_main: Callable) -> None:
     to raise them instead (HYDRA_FULL_ERROR) and they are printed here from the exception's parts. A user who
     sets HYDRA_FULL_ERROR=1 still gets Hydra's full report."""
     quiet()
+    memory.keep_freed_memory()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return hydra_main()
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -78,6 +79,7 @@ def run_composing(main: Callable[[], None]) -> None:
     """Calls the main of a script that composes configs itself (benchmarks/) so that a bad override or a user
     mistake ends in one `error:` line and exit 1, as with the Hydra entry points."""
     quiet()
+    memory.keep_freed_memory()
     with exit_on_user_error():
         try:
             main()

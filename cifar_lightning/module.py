@@ -5,6 +5,7 @@ with `save_hyperparameters()`: a checkpoint alone then rebuilds the same model, 
 names, and holds nothing but plain containers and tensors (so it loads with `weights_only=True`).
 """
 
+import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,14 @@ from cifar_lightning.data import Batch
 # 0: the image alone; 1: the mean with its mirror image; 2 (airbench): half that, half the same over the image
 # shifted 1 px up-left and 1 px down-right (six views)
 TTA = Annotated[Literal[0, 1, 2], "must be 0 (off), 1 (mirror) or 2 (six views)"]
+VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image of each TTA level
+TTA_FRACTION = Annotated[float, Interval(gt=0, le=1), "must be a share in (0, 1]: 1 gives every image the TTA views"]
+
+
+def forward_passes_per_image(tta: int, tta_fraction: float) -> float:
+    """The net's forward passes per image of `logits(images, tta, tta_fraction=...)` (up to the rounding up of
+    each batch's selected images): the plain pass of every image, and the other views of the selected share."""
+    return 1 + (VIEWS[tta] - 1) * tta_fraction
 
 
 def plain(config: Any) -> Any:
@@ -54,6 +63,7 @@ class ImageClassifier(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         tta: TTA = 0,
+        tta_fraction: TTA_FRACTION = 1.0,
     ):
         """
         Args:
@@ -67,6 +77,8 @@ class ImageClassifier(L.LightningModule):
             channels_last: NHWC memory layout for the net and its inputs.
             compile: torch.compile the net when training.
             tta: the test-time augmentation of validation and test (see `logits`).
+            tta_fraction: the share of each batch's images, least confident first, that get the `tta` views; the
+                others keep their plain logits (see `logits`).
         """
         super().__init__()
         net, optimizer, scheduler, augmentation = map(plain, (net, optimizer, scheduler, augmentation))
@@ -122,7 +134,13 @@ class ImageClassifier(L.LightningModule):
         return self.net(x)
 
     # ------------------------------------------------------------------------------------- inference
-    def logits(self, images: torch.Tensor, tta: int | None = None, calibrated: bool = False) -> torch.Tensor:
+    def logits(
+        self,
+        images: torch.Tensor,
+        tta: int | None = None,
+        calibrated: bool = False,
+        tta_fraction: float | None = None,
+    ) -> torch.Tensor:
         """The one inference path: uint8 images (N, C, H, W) on the module's device -> logits (N, classes).
 
         Args:
@@ -130,37 +148,66 @@ class ImageClassifier(L.LightningModule):
             tta: 0 the image alone; 1 the mean with its mirror image; 2 (airbench) half that, half the same over
                 the image shifted 1 px up-left and 1 px down-right; None: the module's own `tta`.
             calibrated: divide by the temperature fitted on validation (calibration.py).
+            tta_fraction: selective TTA (hiverge/cifar10-speedrun): only the ceil(tta_fraction x N) images whose
+                plain logits are least confident (lowest top softmax probability) get the `tta` views, the others
+                keep their plain logits; 1 gives every image the views. None: the module's own `tta_fraction`.
         """
         tta = self.hparams["tta"] if tta is None else int(tta)
+        # checkpoints from before selective TTA have no tta_fraction: every image got the views
+        fraction = self.hparams.get("tta_fraction", 1.0) if tta_fraction is None else float(tta_fraction)
         x = self.normalize(images)
         if self.hparams["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
+        if tta == 0:
+            logits = self.net(x)
+        elif fraction >= 1:
+            logits = self._views(x, tta)
+        else:
+            logits = self.net(x)
+            confidence = logits.detach().float().softmax(dim=1).amax(dim=1)
+            chosen = confidence.topk(math.ceil(fraction * len(x)), largest=False).indices
+            logits = logits.index_put((chosen,), self._views(x[chosen], tta, logits[chosen]))
+        return logits / self.temperature if calibrated else logits
 
-        def with_mirror(v: torch.Tensor) -> torch.Tensor:
-            return (self.net(v) + self.net(v.flip(3))) / 2
+    def _views(self, x: torch.Tensor, tta: int, plain: torch.Tensor | None = None) -> torch.Tensor:
+        """The `tta` (1 or 2) logits of normalised images, reusing their `plain` logits when already computed."""
 
-        logits = self.net(x) if tta == 0 else with_mirror(x)
+        def with_mirror(v: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+            return ((self.net(v) if logits is None else logits) + self.net(v.flip(3))) / 2
+
+        logits = with_mirror(x, plain)
         if tta >= 2:
             padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
             h, w = x.shape[-2:]
             up_left, down_right = padded[..., :h, :w], padded[..., 2:, 2:]
             logits = logits / 2 + (with_mirror(up_left) + with_mirror(down_right)) / 4
-        return logits / self.temperature if calibrated else logits
+        return logits
 
-    def probabilities(self, images: torch.Tensor, tta: int | None = None, calibrated: bool = True) -> torch.Tensor:
+    def probabilities(
+        self, images: torch.Tensor, tta: int | None = None, calibrated: bool = True, tta_fraction: float | None = None
+    ) -> torch.Tensor:
         """softmax(logits / temperature), float32 (N, classes): `logits` with its arguments."""
-        return self.logits(images, tta, calibrated).float().softmax(dim=1)
+        return self.logits(images, tta, calibrated, tta_fraction).float().softmax(dim=1)
 
     @torch.inference_mode()
     def predict_logits(
-        self, images: torch.Tensor, tta: int | None = None, batch_size: int = 500, calibrated: bool = False
+        self,
+        images: torch.Tensor,
+        tta: int | None = None,
+        batch_size: int = 500,
+        calibrated: bool = False,
+        tta_fraction: float | None = None,
     ) -> torch.Tensor:
         """`logits` of any number of uint8 images (N, C, H, W), `batch_size` at a time on the module's device, in
-        eval mode, without gradients; float32 (N, classes) on the CPU. Shows a progress bar past 20 batches."""
+        eval mode, without gradients; float32 (N, classes) on the CPU. Shows a progress bar past 20 batches.
+        Selective TTA (`tta_fraction` < 1) chooses the least confident images of each batch."""
         self.eval()
         starts = range(0, len(images), batch_size)
         batches = tqdm(starts, desc="predicting", unit="batch", leave=False, disable=len(starts) <= 20)
-        out = [self.logits(images[i : i + batch_size].to(self.device), tta, calibrated).float().cpu() for i in batches]
+        out = [
+            self.logits(images[i : i + batch_size].to(self.device), tta, calibrated, tta_fraction).float().cpu()
+            for i in batches
+        ]
         return torch.cat(out) if out else torch.empty(0, len(self.hparams["class_names"]))
 
     # ------------------------------------------------------------------------------------- steps

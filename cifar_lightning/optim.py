@@ -38,17 +38,19 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 def orthogonalize(matrix: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
     """An approximation of U V^T for matrix = U S V^T, by `steps` Newton-Schulz iterations (float32 on the CPU,
-    bfloat16 on a GPU, where it is a few matrix products at tensor-core speed)."""
+    bfloat16 on a GPU, where it is a few matrix products at tensor-core speed). `matrix` is (m, n) or a batch
+    (..., m, n) of matrices orthogonalised each on its own, in one batched product per iteration."""
     a, b, c = NEWTON_SCHULZ
     x = matrix.to(torch.bfloat16 if matrix.is_cuda else torch.float32)
-    x = x / (x.norm() + eps)  # the largest singular value at most 1, where the iteration converges
-    tall = matrix.size(0) > matrix.size(1)
+    # the largest singular value at most 1, where the iteration converges
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
+    tall = matrix.size(-2) > matrix.size(-1)
     if tall:  # iterate on the smaller Gram matrix
-        x = x.T
+        x = x.mT
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(matrix.dtype)
+    return (x.mT if tall else x).to(matrix.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -57,8 +59,10 @@ class Muon(torch.optim.Optimizer):
     optimization and one schedule drive both.
 
     Muon group: momentum buffer -> Nesterov update -> orthogonalised (every direction of the update gets the same
-    size) -> step of `lr`; before each step the filters are rescaled to norm sqrt(out channels), so with BatchNorm
-    after them only their direction matters and `lr` sets how far it turns. No weight decay (the norm is fixed).
+    size) -> step of `lr`; every `norm_every` steps (from the first) the filters are first rescaled to norm
+    sqrt(out channels), so with BatchNorm after them only their direction matters and `lr` sets how far it turns.
+    No weight decay (the norm is fixed). Filters of the same shape are orthogonalised together, one batched matrix
+    product per Newton-Schulz iteration (hiverge/cifar10-speedrun batches all filter banks).
     SGD groups: torch.optim.SGD's Nesterov rule, with the group's own lr and weight_decay."""
 
     def __init__(
@@ -70,11 +74,18 @@ class Muon(torch.optim.Optimizer):
         ns_steps: int = 3,
         weight_decay: float = 0.0,
         muon: bool = True,
+        norm_every: int = 1,
     ):
-        super().__init__(
-            params,
-            dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, muon=muon),
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            weight_decay=weight_decay,
+            muon=muon,
+            norm_every=norm_every,
         )
+        super().__init__(params, defaults)
 
     # torch's stub overloads step on a closure returning float; Lightning's closures return the loss tensor
     @torch.no_grad()
@@ -84,18 +95,39 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            updates = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                state = self.state[p]
                 grad = p.grad if group["muon"] else p.grad.add(p, alpha=group["weight_decay"])
-                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buffer = state.setdefault("momentum_buffer", torch.zeros_like(p))
                 buffer.mul_(group["momentum"]).add_(grad)
-                update = grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
+                updates[p] = grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
                 if group["muon"]:
-                    p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
-                    update = orthogonalize(update.reshape(len(update), -1), group["ns_steps"]).view_as(p)
+                    # the step count in the state, as torch's optimizers keep it, so that a resumed run goes on
+                    step = state["step"] = state.get("step", 0) + 1
+                    if (step - 1) % group["norm_every"] == 0:
+                        p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
+            if group["muon"]:
+                updates = self._orthogonalized(updates, group["ns_steps"])
+            for p, update in updates.items():
                 p.add_(update, alpha=-group["lr"])
         return loss
+
+    @staticmethod
+    def _orthogonalized(updates: dict, ns_steps: int) -> dict:
+        """Each filter bank's update (out, in, k, k) orthogonalised as an (out, in*k*k) matrix, those of one shape
+        stacked into one batch."""
+        by_shape: dict[torch.Size, list] = {}
+        for p in updates:
+            by_shape.setdefault(p.shape, []).append(p)
+        out = {}
+        for shape, params in by_shape.items():
+            stacked = torch.stack([updates[p].reshape(shape[0], -1) for p in params])
+            for p, update in zip(params, orthogonalize(stacked, ns_steps)):
+                out[p] = update.view(shape)
+        return out
 
 
 def muon_sgd(
@@ -109,11 +141,13 @@ def muon_sgd(
     batch_size: int,
     ns_steps: int = 3,
     whiten_bias_decay: float = 1.0,
+    norm_every: int = 1,
 ) -> Muon:
     """airbench94_muon's optimizer: Muon on the trainable conv filters; Nesterov SGD on the BatchNorm biases and
     the whitening bias (`bias_lr`) and on the head (`head_lr`). Weight decay (per example of a summed loss, times
     `batch_size`) is applied as lr x weight_decay per step in every SGD group. `whiten_bias_decay` is the share of
-    the run over which the whitening bias's learning rate falls to zero (schedules.linear_to_zero reads it)."""
+    the run over which the whitening bias's learning rate falls to zero (schedules.linear_to_zero reads it);
+    `norm_every`: the filters are renormalised every that many steps (see Muon)."""
     trainable = [(name, p) for name, p in named_parameters if p.requires_grad]
     decay = weight_decay * batch_size
     filters = [p for _, p in trainable if p.ndim == 4]
@@ -122,7 +156,7 @@ def muon_sgd(
     biases = [p for name, p in trainable if p.ndim == 1 and not name.endswith("whiten.bias")]
     sgd = dict(muon=False, momentum=sgd_momentum)
     groups = [
-        dict(params=filters, lr=lr, momentum=momentum, ns_steps=ns_steps),
+        dict(params=filters, lr=lr, momentum=momentum, ns_steps=ns_steps, norm_every=norm_every),
         dict(params=whiten_bias, lr=bias_lr, weight_decay=decay / bias_lr, decay_share=whiten_bias_decay, **sgd),
         dict(params=biases, lr=bias_lr, weight_decay=decay / bias_lr, **sgd),
         dict(params=head, lr=head_lr, weight_decay=decay / head_lr, **sgd),

@@ -2,7 +2,16 @@ import pytest
 import torch
 from conftest import compose_train
 
-from cifar_lightning.augment import AugMix, Compose, Cutout, RandomCrop, RandomFlip, autocontrast, equalize
+from cifar_lightning.augment import (
+    AugMix,
+    BrightnessContrast,
+    Compose,
+    Cutout,
+    RandomCrop,
+    RandomFlip,
+    autocontrast,
+    equalize,
+)
 from cifar_lightning.module import ImageClassifier
 
 
@@ -18,6 +27,7 @@ def ramp(n=8):
         RandomCrop(2, "reflect"),
         RandomFlip(),
         Cutout(8),
+        BrightnessContrast(),
         Compose(crop=RandomCrop(4), flip=RandomFlip(), cutout=Cutout(16), off=None),
     ],
 )
@@ -53,6 +63,19 @@ def test_cutout_zeroes_one_square_per_image():
     out = Cutout(size=8)(torch.ones(50, 3, 32, 32))
     zeroed = (out == 0).all(1).flatten(1).sum(1)
     assert torch.all((zeroed > 0) & (zeroed <= 64)) and (zeroed == 64).any()
+
+
+def test_brightness_contrast_is_one_shift_and_one_scale_per_image_within_range():
+    torch.manual_seed(0)
+    images = torch.randn(200, 3, 32, 32)
+    out = BrightnessContrast(brightness=0.2, contrast=0.3)(images)
+    # (x + shift) * scale: out is affine in x with the same slope and offset at every pixel of an image
+    x, y = images.flatten(1), out.flatten(1)
+    scale = (y[:, 1] - y[:, 0]) / (x[:, 1] - x[:, 0])
+    shift = y[:, 0] / scale - x[:, 0]
+    assert torch.allclose(y, (x + shift[:, None]) * scale[:, None], atol=1e-4)
+    assert scale.min() >= 0.7 - 1e-4 and scale.max() <= 1.3 + 1e-4 and scale.std() > 0.1
+    assert shift.abs().max() <= 0.2 + 1e-4 and shift.std() > 0.05
 
 
 def test_module_augments_training_batches_only():

@@ -139,8 +139,12 @@ def test_tta_averages_the_image_and_its_mirror_and_is_recorded(trained):
     assert metrics["tta"] == 1
     assert metrics["loss"] == pytest.approx(torch.nn.functional.cross_entropy(mirrored, labels).item(), abs=1e-5)
     assert metrics["accuracy"] == pytest.approx((mirrored.argmax(1) == labels).float().mean().item(), abs=1e-6)
+    assert metrics["tta_fraction"] == 1.0 and metrics["forward_passes_per_image"] == 2
     plain = run_evaluate(trained, "tta=0")
     assert plain["tta"] == 0 and plain["loss"] != pytest.approx(metrics["loss"], abs=1e-6)
+    assert plain["forward_passes_per_image"] == 1
+    selective = run_evaluate(trained, "tta=2", "tta_fraction=0.25")
+    assert selective["tta_fraction"] == 0.25 and selective["forward_passes_per_image"] == 2.25
 
 
 def test_corruption_report_is_what_the_model_does_on_the_corrupted_images(trained):
@@ -256,6 +260,11 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     "script, override, message",
     [
         ("evaluate.py", "tta=5", "tta=5 must be one of null, 0, 1, 2"),
+        (
+            "evaluate.py",
+            "tta_fraction=0",
+            "tta_fraction=0 must be a share in (0, 1]: 1 gives every image the TTA views",
+        ),
         ("evaluate.py", "misclassified=-1", "misclassified=-1 must be a whole number of at least 0"),
         ("predict.py", "top_k=0", "top_k=0 must be a whole number of at least 1"),
         ("predict.py", "tta=abc", "tta='abc' must be one of null, 0, 1, 2"),

@@ -162,6 +162,28 @@ def test_tta_two_averages_six_views():
     assert torch.allclose(module.logits(images, tta=0), module.net(x), atol=1e-6)  # the argument wins
 
 
+@pytest.mark.parametrize("tta", [1, 2])
+def test_selective_tta_gives_the_views_to_the_least_confident_images_only(tta):
+    cfg = compose_train()
+    module = ImageClassifier(net=cfg.model, optimizer=cfg.optimizer, class_names=list("abc"), tta=tta, tta_fraction=0.3)
+    torch.manual_seed(0)
+    module.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    # by hand: the 3 images (ceil(0.3 x 10)) of lowest top probability take the full TTA logits, the rest the plain
+    plain, full = module.logits(images, tta=0), module.logits(images, tta_fraction=1.0)
+    chosen = plain.softmax(1).amax(1).argsort()[:3]
+    expected = plain.clone()
+    expected[chosen] = full[chosen]
+    selective = module.logits(images)
+    assert torch.allclose(selective, expected, atol=1e-6)
+    assert not torch.allclose(selective, full, atol=1e-4) and not torch.allclose(selective, plain, atol=1e-4)
+    assert torch.allclose(
+        module.predict_logits(images, batch_size=5),
+        torch.cat([module.logits(images[:5]), module.logits(images[5:])]),
+        atol=1e-6,
+    )
+
+
 def test_a_fractional_epoch_with_accumulated_batches_stops_and_decays_in_optimizer_steps(tmp_path):
     run = tmp_path / "run"
     overrides = ["data=synthetic", *FAST, "epochs=1.5", "batch_size=64", "trainer.accumulate_grad_batches=2"]

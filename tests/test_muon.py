@@ -42,6 +42,37 @@ def test_muon_step_renormalises_the_filters_then_takes_an_orthogonal_step():
     assert weight.detach().norm() != pytest.approx(8**0.5)  # moved off it by the step, renormalised before the next
 
 
+def test_orthogonalize_of_a_batch_is_each_matrix_orthogonalized_alone():
+    g = torch.Generator().manual_seed(2)
+    for shape in [(3, 16, 40), (2, 40, 16)]:
+        batch = torch.randn(shape, generator=g)
+        alone = torch.stack([orthogonalize(m) for m in batch])
+        assert torch.allclose(orthogonalize(batch), alone, atol=1e-5)
+
+
+def test_muon_renormalises_every_norm_every_steps_and_orthogonalizes_each_filter_bank():
+    g = torch.Generator().manual_seed(3)
+    shapes = [(8, 4, 3, 3), (8, 4, 3, 3), (6, 8, 3, 3)]  # two banks batched together, one alone
+    params = [torch.nn.Parameter(3 * torch.randn(s, generator=g)) for s in shapes]
+    expected = [p.detach().clone() for p in params]
+    buffers = [torch.zeros(s) for s in shapes]
+    optimizer = Muon(params, lr=0.1, momentum=0.6, nesterov=True, ns_steps=3, norm_every=3)
+    for step in range(1, 6):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        for p, grad in zip(params, grads):
+            p.grad = grad.clone()
+        optimizer.step()
+        for i, (w, grad) in enumerate(zip(expected, grads)):  # by hand, one bank at a time
+            buffers[i] = 0.6 * buffers[i] + grad
+            if step in (1, 4):
+                w = w * len(w) ** 0.5 / w.norm()
+            update = orthogonalize((grad + 0.6 * buffers[i]).reshape(len(w), -1), 3).view_as(w)
+            expected[i] = w - 0.1 * update
+        for p, w in zip(params, expected):
+            assert torch.allclose(p.detach(), w, atol=1e-5), step
+    assert optimizer.state_dict()["state"][0]["step"] == 5  # kept in checkpoints: a resumed run keeps the rhythm
+
+
 def test_muon_sgd_groups_step_like_torch_sgd():
     a = torch.nn.Parameter(torch.randn(5))
     b = torch.nn.Parameter(a.detach().clone())

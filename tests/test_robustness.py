@@ -44,6 +44,10 @@ from cifar_lightning.tasks.train import train
         ("data.verify=maybe", "data.verify='maybe' is not true or false"),
         ("data.source=nope", "data.source='nope' is not a data source"),
         ("module.tta=5", "module.tta=5 must be 0 (off), 1 (mirror) or 2 (six views)"),
+        (
+            "module.tta_fraction=1.5",
+            "module.tta_fraction=1.5 must be a share in (0, 1]: 1 gives every image the TTA views",
+        ),
         ("module.label_smoothing=2", "module.label_smoothing=2 must be at least 0 and below 1"),
         ("module.channels_last=maybe", "module.channels_last='maybe' is not true or false"),
         ("model.widths=abc", "model.widths='abc' is not a list"),

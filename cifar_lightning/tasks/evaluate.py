@@ -17,11 +17,11 @@ from cifar_lightning.corruptions import CORRUPTIONS
 from cifar_lightning.data import ImageDataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.metrics import Evaluation, classification_report, evaluate_predictions
-from cifar_lightning.module import ImageClassifier, plain
+from cifar_lightning.module import TTA_FRACTION, ImageClassifier, forward_passes_per_image, plain
 from cifar_lightning.robustness import choose, corruption_report
 from cifar_lightning.runs import RunFolder, resolve
 from cifar_lightning.trust import run_data_config
-from cifar_lightning.validation import check_arguments
+from cifar_lightning.validation import check_arguments, check_value
 
 # null: the checkpoint's own level; true is 1, false 0
 TTA_OPTION = Annotated[bool | Literal[0, 1, 2] | None, "must be one of null, 0, 1, 2"]
@@ -38,6 +38,7 @@ class EvaluateOptions:
     ckpt: str = "best"
     split: Annotated[Literal["test", "val"], "does not exist: use split=test or split=val"] = "test"
     tta: TTA_OPTION = None
+    tta_fraction: float | None = None  # checked against TTA_FRACTION when given
     outputs: str = "outputs"
     misclassified: whole_at_least(0) = 36  # type: ignore[valid-type]
     calibrate: bool = False
@@ -65,6 +66,7 @@ class Result:
     out: Path  # the folder it goes to
     split: str
     tta: int
+    tta_fraction: float
     data: ImageDataModule
     logits: torch.Tensor  # float32 (N, classes), uncalibrated
     labels: torch.Tensor  # int64 (N,)
@@ -87,6 +89,8 @@ def check_options(cfg: DictConfig) -> dict | None:
     """The task's options, checked before the checkpoint is read; returns the corruption options or None."""
     options = {k: plain(v) for k, v in cfg.items() if k not in ("data", "corruptions", "trainer")}
     check_arguments(EvaluateOptions, options, "")
+    if options.get("tta_fraction") is not None:
+        check_value("tta_fraction", options["tta_fraction"], TTA_FRACTION)
     corruptions = plain(cfg.get("corruptions"))
     if corruptions is not None:
         check_arguments(CorruptionOptions, corruptions, "corruptions")
@@ -140,8 +144,10 @@ def compute(cfg: DictConfig) -> Result:
             f"written into {checkpoint}"
         )
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
+    # checkpoints from before selective TTA have no tta_fraction: every image got the views
+    fraction = model.hparams.get("tta_fraction", 1.0) if cfg.tta_fraction is None else float(cfg.tta_fraction)
     split = data.splits[cfg.split]
-    logits = model.predict_logits(split.images, tta, data.eval_batch_size)
+    logits = model.predict_logits(split.images, tta, data.eval_batch_size, tta_fraction=fraction)
     temperature = float(model.temperature)
     run = RunFolder.of_checkpoint(checkpoint)
     result = Result(
@@ -150,6 +156,7 @@ def compute(cfg: DictConfig) -> Result:
         out=run.eval_dir(cfg.split, None if cfg.get("data") is None else data.root),
         split=cfg.split,
         tta=tta,
+        tta_fraction=fraction,
         data=data,
         logits=logits,
         labels=split.labels,
@@ -183,6 +190,8 @@ def write(result: Result, misclassified: int) -> dict:
         "checkpoint": str(result.checkpoint),
         "split": result.split,
         "tta": result.tta,
+        "tta_fraction": result.tta_fraction,
+        "forward_passes_per_image": forward_passes_per_image(result.tta, result.tta_fraction),
         "data_root": str(result.data.root),
         "reliability": evaluation.reliability,
         "reliability_uncalibrated": evaluation.reliability_uncalibrated,
