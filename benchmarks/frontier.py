@@ -11,9 +11,16 @@ the recipes in one sweep, then the plot:
 
 Each run is one point, labelled with its command-line overrides (from .hydra/overrides.yaml); the figures come from
 the summary.json that train.py writes, so only measured runs can appear.
+
+    python benchmarks/frontier.py --results docs/results.csv
+
+plots the recorded runs instead (benchmarks/results.py add): per recipe of results.RECIPES, its first bf16 run of
+seed 0 with a training compute and a fit time. Those fit times come from the sessions the runs were made in, on a
+machine whose speed drifts between hours: the compute axis compares exactly, the time axis roughly.
 """
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -31,10 +38,13 @@ def label(overrides: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("folders", nargs="*", type=Path)
+    parser.add_argument("--results", type=Path, help="plot the recorded runs of this results CSV instead")
     parser.add_argument("--out", type=Path, default=Path("docs/frontier.png"))
     args = parser.parse_args()
-    points = []
+    if bool(args.folders) == bool(args.results):
+        sys.exit("error: give run or sweep folders, or --results CSV")
+    points = recorded(args.results) if args.results else []
     for folder in args.folders:
         runs = read_runs(folder) if folder.is_dir() else []
         if not runs:
@@ -52,6 +62,27 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frontier_plot(points, ORIGINAL_ACCURACY, args.out)
     print(f"wrote {args.out} ({len(points)} runs)")
+
+
+def recorded(path: Path) -> list[dict]:
+    """One point per recipe of results.RECIPES: its first bf16-mixed run of seed 0 with the three figures."""
+    from results import RECIPES
+
+    if not path.is_file():
+        sys.exit(f"error: {path} does not exist (benchmarks/results.py add RUN_DIR writes it)")
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "run" and r["seed"] == "0"]
+    points = {}
+    for r in rows:
+        if r["precision"] == "bf16-mixed" and r["recipe"] in RECIPES and r["recipe"] not in points:
+            if r["best_val_acc"] and r["training_pflop"] and r["fit_seconds"]:
+                points[r["recipe"]] = {
+                    "label": f"experiment={r['recipe']}",
+                    "best_val_acc": float(r["best_val_acc"]) / 100,
+                    "training_pflop": float(r["training_pflop"]),
+                    "fit_seconds": float(r["fit_seconds"]),
+                }
+    return [points[k] for k in RECIPES if k in points]
 
 
 if __name__ == "__main__":

@@ -108,6 +108,32 @@ def test_frontier_plots_runs_and_sweeps_and_refuses_unfinished_or_uncounted_runs
     assert not (tmp_path / "x.png").exists()
 
 
+def test_frontier_of_the_results_csv_takes_one_bf16_seed_0_run_per_recipe(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
+    from frontier import recorded
+
+    columns = ["kind", "recipe", "seed", "precision", "best_val_acc", "training_pflop", "fit_seconds"]
+    rows = [
+        ["run", "fast94", "0", "bf16-mixed", "93.52", "0.217", "600"],
+        ["run", "fast94", "0", "bf16-mixed", "90.00", "0.217", "600"],  # a second row of the recipe: not shown
+        ["run", "fast", "1", "bf16-mixed", "84.00", "0.009", "38"],  # seed 1
+        ["run", "fast", "0", "32-true", "83.24", "0.009", "64"],  # fp32
+        ["run", "fast", "0", "bf16-mixed", "83.90", "0.009", "38"],
+        ["eval", "default", "0", "bf16-mixed", "81.0", "0.05", "200"],
+        ["run", "default", "0", "bf16-mixed", "81.20", "", "207"],  # no compute recorded
+        ["run", "fast94 ablations", "0", "bf16-mixed", "93.00", "0.217", "600"],  # not a recipe
+    ]
+    path = tmp_path / "results.csv"
+    path.write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+    points = recorded(path)
+    assert [p["label"] for p in points] == ["experiment=fast", "experiment=fast94"]  # in RECIPES' order
+    assert points[1] == {"label": "experiment=fast94", "best_val_acc": pytest.approx(0.9352), "training_pflop": 0.217,
+                         "fit_seconds": 600.0}  # fmt: skip
+    out = tmp_path / "frontier.png"
+    result = run_script("benchmarks/frontier.py", "--results", path, "--out", out)
+    assert result.returncode == 0 and f"wrote {out} (2 runs)" in result.stdout and out.is_file()
+
+
 def test_the_frontier_keeps_the_runs_nothing_beats_on_cost_and_accuracy():
     from cifar_lightning.figures import frontier
 
