@@ -43,7 +43,7 @@ DEFAULT_CSV = ROOT / "docs" / "results.csv"
 DEFAULT_SPEED_CSV = ROOT / "docs" / "results_speed.csv"
 DEFAULT_OUT = ROOT / "docs" / "results.md"
 # the order shown
-RECIPES = ["seed_baseline", "default", "fast", "fast85", "fast90", "fast94", "fast94_muon", "fast94_lookahead"]
+RECIPES = ["seed_baseline", "default", "fast", "fast85", "fast90", "fast94", "fast94_hiverge", "fast94_lookahead"]
 FIGURES = [
     ("the speed/accuracy frontier (`make frontier ARGS=data.verify=false`)", "frontier.png"),
     ("accuracy under corruption, default recipe, exact test subset", "corruptions_default.png"),
@@ -156,6 +156,8 @@ def eval_row(m: dict, folder: Path, run_id: str, data_group: str, chosen: dict) 
     corruptions = m.get("corruptions") or {}
     split = m.get("split", folder.name.split("_")[0])
     command = [f"python evaluate.py ckpt={run_id} split={split}", f"tta={int(m['tta'])}" if "tta" in m else ""]
+    if "tta_fraction" in m:  # selective TTA (evaluations from before it had none)
+        command.append(f"tta_fraction={m['tta_fraction']:g}")
     if "_" in folder.name:  # evaluate.py names the folder of other data split_<data root>
         command.append(f"data={data_group} data.root={m.get('data_root', folder.name.split('_', 1)[1])}")
         command.append("data.verify=false" if chosen.get("data.verify") == "false" else "")
