@@ -20,7 +20,6 @@ machine whose speed drifts between hours: the compute axis compares exactly, the
 """
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -66,12 +65,11 @@ def main() -> None:
 
 def recorded(path: Path) -> list[dict]:
     """One point per recipe of results.RECIPES: its first bf16-mixed run of seed 0 with the three figures."""
-    from results import RECIPES
+    from results import COLUMNS, RECIPES, read_csv
 
     if not path.is_file():
         sys.exit(f"error: {path} does not exist (benchmarks/results.py add RUN_DIR writes it)")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["kind"] == "run" and r["seed"] == "0"]
+    rows = [r for r in read_csv(path, COLUMNS) if r["kind"] == "run" and r["seed"] == "0"]
     points = {}
     for r in rows:
         if r["precision"] == "bf16-mixed" and r["recipe"] in RECIPES and r["recipe"] not in points:

@@ -5,8 +5,11 @@ batch's images and `epoch` the current epoch, for augmentations whose choice per
 Randomness comes from torch's global generator on the images' device, so `seed` makes runs repeatable.
 """
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Interval
 
 
 class Compose:
@@ -110,7 +113,13 @@ class BrightnessContrast:
     normalised images, whose 0 is the training split's mean colour, so contrast scales around it; the units are
     the normalisation's standard deviations."""
 
-    def __init__(self, brightness: float = 0.14, contrast: float = 0.13):
+    def __init__(
+        self,
+        brightness: Annotated[float, Ge(0)] = 0.14,
+        contrast: Annotated[
+            float, Interval(ge=0, lt=1), "must be at least 0 and below 1 (a scale stays positive)"
+        ] = 0.13,
+    ):
         self.brightness, self.contrast = brightness, contrast
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0):

@@ -153,8 +153,7 @@ class ImageClassifier(L.LightningModule):
                 keep their plain logits; 1 gives every image the views. None: the module's own `tta_fraction`.
         """
         tta = self.hparams["tta"] if tta is None else int(tta)
-        # checkpoints from before selective TTA have no tta_fraction: every image got the views
-        fraction = self.hparams.get("tta_fraction", 1.0) if tta_fraction is None else float(tta_fraction)
+        fraction = self.hparams["tta_fraction"] if tta_fraction is None else float(tta_fraction)
         x = self.normalize(images)
         if self.hparams["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -1,8 +1,10 @@
 """Optimizer factories beyond torch.optim's own, called (as partials) with the model's named parameters."""
 
 from collections.abc import Callable, Iterable
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 
 
 def decoupled_sgd(
@@ -141,7 +143,7 @@ def muon_sgd(
     batch_size: int,
     ns_steps: int = 3,
     whiten_bias_decay: float = 1.0,
-    norm_every: int = 1,
+    norm_every: Annotated[int, Ge(1), "must be a whole number of steps, at least 1"] = 1,
 ) -> Muon:
     """airbench94_muon's optimizer: Muon on the trainable conv filters; Nesterov SGD on the BatchNorm biases and
     the whitening bias (`bias_lr`) and on the head (`head_lr`). Weight decay (per example of a summed loss, times

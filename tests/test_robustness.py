@@ -61,9 +61,25 @@ from cifar_lightning.tasks.train import train
     ],
 )
 def test_unusable_values_are_refused_before_the_data_loads(override, message, tmp_path):
+    refused_before_the_data_loads([override], message, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["experiment=fast", "optimizer.norm_every=0"], "optimizer.norm_every=0 must be a whole number of steps"),
+        (["experiment=fast94_hiverge", "augmentation.jitter.contrast=1.5"], "augmentation.jitter.contrast=1.5 must"),
+        (["experiment=fast94_hiverge", "augmentation.jitter.brightness=-1"], "augmentation.jitter.brightness=-1 must"),
+    ],
+)
+def test_unusable_values_of_a_recipe_s_parts_are_refused_before_the_data_loads(overrides, message, tmp_path):
+    refused_before_the_data_loads(overrides, message, tmp_path)
+
+
+def refused_before_the_data_loads(overrides, message, tmp_path):
     # data that is not there: had it been loaded first, the error would be about the data instead
     cfg = compose_train(
-        [*FAST, f"data.root={tmp_path / 'no-data'}", "data.download=false", override], output_dir=tmp_path / "run"
+        [*FAST, f"data.root={tmp_path / 'no-data'}", "data.download=false", *overrides], output_dir=tmp_path / "run"
     )
     with pytest.raises(UserError, match=re.escape(message)) as error:
         train(cfg)

@@ -144,8 +144,7 @@ def compute(cfg: DictConfig) -> Result:
             f"written into {checkpoint}"
         )
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
-    # checkpoints from before selective TTA have no tta_fraction: every image got the views
-    fraction = model.hparams.get("tta_fraction", 1.0) if cfg.tta_fraction is None else float(cfg.tta_fraction)
+    fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     split = data.splits[cfg.split]
     logits = model.predict_logits(split.images, tta, data.eval_batch_size, tta_fraction=fraction)
     temperature = float(model.temperature)
