@@ -75,11 +75,13 @@ def run(hydra_main: Callable) -> None:
         sys.exit(1)
 
 
-def run_composing(main: Callable[[], None]) -> None:
+def run_composing(main: Callable[[], None], keep_freed_memory: bool = True) -> None:
     """Calls the main of a script that composes configs itself (benchmarks/) so that a bad override or a user
-    mistake ends in one `error:` line and exit 1, as with the Hydra entry points."""
+    mistake ends in one `error:` line and exit 1, as with the Hydra entry points. `keep_freed_memory=False` leaves
+    the C allocator as it comes (benchmarks/allocator.py measures the difference)."""
     quiet()
-    memory.keep_freed_memory()
+    if keep_freed_memory:
+        memory.keep_freed_memory()
     with exit_on_user_error():
         try:
             main()

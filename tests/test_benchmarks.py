@@ -96,3 +96,31 @@ def test_original_recipe_times_the_original_in_fp32_against_the_pipeline_in_its_
     pair = re.search(rf"^pair 1: original {MEASURED} s, pipeline {MEASURED} s per epoch", result.stdout, re.MULTILINE)
     assert pair and all(measured(seconds) >= 0 for seconds in pair.groups())  # times of any size
     assert f"workers=0; original in fp32, pipeline in {expected})" in result.stdout
+
+
+def test_allocator_alternates_fresh_processes_with_and_without_freed_memory_kept():
+    result = run_script("benchmarks/allocator.py", "--steps", "4", "--warmup", "1", "--pairs", "2", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    line = rf"^pair (\d): as it comes {MEASURED} img/s, kept {MEASURED} img/s, ratio {MEASURED}$"
+    pairs = re.findall(line, out, re.MULTILINE)
+    assert [pair[0] for pair in pairs] == ["1", "2"]
+    for _, default, kept, ratio in pairs:
+        assert measured(default) > 0 and measured(kept) > 0 and measured(ratio) > 0
+    median = re.search(rf"^kept / as it comes: median ratio {MEASURED} \(.+; pairs: (.+)\)$", out, re.MULTILINE)
+    assert median and median[2] == ", ".join(pair[3] for pair in pairs)
+    assert "batch 100, 3 timed steps x 2" in out
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
+        (["--pairs", "0"], 2, "--pairs must be at least 1"),
+        (["--steps", "3", "--warmup", "3"], 2, "--warmup 0 or more and below --steps"),
+    ],
+)
+def test_allocator_refuses_bad_input_in_one_line(args, code, message):
+    result = run_script("benchmarks/allocator.py", *args, *TINY)
+    assert result.returncode == code and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]

@@ -33,3 +33,14 @@ def test_freed_memory_is_reused_by_the_next_allocation():
     assert faults("default") == (False, pytest.approx(28000, rel=0.2))  # both mapped and zeroed again
     changed, count = faults("keep")
     assert changed and count < 1000
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_entry_points_keep_freed_memory_unless_a_benchmark_asks_for_the_allocator_as_it_comes(keep, monkeypatch):
+    from cifar_lightning import cli, memory
+
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("kept"))
+    monkeypatch.setattr(cli, "quiet", lambda: None)
+    cli.run_composing(lambda: calls.append("main"), keep_freed_memory=keep)
+    assert calls == (["kept", "main"] if keep else ["main"])
