@@ -18,6 +18,7 @@ from common import pipeline
 from throughput import plain_loop
 
 from cifar_lightning.cli import compose_config, run_composing
+from cifar_lightning.errors import UserError
 
 
 def measure(steps: int, warmup: int, overrides: list[str]) -> None:
@@ -25,6 +26,10 @@ def measure(steps: int, warmup: int, overrides: list[str]) -> None:
     with tempfile.TemporaryDirectory() as out:
         cfg, datamodule, module, _, _ = pipeline(overrides, out, steps, warmup)
         train = datamodule.splits["train"]
+        if steps * cfg.batch_size > len(train.labels):  # the plain loop walks one pass of the data, no further
+            raise UserError(
+                f"--steps {steps} x batch {cfg.batch_size} is more than the {len(train.labels)} training images"
+            )
         print(plain_loop(module, cfg, train.images, train.labels, steps, warmup))
 
 
@@ -32,9 +37,18 @@ def child_rate(keep: bool, args: argparse.Namespace, overrides: list[str]) -> fl
     command = [sys.executable, __file__, "--child", "kept" if keep else "default"]
     command += [f"--steps={args.steps}", f"--warmup={args.warmup}", *overrides]
     result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "error: the measurement failed")
-    return float(result.stdout.strip().splitlines()[-1])
+    last = (result.stderr.strip().splitlines() or [""])[-1]
+    if result.returncode and last.startswith("error:"):  # the child's own one-line refusal
+        sys.exit(last)
+    try:
+        if result.returncode:
+            raise ValueError
+        return float(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        sys.exit(
+            f"error: the measurement with {command[3]} memory failed (exit {result.returncode})"
+            + (f": {last}" if last else "")
+        )
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> None:

@@ -124,3 +124,61 @@ def test_allocator_refuses_bad_input_in_one_line(args, code, message):
     result = run_script("benchmarks/allocator.py", *args, *TINY)
     assert result.returncode == code and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_allocator_measures_each_setting_in_its_own_child_alternating_and_divides_kept_by_as_it_comes(
+    monkeypatch, capsys
+):
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
+    import argparse
+    import subprocess
+
+    import allocator
+
+    children = []
+
+    def fake_run(command, **kwargs):
+        setting = command[command.index("--child") + 1]
+        children.append(setting)
+        rate = {"kept": "300.0", "default": "200.0"}[setting]
+        return subprocess.CompletedProcess(command, 0, stdout=f"a progress line\n{rate}\n", stderr="")
+
+    monkeypatch.setattr(allocator.subprocess, "run", fake_run)
+    allocator.main(argparse.Namespace(steps=4, warmup=1, pairs=3), TINY)
+    assert children == ["default", "kept", "kept", "default", "default", "kept"]
+    out = capsys.readouterr().out
+    assert out.count("as it comes 200 img/s, kept 300 img/s, ratio 1.500") == 3
+    assert "median ratio 1.500 (1.500-1.500; pairs: 1.500, 1.500, 1.500)" in out
+
+
+@pytest.mark.parametrize(
+    "stderr, code, message",
+    [
+        ("Traceback ...\nerror: --steps 9 x batch 100 is more than the 800 training images", 1,
+         "error: --steps 9 x batch 100 is more than the 800 training images"),
+        ("Killed", -9, "error: the measurement with default memory failed (exit -9): Killed"),
+        ("", 0, "error: the measurement with default memory failed (exit 0)"),
+    ],
+)  # fmt: skip
+def test_allocator_reports_a_failed_child_in_one_error_line(stderr, code, message, monkeypatch):
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
+    import argparse
+    import subprocess
+
+    import allocator
+
+    def fake_run(command, **kwargs):
+        return subprocess.CompletedProcess(command, code, stdout="", stderr=stderr)
+
+    monkeypatch.setattr(allocator.subprocess, "run", fake_run)
+    with pytest.raises(SystemExit) as exit_:
+        allocator.main(argparse.Namespace(steps=4, warmup=1, pairs=1), TINY)
+    assert str(exit_.value.code) == message
+
+
+def test_allocator_refuses_more_steps_than_the_data_holds():
+    result = run_script("benchmarks/allocator.py", "--steps", "40", "--warmup", "1", "--pairs", "1", *TINY)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1] == "error: --steps 40 x batch 100 is more than the 1800 training images"
+    )
