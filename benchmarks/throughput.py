@@ -21,13 +21,17 @@ from hydra.utils import instantiate
 
 from cifar_lightning.callbacks import training_flops_per_image
 from cifar_lightning.cli import run_composing
+from cifar_lightning.errors import UserError
 
 
 def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
     """The pipeline's training steps written as a bare loop, with the module's own optimizer, schedule and
     augmentation, the recipe's lookahead and the trainer's precision (autocast as plain PyTorch writes it), so that
-    it follows any change to the recipe. Returns images/s."""
+    it follows any change to the recipe. Returns images/s. Raises UserError for more steps than one pass over the
+    images holds (the loop does not start a second epoch)."""
     net, batch_size, hparams = module.net, cfg.batch_size, module.hparams
+    if steps * batch_size > len(labels):
+        raise UserError(f"--steps {steps} x batch {batch_size} is more than the {len(labels)} training images")
     half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.trainer.precision)
     scaler = torch.amp.GradScaler(enabled=half == torch.float16)  # fp16 needs its loss scaled; bf16 does not
     net.train()  # build() has initialised data-dependent nets already

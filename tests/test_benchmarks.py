@@ -176,8 +176,9 @@ def test_allocator_reports_a_failed_child_in_one_error_line(stderr, code, messag
     assert str(exit_.value.code) == message
 
 
-def test_allocator_refuses_more_steps_than_the_data_holds():
-    result = run_script("benchmarks/allocator.py", "--steps", "40", "--warmup", "1", "--pairs", "1", *TINY)
+@pytest.mark.parametrize("script", ["benchmarks/allocator.py", "benchmarks/throughput.py"])
+def test_the_plain_loop_refuses_more_steps_than_the_data_holds(script):
+    result = run_script(script, "--steps", "40", "--warmup", "1", "--pairs", "1", *TINY)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert (
         result.stderr.strip().splitlines()[-1] == "error: --steps 40 x batch 100 is more than the 1800 training images"
