@@ -29,21 +29,22 @@ def measure(steps: int, warmup: int, overrides: list[str]) -> None:
 
 
 def child_rate(keep: bool, args: argparse.Namespace, overrides: list[str]) -> float:
-    command = [sys.executable, __file__, "--child", "kept" if keep else "default"]
-    command += [f"--steps={args.steps}", f"--warmup={args.warmup}", *overrides]
-    result = subprocess.run(command, capture_output=True, text=True)
+    setting = "kept" if keep else "default"
+    command = [sys.executable, __file__, "--child", setting, f"--steps={args.steps}", f"--warmup={args.warmup}"]
+    result = subprocess.run([*command, *overrides], capture_output=True, text=True)
+    printed = result.stdout.strip().splitlines()
+    if result.returncode == 0 and printed:
+        try:
+            return float(printed[-1])
+        except ValueError:
+            pass
     last = (result.stderr.strip().splitlines() or [""])[-1]
     if result.returncode and last.startswith("error:"):  # the child's own one-line refusal
         sys.exit(last)
-    try:
-        if result.returncode:
-            raise ValueError
-        return float(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        sys.exit(
-            f"error: the measurement with {command[3]} memory failed (exit {result.returncode})"
-            + (f": {last}" if last else "")
-        )
+    sys.exit(
+        f"error: the measurement with {setting} memory failed (exit {result.returncode})"
+        + (f": {last}" if last else "")
+    )
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> None:

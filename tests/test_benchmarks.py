@@ -1,7 +1,9 @@
 """The benchmark scripts on tiny data: they run, alternate and report what the README quotes from them."""
 
+import argparse
 import math
 import re
+import subprocess
 
 import pytest
 import torch
@@ -12,6 +14,13 @@ from cifar_lightning import precision
 TINY = ["data=synthetic", "batch_size=100", "data.eval_batch_size=200", "callbacks.progress_bar=null"]
 # A measured number as printed: its value depends on the machine and its load, so a test checks only that it is one
 MEASURED = r"(\S+?)"
+
+
+def printed_pairs(out: str, body: str, pairs: int) -> list[tuple[str, ...]]:
+    """The groups of each `pair N: <body>` line, checking that they are numbered 1 to `pairs` in order."""
+    found = re.findall(rf"^pair (\d): {body}$", out, re.MULTILINE)
+    assert [pair[0] for pair in found] == [str(n) for n in range(1, pairs + 1)]
+    return [pair[1:] for pair in found]
 
 
 def measured(text: str) -> float:
@@ -42,16 +51,19 @@ def test_compare_alternates_and_projects_each_recipe_to_its_whole_run():
 
 
 @pytest.mark.parametrize(
-    "args, code, message",
+    "script, args, code, message",
     [
-        (["--a", "experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
-        (["--b", "trainer.nope=1"], 1, "error: Could not override 'trainer.nope'"),
-        (["--pairs", "0"], 2, "--pairs must be at least 1"),
-        (["--steps", "5", "--warmup", "5"], 2, "--warmup 0 or more and below --steps"),
+        ("compare", ["--a", "experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
+        ("compare", ["--b", "trainer.nope=1"], 1, "error: Could not override 'trainer.nope'"),
+        ("compare", ["--pairs", "0"], 2, "--pairs must be at least 1"),
+        ("compare", ["--steps", "5", "--warmup", "5"], 2, "--warmup 0 or more and below --steps"),
+        ("allocator", ["experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
+        ("allocator", ["--pairs", "0"], 2, "--pairs must be at least 1"),
+        ("allocator", ["--steps", "3", "--warmup", "3"], 2, "--warmup 0 or more and below --steps"),
     ],
 )
-def test_compare_refuses_bad_input_in_one_line(args, code, message):
-    result = run_script("benchmarks/compare.py", *args, *TINY)
+def test_benchmarks_refuse_bad_input_in_one_line(script, args, code, message):
+    result = run_script(f"benchmarks/{script}.py", *args, *TINY)
     assert result.returncode == code and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
 
@@ -60,14 +72,12 @@ def test_throughput_compares_pipeline_and_plain_loop_alternating():
     result = run_script("benchmarks/throughput.py", "--steps", "8", "--warmup", "2", "--pairs", "2", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    line = rf"^pair (\d): plain loop {MEASURED} img/s, pipeline {MEASURED} img/s, ratio {MEASURED}$"
-    pairs = re.findall(line, out, re.MULTILINE)
-    assert [pair[0] for pair in pairs] == ["1", "2"]
-    for _, loop, pipeline, ratio in pairs:
+    pairs = printed_pairs(out, rf"plain loop {MEASURED} img/s, pipeline {MEASURED} img/s, ratio {MEASURED}", 2)
+    for loop, pipeline, ratio in pairs:
         assert measured(loop) >= 0 and measured(pipeline) >= 0 and measured(ratio) > 0
     median = re.search(rf"^pipeline / plain loop: median ratio {MEASURED} \(pairs: (.+)\)$", out, re.MULTILINE)
     assert median and measured(median[1]) > 0
-    assert median[2] == ", ".join(pair[3] for pair in pairs)  # the pairs' own ratios, in their order
+    assert median[2] == ", ".join(pair[2] for pair in pairs)  # the pairs' own ratios, in their order
     peak = re.search(rf"GFLOP/s achieved vs {MEASURED} GFLOP/s fp32 matmul peak", out)
     assert peak and measured(peak[1]) >= 0
 
@@ -102,39 +112,26 @@ def test_allocator_alternates_fresh_processes_with_and_without_freed_memory_kept
     result = run_script("benchmarks/allocator.py", "--steps", "4", "--warmup", "1", "--pairs", "2", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    line = rf"^pair (\d): as it comes {MEASURED} img/s, kept {MEASURED} img/s, ratio {MEASURED}$"
-    pairs = re.findall(line, out, re.MULTILINE)
-    assert [pair[0] for pair in pairs] == ["1", "2"]
-    for _, default, kept, ratio in pairs:
+    pairs = printed_pairs(out, rf"as it comes {MEASURED} img/s, kept {MEASURED} img/s, ratio {MEASURED}", 2)
+    for default, kept, ratio in pairs:
         assert measured(default) > 0 and measured(kept) > 0 and measured(ratio) > 0
     median = re.search(rf"^kept / as it comes: median ratio {MEASURED} \(.+; pairs: (.+)\)$", out, re.MULTILINE)
-    assert median and median[2] == ", ".join(pair[3] for pair in pairs)
+    assert median and median[2] == ", ".join(pair[2] for pair in pairs)
     assert "batch 100, 3 timed steps x 2" in out
 
 
-@pytest.mark.parametrize(
-    "args, code, message",
-    [
-        (["experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
-        (["--pairs", "0"], 2, "--pairs must be at least 1"),
-        (["--steps", "3", "--warmup", "3"], 2, "--warmup 0 or more and below --steps"),
-    ],
-)
-def test_allocator_refuses_bad_input_in_one_line(args, code, message):
-    result = run_script("benchmarks/allocator.py", *args, *TINY)
-    assert result.returncode == code and "Traceback" not in result.stderr
-    assert message in result.stderr.strip().splitlines()[-1]
+@pytest.fixture
+def allocator(monkeypatch):
+    """benchmarks/allocator.py as a module, its children to be faked through its `subprocess`."""
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
+    import allocator
+
+    return allocator
 
 
 def test_allocator_measures_each_setting_in_its_own_child_alternating_and_divides_kept_by_as_it_comes(
-    monkeypatch, capsys
+    allocator, monkeypatch, capsys
 ):
-    monkeypatch.syspath_prepend(ROOT / "benchmarks")
-    import argparse
-    import subprocess
-
-    import allocator
-
     children = []
 
     def fake_run(command, **kwargs):
@@ -160,13 +157,7 @@ def test_allocator_measures_each_setting_in_its_own_child_alternating_and_divide
         ("", 0, "error: the measurement with default memory failed (exit 0)"),
     ],
 )  # fmt: skip
-def test_allocator_reports_a_failed_child_in_one_error_line(stderr, code, message, monkeypatch):
-    monkeypatch.syspath_prepend(ROOT / "benchmarks")
-    import argparse
-    import subprocess
-
-    import allocator
-
+def test_allocator_reports_a_failed_child_in_one_error_line(stderr, code, message, allocator, monkeypatch):
     def fake_run(command, **kwargs):
         return subprocess.CompletedProcess(command, code, stdout="", stderr=stderr)
 
