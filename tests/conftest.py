@@ -1,6 +1,13 @@
 """Shared fixtures: tiny datasets written into temp folders, and configs composed from configs/."""
 
 import os
+
+# The suite runs several training processes at once on a machine of few cores (a pytest-xdist worker per core, and
+# the concurrency, sweep and launcher tests): with OpenMP's default of a thread per core in each, their waiting threads
+# take the cores from each other and the processes crawl. One thread each, unless the caller chose; set before torch is
+# imported, and inherited by every script the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pickle
 import subprocess
 from pathlib import Path

@@ -108,16 +108,17 @@ def test_original_recipe_times_the_original_in_fp32_against_the_pipeline_in_its_
     assert f"workers=0; original in fp32, pipeline in {expected})" in result.stdout
 
 
-def test_allocator_alternates_fresh_processes_with_and_without_freed_memory_kept():
-    result = run_script("benchmarks/allocator.py", "--steps", "4", "--warmup", "1", "--pairs", "2", *TINY)
+def test_allocator_measures_in_fresh_processes_with_and_without_freed_memory_kept():
+    """One pair end to end (each child is a fresh interpreter); the order over pairs: the faked-child test below."""
+    result = run_script("benchmarks/allocator.py", "--steps", "4", "--warmup", "1", "--pairs", "1", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    pairs = printed_pairs(out, rf"as it comes {MEASURED} img/s, kept {MEASURED} img/s, ratio {MEASURED}", 2)
+    pairs = printed_pairs(out, rf"as it comes {MEASURED} img/s, kept {MEASURED} img/s, ratio {MEASURED}", 1)
     for default, kept, ratio in pairs:
         assert measured(default) > 0 and measured(kept) > 0 and measured(ratio) > 0
     median = re.search(rf"^kept / as it comes: median ratio {MEASURED} \(.+; pairs: (.+)\)$", out, re.MULTILINE)
     assert median and median[2] == ", ".join(pair[2] for pair in pairs)
-    assert "batch 100, 3 timed steps x 2" in out
+    assert "batch 100, 3 timed steps x 1" in out
 
 
 @pytest.fixture
