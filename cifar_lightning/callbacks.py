@@ -2,10 +2,11 @@
 
 import copy
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import lightning as L
 import torch
+from annotated_types import Ge, Gt, Interval
 from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_lightning.data import Batch
@@ -27,7 +28,7 @@ class DivergenceGuard(L.Callback):
     """Stops the run as soon as the training loss is NaN or infinite, instead of finishing the epoch on
     garbage weights. The check reads the loss back from the device, so on a GPU it runs every few steps."""
 
-    def __init__(self, every_n_steps: int = 10):
+    def __init__(self, every_n_steps: Annotated[int, Ge(1)] = 10):
         self.every_n_steps = every_n_steps
 
     def on_train_batch_end(
@@ -49,7 +50,12 @@ class Lookahead(L.Callback):
     continue from the slow weights (Zhang et al., 2019, as airbench schedules it). The decay grows as
     base_decay**every * (t / T)**power: free steps early, heavy averaging late. Training ends on the slow weights."""
 
-    def __init__(self, every: int = 5, base_decay: float = 0.95, power: float = 3.0):
+    def __init__(
+        self,
+        every: Annotated[int, Ge(1)] = 5,
+        base_decay: Annotated[float, Interval(ge=0, le=1)] = 0.95,
+        power: Annotated[float, Gt(0)] = 3.0,
+    ):
         self.every, self.base_decay, self.power = every, base_decay, power
         self.slow: dict[str, torch.Tensor] = {}
 
@@ -89,8 +95,17 @@ class Lookahead(L.Callback):
 class FreezeAfterEpochs(L.Callback):
     """Trains one parameter (e.g. net.whiten.bias) only for its first `epochs` epochs."""
 
-    def __init__(self, parameter: str, epochs: int):
+    def __init__(self, parameter: str, epochs: Annotated[int, Ge(0)]):
         self.parameter, self.epochs = parameter, epochs
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        """Raises UserError when the net has no such parameter (the recipe's model was swapped for another)."""
+        names = dict(module.named_parameters())
+        if self.parameter not in names:
+            raise UserError(
+                f"{type(self).__name__}: the model has no parameter {self.parameter!r} to freeze; drop the callback "
+                "that names it (e.g. callbacks.whiten_bias=null) or use the model it was written for"
+            )
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         module.get_parameter(self.parameter).requires_grad_(trainer.current_epoch < self.epochs)

@@ -173,11 +173,13 @@ class RunFolder:
 
     def discard_if_unused(self) -> bool:
         """Removes the folder when a run refused before it started left nothing in it but what Hydra writes first
-        (.hydra/, train.log); anything else (a start record, a checkpoint, a file of the user's) keeps it. Returns
-        whether it was removed."""
+        (.hydra/, train.log); anything else (a start record, a checkpoint, a file of the user's) keeps it, and so
+        does a folder without .hydra/: Hydra did not make it for a run (the folder evaluate.py runs in, say).
+        Returns whether it was removed."""
         if not self.path.is_dir() or (self.path / "run.json").exists():
             return False
-        if not {p.name for p in self.path.iterdir()} <= {".hydra", "train.log"}:
+        names = {p.name for p in self.path.iterdir()}
+        if ".hydra" not in names or not names <= {".hydra", "train.log"}:
             return False
         shutil.rmtree(self.path, ignore_errors=True)
         return True

@@ -30,6 +30,16 @@ OPTIMIZER_KEYS = {"lr": Annotated[float, at.Gt(0), "must be a positive number"]}
 ACCUMULATE = Annotated[int, at.Ge(1), "must be a whole number of at least 1"]
 
 
+def _writable_file(path: str | None) -> bool:
+    return path is None or (Path(path).parent.is_dir() and not Path(path).is_dir())
+
+
+# an output file the user names (predict.py csv=, export.py output=): checked before the work that fills it
+FILE_TO_WRITE = Annotated[
+    str | None, at.Predicate(_writable_file), "must name a file in a folder that exists: create the folder first"
+]
+
+
 def check_arguments(target: Callable, kwargs: dict, where: str) -> None:
     """Raises UserError naming `where.key` for a keyword `target` does not take, or a value its annotation (or,
     without one, its default) does not admit. Keywords that `target` only takes through **kwargs are left alone.
@@ -197,6 +207,8 @@ def _holds(constraint: Any, value: Any) -> bool:
         return value <= constraint.le
     if isinstance(constraint, at.MinLen):
         return len(value) >= constraint.min_length
+    if isinstance(constraint, at.Predicate):
+        return bool(constraint.func(value))
     raise TypeError(f"unsupported constraint {constraint!r}")
 
 

@@ -47,7 +47,8 @@ def test_compare_alternates_and_projects_each_recipe_to_its_whole_run():
     for line in ("training speed b/a: median", "one epoch with validation, time b/a: median", "time b/a: median"):
         assert line in out
     peak = re.search(rf"fp32 2048\^2 matmul here, now: {MEASURED} GFLOP/s", out)
-    assert peak and measured(peak[1]) >= 0
+    assert peak
+    measured(peak[1])
 
 
 @pytest.mark.parametrize(
@@ -74,12 +75,15 @@ def test_throughput_compares_pipeline_and_plain_loop_alternating():
     out = result.stdout
     pairs = printed_pairs(out, rf"plain loop {MEASURED} img/s, pipeline {MEASURED} img/s, ratio {MEASURED}", 2)
     for loop, pipeline, ratio in pairs:
-        assert measured(loop) >= 0 and measured(pipeline) >= 0 and measured(ratio) > 0
+        measured(loop)  # rates of any size
+        measured(pipeline)
+        assert measured(ratio) > 0
     median = re.search(rf"^pipeline / plain loop: median ratio {MEASURED} \(pairs: (.+)\)$", out, re.MULTILINE)
     assert median and measured(median[1]) > 0
     assert median[2] == ", ".join(pair[2] for pair in pairs)  # the pairs' own ratios, in their order
     peak = re.search(rf"GFLOP/s achieved vs {MEASURED} GFLOP/s fp32 matmul peak", out)
-    assert peak and measured(peak[1]) >= 0
+    assert peak
+    measured(peak[1])
 
 
 @pytest.mark.parametrize("chosen, dtype", [("32-true", None), ("bf16-mixed", torch.bfloat16)])
@@ -104,7 +108,9 @@ def test_original_recipe_times_the_original_in_fp32_against_the_pipeline_in_its_
     assert result.returncode == 0, result.stderr[-2000:]
     expected = precision.fastest("auto")  # the pipeline's default here
     pair = re.search(rf"^pair 1: original {MEASURED} s, pipeline {MEASURED} s per epoch", result.stdout, re.MULTILINE)
-    assert pair and all(measured(seconds) >= 0 for seconds in pair.groups())  # times of any size
+    assert pair
+    for seconds in pair.groups():
+        measured(seconds)  # times of any size
     assert f"workers=0; original in fp32, pipeline in {expected})" in result.stdout
 
 

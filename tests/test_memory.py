@@ -30,9 +30,10 @@ def test_freed_memory_is_reused_by_the_next_allocation():
         changed, count = out.stdout.split()
         return changed == "True", int(count)
 
-    assert faults("default") == (False, pytest.approx(28000, rel=0.2))  # both mapped and zeroed again
-    changed, count = faults("keep")
-    assert changed and count < 1000
+    changed, default = faults("default")
+    assert not changed
+    changed, kept = faults("keep")
+    assert changed and kept * 10 < default  # as it comes, every step's tensors are mapped and zeroed again
 
 
 @pytest.mark.parametrize("keep", [True, False])

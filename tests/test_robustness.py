@@ -70,10 +70,24 @@ def test_unusable_values_are_refused_before_the_data_loads(override, message, tm
         (["experiment=fast", "optimizer.norm_every=0"], "optimizer.norm_every=0 must be a whole number of steps"),
         (["experiment=fast94_hiverge", "augmentation.jitter.contrast=1.5"], "augmentation.jitter.contrast=1.5 must"),
         (["experiment=fast94_hiverge", "augmentation.jitter.brightness=-1"], "augmentation.jitter.brightness=-1 must"),
+        (
+            ["experiment=fast94_lookahead", "callbacks.lookahead.every=0"],
+            "callbacks.lookahead.every=0 must be at least 1",
+        ),
+        (
+            ["callbacks.divergence_guard.every_n_steps=0"],
+            "callbacks.divergence_guard.every_n_steps=0 must be at least 1",
+        ),
     ],
 )
 def test_unusable_values_of_a_recipe_s_parts_are_refused_before_the_data_loads(overrides, message, tmp_path):
     refused_before_the_data_loads(overrides, message, tmp_path)
+
+
+def test_a_callback_that_freezes_a_parameter_the_model_lacks_is_one_line(tmp_path):
+    cfg = compose_train([*FAST, "data=synthetic", "experiment=fast94_lookahead", "model=cnn"], tmp_path / "run")
+    with pytest.raises(UserError, match=re.escape("the model has no parameter 'net.whiten.bias' to freeze")):
+        train(cfg)
 
 
 def refused_before_the_data_loads(overrides, message, tmp_path):

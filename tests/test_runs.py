@@ -5,7 +5,7 @@ import os
 import time
 
 import pytest
-from conftest import FAST, run_script
+from conftest import FAST, ROOT, run_script
 
 from cifar_lightning.errors import UserError
 from cifar_lightning.runs import RunFolder, claim, newest, resolve, to_resume
@@ -119,5 +119,18 @@ def test_discard_keeps_a_folder_that_holds_anything_but_what_hydra_writes_first(
     started = RunFolder(tmp_path / "b")
     (started.path / ".hydra").mkdir(parents=True)
     started.mark_started()
+    not_a_run = RunFolder(tmp_path / "c")  # no .hydra/: a folder Hydra did not make for a run
+    not_a_run.path.mkdir()
     assert empty.discard_if_unused() and not empty.path.exists()
     assert not started.discard_if_unused() and started.path.exists()
+    assert not not_a_run.discard_if_unused() and not_a_run.path.exists()
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "predict.py", "export.py"])
+def test_a_refused_command_keeps_the_empty_folder_it_runs_in(tmp_path, script):
+    """evaluate, predict and export write into the folder they run in (hydra/inplace): an error leaves it be."""
+    here = tmp_path / "here"
+    here.mkdir()
+    result = run_script(ROOT / script, f"ckpt={tmp_path / 'missing.ckpt'}", cwd=here)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert here.is_dir() and list(here.iterdir()) == []

@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 from cifar_lightning import tracking
 from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier, plain
-from cifar_lightning.runs import RunFolder
+from cifar_lightning.runs import RunFolder, write_atomic
 from cifar_lightning.tasks.evaluate import model_and_data
-from cifar_lightning.validation import check_arguments
+from cifar_lightning.validation import FILE_TO_WRITE, check_arguments
 
 
 class RawImagesToLogits(torch.nn.Module):
@@ -37,7 +37,7 @@ class ExportOptions:
     ckpt: str = "best"
     format: Annotated[Literal["onnx", "mlflow"], "is not supported: use onnx or mlflow"] = "onnx"
     outputs: str = "outputs"
-    output: str | None = None
+    output: FILE_TO_WRITE = None
     split: Annotated[Literal["test", "val"], "does not exist: use split=test or split=val"] = "test"
     check_images: Annotated[int, Ge(1), "must be a whole number of at least 1"] = 500
     tolerance: Annotated[float, Ge(0), "must be a number of at least 0"] = 1e-3
@@ -61,33 +61,34 @@ def export(cfg: DictConfig) -> Path | str:
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
 
     graph = RawImagesToLogits(model).eval()
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.onnx.export(
-        graph,
-        (images[:2],),
-        str(tmp),
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
-    with torch.no_grad():
-        expected = graph(images).numpy()
-    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    got = session.run(["logits"], {"images": images.numpy()})[0]
-    max_diff = float(abs(got - expected).max())
-    agreement = float((got.argmax(1) == expected.argmax(1)).mean())
-    print(
-        f"checked on {len(images)} {cfg.split} images: max abs logit difference {max_diff:.2e}, "
-        f"top-1 agreement {agreement:.2%}"
-    )
-    if max_diff > cfg.tolerance:
-        tmp.unlink()
-        raise UserError(
-            f"the ONNX model disagrees with PyTorch: max abs logit difference {max_diff:.2e} > "
-            f"tolerance={cfg.tolerance} (top-1 agreement {agreement:.2%}); nothing written"
+
+    def write_checked(tmp: Path) -> None:  # into a temporary file: a model that disagrees never takes out's place
+        torch.onnx.export(
+            graph,
+            (images[:2],),
+            str(tmp),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
         )
-    tmp.replace(out)
+        with torch.no_grad():
+            expected = graph(images).numpy()
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(["logits"], {"images": images.numpy()})[0]
+        max_diff = float(abs(got - expected).max())
+        agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+        print(
+            f"checked on {len(images)} {cfg.split} images: max abs logit difference {max_diff:.2e}, "
+            f"top-1 agreement {agreement:.2%}"
+        )
+        if max_diff > cfg.tolerance:
+            raise UserError(
+                f"the ONNX model disagrees with PyTorch: max abs logit difference {max_diff:.2e} > "
+                f"tolerance={cfg.tolerance} (top-1 agreement {agreement:.2%}); nothing written"
+            )
+
+    write_atomic(out, write_checked)
     print(f"wrote {out}")
     return out
 

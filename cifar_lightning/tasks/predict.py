@@ -14,9 +14,9 @@ from cifar_lightning.checkpoints import load_model
 from cifar_lightning.data import read_image
 from cifar_lightning.errors import UserError
 from cifar_lightning.module import plain
-from cifar_lightning.runs import resolve
+from cifar_lightning.runs import resolve, write_atomic
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
-from cifar_lightning.validation import check_arguments
+from cifar_lightning.validation import FILE_TO_WRITE, check_arguments
 
 
 def find_images(pattern: str) -> list[Path]:
@@ -37,7 +37,7 @@ class PredictOptions:
     outputs: str = "outputs"
     top_k: whole_at_least(1) = 3  # type: ignore[valid-type]
     tta: TTA_OPTION = None
-    csv: str | None = None
+    csv: FILE_TO_WRITE = None
     batch_size: whole_at_least(1) = 256  # type: ignore[valid-type]
     trusted_modules: list[str] | None = None
 
@@ -68,12 +68,16 @@ def predict(cfg: DictConfig) -> list[dict]:
     for row in rows:
         print(f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"]))
     if cfg.csv:
-        with open(cfg.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(
-                ["path", *(f"{what}_{k + 1}" for k in range(top.indices.shape[1]) for what in ("class", "prob"))]
-            )
-            for row in rows:
-                writer.writerow([row["path"], *(v for name, p in row["top"] for v in (name, f"{p:.6f}"))])
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(
+                    ["path", *(f"{what}_{k + 1}" for k in range(top.indices.shape[1]) for what in ("class", "prob"))]
+                )
+                for row in rows:
+                    writer.writerow([row["path"], *(v for name, p in row["top"] for v in (name, f"{p:.6f}"))])
+
+        write_atomic(Path(cfg.csv), write)
         print(f"wrote {cfg.csv}")
     return rows
