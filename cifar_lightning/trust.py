@@ -99,7 +99,8 @@ def check_hyperparameters(hparams: Any, trusted_modules: Sequence[str] = ()) -> 
 
 def run_data_config(config_file: Path) -> dict:
     """The data config of a run folder's .hydra/config.yaml, read as plain YAML (nothing in it resolved or
-    imported) and naming ImageDataModule (ImageDataModule.for_evaluation checks its values)."""
+    imported) and naming ImageDataModule (ImageDataModule.for_evaluation checks its values). It never downloads:
+    its root may name any folder (the data it names missing, the user chooses data= on the command line)."""
     choose = "choose the data, e.g. data=cifar10 data.root=data"
     if not config_file.is_file():
         raise UserError(f"{config_file} is missing, so the data this model was trained on is unknown: {choose}")
@@ -109,7 +110,7 @@ def run_data_config(config_file: Path) -> dict:
         raise UserError(f"{config_file} is not a readable run config ({type(e).__name__}): {choose}") from None
     if not isinstance(config, dict) or config.get("_target_") != DATA_TARGET:
         raise UserError(f"{config_file} was refused: its data is not a {DATA_TARGET} config; {choose}")
-    return config
+    return {**config, "download": False}
 
 
 # A resumed run's saved config builds its trainer, callbacks and loggers too: their targets must come from here
@@ -156,6 +157,8 @@ def run_config(
     same_root = isinstance(saved_root, str) and Path(saved_root).resolve() == Path(paths_root).resolve()
     # the saved spelling when it names the same folder: MLflow refuses a logged parameter that changes
     raw["paths"].update(root=saved_root if same_root else str(paths_root), output_dir=str(output_dir))
+    if isinstance(raw.get("data"), dict):  # its root may name any folder: the data is read there, never fetched
+        raw["data"]["download"] = False
     _check_interpolations(raw, config_file)
     config = OmegaConf.create(raw)
     try:

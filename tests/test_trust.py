@@ -114,6 +114,15 @@ def test_resume_from_a_damaged_last_checkpoint_is_one_line(finished, tmp_path, d
             "data.val_size=[1, 2] is not",
         ),
         ("just a string", "was refused: its data is not"),
+        (  # a download would make its root and write the archive there
+            {
+                "_target_": "cifar_lightning.data.ImageDataModule",
+                "source": "cifar10",
+                "root": "{marker}",
+                "download": 1,
+            },
+            "cifar10 is not in",
+        ),
     ],
 )
 def test_a_crafted_run_config_is_refused_before_anything_is_built(finished, tmp_path, data, message):
@@ -180,6 +189,22 @@ def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tm
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {run / '.hydra' / 'config.yaml'} was refused") and message in line, line
     assert not marker.exists() and not (run / "summary.json").exists()
+
+
+def test_a_resumed_run_reads_its_data_where_its_config_says_and_never_downloads_there(finished, tmp_path):
+    import yaml
+
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
+    config = yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())
+    config["data"].update(source="cifar10", root=str(marker), download=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_script("train.py", f"resume={run}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cifar10 is not in {marker}")
+    assert not marker.exists()
 
 
 def test_a_run_configs_own_paths_root_is_not_where_the_resume_writes(finished, tmp_path):
