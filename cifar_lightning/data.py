@@ -84,6 +84,12 @@ def _download_cifar(name: str, root: Path) -> None:
 
 
 def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> ImageSet:
+    """CIFAR-10 or -100 (`name`) from its python-version batches under `root` (downloaded there when missing and
+    `download`), as uint8 (N, 3, 32, 32) images and int64 labels; the batch files are unpickled as numpy only.
+
+    Raises:
+        UserError: files missing (and not downloaded), an md5 that differs from the official release (`verify`), or
+            damaged batches (not CIFAR's keys, dtype or length)."""
     spec, labels_key = CIFAR[name]
     folder = root / spec.base_folder
     sums = dict(spec.train_list + spec.test_list)
@@ -195,6 +201,12 @@ def _read_tree(folder: Path, class_names: list[str], size: int):
 
 
 def load_folder(root: Path, image_size: int) -> ImageSet:
+    """An ImageFolder tree (root/train/<class>/*, optionally root/test/<class>/*) as uint8 (N, 3, image_size,
+    image_size) RGB images, each resized, and int64 labels in the order of the sorted class folders.
+
+    Raises:
+        UserError: no train/ folder or class folders, a training class without images, a test class that training
+            lacks, or an unreadable image (named)."""
     layout = "DIR/train/<class>/*.png (and optionally DIR/test/<class>/*.png)"
     train = root / "train"
     if not train.is_dir():
@@ -305,11 +317,19 @@ class ImageDataModule(L.LightningDataModule):
             val_size: images held out of the training set for validation; a fraction below 1 is a share.
             split_seed: the train/validation split.
             batch_size, eval_batch_size: images per training / evaluation batch.
-            image_size: height and width in pixels (folder images are resized to it).
+            image_size: height and width in pixels (folder images are resized to it; CIFAR's are 32).
             num_workers: DataLoader worker processes.
 
         The values are checked by cifar_lightning.validation against these annotations before construction.
+
+        Raises:
+            UserError: a CIFAR source with an image_size other than 32 (its images are not resized).
         """
+        if source in CIFAR and image_size != 32:
+            raise UserError(
+                f"data.image_size={image_size}: {source}'s images are 32 x 32 and are not resized; drop "
+                "data.image_size (it sizes the images of data=folder and data=synthetic)"
+            )
         super().__init__()
         self.source, self.root, self.verify, self.download = source, Path(root), verify, download
         self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size

@@ -96,6 +96,8 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def training_curves(metrics_csv: Path, path: Path) -> Path:
+    """Loss and accuracy per epoch (train and validation) from a run's metrics.csv, plotted into `path` (PNG);
+    returns `path`."""
     series = read_metrics(metrics_csv)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, what in zip(axes, ("loss", "acc")):
@@ -228,6 +230,8 @@ def corruption_examples(clean: torch.Tensor, corrupted: dict[str, list[torch.Ten
 
 
 def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, robustness: dict | None = None) -> Path:
+    """report.md at `path`: the headline metrics (accuracy, ECE, ...), the per-class table, the corruption table when
+    `robustness` is given, and links to `figures` (relative to path's folder); returns `path`."""
     m = evaluation.metrics
     lines = [
         f"# {title}",

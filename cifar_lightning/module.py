@@ -43,6 +43,10 @@ def plain(config: Any) -> Any:
 
 
 class ImageClassifier(L.LightningModule):
+    """The LightningModule of every recipe: uint8 (N, 3, H, W) batches are augmented and normalised on the device,
+    the net gives logits (N, classes); cross-entropy training, accuracy per stage, optional test-time augmentation
+    and a calibration temperature (a buffer, saved in checkpoints)."""
+
     # buffers (register_buffer): declared here, as torch types a Module's attributes Tensor | Module
     mean: torch.Tensor
     std: torch.Tensor

@@ -342,6 +342,20 @@ class OptunaSweeper(ResumableSweep, Sweeper):
             raise UserError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be between 0 and 1")
         if self.n_trials < 1 or self.n_jobs < 1:
             raise UserError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1")
+        from cifar_lightning.tasks.train import LOWER_IS_BETTER
+
+        metric = config.get("optimized_metric", "best_val_acc")
+        direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
+        if self.direction != direction:
+            raise UserError(
+                f"hydra.sweeper.direction={self.direction} would optimise optimized_metric={metric} the wrong way: "
+                f"set hydra.sweeper.direction={direction}"
+            )
+        if direction == "minimize" and self.pruner_config is not None:  # OptunaPruning reports val/acc each epoch
+            raise UserError(
+                f"the pruner judges trials by their val/acc, which is to be maximised, not {metric}: "
+                "add hydra.sweeper.pruner=null"
+            )
         try:
             import optuna  # noqa: F401
         except ImportError:

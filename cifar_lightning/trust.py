@@ -37,6 +37,8 @@ BASES = {
 
 
 def built_in_modules(kind: str) -> list[str]:
+    """The modules whose classes and functions a `kind` config (net, augmentation, optimizer, scheduler) read from
+    disk may name without trusted_modules."""
     return {
         "net": [f"cifar_lightning.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)],
         "augmentation": ["cifar_lightning.augment"],

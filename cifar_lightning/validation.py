@@ -317,6 +317,8 @@ def refused(group: str, error: Exception) -> UserError:
     from hydra.errors import InstantiationException
 
     cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+    if isinstance(cause, UserError):  # the constructor's own words for the user
+        return cause
     first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
     return UserError(f"{group} cannot be built from these values: {type(cause).__name__}: {first}")
 

@@ -43,6 +43,7 @@ from cifar_lightning.tasks.train import train
         ("data.split_seed=abc", "data.split_seed='abc' is not a whole number"),
         ("data.verify=maybe", "data.verify='maybe' is not true or false"),
         ("data.source=nope", "data.source='nope' is not a data source"),
+        ("data.image_size=64", "data.image_size=64: cifar10's images are 32 x 32 and are not resized"),
         ("module.tta=5", "module.tta=5 must be 0 (off), 1 (mirror) or 2 (six views)"),
         (
             "module.tta_fraction=1.5",

@@ -7,8 +7,11 @@ import signal
 import optuna
 import pytest
 import yaml
-from conftest import FAST, HELPERS_ENV, run_script, start_script
+from conftest import FAST, HELPERS_ENV, compose_train, run_script, start_script, write_folder
 from test_resume import epochs_logged, kill_mid_epoch
+
+from cifar_lightning.errors import UserError
+from cifar_lightning.tasks.train import train
 
 TINY = [o for o in FAST if not o.startswith(("epochs=", "data.val_size="))] + [
     "data=synthetic",
@@ -38,6 +41,40 @@ def summary_rows(sweep, ignore=()) -> dict[str, tuple]:
 
 
 # ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["optimized_metric=test_loss"],
+            "hydra.sweeper.direction=maximize would optimise optimized_metric=test_loss the wrong way: set "
+            "hydra.sweeper.direction=minimize",
+        ),
+        (
+            ["optimized_metric=fit_seconds", "hydra.sweeper.direction=minimize"],
+            "the pruner judges trials by their val/acc, which is to be maximised, not fit_seconds: add "
+            "hydra.sweeper.pruner=null",
+        ),
+    ],
+)
+def test_a_search_that_would_optimise_the_wrong_way_is_refused_before_any_trial(tmp_path, overrides, message):
+    result = run_script("train.py", "-m", "hparams_search=optuna", *overrides, f"paths.root={tmp_path}")
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert not (tmp_path / "multiruns").exists() or not any((tmp_path / "multiruns").rglob("*.ckpt"))
+
+
+def test_a_trial_whose_run_would_lack_its_metric_is_refused_before_training(tmp_path):
+    trial = "trial={storage: 'sqlite:///unused.db', study_name: s, number: 0}"  # refused before it is opened
+    no_test = write_folder(tmp_path / "folder", test=False)
+    for overrides, message in (
+        (["data=synthetic", "data.val_size=0"], "optimized_metric=best_val_acc needs validation"),
+        (["data=folder", f"data.root={no_test}", "data.val_size=6", "optimized_metric=test_acc"], "test_acc needs a"),
+    ):
+        cfg = compose_train([*FAST, *overrides, trial], tmp_path / "run")
+        with pytest.raises(UserError, match=message):
+            train(cfg)
+        assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_resuming_a_folder_that_is_not_a_sweep_is_one_line(tmp_path):
     result = run_script("train.py", "-m", f"resume={tmp_path}", f"paths.root={tmp_path}")
     assert result.returncode == 1 and "Traceback" not in result.stderr

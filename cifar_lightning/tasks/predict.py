@@ -20,6 +20,8 @@ from cifar_lightning.validation import FILE_TO_WRITE, check_arguments
 
 
 def find_images(pattern: str) -> list[Path]:
+    """The files `images=` names, sorted: a folder's image files (by extension, recursively), or what a glob pattern
+    (`**` recursive) or a single path matches. Raises UserError when nothing matches."""
     path = Path(pattern)
     paths = sorted(path.rglob("*")) if path.is_dir() else [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
     paths = [p for p in paths if p.is_file() and (p.suffix.lower() in IMG_EXTENSIONS or not path.is_dir())]

@@ -18,6 +18,8 @@ from cifar_lightning.figures import sweep_plot
 
 
 def read_runs(sweep: Path) -> list[dict]:
+    """One dict per job folder under `sweep` (each with .hydra/overrides.yaml): its folder, overrides, group (the
+    overrides without seed=), status (done, pruned or failed: no summary.json) and its summary's values."""
     runs = []
     for overrides_file in sorted(sweep.glob("**/.hydra/overrides.yaml")):
         run = overrides_file.parent.parent
@@ -55,6 +57,8 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def group(runs: list[dict]) -> list[dict]:
+    """Runs of the same overrides but their seed, as one row each: mean and std over the finished runs of best val
+    acc, test acc and fit seconds; best val acc first."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(run["group"], []).append(run)
@@ -75,6 +79,7 @@ def _pct(mean: float | None, std: float | None = None) -> str:
 
 
 def write(sweep: Path, runs: list[dict], groups: list[dict]) -> None:
+    """<sweep>/summary.csv (a row per run) and <sweep>/summary.md (a table of the groups, and summary.png)."""
     with open(sweep / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(
             f,

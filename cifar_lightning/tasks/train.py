@@ -24,14 +24,16 @@ from cifar_lightning.callbacks import CountTrainingFlops, KeepRandomState, Optun
 from cifar_lightning.checkpoints import BestCheckpoint, read_weights, write_temperature
 from cifar_lightning.cli import config_tree
 from cifar_lightning.data import ImageDataModule
+from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.runs import RunFolder
-from cifar_lightning.tasks.resume import read_last
+from cifar_lightning.tasks.resume import read_last, resume_config
 from cifar_lightning.validation import check_train_config, refused, run_length
 
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("best_val_acc", "test_acc", "test_loss", "fit_seconds")  # what a sweeper can optimise
+LOWER_IS_BETTER = ("test_loss", "fit_seconds")  # to be minimised; the others maximised
 
 
 @dataclass
@@ -63,8 +65,9 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     config. Callbacks and loggers are built before the data loads, so that their refusals come first; the trainer
     after it, with the run's length (validation.run_length checks it: at least one optimizer step)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config tree and summary
-    datamodule = instantiate(cfg.data)
     try:
+        group = "data"
+        datamodule = instantiate(cfg.data)
         group = "trainer"
         processes = trainer_processes(cfg.trainer)
         group = "callbacks"
@@ -75,6 +78,8 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     except InstantiationException as e:
         raise refused(group, e) from None
     datamodule.setup("fit")
+    if cfg.get("trial"):
+        check_reportable(cfg.optimized_metric, datamodule)
     steps = run_length(cfg, datamodule, processes, callbacks)
     # whole epochs end the run by max_epochs, as Lightning counts them (a resumed last epoch stays counted);
     # a fractional one also by the optimizer step inside the last epoch
@@ -102,6 +107,17 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
     )
     module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
     return datamodule, module, trainer
+
+
+def check_reportable(metric: str, datamodule: ImageDataModule) -> None:
+    """Raises UserError when a job of an Optuna search would end without the metric its trial is told."""
+    if metric == "best_val_acc" and not datamodule.validates:
+        raise UserError(
+            "optimized_metric=best_val_acc needs validation, and data.val_size=0 holds none out: "
+            "set data.val_size or optimized_metric=test_acc"
+        )
+    if metric.startswith("test_") and "test" not in datamodule.splits:
+        raise UserError(f"optimized_metric={metric} needs a test split, and this data has none: use best_val_acc")
 
 
 def trainer_processes(trainer_config: DictConfig) -> int:
@@ -142,6 +158,19 @@ def without_validation(callbacks: DictConfig, datamodule: ImageDataModule) -> Di
             continue
         kept[name] = callback
     return kept
+
+
+def train_or_resume(cfg: DictConfig, task_overrides: list[str]) -> float | None:
+    """What train.py runs: a new run, or with resume= the run it names continued (nothing, if it finished); returns
+    the run's `optimized_metric` for a sweeper to optimise, None when the run has none (no validation, no test)."""
+    metric = cfg.get("optimized_metric", "best_val_acc")
+    if not cfg.resume:
+        return train(cfg).get(metric)
+    cfg, last = resume_config(cfg, task_overrides)
+    if last is not None:
+        return train(cfg, last).get(metric)
+    log.info("%s finished already: nothing to resume", cfg.paths.output_dir)
+    return RunFolder(cfg.paths.output_dir).summary_values().get(metric)
 
 
 def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
