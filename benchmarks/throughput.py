@@ -35,7 +35,7 @@ def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
     half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.trainer.precision)
     scaler = torch.amp.GradScaler(enabled=half == torch.float16)  # fp16 needs its loss scaled; bf16 does not
     net.train()  # build() has initialised data-dependent nets already
-    optimizer, scheduler, _ = module.optimizer_and_schedule(steps)
+    optimizer, scheduler, interval = module.optimizer_and_schedule(steps)
     lookahead = instantiate(cfg.callbacks.lookahead) if cfg.callbacks.get("lookahead") else None
     if lookahead:
         lookahead.start(net)
@@ -58,7 +58,7 @@ def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        if scheduler:
+        if scheduler and interval == "step":  # one pass: an epoch's schedule does not move within it
             scheduler.step()
         if lookahead:
             lookahead.step(net, step + 1, steps)

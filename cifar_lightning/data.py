@@ -460,7 +460,3 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
-
-    def loader(self, split: str) -> DataLoader:
-        """An evaluation loader over any split (evaluate.py uses split=val or test)."""
-        return self._loader(split)

@@ -103,6 +103,30 @@ def test_the_plain_loop_trains_in_the_pipelines_precision(chosen, dtype, tmp_pat
     assert seen == [dtype] * 3
 
 
+@pytest.mark.parametrize("scheduler, moves", [("step", False), ("onecycle", True)])
+def test_the_plain_loop_moves_the_learning_rate_only_by_a_per_step_schedule(scheduler, moves, tmp_path, monkeypatch):
+    """One pass over the data: an epoch's schedule (step: StepLR, halving every 10 epochs) keeps its lr over 12
+    steps; a per-step one moves it."""
+    monkeypatch.syspath_prepend(ROOT / "benchmarks")
+    import throughput
+    from common import pipeline
+
+    cfg, datamodule, module, _, _ = pipeline([*TINY, f"scheduler={scheduler}"], tmp_path, steps=12, warmup=1)
+    built = []
+    real = module.optimizer_and_schedule
+
+    def recording(steps):
+        optimizer, schedule, interval = real(steps)
+        built.append((optimizer, optimizer.param_groups[0]["lr"]))
+        return optimizer, schedule, interval
+
+    monkeypatch.setattr(module, "optimizer_and_schedule", recording)
+    train = datamodule.splits["train"]
+    throughput.plain_loop(module, cfg, train.images, train.labels, steps=12, warmup=1)
+    ((optimizer, first_lr),) = built
+    assert (optimizer.param_groups[0]["lr"] != first_lr) == moves
+
+
 def test_original_recipe_times_the_original_in_fp32_against_the_pipeline_in_its_precision():
     result = run_script("benchmarks/original_recipe.py", "--pairs", "1", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
