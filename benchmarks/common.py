@@ -9,7 +9,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_lightning.cli import compose_config  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
-from cifar_lightning.tasks.train import build  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.tasks.train import TrainOptions, build  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.validation import check_train_config  # noqa: E402 (as above)
 
 
 def sync():
@@ -48,6 +49,7 @@ def pipeline(overrides, output_dir, steps: int | None = None, warmup: int = 10, 
     if steps:
         extra.append(f"+trainer.limit_train_batches={steps}")
     cfg = compose_config("train", [*overrides, *extra, f"paths.output_dir={output_dir}"])
+    check_train_config(cfg, TrainOptions)  # as train.py does: a bad value is one line, before the data loads
     datamodule, module, trainer = build(cfg)
     timer = StepTimer(warmup)
     trainer.callbacks.append(timer)

@@ -61,6 +61,12 @@ def test_compare_alternates_and_projects_each_recipe_to_its_whole_run():
         ("allocator", ["experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
         ("allocator", ["--pairs", "0"], 2, "--pairs must be at least 1"),
         ("allocator", ["--steps", "3", "--warmup", "3"], 2, "--warmup 0 or more and below --steps"),
+        (
+            "throughput",
+            ["module.label_smoothing=2"],
+            1,
+            "error: module.label_smoothing=2 must be at least 0 and below 1",
+        ),
     ],
 )
 def test_benchmarks_refuse_bad_input_in_one_line(script, args, code, message):
