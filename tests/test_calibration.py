@@ -85,10 +85,21 @@ def test_predict_shows_calibrated_probabilities(calibrated, tmp_path):
     assert all(top[name] == pytest.approx(float(p), abs=1e-5) for name, p in zip(model.hparams.class_names, expected))
 
 
-def test_calibrate_true_refits_and_calibration_none_keeps_one(tmp_path):
+def test_calibrate_true_refits_and_calibration_none_keeps_one(tmp_path, monkeypatch):
+    import cifar_lightning.tasks.evaluate as task
+
     run = tmp_path / "run"
     summary = train_run([*FAST, "data=synthetic", "calibration=none"], run)
     assert summary["temperature"] == 1
+    assert float(torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"]) == 1
+
+    def write_fails(*_):
+        raise UserError("could not write")
+
+    with monkeypatch.context() as failing:  # an evaluation that fails once fitted leaves the checkpoint as it was
+        failing.setattr(task, "write", write_fails)
+        with pytest.raises(UserError, match="could not write"):
+            evaluate(compose_config("evaluate", [f"ckpt={run}", "calibrate=true"]))
     assert float(torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"]) == 1
     metrics = evaluate(compose_config("evaluate", [f"ckpt={run}", "calibrate=true"]))
     written = float(torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"])

@@ -81,6 +81,12 @@ def evaluate(cfg: DictConfig) -> dict:
     """Writes <run>/eval/<split>/ (replacing it only once everything is written) and returns the metrics."""
     result = compute(cfg)
     metrics = write(result, cfg.misclassified)
+    if cfg.calibrate:  # into the checkpoint only once the evaluation it was fitted for is written
+        write_temperature(result.checkpoint, result.temperature)
+        print(
+            f"temperature {result.temperature:.4f} fitted on {len(result.data.splits['val'])} validation images, "
+            f"written into {result.checkpoint}"
+        )
     report(result)
     return metrics
 
@@ -136,13 +142,7 @@ def compute(cfg: DictConfig) -> Result:
                 f"calibrate=true fits the temperature on a validation split, and the data in {data.root} has none "
                 f"(data.val_size=0): choose data with one"
             )
-        temperature = fit_on_validation(model, data.splits["val"], data.eval_batch_size)
-        model.temperature.fill_(temperature)
-        write_temperature(checkpoint, temperature)
-        print(
-            f"temperature {temperature:.4f} fitted on {len(data.splits['val'])} validation images, "
-            f"written into {checkpoint}"
-        )
+        model.temperature.fill_(fit_on_validation(model, data.splits["val"], data.eval_batch_size))
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     split = data.splits[cfg.split]
