@@ -18,11 +18,12 @@ train: $(PYTHON)
 evaluate: $(PYTHON)
 	$(PYTHON) evaluate.py $(ARGS)
 
-# the suite in parallel, a worker per core (pytest-xdist; at most 8: each holds torch and starts training processes)
+# the suite in parallel, a worker per core (pytest-xdist; at most 8: each holds torch and starts training processes);
+# the cluster tests run one at a time by slurm-test, as the one-node cluster takes its jobs
 PYTEST := $(PYTHON) -m pytest -n auto --maxprocesses 8
 
 test: $(PYTHON)
-	$(PYTEST) $(ARGS)
+	$(PYTEST) -m "not cluster" $(ARGS)
 
 # ruff: lint and formatting; mypy: types of the package (both configured in pyproject.toml; ruff is also a
 # pre-commit hook: pre-commit install)
@@ -36,7 +37,7 @@ format: $(PYTHON)
 	$(PYTHON) -m ruff format .
 
 test-fast: $(PYTHON)
-	$(PYTEST) -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow and not cluster" $(ARGS)
 
 # A one-node Slurm cluster on this machine (as root on Debian; tools/slurm.sh installs what is missing), for
 # python train.py -m hydra/launcher=slurm ...; slurm-test runs the tests that need it (marked cluster)

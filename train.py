@@ -2,7 +2,7 @@
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning import precision, runs
 from cifar_lightning.cli import exit_on_user_error, run
@@ -15,7 +15,9 @@ precision.register_resolver()
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with exit_on_user_error():
-        return train_or_resume(cfg, list(HydraConfig.get().overrides.task))  # returned for sweepers to optimise
+        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task)  # as typed: ${...} in them unresolved
+        assert isinstance(overrides, list)  # of a ListConfig
+        return train_or_resume(cfg, overrides)  # returned for sweepers to optimise
 
 
 if __name__ == "__main__":

@@ -98,10 +98,10 @@ class FreezeAfterEpochs(L.Callback):
     def __init__(self, parameter: str, epochs: Annotated[int, Ge(0)]):
         self.parameter, self.epochs = parameter, epochs
 
-    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        """Raises UserError when the net has no such parameter (the recipe's model was swapped for another)."""
-        names = dict(module.named_parameters())
-        if self.parameter not in names:
+    def check_module(self, module: L.LightningModule) -> None:
+        """Raises UserError when the net has no such parameter (the recipe's model was swapped for another); called
+        by tasks.train.build once the module exists, before the run starts."""
+        if self.parameter not in dict(module.named_parameters()):
             raise UserError(
                 f"{type(self).__name__}: the model has no parameter {self.parameter!r} to freeze; drop the callback "
                 "that names it (e.g. callbacks.whiten_bias=null) or use the model it was written for"

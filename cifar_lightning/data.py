@@ -96,7 +96,10 @@ def load_cifar(name: str, root: Path, verify: bool, download: bool = True) -> Im
     files = [*sums, spec.meta["filename"]]
     if not all((folder / f).is_file() for f in files):
         if not download:
-            raise UserError(f"{name} is not in {folder}: expected the files {', '.join(files)}")
+            raise UserError(
+                f"{name} is not in {folder}: expected the files {', '.join(files)}; it is not downloaded with "
+                "data.download=false, nor for a run read from disk (resume=, evaluate.py): put the files there"
+            )
         _download_cifar(name, root)
     if verify:
         bad = [f for f, md5 in sums.items() if not check_md5(folder / f, md5)]

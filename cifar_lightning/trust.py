@@ -159,8 +159,6 @@ def run_config(
     same_root = isinstance(saved_root, str) and Path(saved_root).resolve() == Path(paths_root).resolve()
     # the saved spelling when it names the same folder: MLflow refuses a logged parameter that changes
     raw["paths"].update(root=saved_root if same_root else str(paths_root), output_dir=str(output_dir))
-    if isinstance(raw.get("data"), dict):  # its root may name any folder: the data is read there, never fetched
-        raw["data"]["download"] = False
     _check_interpolations(raw, config_file)
     config = OmegaConf.create(raw)
     try:

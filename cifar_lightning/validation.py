@@ -31,12 +31,14 @@ ACCUMULATE = Annotated[int, at.Ge(1), "must be a whole number of at least 1"]
 
 
 def _writable_file(path: str | None) -> bool:
-    return path is None or (Path(path).parent.is_dir() and not Path(path).is_dir())
+    return not path or (Path(path).parent.is_dir() and not Path(path).is_dir())
 
 
-# an output file the user names (predict.py csv=, export.py output=): checked before the work that fills it
+# an output file the user names (predict.py csv=, export.py output=; empty or null: none): checked before the work
 FILE_TO_WRITE = Annotated[
-    str | None, at.Predicate(_writable_file), "must name a file in a folder that exists: create the folder first"
+    str | None,
+    at.Predicate(_writable_file),
+    "must name a file (not a folder) in a folder that exists: create the folder first",
 ]
 
 

@@ -270,8 +270,9 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         ("predict.py", "tta=abc", "tta='abc' must be one of null, 0, 1, 2"),
         ("export.py", "tolerance=abc", "tolerance='abc' must be a number of at least 0"),
         ("export.py", "check_images=0", "check_images=0 must be a whole number of at least 1"),
-        ("predict.py", "csv=no_such_folder/p.csv", "csv='no_such_folder/p.csv' must name a file in a folder that"),
-        ("export.py", "output=no_such_folder/m.onnx", "output='no_such_folder/m.onnx' must name a file in a folder"),
+        ("predict.py", "csv=no_such_folder/p.csv", "csv='no_such_folder/p.csv' must name a file (not a folder) in"),
+        ("predict.py", "csv=tests", "csv='tests' must name a file (not a folder) in a folder that exists"),
+        ("export.py", "output=no_such_folder/m.onnx", "output='no_such_folder/m.onnx' must name a file (not a"),
     ],
 )
 def test_task_options_are_checked_in_one_line(trained, tmp_path, script, override, message):

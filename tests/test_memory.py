@@ -7,19 +7,22 @@ import sys
 import pytest
 
 # a training step's pattern: activations of 57 MiB (above glibc's largest mmap threshold) made and freed, step
-# after step; the page faults of the last step tell whether their memory came from the operating system anew
-# (about 14,000 faults of 4 KiB per tensor) or was reused
+# after step; the page faults of a step tell whether their memory came from the operating system anew (about 14,000
+# faults of 4 KiB per tensor) or was reused. The fewest of steps 2-5, not the last step's: under the parallel suite,
+# a last step with memory kept was once seen to fault one tensor's pages anew
 SCRIPT = """
 import resource, sys, torch
 from cifar_lightning import memory
 changed = memory.keep_freed_memory() if sys.argv[1] == "keep" else False
 x = torch.randn(2000, 64, 15, 15).bfloat16()
+faults = []
 for step in range(5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y = torch.nn.functional.gelu(x)
     z = torch.nn.functional.gelu(y)
     del y, z
-print(changed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(changed, min(faults[1:]))
 """
 
 

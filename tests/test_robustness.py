@@ -85,10 +85,11 @@ def test_unusable_values_of_a_recipe_s_parts_are_refused_before_the_data_loads(o
     refused_before_the_data_loads(overrides, message, tmp_path)
 
 
-def test_a_callback_that_freezes_a_parameter_the_model_lacks_is_one_line(tmp_path):
+def test_a_callback_that_freezes_a_parameter_the_model_lacks_is_refused_before_the_run_starts(tmp_path):
     cfg = compose_train([*FAST, "data=synthetic", "experiment=fast94_lookahead", "model=cnn"], tmp_path / "run")
     with pytest.raises(UserError, match=re.escape("the model has no parameter 'net.whiten.bias' to freeze")):
         train(cfg)
+    assert not (tmp_path / "run").exists()  # no start record, no config tree: a refused run leaves no folder
 
 
 def refused_before_the_data_loads(overrides, message, tmp_path):

@@ -93,9 +93,9 @@ def test_onnx_export_matches_pytorch(tmp_path):
         with torch.no_grad():  # the graph takes raw uint8 images: normalisation is inside it
             expected = (model(model.normalize(torch.from_numpy(images))) / model.temperature).numpy()
         assert got.shape == (batch, 10) and np.abs(got - expected).max() < 1e-4
-    before = (run / "model.onnx").read_bytes()
+    (run / "model.onnx").write_bytes(b"an earlier export")
     refused = run_script("export.py", f"ckpt={run}", "format=onnx", "tolerance=0")  # no export is that exact
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].endswith("; nothing written")
-    assert (run / "model.onnx").read_bytes() == before and not list(run.glob(".*.tmp"))  # the earlier one stays
+    assert (run / "model.onnx").read_bytes() == b"an earlier export" and not list(run.glob(".*.tmp"))
     bad = run_script("export.py", f"ckpt={run}", "format=tflite")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: format='tflite'")

@@ -60,14 +60,15 @@ def print_config(cfg: DictConfig) -> bool:
     return (cfg.get("extras") or {}).get("print_config", True)
 
 
-def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
+def build(cfg: DictConfig, resumed: bool = False) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
     """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a checked
     config. Callbacks and loggers are built before the data loads, so that their refusals come first; the trainer
-    after it, with the run's length (validation.run_length checks it: at least one optimizer step)."""
+    after it, with the run's length (validation.run_length checks it: at least one optimizer step). A `resumed`
+    run's data is read where its config (from disk, so naming any folder) says, never downloaded there."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config tree and summary
     try:
         group = "data"
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(cfg.data, **({"download": False} if resumed else {}))
         group = "trainer"
         processes = trainer_processes(cfg.trainer)
         group = "callbacks"
@@ -106,6 +107,9 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]
         _recursive_=False,
     )
     module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
+    for callback in callbacks:  # a callback that needs something of the module refuses it before the run starts
+        if hasattr(callback, "check_module"):
+            callback.check_module(module)
     return datamodule, module, trainer
 
 
@@ -182,7 +186,7 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     if rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
         logging.getLogger("cifar_lightning").setLevel(logging.WARNING)
     tree = config_tree(cfg) if print_config(cfg) and rank == 0 else None
-    datamodule, module, trainer = build(cfg)
+    datamodule, module, trainer = build(cfg, resumed=resume_from is not None)
     if trainer.is_global_zero:
         run.mark_started()
         if tree:  # written once nothing has refused the config: a refused run leaves no checkpoints or tree
