@@ -109,7 +109,7 @@ def run_rows(run_dir: Path, recipe: str | None = None) -> list[dict]:
         str(part)
         for part in (
             hw.get("cpu") or "unknown CPU",
-            f"{hw['threads']} threads" if hw.get("threads") else None,
+            f"{hw['threads']} thread{'s' if hw['threads'] != 1 else ''}" if hw.get("threads") else None,
             hw.get("gpu") or "no GPU",
             f"{hw['devices']} devices" if (hw.get("devices") or 1) > 1 else None,
             f"torch {hw['torch']}" if hw.get("torch") else None,

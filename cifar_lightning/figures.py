@@ -311,7 +311,8 @@ def describe_machine(hardware: dict | None) -> str:
     """A run's hardware (summary.json) in a few words, for plot labels."""
     if not hardware:
         return "a machine not recorded"
-    device = hardware["gpu"] or f"{hardware['cpu']}, {hardware['threads']} threads"
+    threads = hardware["threads"]
+    device = hardware["gpu"] or f"{hardware['cpu']}, {threads} thread{'s' if threads != 1 else ''}"
     precision = f", {hardware['precision']}" if "precision" in hardware else ""  # older summaries do not record it
     return f"{device}, torch {hardware['torch']}{precision}"
 

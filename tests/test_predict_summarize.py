@@ -161,4 +161,5 @@ def test_a_plots_machine_names_the_precision_when_the_run_recorded_it():
     machine = {"cpu": "AMD EPYC", "threads": 2, "gpu": None, "torch": "2.14.1"}
     assert describe_machine(machine) == "AMD EPYC, 2 threads, torch 2.14.1"
     assert describe_machine(machine | {"precision": "bf16-mixed"}) == "AMD EPYC, 2 threads, torch 2.14.1, bf16-mixed"
+    assert describe_machine(machine | {"threads": 1}) == "AMD EPYC, 1 thread, torch 2.14.1"
     assert describe_machine(None) == "a machine not recorded"
