@@ -119,7 +119,7 @@ def test_resume_from_a_damaged_last_checkpoint_is_one_line(finished, tmp_path, d
                 "_target_": "cifar_lightning.data.ImageDataModule",
                 "source": "cifar10",
                 "root": "{marker}",
-                "download": 1,
+                "download": True,
             },
             "cifar10 is not in",
         ),
@@ -144,6 +144,21 @@ def test_a_crafted_run_config_is_refused_before_anything_is_built(finished, tmp_
 
 
 OUTSIDE = "would make the resumed run write outside its folder"
+
+
+def crafted_for_resume(finished, tmp_path, edit) -> tuple:
+    """A copy of the finished run to resume (its last.ckpt, its config changed by `edit`, "{marker}" in a value
+    standing for a path that must never be made); returns (run, marker)."""
+    import yaml
+
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
+    config = yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())
+    edit(config)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config).replace("{marker}", str(marker)))
+    return run, marker
 
 
 @pytest.mark.parametrize(
@@ -174,16 +189,7 @@ OUTSIDE = "would make the resumed run write outside its folder"
     ],
 )
 def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tmp_path, edit, message):
-    import yaml
-
-    run, marker = tmp_path / "run", tmp_path / "marker"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / ".hydra").mkdir()
-    (run / "checkpoints" / "last.ckpt").write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
-    config = yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())
-    edit(config)
-    text = yaml.safe_dump(config).replace("{marker}", str(marker))
-    (run / ".hydra" / "config.yaml").write_text(text)
+    run, marker = crafted_for_resume(finished, tmp_path, edit)
     result = run_script("train.py", f"resume={run}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
@@ -192,15 +198,9 @@ def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tm
 
 
 def test_a_resumed_run_reads_its_data_where_its_config_says_and_never_downloads_there(finished, tmp_path):
-    import yaml
-
-    run, marker = tmp_path / "run", tmp_path / "marker"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / ".hydra").mkdir()
-    (run / "checkpoints" / "last.ckpt").write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
-    config = yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())
-    config["data"].update(source="cifar10", root=str(marker), download=True)
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    run, marker = crafted_for_resume(
+        finished, tmp_path, lambda c: c["data"].update(source="cifar10", root="{marker}", download=True)
+    )
     result = run_script("train.py", f"resume={run}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: cifar10 is not in {marker}")
