@@ -1,6 +1,7 @@
 """What the entry points share: user mistakes end in one line on stderr and exit code 1, no traceback."""
 
 import contextlib
+import difflib
 import io
 import logging
 import os
@@ -14,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
@@ -92,7 +93,12 @@ def run_composing(main: Callable[[], None], keep_freed_memory: bool = True) -> N
 
 def one_line(error: CompactHydraException) -> str:
     """Hydra's message, the options it offers (a missing config's `options`) and its cause, on one line. The
-    message's first paragraph is what Hydra says; a missing config adds its option list and search path below."""
+    message's first paragraph is what Hydra says; a missing config adds its option list and search path below.
+    An override of a key the config lacks is most often a typo, not a wish to add one (Hydra's hint, `+key=`):
+    it names the keys nearest in spelling instead."""
+    unknown = unknown_key(error)
+    if unknown:
+        return unknown
     message = str(error).split("\n\n")[0]
     line = ". ".join(part.strip().rstrip(".") for part in message.splitlines() if part.strip())
     options = getattr(error, "options", None)  # only a MissingConfigException has them
@@ -101,6 +107,21 @@ def one_line(error: CompactHydraException) -> str:
     if error.__cause__ is not None:
         line += f" ({str(error.__cause__).splitlines()[0]})"
     return line
+
+
+def unknown_key(error: CompactHydraException) -> str | None:
+    """For an override of a key its config does not have (omegaconf's ConfigKeyError or ConfigAttributeError,
+    whose `parent_node` is the config that lacks it): one line naming the key and its nearest existing
+    neighbours. None for every other error."""
+    cause = error.__cause__
+    if not isinstance(cause, ConfigKeyError | ConfigAttributeError) or not isinstance(cause.parent_node, DictConfig):
+        return None
+    key, full_key = str(cause.key), str(cause.full_key)
+    parent = full_key[: -len(key)].rstrip(".") or "the config"
+    keys = [str(k) for k in cause.parent_node.keys() if str(k) != "hydra"]
+    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    advice = f"did you mean {' or '.join(near)}?" if near else f"its keys are {', '.join(keys)}."
+    return f"{full_key}: {parent} has no key {key!r}: {advice} (A leading + adds a key on purpose.)"
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

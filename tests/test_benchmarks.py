@@ -55,7 +55,7 @@ def test_compare_alternates_and_projects_each_recipe_to_its_whole_run():
     "script, args, code, message",
     [
         ("compare", ["--a", "experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
-        ("compare", ["--b", "trainer.nope=1"], 1, "error: Could not override 'trainer.nope'"),
+        ("compare", ["--b", "trainer.nope=1"], 1, "error: trainer.nope: trainer has no key 'nope'"),
         ("compare", ["--pairs", "0"], 2, "--pairs must be at least 1"),
         ("compare", ["--steps", "5", "--warmup", "5"], 2, "--warmup 0 or more and below --steps"),
         ("allocator", ["experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),

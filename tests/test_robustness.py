@@ -159,7 +159,10 @@ def test_same_seed_same_config_gives_identical_metrics_and_weights(tmp_path, cif
     "override, message",
     [
         ("model=nope", "error: In 'train': Could not find 'model/nope' (options: airbench, cnn, mlp, resnet18)"),
-        ("epoch=3", "error: Could not override 'epoch'"),  # a typo of epochs: struct mode refuses unknown keys
+        # a typo of a key: struct mode refuses unknown keys, and the message names the nearest ones (not Hydra's +)
+        ("epoch=3", "error: epoch: the config has no key 'epoch': did you mean epochs?"),
+        ("optimizer.lrr=1", "error: optimizer.lrr: optimizer has no key 'lrr': did you mean lr?"),
+        ("model.zzz=1", "error: model.zzz: model has no key 'zzz': its keys are _target_, widths."),
         ("epochs=[", "error: no viable alternative at input '['"),
         ("+epochs=3", "error: Could not append to config. An item is already at 'epochs'. Either remove + prefix"),
         ("epochs=abc", "error: epochs='abc' must be a positive number"),
