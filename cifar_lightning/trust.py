@@ -28,6 +28,9 @@ from cifar_lightning.validation import check_arguments, check_target
 
 MODEL_CONFIGS = ("net", "augmentation", "optimizer", "scheduler")  # the hyperparameters that name what to build
 DATA_TARGET = "cifar_lightning.data.ImageDataModule"
+# What a data config read from a run folder is built with (evaluate, resume): its root may name any folder, so it
+# is never downloaded there; the data it names missing, the user chooses data= on the command line
+RECORDED_DATA = {"download": False}
 BASES = {
     "net": torch.nn.Module,
     "augmentation": object,
@@ -102,7 +105,7 @@ def check_hyperparameters(hparams: Any, trusted_modules: Sequence[str] = ()) -> 
 def run_data_config(config_file: Path) -> dict:
     """The data config of a run folder's .hydra/config.yaml, read as plain YAML (nothing in it resolved or
     imported) and naming ImageDataModule (ImageDataModule.for_evaluation checks its values). It never downloads:
-    its root may name any folder (the data it names missing, the user chooses data= on the command line)."""
+    it is read with RECORDED_DATA."""
     choose = "choose the data, e.g. data=cifar10 data.root=data"
     if not config_file.is_file():
         raise UserError(f"{config_file} is missing, so the data this model was trained on is unknown: {choose}")
@@ -112,7 +115,7 @@ def run_data_config(config_file: Path) -> dict:
         raise UserError(f"{config_file} is not a readable run config ({type(e).__name__}): {choose}") from None
     if not isinstance(config, dict) or config.get("_target_") != DATA_TARGET:
         raise UserError(f"{config_file} was refused: its data is not a {DATA_TARGET} config; {choose}")
-    return {**config, "download": False}
+    return {**config, **RECORDED_DATA}
 
 
 # A resumed run's saved config builds its trainer, callbacks and loggers too: their targets must come from here

@@ -28,6 +28,7 @@ from cifar_lightning.errors import UserError
 from cifar_lightning.module import ImageClassifier
 from cifar_lightning.runs import RunFolder
 from cifar_lightning.tasks.resume import read_last, resume_config
+from cifar_lightning.trust import RECORDED_DATA
 from cifar_lightning.validation import check_train_config, refused, run_length
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,11 @@ def build(cfg: DictConfig, resumed: bool = False) -> tuple[ImageDataModule, Imag
     """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a checked
     config. Callbacks and loggers are built before the data loads, so that their refusals come first; the trainer
     after it, with the run's length (validation.run_length checks it: at least one optimizer step). A `resumed`
-    run's data is read where its config (from disk, so naming any folder) says, never downloaded there."""
+    run's data is built as any data read from a run folder (trust.RECORDED_DATA)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config tree and summary
     try:
         group = "data"
-        datamodule = instantiate(cfg.data, **({"download": False} if resumed else {}))
+        datamodule = instantiate(cfg.data, **(RECORDED_DATA if resumed else {}))
         group = "trainer"
         processes = trainer_processes(cfg.trainer)
         group = "callbacks"
