@@ -26,6 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_lightning.errors import UserError  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.figures import counted  # noqa: E402 (as above)
 
 COLUMNS = [
     "id", "kind", "recipe", "run", "seed", "precision", "split", "data", "tta",
@@ -109,7 +110,7 @@ def run_rows(run_dir: Path, recipe: str | None = None) -> list[dict]:
         str(part)
         for part in (
             hw.get("cpu") or "unknown CPU",
-            f"{hw['threads']} thread{'s' if hw['threads'] != 1 else ''}" if hw.get("threads") else None,
+            counted(hw["threads"], "thread") if hw.get("threads") else None,
             hw.get("gpu") or "no GPU",
             f"{hw['devices']} devices" if (hw.get("devices") or 1) > 1 else None,
             f"torch {hw['torch']}" if hw.get("torch") else None,

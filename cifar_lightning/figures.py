@@ -307,12 +307,16 @@ def sweep_plot(runs: list[dict], groups: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 thread', '2 threads': a count with its noun (regular plurals only)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def describe_machine(hardware: dict | None) -> str:
     """A run's hardware (summary.json) in a few words, for plot labels."""
     if not hardware:
         return "a machine not recorded"
-    threads = hardware["threads"]
-    device = hardware["gpu"] or f"{hardware['cpu']}, {threads} thread{'s' if threads != 1 else ''}"
+    device = hardware["gpu"] or f"{hardware['cpu']}, {counted(hardware['threads'], 'thread')}"
     precision = f", {hardware['precision']}" if "precision" in hardware else ""  # older summaries do not record it
     return f"{device}, torch {hardware['torch']}{precision}"
 

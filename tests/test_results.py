@@ -62,7 +62,11 @@ def test_add_adds_a_row_per_run_and_per_evaluation(results, tmp_path: Path) -> N
     assert train["recipe"] == "fast" and train["seed"] == "3" and train["precision"] == "bf16-mixed"
     assert train["best_val_acc"] == "81.23" and train["test_acc"] == "74.56" and train["training_pflop"] == "0.0091"
     assert train["command"] == "python train.py experiment=fast seed=3 data.verify=false"
-    assert train["commit"] == "abc1234" and "Test CPU" in train["hardware"] and train["source"] == "add"
+    assert (
+        train["commit"] == "abc1234"
+        and train["hardware"].startswith("Test CPU, 2 threads, no GPU")
+        and train["source"] == "add"
+    )
     assert evaluation["run"] == train["id"] and evaluation["split"] == "test" and evaluation["accuracy"] == "74.56"
     assert evaluation["ece_before"] == "11.73" and evaluation["ece_after"] == "2.93"
     assert evaluation["command"].startswith("python evaluate.py ckpt=") and evaluation["commit"] == "abc1234"
