@@ -278,12 +278,14 @@ class ImageClassifier(L.LightningModule):
     def optimizer_and_schedule(self, total_steps: int) -> tuple[torch.optim.Optimizer, Any, str | None]:
         """The optimizer, its schedule (or None) and the schedule's interval (step|epoch) for a run of `total_steps`
         optimizer steps; the benchmarks' plain loop builds its own from here too."""
+
+        def whole_run(config: dict) -> dict:  # a null total_steps means "the whole run"
+            return {**config, "total_steps": total_steps} if config.get("total_steps", 0) is None else dict(config)
+
         # named, so that a factory can treat groups of parameters differently (cifar_lightning.optim)
-        optimizer = instantiate(self.hparams["optimizer"])(self.named_parameters())
+        optimizer = instantiate(whole_run(self.hparams["optimizer"]))(self.named_parameters())
         if not self.hparams["scheduler"]:
             return optimizer, None, None
-        config = dict(self.hparams["scheduler"])
+        config = whole_run(self.hparams["scheduler"])
         interval = config.pop("interval", "epoch")
-        if "total_steps" in config and config["total_steps"] is None:  # a null total_steps means "the whole run"
-            config["total_steps"] = total_steps
         return optimizer, instantiate(config)(optimizer), interval

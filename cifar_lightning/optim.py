@@ -1,6 +1,6 @@
 """Optimizer factories beyond torch.optim's own, called (as partials) with the model's named parameters."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated
 
 import torch
@@ -38,11 +38,14 @@ def decoupled_sgd(
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(matrix: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
-    """An approximation of U V^T for matrix = U S V^T, by `steps` Newton-Schulz iterations (float32 on the CPU,
-    bfloat16 on a GPU, where it is a few matrix products at tensor-core speed). `matrix` is (m, n) or a batch
-    (..., m, n) of matrices orthogonalised each on its own, in one batched product per iteration."""
-    a, b, c = NEWTON_SCHULZ
+def orthogonalize(
+    matrix: torch.Tensor, steps: int = 3, eps: float = 1e-7, coefficients: Sequence[float] = NEWTON_SCHULZ
+) -> torch.Tensor:
+    """An approximation of U V^T for matrix = U S V^T, by `steps` Newton-Schulz iterations x <- a x + (b G + c G^2) x,
+    G = x x^T, with `coefficients` (a, b, c) (float32 on the CPU, bfloat16 on a GPU, where it is a few matrix
+    products at tensor-core speed). `matrix` is (m, n) or a batch (..., m, n) of matrices orthogonalised each on its
+    own, in one batched product per iteration."""
+    a, b, c = coefficients
     x = matrix.to(torch.bfloat16 if matrix.is_cuda else torch.float32)
     # the largest singular value at most 1, where the iteration converges
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
@@ -60,12 +63,18 @@ class Muon(torch.optim.Optimizer):
     Nesterov SGD with weight decay for the rest (biases, the head), in one optimizer so that Lightning's automatic
     optimization and one schedule drive both.
 
-    Muon group: momentum buffer -> Nesterov update -> orthogonalised (every direction of the update gets the same
-    size) -> step of `lr`; every `norm_every` steps (from the first) the filters are first rescaled to norm
-    sqrt(out channels), so with BatchNorm after them only their direction matters and `lr` sets how far it turns.
-    No weight decay (the norm is fixed). Filters of the same shape are orthogonalised together, one batched matrix
-    product per Newton-Schulz iteration (hiverge/cifar10-speedrun batches all filter banks).
-    SGD groups: torch.optim.SGD's Nesterov rule, with the group's own lr and weight_decay."""
+    Muon group: momentum buffer -> Nesterov update -> orthogonalised by `ns_steps` Newton-Schulz iterations with
+    `ns_coefficients` (every direction of the update gets about the same size) -> step of `lr` -> multiplied by
+    1 - lr x weight_decay (decoupled; hiverge/cifar10-speedrun decays the filters so). Before the step, once at least
+    `norm_every` steps have passed since the last time (or the start), the filters are rescaled to norm
+    sqrt(out channels): with BatchNorm after them only their direction matters and `lr` sets how far it turns.
+    With `norm_every_end` the interval grows linearly from `norm_every` at the start to `norm_every_end` at step
+    `total_steps` (hiverge: 2 to 17, renormalising often while the filters move fast). Filters of the same shape
+    are orthogonalised together, one batched matrix product per iteration (hiverge batches all filter banks).
+    SGD groups: torch.optim.SGD's Nesterov rule, with the group's own lr and weight_decay.
+
+    Raises:
+        ValueError: `norm_every_end` without `total_steps`."""
 
     def __init__(
         self,
@@ -77,7 +86,12 @@ class Muon(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         muon: bool = True,
         norm_every: int = 1,
+        norm_every_end: int | None = None,
+        total_steps: int | None = None,
+        ns_coefficients: Sequence[float] = NEWTON_SCHULZ,
     ):
+        if norm_every_end is not None and total_steps is None:
+            raise ValueError("a growing renormalisation interval (norm_every_end) needs the run's total_steps")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -86,6 +100,9 @@ class Muon(torch.optim.Optimizer):
             weight_decay=weight_decay,
             muon=muon,
             norm_every=norm_every,
+            norm_every_end=norm_every_end,
+            total_steps=total_steps,
+            ns_coefficients=tuple(ns_coefficients),
         )
         super().__init__(params, defaults)
 
@@ -107,18 +124,27 @@ class Muon(torch.optim.Optimizer):
                 buffer.mul_(group["momentum"]).add_(grad)
                 updates[p] = grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
                 if group["muon"]:
-                    # the step count in the state, as torch's optimizers keep it, so that a resumed run goes on
+                    # the step counts in the state, as torch's optimizers keep them, so that a resumed run goes on
                     step = state["step"] = state.get("step", 0) + 1
-                    if (step - 1) % group["norm_every"] == 0:
+                    if step - state.get("normalised_at", 0) >= self._norm_interval(group, step):
+                        state["normalised_at"] = step
                         p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
             if group["muon"]:
-                updates = self._orthogonalized(updates, group["ns_steps"])
+                updates = self._orthogonalized(updates, group["ns_steps"], group["ns_coefficients"])
             for p, update in updates.items():
                 p.add_(update, alpha=-group["lr"])
+                if group["muon"] and group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
         return loss
 
     @staticmethod
-    def _orthogonalized(updates: dict, ns_steps: int) -> dict:
+    def _norm_interval(group: dict, step: int) -> int:
+        """Steps between renormalisations at optimizer step `step` (from 1)."""
+        start, end = group["norm_every"], group["norm_every_end"]
+        return start if end is None else start + int((end - start) * step / group["total_steps"])
+
+    @staticmethod
+    def _orthogonalized(updates: dict, ns_steps: int, coefficients: Sequence[float]) -> dict:
         """Each filter bank's update (out, in, k, k) orthogonalised as an (out, in*k*k) matrix, those of one shape
         stacked into one batch."""
         by_shape: dict[torch.Size, list] = {}
@@ -127,7 +153,7 @@ class Muon(torch.optim.Optimizer):
         out = {}
         for shape, params in by_shape.items():
             stacked = torch.stack([updates[p].reshape(shape[0], -1) for p in params])
-            for p, update in zip(params, orthogonalize(stacked, ns_steps)):
+            for p, update in zip(params, orthogonalize(stacked, ns_steps, coefficients=coefficients)):
                 out[p] = update.view(shape)
         return out
 
@@ -144,12 +170,18 @@ def muon_sgd(
     ns_steps: int = 3,
     whiten_bias_decay: float = 1.0,
     norm_every: Annotated[int, Ge(1), "must be a whole number of steps, at least 1"] = 1,
+    norm_every_end: Annotated[int, Ge(1)] | None = None,
+    total_steps: int | None = None,
+    ns_coefficients: tuple[float, float, float] = NEWTON_SCHULZ,
+    decay_filters: bool = False,
 ) -> Muon:
     """airbench94_muon's optimizer: Muon on the trainable conv filters; Nesterov SGD on the BatchNorm biases and
     the whitening bias (`bias_lr`) and on the head (`head_lr`). Weight decay (per example of a summed loss, times
-    `batch_size`) is applied as lr x weight_decay per step in every SGD group. `whiten_bias_decay` is the share of
-    the run over which the whitening bias's learning rate falls to zero (schedules.linear_to_zero reads it);
-    `norm_every`: the filters are renormalised every that many steps (see Muon)."""
+    `batch_size`) is applied as lr x weight_decay per step in every SGD group, and with `decay_filters` to the
+    filters as Muon's lr x weight_decay x batch_size (hiverge/cifar10-speedrun's filter decay). `whiten_bias_decay`
+    is the share of the run over which the whitening bias's learning rate falls to zero (schedules.linear_to_zero
+    reads it). `norm_every`, `norm_every_end` (with the run's `total_steps`), `ns_steps`, `ns_coefficients`: see
+    Muon. Raises ValueError for `norm_every_end` without `total_steps`."""
     trainable = [(name, p) for name, p in named_parameters if p.requires_grad]
     decay = weight_decay * batch_size
     filters = [p for _, p in trainable if p.ndim == 4]
@@ -158,9 +190,18 @@ def muon_sgd(
     biases = [p for name, p in trainable if p.ndim == 1 and not name.endswith("whiten.bias")]
     sgd = dict(muon=False, momentum=sgd_momentum)
     groups = [
-        dict(params=filters, lr=lr, momentum=momentum, ns_steps=ns_steps, norm_every=norm_every),
+        dict(params=filters, lr=lr, momentum=momentum, weight_decay=decay if decay_filters else 0.0),
         dict(params=whiten_bias, lr=bias_lr, weight_decay=decay / bias_lr, decay_share=whiten_bias_decay, **sgd),
         dict(params=biases, lr=bias_lr, weight_decay=decay / bias_lr, **sgd),
         dict(params=head, lr=head_lr, weight_decay=decay / head_lr, **sgd),
     ]
-    return Muon([g for g in groups if g["params"]], lr=lr, momentum=momentum)
+    return Muon(
+        [g for g in groups if g["params"]],
+        lr=lr,
+        momentum=momentum,
+        ns_steps=ns_steps,
+        norm_every=norm_every,
+        norm_every_end=norm_every_end,
+        total_steps=total_steps,
+        ns_coefficients=ns_coefficients,
+    )

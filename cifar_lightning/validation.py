@@ -166,7 +166,8 @@ def describe(expected: Any) -> str:
     if origin in (tuple, list, Sequence) or expected in (tuple, list):
         items = {int: "whole numbers", float: "numbers", str: "strings", bool: "true/false values"}
         args = [a for a in typing.get_args(expected) if a is not Ellipsis]
-        return f"a list of {items.get(args[0], 'plain values')}" if len(set(args)) == 1 else "a list"
+        count = f"{len(args)} " if origin is tuple and Ellipsis not in typing.get_args(expected) else ""
+        return f"a list of {count}{items.get(args[0], 'plain values')}" if len(set(args)) == 1 else "a list"
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(expected)))
     return names.get(expected, f"of type {getattr(expected, '__name__', None) or str(expected).replace('typing.', '')}")

@@ -5,7 +5,8 @@ import torch
 from conftest import FAST, train_run
 
 from cifar_lightning.models.airbench import AirbenchNet
-from cifar_lightning.optim import Muon, muon_sgd, orthogonalize
+from cifar_lightning.module import ImageClassifier
+from cifar_lightning.optim import NEWTON_SCHULZ, Muon, muon_sgd, orthogonalize
 from cifar_lightning.schedules import linear_to_zero
 
 
@@ -50,27 +51,69 @@ def test_orthogonalize_of_a_batch_is_each_matrix_orthogonalized_alone():
         assert torch.allclose(orthogonalize(batch), alone, atol=1e-5)
 
 
-def test_muon_renormalises_every_norm_every_steps_and_orthogonalizes_each_filter_bank():
+def by_hand(shapes, steps, renormalised_at, lr=0.1, decay=0.0, coefficients=NEWTON_SCHULZ, **muon):
+    """Muon's filters after `steps` steps with known gradients, computed one bank at a time, renormalised exactly at
+    the steps `renormalised_at` (a set); returns (Muon's parameters, the hand-computed ones)."""
     g = torch.Generator().manual_seed(3)
-    shapes = [(8, 4, 3, 3), (8, 4, 3, 3), (6, 8, 3, 3)]  # two banks batched together, one alone
     params = [torch.nn.Parameter(3 * torch.randn(s, generator=g)) for s in shapes]
     expected = [p.detach().clone() for p in params]
     buffers = [torch.zeros(s) for s in shapes]
-    optimizer = Muon(params, lr=0.1, momentum=0.6, nesterov=True, ns_steps=3, norm_every=3)
-    for step in range(1, 6):
+    optimizer = Muon(params, lr=lr, momentum=0.6, nesterov=True, ns_steps=3, ns_coefficients=coefficients, **muon)
+    for step in range(1, steps + 1):
         grads = [torch.randn(s, generator=g) for s in shapes]
         for p, grad in zip(params, grads):
             p.grad = grad.clone()
         optimizer.step()
-        for i, (w, grad) in enumerate(zip(expected, grads)):  # by hand, one bank at a time
+        for i, (w, grad) in enumerate(zip(expected, grads)):
             buffers[i] = 0.6 * buffers[i] + grad
-            if step in (1, 4):
+            if step in renormalised_at:
                 w = w * len(w) ** 0.5 / w.norm()
-            update = orthogonalize((grad + 0.6 * buffers[i]).reshape(len(w), -1), 3).view_as(w)
-            expected[i] = w - 0.1 * update
-        for p, w in zip(params, expected):
-            assert torch.allclose(p.detach(), w, atol=1e-5), step
-    assert optimizer.state_dict()["state"][0]["step"] == 5  # kept in checkpoints: a resumed run keeps the rhythm
+            update = orthogonalize((grad + 0.6 * buffers[i]).reshape(len(w), -1), 3, coefficients=coefficients)
+            expected[i] = (w - lr * update.view_as(w)) * (1 - lr * decay)
+    return optimizer, params, expected
+
+
+def test_muon_renormalises_every_norm_every_steps_and_orthogonalizes_each_filter_bank():
+    shapes = [(8, 4, 3, 3), (8, 4, 3, 3), (6, 8, 3, 3)]  # two banks batched together, one alone
+    optimizer, params, expected = by_hand(shapes, 7, renormalised_at={3, 6}, norm_every=3)
+    for p, w in zip(params, expected):
+        assert torch.allclose(p.detach(), w, atol=1e-5)
+    assert optimizer.state_dict()["state"][0]["step"] == 7  # kept in checkpoints: a resumed run keeps the rhythm
+    assert optimizer.state_dict()["state"][0]["normalised_at"] == 6
+
+
+def test_muon_s_growing_interval_filter_decay_and_coefficients_match_a_hand_computation():
+    # the interval grows from 1 to 5 over 8 steps: 1 + int(4 x step / 8) = 1, 2, 2, 3, 3, 4, 4, 5 at steps 1-8;
+    # renormalised at 1, then 2 steps later (3), then once 4 steps have passed (7)
+    hiverge = (3.4576, -4.7391, 2.0843)
+    optimizer, params, expected = by_hand(
+        [(8, 4, 3, 3)],
+        8,
+        renormalised_at={1, 3, 7},
+        decay=0.05,
+        coefficients=hiverge,
+        norm_every=1,
+        norm_every_end=5,
+        total_steps=8,
+        weight_decay=0.05,
+    )
+    assert torch.allclose(params[0].detach(), expected[0], atol=1e-5)
+    # the coefficients change the result (else this test could not tell them apart)
+    assert not torch.allclose(
+        orthogonalize(expected[0].reshape(8, -1), coefficients=hiverge), orthogonalize(expected[0].reshape(8, -1))
+    )
+    with pytest.raises(ValueError, match="needs the run's total_steps"):
+        Muon(params, lr=0.1, momentum=0.6, norm_every_end=5)
+
+
+def test_orthogonalize_takes_one_newton_schulz_iteration_with_the_given_coefficients():
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
+    a, b, c = 2.0, -1.5, 0.5
+    y = x / x.norm()
+    gram = y @ y.T
+    assert torch.allclose(
+        orthogonalize(x, steps=1, coefficients=(a, b, c)), a * y + (b * gram + c * gram @ gram) @ y, atol=1e-6
+    )
 
 
 def test_muon_sgd_groups_step_like_torch_sgd():
@@ -108,6 +151,10 @@ def test_muon_sgd_puts_each_parameter_in_its_group():
         assert not group["muon"] and group["lr"] == lr and group["momentum"] == 0.85
         assert group["lr"] * group["weight_decay"] == pytest.approx(2e-6 * 2000)  # the same decay per step
     assert filters["momentum"] == 0.6 and filters["weight_decay"] == 0.0
+    decayed = muon_sgd(
+        net.named_parameters(), 0.24, 0.6, 0.053, 0.67, 0.85, weight_decay=2e-6, batch_size=2000, decay_filters=True
+    )
+    assert decayed.param_groups[0]["weight_decay"] == pytest.approx(2e-6 * 2000)  # x Muon's lr per step
 
 
 def test_linear_to_zero_ends_each_group_at_its_own_share():
@@ -133,3 +180,19 @@ def test_fast94_trains_on_tiny_data_with_muon(tmp_path):
     summary = train_run(overrides, tmp_path / "run")
     assert summary["epochs"] == 2 and summary["best_val_acc"] > 0.5  # 10 classes: well above chance
     assert summary["training_pflop"] > 0
+
+
+def test_the_module_gives_the_optimizer_the_run_s_steps_where_its_total_steps_is_null():
+    optimizer = {
+        "_target_": "cifar_lightning.optim.muon_sgd",
+        "_partial_": True,
+        **dict(lr=0.2, momentum=0.6, bias_lr=0.05, head_lr=0.5, sgd_momentum=0.8, weight_decay=1e-6, batch_size=10),
+        "norm_every": 2,
+        "norm_every_end": 17,
+        "total_steps": None,
+    }
+    net = {"_target_": "cifar_lightning.models.airbench.AirbenchNet", "widths": [8, 16, 16]}
+    module = ImageClassifier(net=net, optimizer=optimizer, class_names=[str(i) for i in range(10)])
+    built, _, _ = module.optimizer_and_schedule(total_steps=37)
+    assert built.param_groups[0]["total_steps"] == 37 and built.param_groups[0]["norm_every_end"] == 17
+    assert module.hparams["optimizer"]["total_steps"] is None  # the recorded config keeps "the whole run"

@@ -42,6 +42,14 @@ def test_a_phrase_in_the_annotation_is_the_message_and_literals_are_exact():
     check_arguments(ranged, {"count": 3, "share": 1}, "x")  # an int is a number
 
 
+def test_a_list_of_fixed_length_names_its_length():
+    with pytest.raises(UserError, match=re.escape("c=[1, 2] is not a list of 3 numbers")):
+        check_value("c", [1, 2], tuple[float, float, float])
+    with pytest.raises(UserError, match=re.escape("c=['a'] is not a list of numbers")):
+        check_value("c", ["a"], tuple[float, ...])
+    assert fits([1, 2.5, 3], tuple[float, float, float]) and fits((1, 2), tuple[float, ...])
+
+
 def quick(tmp_path, *overrides):
     return compose_train(["data=synthetic", *FAST, *overrides], output_dir=tmp_path / "run")
 
