@@ -65,11 +65,12 @@ class Muon(torch.optim.Optimizer):
 
     Muon group: momentum buffer -> Nesterov update -> orthogonalised by `ns_steps` Newton-Schulz iterations with
     `ns_coefficients` (every direction of the update gets about the same size) -> step of `lr` -> multiplied by
-    1 - lr x weight_decay (decoupled; hiverge/cifar10-speedrun decays the filters so). Before the step, once at least
-    `norm_every` steps have passed since the last time (or the start), the filters are rescaled to norm
-    sqrt(out channels): with BatchNorm after them only their direction matters and `lr` sets how far it turns.
-    With `norm_every_end` the interval grows linearly from `norm_every` at the start to `norm_every_end` at step
-    `total_steps` (hiverge: 2 to 17, renormalising often while the filters move fast). Filters of the same shape
+    1 - lr x weight_decay (decoupled; hiverge/cifar10-speedrun decays the filters so). Before the steps 1,
+    1 + norm_every, 1 + 2 norm_every, ... the filters are rescaled to norm sqrt(out channels): with BatchNorm after
+    them only their direction matters and `lr` sets how far it turns. With `norm_every_end` the interval grows
+    linearly from `norm_every` at the start to `norm_every_end` at step `total_steps`, and the filters are rescaled
+    once the interval has passed since the last time or the start (hiverge: 2 to 17; often while the filters move
+    fast, rarely at the end). Filters of the same shape
     are orthogonalised together, one batched matrix product per iteration (hiverge batches all filter banks).
     SGD groups: torch.optim.SGD's Nesterov rule, with the group's own lr and weight_decay.
 
@@ -126,7 +127,10 @@ class Muon(torch.optim.Optimizer):
                 if group["muon"]:
                     # the step counts in the state, as torch's optimizers keep them, so that a resumed run goes on
                     step = state["step"] = state.get("step", 0) + 1
-                    if step - state.get("normalised_at", 0) >= self._norm_interval(group, step):
+                    # a fixed interval renormalises at the first step and every norm_every after (airbench94_muon:
+                    # every step); a growing one first once its interval has passed, as hiverge's does
+                    start = 1 - group["norm_every"] if group["norm_every_end"] is None else 0
+                    if step - state.get("normalised_at", start) >= self._norm_interval(group, step):
                         state["normalised_at"] = step
                         p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
             if group["muon"]:

@@ -75,25 +75,25 @@ def by_hand(shapes, steps, renormalised_at, lr=0.1, decay=0.0, coefficients=NEWT
 
 def test_muon_renormalises_every_norm_every_steps_and_orthogonalizes_each_filter_bank():
     shapes = [(8, 4, 3, 3), (8, 4, 3, 3), (6, 8, 3, 3)]  # two banks batched together, one alone
-    optimizer, params, expected = by_hand(shapes, 7, renormalised_at={3, 6}, norm_every=3)
+    optimizer, params, expected = by_hand(shapes, 7, renormalised_at={1, 4, 7}, norm_every=3)
     for p, w in zip(params, expected):
         assert torch.allclose(p.detach(), w, atol=1e-5)
     assert optimizer.state_dict()["state"][0]["step"] == 7  # kept in checkpoints: a resumed run keeps the rhythm
-    assert optimizer.state_dict()["state"][0]["normalised_at"] == 6
+    assert optimizer.state_dict()["state"][0]["normalised_at"] == 7
 
 
 def test_muon_s_growing_interval_filter_decay_and_coefficients_match_a_hand_computation():
-    # the interval grows from 1 to 5 over 8 steps: 1 + int(4 x step / 8) = 1, 2, 2, 3, 3, 4, 4, 5 at steps 1-8;
-    # renormalised at 1, then 2 steps later (3), then once 4 steps have passed (7)
+    # the interval grows from 2 to 4 over 8 steps: 2 + int(2 x step / 8) = 2, 2, 2, 3, 3, 3, 3, 4 at steps 1-8;
+    # renormalised once 2 steps have passed since the start (2), then 3 steps later (5), then not at 8 (3 < 4)
     hiverge = (3.4576, -4.7391, 2.0843)
     optimizer, params, expected = by_hand(
         [(8, 4, 3, 3)],
         8,
-        renormalised_at={1, 3, 7},
+        renormalised_at={2, 5},
         decay=0.05,
         coefficients=hiverge,
-        norm_every=1,
-        norm_every_end=5,
+        norm_every=2,
+        norm_every_end=4,
         total_steps=8,
         weight_decay=0.05,
     )
