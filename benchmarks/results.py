@@ -26,7 +26,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_lightning.errors import UserError  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
-from cifar_lightning.figures import counted  # noqa: E402 (as above)
 
 COLUMNS = [
     "id", "kind", "recipe", "run", "seed", "precision", "split", "data", "tta",
@@ -92,6 +91,8 @@ def read_json(path: Path) -> dict:
 
 def run_rows(run_dir: Path, recipe: str | None = None) -> list[dict]:
     """The row of one finished run folder and the rows of its evaluations."""
+    from cifar_lightning.figures import counted  # only here: figures loads matplotlib, which rendering does not need
+
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder: give a run folder (outputs/runs/<run>)")
     if not (run_dir / "summary.json").is_file():

@@ -121,6 +121,8 @@ def unknown_key(error: CompactHydraException) -> str | None:
     keys = [str(k) for k in cause.parent_node.keys() if str(k) != "hydra"]
     near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
     advice = f"did you mean {' or '.join(near)}?" if near else f"its keys are {', '.join(keys)}."
+    if not keys:  # below a plain value (epochs.x=1) or an empty group
+        advice = f"it has none; set {parent}=... itself."
     return f"{full_key}: {parent} has no key {key!r}: {advice} (A leading + adds a key on purpose.)"
 
 

@@ -127,11 +127,7 @@ class Muon(torch.optim.Optimizer):
                 if group["muon"]:
                     # the step counts in the state, as torch's optimizers keep them, so that a resumed run goes on
                     step = state["step"] = state.get("step", 0) + 1
-                    # a fixed interval renormalises at the first step and every norm_every after (airbench94_muon:
-                    # every step); a growing one first once its interval has passed, as hiverge's does
-                    start = 1 - group["norm_every"] if group["norm_every_end"] is None else 0
-                    if step - state.get("normalised_at", start) >= self._norm_interval(group, step):
-                        state["normalised_at"] = step
+                    if self._renormalises(group, state, step):
                         p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
             if group["muon"]:
                 updates = self._orthogonalized(updates, group["ns_steps"], group["ns_coefficients"])
@@ -141,11 +137,25 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
         return loss
 
+    def __setstate__(self, state: dict) -> None:
+        """Groups saved before an option existed (an older run's checkpoint, resumed) get its default."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key in ("norm_every", "norm_every_end", "total_steps", "ns_coefficients"):
+                group.setdefault(key, self.defaults[key])
+
     @staticmethod
-    def _norm_interval(group: dict, step: int) -> int:
-        """Steps between renormalisations at optimizer step `step` (from 1)."""
+    def _renormalises(group: dict, state: dict, step: int) -> bool:
+        """Whether the filter whose `state` this is is renormalised before optimizer step `step` (from 1). A fixed
+        interval: steps 1, 1 + norm_every, ... (airbench94_muon: every step). A growing one (hiverge): once the
+        interval at this step has passed since the last time or the start, remembered in the state."""
         start, end = group["norm_every"], group["norm_every_end"]
-        return start if end is None else start + int((end - start) * step / group["total_steps"])
+        if end is None:
+            return (step - 1) % start == 0
+        if step - state.get("normalised_at", 0) < start + int((end - start) * step / group["total_steps"]):
+            return False
+        state["normalised_at"] = step
+        return True
 
     @staticmethod
     def _orthogonalized(updates: dict, ns_steps: int, coefficients: Sequence[float]) -> dict:
@@ -175,7 +185,7 @@ def muon_sgd(
     whiten_bias_decay: float = 1.0,
     norm_every: Annotated[int, Ge(1), "must be a whole number of steps, at least 1"] = 1,
     norm_every_end: Annotated[int, Ge(1)] | None = None,
-    total_steps: int | None = None,
+    total_steps: Annotated[int, Ge(1)] | None = None,
     ns_coefficients: tuple[float, float, float] = NEWTON_SCHULZ,
     decay_filters: bool = False,
 ) -> Muon:

@@ -82,8 +82,9 @@ def check_target(
     """A config with a `_target_` (a net, an augmentation, an optimizer or a schedule, a callback, a logger, the
     trainer): its target resolved (by `resolve(target, where)`, else any importable object, as Hydra would) and
     its keywords checked against its signature. Returns the target. A Compose augmentation's keywords are
-    configs themselves, each checked in turn; a scheduler's `interval` and a null `total_steps` are read by the
-    module (ImageClassifier.optimizer_and_schedule), an optimizer's `lr` must be positive. `group` (default: the
+    configs themselves, each checked in turn; a scheduler's `interval` and a scheduler's or optimizer's null
+    `total_steps` are read by the module (ImageClassifier.optimizer_and_schedule), an optimizer's `lr` must be
+    positive. `group` (default: the
     first part of `where`) chooses those rules."""
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise UserError(f"{where} is not a config (a mapping with a _target_)")
@@ -165,8 +166,9 @@ def describe(expected: Any) -> str:
         return " or ".join(describe(arg) for arg in typing.get_args(expected))
     if origin in (tuple, list, Sequence) or expected in (tuple, list):
         items = {int: "whole numbers", float: "numbers", str: "strings", bool: "true/false values"}
+        fixed = origin is tuple and Ellipsis not in typing.get_args(expected)
         args = [a for a in typing.get_args(expected) if a is not Ellipsis]
-        count = f"{len(args)} " if origin is tuple and Ellipsis not in typing.get_args(expected) else ""
+        count = f"{len(args)} " if fixed and len(args) > 1 else ""
         return f"a list of {count}{items.get(args[0], 'plain values')}" if len(set(args)) == 1 else "a list"
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(expected)))

@@ -79,7 +79,6 @@ def test_muon_renormalises_every_norm_every_steps_and_orthogonalizes_each_filter
     for p, w in zip(params, expected):
         assert torch.allclose(p.detach(), w, atol=1e-5)
     assert optimizer.state_dict()["state"][0]["step"] == 7  # kept in checkpoints: a resumed run keeps the rhythm
-    assert optimizer.state_dict()["state"][0]["normalised_at"] == 7
 
 
 def test_muon_s_growing_interval_filter_decay_and_coefficients_match_a_hand_computation():
@@ -196,3 +195,42 @@ def test_the_module_gives_the_optimizer_the_run_s_steps_where_its_total_steps_is
     built, _, _ = module.optimizer_and_schedule(total_steps=37)
     assert built.param_groups[0]["total_steps"] == 37 and built.param_groups[0]["norm_every_end"] == 17
     assert module.hparams["optimizer"]["total_steps"] is None  # the recorded config keeps "the whole run"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(norm_every=3), dict(norm_every=2, norm_every_end=6, total_steps=9, weight_decay=0.05)],
+    ids=["fixed", "growing"],
+)
+def test_a_muon_optimizer_restored_from_its_state_dict_goes_on_as_if_never_stopped(options):
+    def run(steps, state=None):
+        g = torch.Generator().manual_seed(7)
+        weight = torch.nn.Parameter(3 * torch.randn(8, 4, 3, 3, generator=g))
+        grads = [torch.randn(8, 4, 3, 3, generator=g) for _ in range(9)]
+        optimizer = Muon([weight], lr=0.1, momentum=0.6, **options)
+        if state is not None:
+            weight.data.copy_(state[0])
+            optimizer.load_state_dict(state[1])
+        for grad in grads[9 - steps :] if state is not None else grads[:steps]:
+            weight.grad = grad.clone()
+            optimizer.step()
+        return weight.detach().clone(), optimizer.state_dict()
+
+    uninterrupted, _ = run(9)
+    resumed, _ = run(4, state=run(5))
+    assert torch.equal(resumed, uninterrupted)
+
+
+def test_a_muon_state_dict_saved_before_the_newer_options_loads_with_their_defaults():
+    weight = torch.nn.Parameter(torch.randn(8, 4, 3, 3))
+    weight.grad = torch.randn(8, 4, 3, 3)
+    optimizer = Muon([weight], lr=0.1, momentum=0.6, norm_every=4)
+    optimizer.step()
+    old = optimizer.state_dict()
+    for key in ("norm_every_end", "total_steps", "ns_coefficients"):  # what an older version did not save
+        del old["param_groups"][0][key]
+    restored = Muon([weight], lr=0.1, momentum=0.6, norm_every=4)
+    restored.load_state_dict(old)
+    restored.step()  # step 2 of every 4: no renormalisation, no KeyError
+    assert restored.param_groups[0]["norm_every_end"] is None
+    assert restored.param_groups[0]["ns_coefficients"] == NEWTON_SCHULZ

@@ -163,6 +163,7 @@ def test_same_seed_same_config_gives_identical_metrics_and_weights(tmp_path, cif
         ("epoch=3", "error: epoch: the config has no key 'epoch': did you mean epochs?"),
         ("optimizer.lrr=1", "error: optimizer.lrr: optimizer has no key 'lrr': did you mean lr?"),
         ("model.zzz=1", "error: model.zzz: model has no key 'zzz': its keys are _target_, widths."),
+        ("epochs.x=1", "error: epochs.x: epochs has no key 'x': it has none; set epochs=... itself."),
         ("epochs=[", "error: no viable alternative at input '['"),
         ("+epochs=3", "error: Could not append to config. An item is already at 'epochs'. Either remove + prefix"),
         ("epochs=abc", "error: epochs='abc' must be a positive number"),
