@@ -70,8 +70,8 @@ class Muon(torch.optim.Optimizer):
     them only their direction matters and `lr` sets how far it turns. With `norm_every_end` the interval grows
     linearly from `norm_every` at the start to `norm_every_end` at step `total_steps`, and the filters are rescaled
     once the interval has passed since the last time or the start (hiverge: 2 to 17; often while the filters move
-    fast, rarely at the end). Filters of the same shape
-    are orthogonalised together, one batched matrix product per iteration (hiverge batches all filter banks).
+    fast, rarely at the end). Filters of the same shape are orthogonalised together, one batched matrix product per
+    iteration (hiverge batches all filter banks).
     SGD groups: torch.optim.SGD's Nesterov rule, with the group's own lr and weight_decay.
 
     Raises:

@@ -84,8 +84,7 @@ def check_target(
     its keywords checked against its signature. Returns the target. A Compose augmentation's keywords are
     configs themselves, each checked in turn; a scheduler's `interval` and a scheduler's or optimizer's null
     `total_steps` are read by the module (ImageClassifier.optimizer_and_schedule), an optimizer's `lr` must be
-    positive. `group` (default: the
-    first part of `where`) chooses those rules."""
+    positive. `group` (default: the first part of `where`) chooses those rules."""
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise UserError(f"{where} is not a config (a mapping with a _target_)")
     target = (resolve or _importable)(config.get("_target_"), where)

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import FAST, train_run
+from conftest import FAST, compose_train, train_run
 
 from cifar_lightning.models.airbench import AirbenchNet
-from cifar_lightning.module import ImageClassifier
+from cifar_lightning.module import ImageClassifier, plain
 from cifar_lightning.optim import NEWTON_SCHULZ, Muon, muon_sgd, orthogonalize
 from cifar_lightning.schedules import linear_to_zero
 
@@ -182,18 +182,15 @@ def test_fast94_trains_on_tiny_data_with_muon(tmp_path):
 
 
 def test_the_module_gives_the_optimizer_the_run_s_steps_where_its_total_steps_is_null():
-    optimizer = {
-        "_target_": "cifar_lightning.optim.muon_sgd",
-        "_partial_": True,
-        **dict(lr=0.2, momentum=0.6, bias_lr=0.05, head_lr=0.5, sgd_momentum=0.8, weight_decay=1e-6, batch_size=10),
-        "norm_every": 2,
-        "norm_every_end": 17,
-        "total_steps": None,
-    }
+    hiverge = ["optimizer.norm_every=2", "optimizer.norm_every_end=17", "optimizer.decay_filters=true"]
+    cfg = compose_train(["experiment=fast94_hiverge", *hiverge, "optimizer.ns_coefficients=[3.4576,-4.7391,2.0843]"])
     net = {"_target_": "cifar_lightning.models.airbench.AirbenchNet", "widths": [8, 16, 16]}
-    module = ImageClassifier(net=net, optimizer=optimizer, class_names=[str(i) for i in range(10)])
+    module = ImageClassifier(net=net, optimizer=plain(cfg.optimizer), class_names=[str(i) for i in range(10)])
     built, _, _ = module.optimizer_and_schedule(total_steps=37)
-    assert built.param_groups[0]["total_steps"] == 37 and built.param_groups[0]["norm_every_end"] == 17
+    filters = built.param_groups[0]
+    assert filters["total_steps"] == 37 and filters["norm_every"] == 2 and filters["norm_every_end"] == 17
+    assert filters["ns_coefficients"] == (3.4576, -4.7391, 2.0843)
+    assert filters["weight_decay"] == pytest.approx(1.0418e-6 * 1536)  # hiverge's per-example decay x its batch
     assert module.hparams["optimizer"]["total_steps"] is None  # the recorded config keeps "the whole run"
 
 
