@@ -25,12 +25,13 @@ PYTEST := $(PYTHON) -m pytest -n auto --maxprocesses 8
 test: $(PYTHON)
 	$(PYTEST) -m "not cluster" $(ARGS)
 
-# ruff: lint and formatting; mypy: types of the package (both configured in pyproject.toml; ruff is also a
-# pre-commit hook: pre-commit install)
+# ruff: lint and formatting; mypy: types of the package; import-linter: the three layers import downwards only and
+# no module cycles (all configured in pyproject.toml; ruff is also a pre-commit hook: pre-commit install)
 lint: $(PYTHON)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	.venv/bin/lint-imports
 
 format: $(PYTHON)
 	$(PYTHON) -m ruff check --fix .

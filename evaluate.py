@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cifar_lightning.cli import exit_on_user_error, run
+from cifar_lightning.tasks.cli import exit_on_user_error, run
 from cifar_lightning.tasks.evaluate import evaluate
 
 

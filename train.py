@@ -4,11 +4,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning import precision, runs
-from cifar_lightning.cli import exit_on_user_error, run
+from cifar_lightning.blocks import precision
+from cifar_lightning.store import locate
+from cifar_lightning.tasks.cli import exit_on_user_error, run
 from cifar_lightning.tasks.train import train_or_resume
 
-runs.register_resolvers()  # before Hydra composes: the run folder depends on resume=
+locate.register_resolvers()  # before Hydra composes: the run folder depends on resume=
 precision.register_resolver()
 
 

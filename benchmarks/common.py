@@ -8,9 +8,9 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_lightning.cli import compose_config  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.tasks.cli import compose_config  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.tasks.schema import check_train_config  # noqa: E402 (as above)
 from cifar_lightning.tasks.train import TrainOptions, build  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
-from cifar_lightning.validation import check_train_config  # noqa: E402 (as above)
 
 
 def sync():

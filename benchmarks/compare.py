@@ -17,9 +17,9 @@ import time
 
 from common import matmul_peak, pipeline
 
-from cifar_lightning.callbacks import training_flops_per_image
-from cifar_lightning.cli import compose_config, run_composing
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.callbacks import training_flops_per_image
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.tasks.cli import compose_config, run_composing
 
 
 def measure(overrides: list[str], out: str, args) -> dict:

@@ -20,8 +20,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cifar_lightning.cli import run_composing
-from cifar_lightning.models.cnn import CNN
+from cifar_lightning.blocks.models.cnn import CNN
+from cifar_lightning.tasks.cli import run_composing
 
 
 class PILImages(Dataset):

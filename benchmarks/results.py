@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cifar_lightning.errors import UserError  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.blocks.errors import UserError  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
 
 COLUMNS = [
     "id", "kind", "recipe", "run", "seed", "precision", "split", "data", "tta",
@@ -91,7 +91,9 @@ def read_json(path: Path) -> dict:
 
 def run_rows(run_dir: Path, recipe: str | None = None) -> list[dict]:
     """The row of one finished run folder and the rows of its evaluations."""
-    from cifar_lightning.figures import counted  # only here: figures loads matplotlib, which rendering does not need
+    from cifar_lightning.blocks.figures import (
+        counted,  # only here: figures loads matplotlib, which rendering does not need
+    )
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder: give a run folder (outputs/runs/<run>)")

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from common import matmul_peak, pipeline, sync
 from hydra.utils import instantiate
 
-from cifar_lightning.callbacks import training_flops_per_image
-from cifar_lightning.cli import run_composing
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.callbacks import training_flops_per_image
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.tasks.cli import run_composing
 
 
 def plain_loop(module, cfg, images, labels, steps: int, warmup: int) -> float:

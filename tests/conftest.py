@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from scripts import Script, run
 
-from cifar_lightning.cli import compose_config
+from cifar_lightning.tasks.cli import compose_config
 from cifar_lightning.tasks.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -72,8 +72,8 @@ class KillAt(L.Callback):
         import os
         from pathlib import Path
 
-        import cifar_lightning.checkpoints as checkpoints
-        import cifar_lightning.runs as runs
+        import cifar_lightning.store.checkpoints as checkpoints
+        import cifar_lightning.store.runs as runs
 
         assert point in self.POINTS, point
         self.point, self.once, self.epoch, self.current_epoch = point, Path(once), epoch, -1
@@ -145,7 +145,7 @@ class DiskFullAfter(L.Callback):
     def __init__(self, saves: int):
         import errno
 
-        import cifar_lightning.checkpoints as checkpoints
+        import cifar_lightning.store.checkpoints as checkpoints
 
         save, copy, count = checkpoints.torch.save, checkpoints.shutil.copyfile, [0]
 

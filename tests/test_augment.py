@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import compose_train
 
-from cifar_lightning.augment import (
+from cifar_lightning.blocks.augment import (
     AugMix,
     BrightnessContrast,
     Compose,
@@ -12,7 +12,7 @@ from cifar_lightning.augment import (
     autocontrast,
     equalize,
 )
-from cifar_lightning.module import ImageClassifier
+from cifar_lightning.blocks.module import ImageClassifier
 
 
 def ramp(n=8):

@@ -1,15 +1,13 @@
 """The benchmark scripts on tiny data: they run, alternate and report what the README quotes from them."""
 
-import argparse
 import math
 import re
-import subprocess
 
 import pytest
 import torch
 from conftest import ROOT, run_script
 
-from cifar_lightning import precision
+from cifar_lightning.blocks import precision
 
 TINY = ["data=synthetic", "batch_size=100", "data.eval_batch_size=200", "callbacks.progress_bar=null"]
 # A measured number as printed: its value depends on the machine and its load, so a test checks only that it is one
@@ -58,9 +56,6 @@ def test_compare_alternates_and_projects_each_recipe_to_its_whole_run():
         ("compare", ["--b", "trainer.nope=1"], 1, "error: trainer.nope: trainer has no key 'nope'"),
         ("compare", ["--pairs", "0"], 2, "--pairs must be at least 1"),
         ("compare", ["--steps", "5", "--warmup", "5"], 2, "--warmup 0 or more and below --steps"),
-        ("allocator", ["experiment=nope"], 1, "error: In 'train': Could not find 'experiment/nope'"),
-        ("allocator", ["--pairs", "0"], 2, "--pairs must be at least 1"),
-        ("allocator", ["--steps", "3", "--warmup", "3"], 2, "--warmup 0 or more and below --steps"),
         (
             "throughput",
             ["module.label_smoothing=2"],
@@ -144,69 +139,8 @@ def test_original_recipe_times_the_original_in_fp32_against_the_pipeline_in_its_
     assert f"workers=0; original in fp32, pipeline in {expected})" in result.stdout
 
 
-def test_allocator_measures_in_fresh_processes_with_and_without_freed_memory_kept():
-    """One pair end to end (each child is a fresh interpreter); the order over pairs: the faked-child test below."""
-    result = run_script("benchmarks/allocator.py", "--steps", "4", "--warmup", "1", "--pairs", "1", *TINY)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = result.stdout
-    pairs = printed_pairs(out, rf"as it comes {MEASURED} img/s, kept {MEASURED} img/s, ratio {MEASURED}", 1)
-    for default, kept, ratio in pairs:
-        assert measured(default) > 0 and measured(kept) > 0 and measured(ratio) > 0
-    median = re.search(rf"^kept / as it comes: median ratio {MEASURED} \(.+; pairs: (.+)\)$", out, re.MULTILINE)
-    assert median and median[2] == ", ".join(pair[2] for pair in pairs)
-    assert "batch 100, 3 timed steps x 1" in out
-
-
-@pytest.fixture
-def allocator(monkeypatch):
-    """benchmarks/allocator.py as a module, its children to be faked through its `subprocess`."""
-    monkeypatch.syspath_prepend(ROOT / "benchmarks")
-    import allocator
-
-    return allocator
-
-
-def test_allocator_measures_each_setting_in_its_own_child_alternating_and_divides_kept_by_as_it_comes(
-    allocator, monkeypatch, capsys
-):
-    children = []
-
-    def fake_run(command, **kwargs):
-        setting = command[command.index("--child") + 1]
-        children.append(setting)
-        rate = {"kept": "300.0", "default": "200.0"}[setting]
-        return subprocess.CompletedProcess(command, 0, stdout=f"a progress line\n{rate}\n", stderr="")
-
-    monkeypatch.setattr(allocator.subprocess, "run", fake_run)
-    allocator.main(argparse.Namespace(steps=4, warmup=1, pairs=3), TINY)
-    assert children == ["default", "kept", "kept", "default", "default", "kept"]
-    out = capsys.readouterr().out
-    assert out.count("as it comes 200 img/s, kept 300 img/s, ratio 1.500") == 3
-    assert "median ratio 1.500 (1.500-1.500; pairs: 1.500, 1.500, 1.500)" in out
-
-
-@pytest.mark.parametrize(
-    "stderr, code, message",
-    [
-        ("Traceback ...\nerror: --steps 9 x batch 100 is more than the 800 training images", 1,
-         "error: --steps 9 x batch 100 is more than the 800 training images"),
-        ("Killed", -9, "error: the measurement with default memory failed (exit -9): Killed"),
-        ("", 0, "error: the measurement with default memory failed (exit 0)"),
-    ],
-)  # fmt: skip
-def test_allocator_reports_a_failed_child_in_one_error_line(stderr, code, message, allocator, monkeypatch):
-    def fake_run(command, **kwargs):
-        return subprocess.CompletedProcess(command, code, stdout="", stderr=stderr)
-
-    monkeypatch.setattr(allocator.subprocess, "run", fake_run)
-    with pytest.raises(SystemExit) as exit_:
-        allocator.main(argparse.Namespace(steps=4, warmup=1, pairs=1), TINY)
-    assert str(exit_.value.code) == message
-
-
-@pytest.mark.parametrize("script", ["benchmarks/allocator.py", "benchmarks/throughput.py"])
-def test_the_plain_loop_refuses_more_steps_than_the_data_holds(script):
-    result = run_script(script, "--steps", "40", "--warmup", "1", "--pairs", "1", *TINY)
+def test_the_plain_loop_refuses_more_steps_than_the_data_holds():
+    result = run_script("benchmarks/throughput.py", "--steps", "40", "--warmup", "1", "--pairs", "1", *TINY)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert (
         result.stderr.strip().splitlines()[-1] == "error: --steps 40 x batch 100 is more than the 1800 training images"

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST, train_run
 
-from cifar_lightning.calibration import fit_temperature
-from cifar_lightning.checkpoints import load_model, write_temperature
-from cifar_lightning.cli import compose_config
-from cifar_lightning.errors import UserError
-from cifar_lightning.metrics import calibration, evaluate_predictions
+from cifar_lightning.blocks.calibration import fit_temperature
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.metrics import calibration, evaluate_predictions
+from cifar_lightning.store.checkpoints import load_model, write_temperature
+from cifar_lightning.tasks.cli import compose_config
 from cifar_lightning.tasks.evaluate import evaluate
 from cifar_lightning.tasks.predict import predict
 
@@ -76,7 +76,7 @@ def test_predict_shows_calibrated_probabilities(calibrated, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     rows = predict(compose_config("predict", [f"ckpt={run}", f"images={tmp_path}", "top_k=10"]))
     model = load_model(run / "checkpoints" / "best.ckpt")
-    from cifar_lightning.data import read_image
+    from cifar_lightning.blocks.data import read_image
 
     with torch.no_grad():
         logits = model(model.normalize(read_image(tmp_path / "a.png", 32)[None]))

@@ -9,8 +9,9 @@ from conftest import ROOT, compose_train, write_cifar, write_folder
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from cifar_lightning import precision, tracking
-from cifar_lightning.module import ImageClassifier
+from cifar_lightning.blocks import precision
+from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.store import tracking
 from cifar_lightning.tasks.train import instantiate_all
 
 

@@ -6,7 +6,7 @@ import warnings
 
 from conftest import FAST, run_script
 
-from cifar_lightning import console
+from cifar_lightning.blocks import console
 
 NOT_ACTIONABLE = ("litlogger", "litmodels", "Tip:", "LeafSpec")
 

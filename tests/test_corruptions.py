@@ -5,9 +5,9 @@ import colorsys
 import pytest
 import torch
 
-from cifar_lightning import corruptions
-from cifar_lightning.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from cifar_lightning.robustness import choose
+from cifar_lightning.blocks import corruptions
+from cifar_lightning.blocks.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from cifar_lightning.blocks.robustness import choose
 
 # Where the published CIFAR-10 tables move the image further from the original at every step. The others are not
 # monotone by construction, which their own tests below pin down: glass blur's blur hides part of its shuffling,

@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import CLASSES, write_cifar
 
-import cifar_lightning.data as data
-from cifar_lightning.data import ImageDataModule
-from cifar_lightning.errors import UserError
+import cifar_lightning.blocks.data as data
+from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.errors import UserError
 
 
 def setup(**kwargs) -> ImageDataModule:
@@ -129,7 +129,7 @@ def test_bad_image_folders_are_clear_errors(tmp_path, layout, message):
 
 
 def test_batch_larger_than_the_training_split_is_refused(cifar_root, tmp_path):
-    """A cross-field check (validation.run_length), made once the data's sizes are known and before training."""
+    """A cross-field check (schema.run_length), made once the data's sizes are known and before training."""
     from conftest import FAST, compose_train
 
     from cifar_lightning.tasks.train import train

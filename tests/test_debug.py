@@ -7,9 +7,9 @@ import torch
 from conftest import FAST, ROOT, compose_train, train_run
 from hydra import compose, initialize_config_dir
 
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.tasks.schema import check_train_config
 from cifar_lightning.tasks.train import TrainOptions
-from cifar_lightning.validation import check_train_config
 
 QUICK = [o for o in FAST if o != "epochs=1"]  # the debug configs set the epochs
 
@@ -73,8 +73,8 @@ def test_config_tree_is_printed_and_saved_unless_switched_off(tmp_path, cifar_ro
     run = tmp_path / "run"
     train_run([*FAST, f"data.root={cifar_root}", "data.verify=false"], run)
     tree = (run / "config_tree.txt").read_text()
-    assert "model" in tree and "_target_: cifar_lightning.models.cnn.CNN" in tree and "net: ${model}" in tree
-    assert "cifar_lightning.models.cnn.CNN" in capsys.readouterr().out
+    assert "model" in tree and "_target_: cifar_lightning.blocks.models.cnn.CNN" in tree and "net: ${model}" in tree
+    assert "cifar_lightning.blocks.models.cnn.CNN" in capsys.readouterr().out
     quiet = tmp_path / "quiet"
     train_run([*FAST, f"data.root={cifar_root}", "data.verify=false", "extras.print_config=false"], quiet)
     assert not (quiet / "config_tree.txt").exists() and "models.cnn.CNN" not in capsys.readouterr().out

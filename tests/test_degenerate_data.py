@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import write_folder
 
-import cifar_lightning.data as data
-from cifar_lightning.data import ImageDataModule
-from cifar_lightning.errors import UserError
+import cifar_lightning.blocks.data as data
+from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.errors import UserError
 
 
 def setup(**kwargs) -> ImageDataModule:

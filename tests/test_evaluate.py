@@ -10,11 +10,11 @@ import torch
 from conftest import FAST, run_script, train_run, write_cifar, write_folder
 from PIL import Image
 
-from cifar_lightning.checkpoints import load_model
-from cifar_lightning.cli import compose_config
-from cifar_lightning.errors import UserError
-from cifar_lightning.metrics import evaluate_predictions
-from cifar_lightning.runs import resolve
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.metrics import evaluate_predictions
+from cifar_lightning.store.checkpoints import load_model
+from cifar_lightning.store.locate import resolve
+from cifar_lightning.tasks.cli import compose_config
 from cifar_lightning.tasks.evaluate import evaluate
 
 FILES = {
@@ -148,8 +148,8 @@ def test_tta_averages_the_image_and_its_mirror_and_is_recorded(trained):
 
 
 def test_corruption_report_is_what_the_model_does_on_the_corrupted_images(trained):
-    from cifar_lightning.corruptions import CORRUPTIONS, corrupt
-    from cifar_lightning.robustness import choose
+    from cifar_lightning.blocks.corruptions import CORRUPTIONS, corrupt
+    from cifar_lightning.blocks.robustness import choose
 
     metrics = run_evaluate(trained, "corruptions=all", "corruptions.images=20", "corruptions.seed=4")
     out = trained["runs"][1][0] / "eval" / "test"

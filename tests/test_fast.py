@@ -8,12 +8,12 @@ import torch
 from conftest import FAST, compose_train, run_script, train_run
 from helpers import RecordTrainStart
 
-from cifar_lightning.augment import AlternatingFlip
-from cifar_lightning.callbacks import FreezeAfterEpochs, Lookahead
-from cifar_lightning.models.airbench import AirbenchNet
-from cifar_lightning.module import ImageClassifier
-from cifar_lightning.optim import decoupled_sgd
-from cifar_lightning.schedules import warmup_linear
+from cifar_lightning.blocks.augment import AlternatingFlip
+from cifar_lightning.blocks.callbacks import FreezeAfterEpochs, Lookahead
+from cifar_lightning.blocks.models.airbench import AirbenchNet
+from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.blocks.optim import decoupled_sgd
+from cifar_lightning.blocks.schedules import warmup_linear
 from cifar_lightning.tasks.train import train
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import FAST, compose_train, train_run
 
-from cifar_lightning.models.airbench import AirbenchNet
-from cifar_lightning.module import ImageClassifier, plain
-from cifar_lightning.optim import NEWTON_SCHULZ, Muon, muon_sgd, orthogonalize
-from cifar_lightning.schedules import linear_to_zero
+from cifar_lightning.blocks.models.airbench import AirbenchNet
+from cifar_lightning.blocks.module import ImageClassifier, plain
+from cifar_lightning.blocks.optim import NEWTON_SCHULZ, Muon, muon_sgd, orthogonalize
+from cifar_lightning.blocks.schedules import linear_to_zero
 
 
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64), (32, 32)])
@@ -184,7 +184,7 @@ def test_fast94_trains_on_tiny_data_with_muon(tmp_path):
 def test_the_module_gives_the_optimizer_the_run_s_steps_where_its_total_steps_is_null():
     hiverge = ["optimizer.norm_every=2", "optimizer.norm_every_end=17", "optimizer.decay_filters=true"]
     cfg = compose_train(["experiment=fast94_hiverge", *hiverge, "optimizer.ns_coefficients=[3.4576,-4.7391,2.0843]"])
-    net = {"_target_": "cifar_lightning.models.airbench.AirbenchNet", "widths": [8, 16, 16]}
+    net = {"_target_": "cifar_lightning.blocks.models.airbench.AirbenchNet", "widths": [8, 16, 16]}
     module = ImageClassifier(net=net, optimizer=plain(cfg.optimizer), class_names=[str(i) for i in range(10)])
     built, _, _ = module.optimizer_and_schedule(total_steps=37)
     filters = built.param_groups[0]

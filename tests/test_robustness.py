@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import FAST, compose_train, run_script
 
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.tasks.train import train
 
 
@@ -179,7 +179,7 @@ def test_bad_command_lines_fail_clearly_without_traceback(override, message, tmp
 
 
 def test_a_checkpoint_write_that_dies_leaves_the_previous_file_whole(tmp_path):
-    from cifar_lightning.checkpoints import AtomicCheckpointIO
+    from cifar_lightning.store.checkpoints import AtomicCheckpointIO
 
     class DiesWhileSaved:
         def __reduce__(self):

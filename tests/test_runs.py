@@ -7,8 +7,9 @@ import time
 import pytest
 from conftest import FAST, ROOT, run_script
 
-from cifar_lightning.errors import UserError
-from cifar_lightning.runs import RunFolder, claim, newest, resolve, to_resume
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.locate import newest, resolve, to_resume
+from cifar_lightning.store.runs import RunFolder, claim
 
 
 def fake_run(root, name, started=None, checkpoints=("best", "last")):

@@ -8,7 +8,7 @@ import torch
 import yaml
 from conftest import FAST, HELPERS_ENV, run_script, train_run
 
-from cifar_lightning.checkpoints import load_model
+from cifar_lightning.store.checkpoints import load_model
 
 pytestmark = pytest.mark.slow
 TINY = [o for o in FAST if not o.startswith(("batch_size=", "data.val_size="))]

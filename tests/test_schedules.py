@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import OneCycleLR
 
-from cifar_lightning.module import ImageClassifier
+from cifar_lightning.blocks.module import ImageClassifier
 
 SCHEDULERS = sorted(p.stem for p in (ROOT / "configs" / "scheduler").glob("*.yaml"))
 # after the run (epochs=1), as a multiple of optimizer.lr; onecycle: max_lr / div_factor / final_div_factor

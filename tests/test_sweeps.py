@@ -10,7 +10,7 @@ import yaml
 from conftest import FAST, HELPERS_ENV, compose_train, run_script, start_script, write_folder
 from test_resume import epochs_logged, kill_mid_epoch
 
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.tasks.train import train
 
 TINY = [o for o in FAST if not o.startswith(("epochs=", "data.val_size="))] + [

@@ -24,9 +24,9 @@ from mlflow import MlflowClient
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifar_lightning.cli import compose_config
-from cifar_lightning.errors import UserError
-from cifar_lightning.runs import resolve
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.locate import resolve
+from cifar_lightning.tasks.cli import compose_config
 from cifar_lightning.tasks.evaluate import evaluate
 
 
@@ -43,7 +43,9 @@ def test_mlflow_run_holds_the_config_epoch_metrics_summary_tags_and_evaluation(t
     assert json.loads((run / "mlflow_run.json").read_text())["run_id"] == run_id
     params = tracked.data.params
     assert params["config/epochs"] == "3" and params["config/seed"] == "7"
-    assert params["config/model/_target_"] == "cifar_lightning.models.cnn.CNN" and "config/optimizer/lr" in params
+    assert (
+        params["config/model/_target_"] == "cifar_lightning.blocks.models.cnn.CNN" and "config/optimizer/lr" in params
+    )
     assert len(client.get_metric_history(run_id, "val/acc")) == 3  # one value per epoch
     assert len(client.get_metric_history(run_id, "train/loss")) == 3
     assert tracked.data.metrics["summary/best_val_acc"] == pytest.approx(summary["best_val_acc"])
@@ -314,7 +316,7 @@ def test_a_headless_browser_renders_the_runs_page(tracked, tracking_ui, tmp_path
 
 
 def test_the_registered_model_takes_uint8_images_in_either_layout():
-    from cifar_lightning.registry import as_nchw
+    from cifar_lightning.store.registry import as_nchw
 
     hwc = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
     assert torch.equal(as_nchw(hwc, 32), torch.from_numpy(hwc).permute(0, 3, 1, 2))

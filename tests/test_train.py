@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import FAST, compose_train, run_script, train_run
 
-from cifar_lightning.callbacks import training_flops_per_image
-from cifar_lightning.models.cnn import CNN
-from cifar_lightning.module import ImageClassifier
+from cifar_lightning.blocks.callbacks import training_flops_per_image
+from cifar_lightning.blocks.models.cnn import CNN
+from cifar_lightning.blocks.module import ImageClassifier
 from cifar_lightning.tasks.train import train
 
 
@@ -98,7 +98,7 @@ def test_val_size_zero_trains_on_everything_and_keeps_the_last_epoch(cifar_root,
 def test_compiled_net_trains_and_its_checkpoint_loads_like_any_other(tmp_path):
     from helpers import RecordTrainStart
 
-    from cifar_lightning.checkpoints import load_model
+    from cifar_lightning.store.checkpoints import load_model
 
     RecordTrainStart.seen.clear()
     summary = train_run(

@@ -7,10 +7,10 @@ import torch
 from conftest import FAST, run_script, start_script
 from conftest import HELPERS_ENV as ENV
 
-from cifar_lightning.checkpoints import load_checkpoint
-from cifar_lightning.cli import compose_config
-from cifar_lightning.errors import UserError
-from cifar_lightning.runs import claim
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.checkpoints import load_checkpoint
+from cifar_lightning.store.runs import claim
+from cifar_lightning.tasks.cli import compose_config
 from cifar_lightning.tasks.evaluate import evaluate
 
 
@@ -102,21 +102,25 @@ def test_resume_from_a_damaged_last_checkpoint_is_one_line(finished, tmp_path, d
     [
         ({"_target_": "os.system", "command": "touch {marker}"}, "was refused: its data is not"),
         (
-            {"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "root": "${oc.env:HOME}"},
+            {
+                "_target_": "cifar_lightning.blocks.data.ImageDataModule",
+                "source": "synthetic",
+                "root": "${oc.env:HOME}",
+            },
             "data.root='${oc.env:HOME}' is not a string",
         ),
         (
-            {"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "evil": "{marker}"},
+            {"_target_": "cifar_lightning.blocks.data.ImageDataModule", "source": "synthetic", "evil": "{marker}"},
             "takes no argument 'evil'",
         ),
         (
-            {"_target_": "cifar_lightning.data.ImageDataModule", "source": "synthetic", "val_size": [1, 2]},
+            {"_target_": "cifar_lightning.blocks.data.ImageDataModule", "source": "synthetic", "val_size": [1, 2]},
             "data.val_size=[1, 2] is not",
         ),
         ("just a string", "was refused: its data is not"),
         (  # a download would make its root and write the archive there
             {
-                "_target_": "cifar_lightning.data.ImageDataModule",
+                "_target_": "cifar_lightning.blocks.data.ImageDataModule",
                 "source": "cifar10",
                 "root": "{marker}",
                 "download": True,

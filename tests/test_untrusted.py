@@ -8,15 +8,15 @@ import torch
 from conftest import FAST, compose_train, run_script, train_run
 from hydra.utils import instantiate
 
-from cifar_lightning.checkpoints import load_model
-from cifar_lightning.cli import compose_config
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.checkpoints import load_model
+from cifar_lightning.store.trust import check_model_config
+from cifar_lightning.tasks.cli import compose_config
 from cifar_lightning.tasks.evaluate import evaluate
 from cifar_lightning.tasks.export import export
 from cifar_lightning.tasks.predict import predict
-from cifar_lightning.trust import check_model_config
 
-CNN = "cifar_lightning.models.cnn.CNN"
+CNN = "cifar_lightning.blocks.models.cnn.CNN"
 
 
 def writes(marker, target="torch.save") -> dict:
@@ -28,12 +28,12 @@ def writes(marker, target="torch.save") -> dict:
 CRAFTED = {
     "net target walks through a module's imports": (
         "net",
-        lambda m: writes(m, "cifar_lightning.models.airbench.torch.save"),
+        lambda m: writes(m, "cifar_lightning.blocks.models.airbench.torch.save"),
     ),
     "net target outside the project": ("net", lambda m: writes(m)),
     "net _args_ injection": (
         "net",
-        lambda m: {"_target_": "cifar_lightning.models.airbench.torch.save", "_args_": [1, str(m)]},
+        lambda m: {"_target_": "cifar_lightning.blocks.models.airbench.torch.save", "_args_": [1, str(m)]},
     ),
     "net target nested in a keyword": ("net", lambda m: {"_target_": CNN, "widths": writes(m)}),
     "net target nested in a list": ("net", lambda m: {"_target_": CNN, "widths": [8, writes(m)]}),
@@ -43,22 +43,22 @@ CRAFTED = {
     "net value is an interpolation": ("net", lambda m: {"_target_": CNN, "widths": "${oc.decode:'[8]'}"}),
     "net names a class imported into a models module": (
         "net",
-        lambda m: {"_target_": "cifar_lightning.models.cnn.nn", "f": str(m)},
+        lambda m: {"_target_": "cifar_lightning.blocks.models.cnn.nn", "f": str(m)},
     ),
     "augmentation target walks through imports": (
         "augmentation",
-        lambda m: writes(m, "cifar_lightning.augment.torch.save"),
+        lambda m: writes(m, "cifar_lightning.blocks.augment.torch.save"),
     ),
     "augmentation part of Compose is hostile": (
         "augmentation",
         lambda m: {
-            "_target_": "cifar_lightning.augment.Compose",
-            "flip": writes(m, "cifar_lightning.augment.torch.save"),
+            "_target_": "cifar_lightning.blocks.augment.Compose",
+            "flip": writes(m, "cifar_lightning.blocks.augment.torch.save"),
         },
     ),
     "augmentation _partial_": (
         "augmentation",
-        lambda m: {"_target_": "cifar_lightning.augment.RandomFlip", "_partial_": True},
+        lambda m: {"_target_": "cifar_lightning.blocks.augment.RandomFlip", "_partial_": True},
     ),
     "optimizer target walks through imports": (
         "optimizer",
@@ -79,7 +79,7 @@ CRAFTED = {
     "scheduler target outside torch's schedulers": ("scheduler", lambda m: {**writes(m), "_partial_": True}),
     "scheduler factory imported, not defined, in schedules": (
         "scheduler",
-        lambda m: {"_target_": "cifar_lightning.schedules.LinearLR", "_partial_": False},
+        lambda m: {"_target_": "cifar_lightning.blocks.schedules.LinearLR", "_partial_": False},
     ),
     "scheduler nested target in a list": (
         "scheduler",

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import FAST, compose_train, run_script, train_run
 
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.checks import check_arguments, check_value, fits
+from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.tasks.train import train
-from cifar_lightning.validation import check_arguments, check_value, fits
 
 
 def ranged(count: Annotated[int, at.Ge(1)], share: Annotated[float, at.Interval(gt=0, le=1)] = 0.5) -> None:
@@ -91,7 +91,7 @@ def test_the_command_line_may_name_any_importable_net(tmp_path):
     )
     assert summary["epochs"] == 1
     checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    from cifar_lightning.checkpoints import load_model
+    from cifar_lightning.store.checkpoints import load_model
 
     with pytest.raises(
         UserError, match=re.escape("add its module as written there: trusted_modules=[torchvision.models]")
@@ -122,7 +122,7 @@ def test_interpolations_that_do_not_resolve_are_one_line_naming_the_key(tmp_path
 
 def test_unannotated_arguments_take_plain_values():
     """torch's MultiStepLR (whose hints do not evaluate) takes its milestones; a tensor is still refused."""
-    from cifar_lightning.validation import check_target
+    from cifar_lightning.blocks.checks import check_target
 
     config = {"_target_": "torch.optim.lr_scheduler.MultiStepLR", "_partial_": True, "milestones": [1, 2]}
     check_target(config, "scheduler")

@@ -10,18 +10,20 @@ from annotated_types import Ge, MinLen
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifar_lightning import figures, tracking
-from cifar_lightning.calibration import fit_on_validation
-from cifar_lightning.checkpoints import load_model, write_temperature
-from cifar_lightning.corruptions import CORRUPTIONS
-from cifar_lightning.data import ImageDataModule
-from cifar_lightning.errors import UserError
-from cifar_lightning.metrics import Evaluation, classification_report, evaluate_predictions
-from cifar_lightning.module import TTA_FRACTION, ImageClassifier, forward_passes_per_image, plain
-from cifar_lightning.robustness import choose, corruption_report
-from cifar_lightning.runs import RunFolder, resolve
-from cifar_lightning.trust import run_data_config
-from cifar_lightning.validation import check_arguments, check_value
+from cifar_lightning.blocks import figures
+from cifar_lightning.blocks.calibration import fit_on_validation
+from cifar_lightning.blocks.checks import check_arguments, check_value
+from cifar_lightning.blocks.corruptions import CORRUPTIONS
+from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
+from cifar_lightning.blocks.module import TTA_FRACTION, ImageClassifier, forward_passes_per_image, plain
+from cifar_lightning.blocks.robustness import choose, corruption_report
+from cifar_lightning.store import tracking
+from cifar_lightning.store.checkpoints import load_model, write_temperature
+from cifar_lightning.store.locate import resolve
+from cifar_lightning.store.runs import RunFolder
+from cifar_lightning.store.trust import run_data_config
 
 # null: the checkpoint's own level; true is 1, false 0
 TTA_OPTION = Annotated[bool | Literal[0, 1, 2] | None, "must be one of null, 0, 1, 2"]

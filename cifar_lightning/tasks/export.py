@@ -9,12 +9,12 @@ import torch
 from annotated_types import Ge
 from omegaconf import DictConfig
 
-from cifar_lightning import tracking
-from cifar_lightning.errors import UserError
-from cifar_lightning.module import ImageClassifier, plain
-from cifar_lightning.runs import RunFolder, write_atomic
+from cifar_lightning.blocks.checks import FILE_TO_WRITE, check_arguments
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import ImageClassifier, plain
+from cifar_lightning.store import registry, tracking
+from cifar_lightning.store.runs import RunFolder, write_atomic
 from cifar_lightning.tasks.evaluate import model_and_data
-from cifar_lightning.validation import FILE_TO_WRITE, check_arguments
 
 
 class RawImagesToLogits(torch.nn.Module):
@@ -103,8 +103,6 @@ def to_registry(cfg: DictConfig) -> str:
         raise UserError("format=mlflow registers the model under a name: add registered_model=NAME")
     try:
         import mlflow
-
-        from cifar_lightning import registry
     except ImportError:
         raise UserError("format=mlflow needs MLflow: pip install -e '.[track]'") from None
     checkpoint, model, datamodule = model_and_data(cfg, cfg.split)

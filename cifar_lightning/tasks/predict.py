@@ -10,13 +10,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from cifar_lightning.checkpoints import load_model
-from cifar_lightning.data import read_image
-from cifar_lightning.errors import UserError
-from cifar_lightning.module import plain
-from cifar_lightning.runs import resolve, write_atomic
+from cifar_lightning.blocks.checks import FILE_TO_WRITE, check_arguments
+from cifar_lightning.blocks.data import read_image
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import plain
+from cifar_lightning.store.checkpoints import load_model
+from cifar_lightning.store.locate import resolve
+from cifar_lightning.store.runs import write_atomic
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
-from cifar_lightning.validation import FILE_TO_WRITE, check_arguments
 
 
 def find_images(pattern: str) -> list[Path]:

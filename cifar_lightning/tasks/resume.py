@@ -6,15 +6,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cifar_lightning.checkpoints import load_checkpoint
-from cifar_lightning.errors import UserError
-from cifar_lightning.runs import RunFolder, named
-from cifar_lightning.trust import run_config
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.checkpoints import load_checkpoint
+from cifar_lightning.store.locate import named
+from cifar_lightning.store.runs import RunFolder
+from cifar_lightning.store.trust import run_config
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path | None]:
     """The resumed run's own config (its folder as output_dir) and its last checkpoint; None for a run that
-    finished, which is left as it is. Hydra's run folder is already the run to resume (runs.run_dir)."""
+    finished, which is left as it is. Hydra's run folder is already the run to resume (locate.run_dir)."""
     run = RunFolder(cfg.paths.output_dir)
     # the run's own overrides may be repeated (a resumed sweep does); trial= is set by an Optuna sweeper resuming
     # the run as one of its trials
@@ -42,7 +43,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     csv_logger = (config.get("logger") or {}).get("csv")
     if csv_logger is not None and csv_logger.get("_target_") == "lightning.pytorch.loggers.CSVLogger":
         # a run from before the project's CSVLogger: Lightning's would delete the rows it has
-        csv_logger["_target_"] = "cifar_lightning.loggers.CSVLogger"
+        csv_logger["_target_"] = "cifar_lightning.blocks.loggers.CSVLogger"
     config.resume = None
     config.trusted_modules = trusted
     config.trial = cfg.get("trial")  # the trial the resumed run now reports to, if a sweeper gave one; else none

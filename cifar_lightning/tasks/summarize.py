@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from cifar_lightning.figures import sweep_plot
+from cifar_lightning.blocks.figures import sweep_plot
 
 
 def read_runs(sweep: Path) -> list[dict]:

@@ -5,51 +5,31 @@ import json
 import logging
 import math
 import platform
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
-from annotated_types import Ge, Gt, Interval
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning import tracking
-from cifar_lightning.calibration import fit_on_validation
-from cifar_lightning.callbacks import CountTrainingFlops, KeepRandomState, OptunaPruning, StopAtMaxSteps
-from cifar_lightning.checkpoints import BestCheckpoint, read_weights, write_temperature
-from cifar_lightning.cli import config_tree
-from cifar_lightning.data import ImageDataModule
-from cifar_lightning.errors import UserError
-from cifar_lightning.module import ImageClassifier
-from cifar_lightning.runs import RunFolder
+from cifar_lightning.blocks.calibration import fit_on_validation
+from cifar_lightning.blocks.callbacks import CountTrainingFlops, KeepRandomState, StopAtMaxSteps
+from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.blocks.pruning import OptunaPruning
+from cifar_lightning.store import tracking
+from cifar_lightning.store.checkpoints import BestCheckpoint, read_weights, write_temperature
+from cifar_lightning.store.runs import RunFolder
+from cifar_lightning.store.trust import RECORDED_DATA
+from cifar_lightning.tasks.cli import config_tree
 from cifar_lightning.tasks.resume import read_last, resume_config
-from cifar_lightning.trust import RECORDED_DATA
-from cifar_lightning.validation import check_train_config, refused, run_length
+from cifar_lightning.tasks.schema import TrainOptions, check_reportable, check_train_config, refused, run_length
 
 log = logging.getLogger(__name__)
-
-SUMMARY_METRICS = ("best_val_acc", "test_acc", "test_loss", "fit_seconds")  # what a sweeper can optimise
-LOWER_IS_BETTER = ("test_loss", "fit_seconds")  # to be minimised; the others maximised
-
-
-@dataclass
-class TrainOptions:
-    """The run's own keys in configs/train.yaml (the groups are checked against what they build)."""
-
-    epochs: Annotated[float, Gt(0), "must be a positive number (a fraction stops the last epoch early)"]
-    batch_size: Annotated[int, Ge(1), "must be a whole number of at least 1"]
-    seed: Annotated[int, Interval(ge=0, lt=2**32), f"must be a whole number from 0 to {2**32 - 1}"]
-    resume: str | None = None
-    calibration: Annotated[Literal["temperature", "none"], "must be temperature or none"] = "temperature"
-    optimized_metric: Annotated[
-        Literal[SUMMARY_METRICS], f"must be one of {', '.join(SUMMARY_METRICS)}"  # type: ignore[valid-type]
-    ] = "best_val_acc"
-    trusted_modules: list[str] | None = None  # modules a resumed run's config may name, beside the project's own
 
 
 def instantiate_all(configs: DictConfig | dict | None) -> list:
@@ -64,7 +44,7 @@ def print_config(cfg: DictConfig) -> bool:
 def build(cfg: DictConfig, resumed: bool = False) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
     """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a checked
     config. Callbacks and loggers are built before the data loads, so that their refusals come first; the trainer
-    after it, with the run's length (validation.run_length checks it: at least one optimizer step). A `resumed`
+    after it, with the run's length (schema.run_length checks it: at least one optimizer step). A `resumed`
     run's data is built as any data read from a run folder (trust.RECORDED_DATA)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config tree and summary
     try:
@@ -112,17 +92,6 @@ def build(cfg: DictConfig, resumed: bool = False) -> tuple[ImageDataModule, Imag
         if hasattr(callback, "check_module"):
             callback.check_module(module)
     return datamodule, module, trainer
-
-
-def check_reportable(metric: str, datamodule: ImageDataModule) -> None:
-    """Raises UserError when a job of an Optuna search would end without the metric its trial is told."""
-    if metric == "best_val_acc" and not datamodule.validates:
-        raise UserError(
-            "optimized_metric=best_val_acc needs validation, and data.val_size=0 holds none out: "
-            "set data.val_size or optimized_metric=test_acc"
-        )
-    if metric.startswith("test_") and "test" not in datamodule.splits:
-        raise UserError(f"optimized_metric={metric} needs a test split, and this data has none: use best_val_acc")
 
 
 def trainer_processes(trainer_config: DictConfig) -> int:

@@ -16,7 +16,7 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.errors import UserError
 
 START = "start this machine's one-node cluster with `make slurm-up` (as root), or run the sweep where a cluster is"
 
@@ -51,7 +51,7 @@ else:
 
         def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
             """Hydra's set-up of the launcher, after check_cluster(): its UserError ends the sweep in one line
-            (cifar_lightning.cli.run prints it)."""
+            (cifar_lightning.tasks.cli.run prints it)."""
             try:
                 check_cluster()
             except UserError:

@@ -1,12 +1,12 @@
 """The project's sweepers under the names Hydra instantiates: Hydra builds a sweeper only from a class of the
 hydra_plugins namespace (configs/hydra/sweeper/ name these). The code is cifar_lightning/sweepers.py."""
 
-from cifar_lightning import sweepers
+from cifar_lightning.tasks import sweepers
 
 
 class GridSweeper(sweepers.GridSweeper):
-    """cifar_lightning.sweepers.GridSweeper: Hydra's BasicSweeper that can resume a sweep."""
+    """cifar_lightning.tasks.sweepers.GridSweeper: Hydra's BasicSweeper that can resume a sweep."""
 
 
 class OptunaSweeper(sweepers.OptunaSweeper):
-    """cifar_lightning.sweepers.OptunaSweeper: an Optuna study through ask/tell, with pruning and resume."""
+    """cifar_lightning.tasks.sweepers.OptunaSweeper: an Optuna study through ask/tell, with pruning and resume."""

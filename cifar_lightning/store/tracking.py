@@ -18,13 +18,13 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cifar_lightning.errors import UserError
-from cifar_lightning.runs import write_atomic
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.runs import write_atomic
 
 log = logging.getLogger(__name__)
 RECORD = "mlflow_run.json"
 PREFIX = "mlflow:"  # ckpt=mlflow:RUN_ID, resume=mlflow:RUN_ID
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def local_store(root: Path) -> tuple[str, str]:

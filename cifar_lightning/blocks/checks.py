@@ -10,7 +10,6 @@ Every refusal is a `UserError` whose one-line message names the key (`data.batch
 
 import inspect
 import math
-import os
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Annotated, Any
 import annotated_types as at
 from hydra.utils import get_object
 
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.errors import UserError
 
 SCALARS = (bool, int, float, str, type(None))
 # Keys a config of these groups holds beside its target's keywords: read by the module, not passed on
@@ -239,137 +238,3 @@ def _kind_of_default(default: Any) -> Any:
     if isinstance(default, (list, tuple)):
         return list
     return type(default) if isinstance(default, SCALARS) else typing.Any
-
-
-# ----------------------------------------------------------------------------------------- a training config
-def check_train_config(cfg: Any, options: type) -> None:
-    """A composed train config, before any data loads: its own keys against `options` (a dataclass), every group
-    against the signature of what it builds, and the net, augmentation, optimizer and schedule built once on a
-    tiny scale, so that a value only their constructors refuse is reported now, naming its group."""
-    from omegaconf import DictConfig
-
-    from cifar_lightning.data import ImageDataModule
-    from cifar_lightning.module import ImageClassifier, plain
-
-    values = {k: plain(v) for k, v in cfg.items() if not isinstance(v, DictConfig)}
-    check_arguments(options, {k: v for k, v in values.items() if k in _fields(options)}, "")
-    print_config = (cfg.get("extras") or {}).get("print_config", True)
-    check_value("extras.print_config", print_config, Annotated[bool, "must be true or false"])
-    check_arguments(ImageDataModule, {k: v for k, v in plain(cfg.data).items() if k != "_target_"}, "data")
-    from cifar_lightning.trust import MODEL_CONFIGS
-
-    module = {k: v for k, v in plain(cfg.module).items() if k not in ("_target_", *MODEL_CONFIGS)}
-    check_arguments(ImageClassifier, module, "module")
-    for group in ("model", "augmentation", "optimizer", "scheduler"):
-        if cfg.get(group) is not None:
-            check_target(plain(cfg[group]), group)
-    trainer = {
-        k: v
-        for k, v in plain(cfg.trainer).items()
-        # plugins and objects given as configs (a profiler) are built by Hydra, which names what it refuses;
-        # max_epochs is ${epochs} (maybe 9.9 or 2.0): the run's length, which train.build hands to the Trainer
-        if k != "plugins"
-        and not (isinstance(v, dict) and "_target_" in v)
-        and not (k == "max_epochs" and v == cfg.epochs)
-    }
-    check_target(trainer, "trainer")
-    if "max_epochs" in trainer:  # set apart from epochs, it would be ignored
-        raise UserError(
-            f"trainer.max_epochs={trainer['max_epochs']!r} differs from epochs={cfg.epochs}: set epochs instead"
-        )
-    # Lightning divides by it unchecked
-    check_value("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), ACCUMULATE)
-    for group in ("callbacks", "logger"):
-        for name, part in (cfg.get(group) or {}).items():
-            if part is not None:
-                config = plain(part)
-                if isinstance(config, dict):  # what it holds as configs of their own (a profiler) Hydra builds
-                    config = {k: v for k, v in config.items() if not (isinstance(v, dict) and "_target_" in v)}
-                check_target(config, f"{group}.{name}")
-    _build_small(cfg, plain(cfg.data).get("image_size", 32))
-
-
-def _fields(options: type) -> set[str]:
-    return set(inspect.signature(options).parameters)
-
-
-def _build_small(cfg: Any, image_size: int) -> None:
-    """The constructors' own checks (torch's optimizers refuse a negative weight decay only when built)."""
-    import torch
-    from hydra.utils import instantiate
-
-    from cifar_lightning.module import ImageClassifier
-
-    group = "model"
-    try:
-        module = ImageClassifier(
-            net=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, class_names=["a", "b"]
-        )
-        images = torch.zeros(2, 3, image_size, image_size)
-        module(images)
-        if cfg.augmentation is not None:
-            group = "augmentation"
-            instantiate(cfg.augmentation)(images, torch.arange(2), 0)
-        group = "optimizer or scheduler"
-        module.optimizer_and_schedule(total_steps=10)
-    except Exception as e:  # any constructor's refusal of a user's value
-        raise refused(group, e) from None
-
-
-def refused(group: str, error: Exception) -> UserError:
-    """A constructor's refusal of the values of a config group, as one line (Hydra wraps it in its own error)."""
-    from hydra.errors import InstantiationException
-
-    cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-    if isinstance(cause, UserError):  # the constructor's own words for the user
-        return cause
-    first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
-    return UserError(f"{group} cannot be built from these values: {type(cause).__name__}: {first}")
-
-
-# ----------------------------------------------------------------------------------------- once the data is known
-def run_length(cfg: Any, datamodule: Any, processes: int, callbacks: Sequence[Any]) -> int:
-    """The values that only make sense together, checked once the data's sizes are known: the batch against
-    the training split, the metrics that callbacks watch against those the module logs, best.ckpt's source
-    against the checkpoints written, and the run's length.
-    Returns that length in optimizer steps: `epochs` times the steps of an epoch, where each of `processes`
-    processes trains on ceil(N / processes) images (Lightning's DistributedSampler pads the last share), its
-    loader drops an incomplete last batch, and with `trainer.accumulate_grad_batches` = k every k batches make a
-    step, the epoch's last incomplete group included. A fractional `epochs` rounds to the nearest step."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from cifar_lightning.checkpoints import BestCheckpoint  # imports trust.py, which imports this module
-    from cifar_lightning.module import ImageClassifier
-
-    train_images = len(datamodule.splits["train"])
-    if cfg.batch_size > train_images:
-        raise UserError(
-            f"batch_size={cfg.batch_size} is larger than the training split ({train_images} images): "
-            f"lower batch_size or data.val_size"
-        )
-    logged = ImageClassifier.logged_metrics(datamodule.validates)
-    for callback in callbacks:
-        monitor = getattr(callback, "monitor", None)
-        if monitor and monitor not in logged:
-            raise UserError(
-                f"{type(callback).__name__} watches monitor={monitor!r}, which this run never logs "
-                f"(it logs {', '.join(logged)}): set its monitor to one of them"
-            )
-    saves = [c for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
-    written = [Path(os.path.realpath(str(c.dirpath))) / f"{c.filename}.ckpt" for c in saves]  # as Lightning's realpath
-    for callback in callbacks:
-        if isinstance(callback, BestCheckpoint) and Path(os.path.realpath(callback.source)) not in written:
-            raise UserError(
-                f"callbacks: BestCheckpoint copies {callback.source}, which no ModelCheckpoint writes: keep "
-                f"callbacks.last_checkpoint, or set callbacks.model_checkpoint=null too"
-            )
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
-    batches = math.ceil(train_images / processes) // cfg.batch_size
-    steps = round(cfg.epochs * math.ceil(batches / accumulate))
-    if steps < 1:
-        raise UserError(
-            f"epochs={cfg.epochs} makes {cfg.epochs * math.ceil(batches / accumulate):.2g} optimizer steps of "
-            f"{cfg.batch_size} x {accumulate} images on {train_images} training images ({processes} process(es)): "
-            f"a run needs at least one; raise epochs or lower batch_size"
-        )
-    return steps

@@ -13,7 +13,7 @@ import seaborn as sns  # noqa: E402 (after matplotlib.use, so no window ever ope
 import torch  # noqa: E402 (after matplotlib.use, so no window ever opens)
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402 (after matplotlib.use, so no window ever opens)
 
-from cifar_lightning.metrics import Evaluation, classification_report  # noqa: E402 (after matplotlib.use, so no window ever opens)
+from cifar_lightning.blocks.metrics import Evaluation, classification_report  # noqa: E402 (after matplotlib.use, so no window ever opens)
 
 DPI = 120
 

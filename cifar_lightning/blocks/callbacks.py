@@ -9,8 +9,8 @@ import torch
 from annotated_types import Ge, Gt, Interval
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifar_lightning.data import Batch
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.data import Batch
+from cifar_lightning.blocks.errors import UserError
 
 
 def _net(module: L.LightningModule) -> torch.nn.Module:
@@ -184,48 +184,3 @@ class KeepRandomState(L.Callback):
         torch.set_rng_state(cpu)
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-
-
-class OptunaPruning(L.Callback):
-    """Reports each epoch's `monitor` to an Optuna trial (`trial.report(value, epoch)`) and ends the run after that
-    epoch's checkpoints when the trial's pruner says so (`trial.should_prune()`); the run then finishes as any run
-    does (test, summary.json with `pruned: true`) and the sweeper tells the study it was PRUNED. The trial is found
-    through its study's RDB storage, so the job may run in another process than the sweeper (submitit, workers);
-    its pruner is the config the sweeper kept with the trial (user attr `pruner`). Only rank 0 talks to the study;
-    under DDP its decision is broadcast. Optuna's own PyTorchLightningPruningCallback raises instead, which would
-    end fit() before the epoch's checkpoints are written and without a summary."""
-
-    def __init__(self, storage: str, study_name: str, number: int, monitor: str = "val/acc"):
-        self.storage, self.study_name, self.number, self.monitor = storage, study_name, number, monitor
-        self.trial: Any = None
-        self.pruned = False
-
-    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero:
-            return
-        import optuna
-
-        from cifar_lightning.sweepers import build_pruner, open_storage
-
-        storage = open_storage(self.storage)
-        try:
-            study_id = storage.get_study_id_from_name(self.study_name)
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
-        except KeyError:
-            raise UserError(
-                f"trial={{study_name: {self.study_name}, number: {self.number}}} is not in {self.storage}: the "
-                f"trial key is set by hparams_search=optuna's sweeper; drop it to train without a study"
-            ) from None
-        pruner = build_pruner(storage.get_trial(trial_id).user_attrs.get("pruner"), f"trial {self.number}'s pruner")
-        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=pruner)
-        self.trial = optuna.trial.Trial(study, trial_id)
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        prune = False
-        if trainer.is_global_zero and self.monitor in trainer.callback_metrics:
-            self.trial.report(float(trainer.callback_metrics[self.monitor]), trainer.current_epoch)
-            prune = self.trial.should_prune()
-        if trainer.strategy.broadcast(prune):
-            self.pruned = trainer.should_stop = True

@@ -3,8 +3,8 @@
 import torch
 from tqdm import tqdm
 
-from cifar_lightning.corruptions import corrupt
-from cifar_lightning.module import ImageClassifier
+from cifar_lightning.blocks.corruptions import corrupt
+from cifar_lightning.blocks.module import ImageClassifier
 
 FROST = "frost blends a synthesised ice texture (the original's photographs cannot be downloaded here)"
 

@@ -4,24 +4,26 @@ The model is an MLflow pyfunc model (`ClassifierModel`) whose one artifact is th
 `mlflow.pyfunc.load_model("models:/NAME@champion")` unpickles only a reference to `ClassifierModel` (this
 package must be installed where it is loaded) and reads the checkpoint through checkpoints.load_model, the
 trusted loader, so the weights run no code. Predictions go through `ImageClassifier.predict_logits`, as
-predict.py's do. MLflow is imported with this module: import it only when a model is registered or loaded.
+predict.py's do. MLflow is optional (pip install -e '.[track]'): it is imported where a model is logged or
+registered, and without it `ClassifierModel` is a plain class that nothing logs.
 """
 
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModel
-from mlflow.types import Schema, TensorSpec
 
-from cifar_lightning.checkpoints import load_model
-from cifar_lightning.errors import UserError
-from cifar_lightning.module import ImageClassifier
+try:
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # only log() and register() need MLflow, and they import it
+    PythonModel = object  # type: ignore[assignment,misc]
+
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.store.checkpoints import load_model
 
 BATCH_SIZE = 256
 
@@ -79,6 +81,10 @@ def log(
     (a few uint8 images) as its input example and the modules of one's own its checkpoint may name; returns its
     URI (models:/<model id>). The requirements are given, not inferred: inferring them loads the model in another
     process."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
     mlflow.set_tracking_uri(tracking_uri)
     # any N, either layout: as_nchw checks the rest
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))]))
@@ -99,6 +105,8 @@ def log(
 def register(model_uri: str, tracking_uri: str, name: str, alias: str) -> str:
     """Registers the logged model `model_uri` as a new version of `name` and points `alias` at it; returns
     models:/<name>@<alias>. Raises UserError for a name or alias MLflow refuses."""
+    import mlflow
+
     mlflow.set_tracking_uri(tracking_uri)
     try:
         version = mlflow.register_model(model_uri, name)

@@ -7,7 +7,7 @@
   keys of hydra-optuna-sweeper (sampler, direction, study_name, storage, n_trials, n_jobs, max_failure_rate, params
   in Hydra's sweep grammar) plus `pruner`. The study lives in an RDB storage (by default `<sweep>/optuna.db`), so
   several workers can share it and it survives a crash. Each job learns its trial through the `trial` key of the
-  train config ({storage, study_name, number}); `OptunaPruning` (callbacks.py) reports every epoch's val/acc to it
+  train config ({storage, study_name, number}); `OptunaPruning` (blocks/pruning.py) reports every epoch's val/acc to it
   and stops a trial the pruner gives up on. Such a run finishes (tested, summary.json with `pruned: true`) and its
   trial is told PRUNED.
 - Resume: `python train.py -m resume=SWEEP_DIR` composes the sweep again from the overrides its multirun.yaml
@@ -21,8 +21,6 @@ these classes the names configs/hydra/sweeper/ use.
 """
 
 import contextlib
-import importlib
-import inspect
 import logging
 import math
 from collections.abc import Sequence
@@ -38,8 +36,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cifar_lightning.errors import UserError
-from cifar_lightning.runs import RunFolder, sweep_root
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.pruning import build_pruner, open_storage, optuna_object
+from cifar_lightning.store.runs import RunFolder, sweep_root
+from cifar_lightning.store.trust import run_config
+from cifar_lightning.tasks.schema import LOWER_IS_BETTER
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,6 @@ class ResumableSweep:
     def check_fresh_job(self, run: RunFolder, overrides: Sequence[str]) -> None:
         """A job of a resumed sweep that runs fresh is built from overrides read from the sweep's multirun.yaml:
         its composed config passes the gate of a resumed run's config (trust.run_config) first."""
-        from cifar_lightning.trust import run_config
-
         assert self.config is not None and self.hydra_context is not None  # setup() ran
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(config):
@@ -261,37 +260,6 @@ def search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     return space, fixed
 
 
-def optuna_object(config: Any, module_name: str, base_name: str, where: str, **kwargs: Any) -> Any:
-    """A sampler or pruner built from a config `{_target_: optuna.<module>.<Class>, ...}`: the class must be one
-    that `optuna.<module>` defines (looked up in its namespace: also the check for a config read from a study's
-    storage, which may come from anywhere). UserError naming `where` otherwise."""
-    module = importlib.import_module(f"optuna.{module_name}")
-    base = getattr(module, base_name)
-    plain: Any = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
-    target = plain.get("_target_") if isinstance(plain, dict) else None
-    name = str(target).removeprefix(f"optuna.{module_name}.")
-    cls = vars(module).get(name) if isinstance(target, str) and target.startswith(f"optuna.{module_name}.") else None
-    choices = sorted(n for n, c in vars(module).items() if inspect.isclass(c) and issubclass(c, base) and c is not base)
-    if not (inspect.isclass(cls) and issubclass(cls, base)):
-        raise UserError(
-            f"{where}._target_={target!r} is not an Optuna {module_name[:-1]}: use one of optuna.{module_name}."
-            f"{{{', '.join(choices)}}}" + (f" ({where}=null: no pruning)" if module_name == "pruners" else "")
-        )
-    assert isinstance(plain, dict)
-    arguments = {k: v for k, v in plain.items() if k != "_target_"}
-    try:
-        return cls(**arguments, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{where}: {target} refused its arguments: {str(e).splitlines()[0]}") from None
-
-
-def build_pruner(config: Any, where: str) -> Any:
-    """The pruner of a config (None: NopPruner, nothing pruned)."""
-    import optuna
-
-    return optuna.pruners.NopPruner() if config is None else optuna_object(config, "pruners", "BasePruner", where)
-
-
 def tell(study: Any, trial: Any, **result: Any) -> None:
     """study.tell(trial, **result). A GridSampler whose grid is done stops the study as it is told the last
     trial, which Optuna refuses outside study.optimize() by a RuntimeError raised after the trial is stored."""
@@ -300,14 +268,6 @@ def tell(study: Any, trial: Any, **result: Any) -> None:
     except RuntimeError as e:
         if "Study.stop" not in str(e):
             raise
-
-
-def open_storage(url: str) -> Any:
-    """An Optuna RDB storage; SQLite waits for a lock held by another worker instead of failing at once."""
-    import optuna
-
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 class OptunaSweeper(ResumableSweep, Sweeper):
@@ -342,8 +302,6 @@ class OptunaSweeper(ResumableSweep, Sweeper):
             raise UserError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be between 0 and 1")
         if self.n_trials < 1 or self.n_jobs < 1:
             raise UserError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1")
-        from cifar_lightning.tasks.train import LOWER_IS_BETTER
-
         metric = config.get("optimized_metric", "best_val_acc")
         direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
         if self.direction != direction:

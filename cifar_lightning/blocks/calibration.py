@@ -4,8 +4,8 @@ match how often the model is right. Fitted on validation logits; argmax, and so 
 import torch
 import torch.nn.functional as F
 
-from cifar_lightning.data import InMemoryImages
-from cifar_lightning.module import ImageClassifier
+from cifar_lightning.blocks.data import InMemoryImages
+from cifar_lightning.blocks.module import ImageClassifier
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:

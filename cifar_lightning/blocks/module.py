@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
-from cifar_lightning.data import Batch
+from cifar_lightning.blocks.data import Batch
 
 # 0: the image alone; 1: the mean with its mirror image; 2 (airbench): half that, half the same over the image
 # shifted 1 px up-left and 1 px down-right (six views)
@@ -282,7 +282,7 @@ class ImageClassifier(L.LightningModule):
         def whole_run(config: dict) -> dict:  # a null total_steps means "the whole run"
             return {**config, "total_steps": total_steps} if config.get("total_steps", 0) is None else dict(config)
 
-        # named, so that a factory can treat groups of parameters differently (cifar_lightning.optim)
+        # named, so that a factory can treat groups of parameters differently (cifar_lightning.blocks.optim)
         optimizer = instantiate(whole_run(self.hparams["optimizer"]))(self.named_parameters())
         if not self.hparams["scheduler"]:
             return optimizer, None, None

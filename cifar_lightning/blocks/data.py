@@ -23,7 +23,8 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.datasets.utils import check_md5, download_and_extract_archive
 
-from cifar_lightning.errors import UserError
+from cifar_lightning.blocks.checks import check_arguments
+from cifar_lightning.blocks.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ class ImageDataModule(L.LightningDataModule):
             image_size: height and width in pixels (folder images are resized to it; CIFAR's are 32).
             num_workers: DataLoader worker processes.
 
-        The values are checked by cifar_lightning.validation against these annotations before construction.
+        The values are checked by cifar_lightning.blocks.checks against these annotations before construction.
 
         Raises:
             UserError: a CIFAR source with an image_size other than 32 (its images are not resized).
@@ -349,8 +350,6 @@ class ImageDataModule(L.LightningDataModule):
 
         Raises:
             UserError: a key the constructor does not take, or a value it does not accept (one line)."""
-        from cifar_lightning.validation import check_arguments  # which imports this module's users
-
         config = {k: v for k, v in config.items() if k not in cls.NOT_FOR_EVALUATION}
         check_arguments(cls, config, "data")
         return cls(**config)

@@ -15,10 +15,10 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from cifar_lightning.errors import UserError
-from cifar_lightning.module import ImageClassifier
-from cifar_lightning.runs import RunFolder, write_atomic
-from cifar_lightning.trust import check_hyperparameters
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.store.runs import RunFolder, write_atomic
+from cifar_lightning.store.trust import check_hyperparameters
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -2,11 +2,11 @@
 
 A checkpoint may come from anywhere, and its hyperparameters name what to build (`_target_`s, which Hydra would
 import and call). Before anything is built from them each config is checked: its `_target_` must resolve, without
-walking attributes, to one object of an exact set (a net class defined in a module of cifar_lightning.models, an
-augmentation class of cifar_lightning.augment, an optimizer or scheduler class of torch.optim /
-torch.optim.lr_scheduler or a factory of cifar_lightning.optim / .schedules, or anything of a module the user
+walking attributes, to one object of an exact set (a net class defined in a module of cifar_lightning.blocks.models, an
+augmentation class of cifar_lightning.blocks.augment, an optimizer or scheduler class of torch.optim /
+torch.optim.lr_scheduler or a factory of cifar_lightning.blocks.optim / .schedules, or anything of a module the user
 declared in `trusted_modules`); no Hydra key but `_target_` (and `_partial_: true` for an optimizer or scheduler);
-only keywords the callable takes, each a plain value of the kind its signature says (cifar_lightning.validation),
+only keywords the callable takes, each a plain value of the kind its signature says (cifar_lightning.blocks.validation),
 never an interpolation (`${...}`). The user's own command line is not checked here: it may name anything.
 """
 
@@ -22,12 +22,13 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning import models
-from cifar_lightning.errors import UserError
-from cifar_lightning.validation import check_arguments, check_target
+from cifar_lightning.blocks import models
+from cifar_lightning.blocks.checks import check_arguments, check_target
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import ImageClassifier
 
 MODEL_CONFIGS = ("net", "augmentation", "optimizer", "scheduler")  # the hyperparameters that name what to build
-DATA_TARGET = "cifar_lightning.data.ImageDataModule"
+DATA_TARGET = "cifar_lightning.blocks.data.ImageDataModule"
 # What a data config read from a run folder is built with (evaluate, resume): its root may name any folder, so it
 # is never downloaded there; the data it names missing, the user chooses data= on the command line
 RECORDED_DATA = {"download": False}
@@ -43,10 +44,10 @@ def built_in_modules(kind: str) -> list[str]:
     """The modules whose classes and functions a `kind` config (net, augmentation, optimizer, scheduler) read from
     disk may name without trusted_modules."""
     return {
-        "net": [f"cifar_lightning.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)],
-        "augmentation": ["cifar_lightning.augment"],
-        "optimizer": ["torch.optim", "cifar_lightning.optim"],
-        "scheduler": ["torch.optim.lr_scheduler", "cifar_lightning.schedules"],
+        "net": [f"cifar_lightning.blocks.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)],
+        "augmentation": ["cifar_lightning.blocks.augment"],
+        "optimizer": ["torch.optim", "cifar_lightning.blocks.optim"],
+        "scheduler": ["torch.optim.lr_scheduler", "cifar_lightning.blocks.schedules"],
     }[kind]
 
 
@@ -92,8 +93,6 @@ def check_model_config(config: Any, kind: str, where: str, trusted_modules: Sequ
 
 def check_hyperparameters(hparams: Any, trusted_modules: Sequence[str] = ()) -> None:
     """What ImageClassifier(**hparams) would be given, checked (see the module's docstring)."""
-    from cifar_lightning.module import ImageClassifier  # the module imports the data, which imports nothing of ours
-
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
         raise UserError("its hyper_parameters are not a mapping of names to values")
     for name in MODEL_CONFIGS:
@@ -125,11 +124,11 @@ RUN_MODULES = (
     "lightning.pytorch.loggers",
     "lightning.pytorch.profilers",
     "lightning.pytorch.strategies",
-    "cifar_lightning.callbacks",
-    "cifar_lightning.checkpoints",
-    "cifar_lightning.data",
-    "cifar_lightning.loggers",
-    "cifar_lightning.module",
+    "cifar_lightning.blocks.callbacks",
+    "cifar_lightning.store.checkpoints",
+    "cifar_lightning.blocks.data",
+    "cifar_lightning.blocks.loggers",
+    "cifar_lightning.blocks.module",
 )
 REFERENCE = re.compile(r"\$\{(\.*[A-Za-z_][\w.]*)\}")  # ${epochs}, ${optimizer.lr}, ${.accelerator}
 RESOLVERS = ("${fastest_precision:${.accelerator}}",)  # the project's own, which only reads the hardware

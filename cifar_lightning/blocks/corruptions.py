@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cifar_lightning.augment import crop
+from cifar_lightning.blocks.augment import crop
 
 
 def _power_of_two_at_least(n: int) -> int:

@@ -30,9 +30,6 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
-from omegaconf import OmegaConf
-
-from cifar_lightning.errors import UserError
 
 STAMP = "%Y-%m-%d_%H-%M-%S"
 
@@ -222,86 +219,3 @@ def claim(parent: str | Path) -> RunFolder:
             return RunFolder(folder)
         except FileExistsError:
             continue
-
-
-def newest(outputs: Path, name: str) -> RunFolder | None:
-    """The run under `outputs` that started last among those holding checkpoints/<name>.ckpt."""
-    runs = [RunFolder(p.parent.parent) for p in Path(outputs).glob(f"**/checkpoints/{name}.ckpt")]
-    return max(runs, key=lambda run: (run.started, str(run.path)), default=None)
-
-
-def named(value: str, outputs: Path) -> Path:
-    """A run folder or checkpoint as ckpt= or resume= names it: a path, or mlflow:RUN_ID, the folder of that MLflow
-    run in the store of the runs root `outputs` (tracking.run_folder, which raises UserError when it has none)."""
-    from cifar_lightning import tracking  # imported here: tracking writes through this module
-
-    if value.startswith(tracking.PREFIX):
-        return tracking.run_folder(value.removeprefix(tracking.PREFIX), Path(outputs))
-    return Path(value)
-
-
-def resolve(ckpt: str, outputs: Path) -> Path:
-    """ckpt= -> a checkpoint file: best / last of the newest run under `outputs`, a .ckpt file, or a run folder
-    (its best, else its last) given as a path or as mlflow:RUN_ID. Raises UserError saying what to pass when there
-    is none."""
-    if ckpt in ("best", "last"):
-        run = newest(Path(outputs), ckpt)
-        if run is None:
-            raise UserError(
-                f"no training runs with a {ckpt}.ckpt under {outputs}/: train one first (python train.py), "
-                f"or pass ckpt=PATH"
-            )
-        return run.checkpoint(ckpt)
-    path = named(ckpt, outputs)
-    if path.is_dir():
-        run = RunFolder(path)
-        for candidate in (run.checkpoint("best"), path / "best.ckpt", run.checkpoint("last")):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"{path} holds no checkpoints/best.ckpt or last.ckpt: is it a run folder?")
-    if not path.is_file():
-        raise UserError(
-            f"checkpoint {path} does not exist: use ckpt=best, ckpt=last, a .ckpt file, a run folder or "
-            f"ckpt=mlflow:RUN_ID"
-        )
-    return path
-
-
-# ----------------------------------------------------------------------------------------- Hydra's run folder
-def register_resolvers() -> None:
-    """Hydra's run folder is chosen through these (configs/hydra/default.yaml): each new one claimed on disk, a
-    resumed run's own, and the resuming call's config beside the original. Cached, so a folder is chosen once
-    per run (Hydra copies the cache into every job of a sweep)."""
-    OmegaConf.register_new_resolver("new_dir", lambda parent: str(claim(parent).path), replace=True, use_cache=True)
-    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver("config_subdir", config_subdir, replace=True)
-
-
-def to_resume(resume: str | None, outputs: str) -> RunFolder | None:
-    """resume=RUN (a folder or mlflow:RUN_ID): RUN, if it holds a last.ckpt; resume=latest: the newest run with a
-    last.ckpt under `outputs`."""
-    if resume == "latest":
-        return newest(Path(outputs), "last")
-    if not resume:
-        return None
-    try:
-        run = RunFolder(named(resume, Path(outputs)))
-    except UserError:  # resume_config says why, once Hydra has started
-        return None
-    return run if run.checkpoint("last").is_file() else None
-
-
-def run_dir(resume: str | None, outputs: str) -> str:
-    """The run to resume, else a new folder under outputs/runs (where resume_config then finds nothing to resume,
-    rather than Hydra making a folder wherever resume= pointed)."""
-    run = to_resume(resume, outputs)
-    return str(run.path) if run else str(claim(f"{outputs}/runs").path)
-
-
-def config_subdir(resume: str | None, outputs: str = "outputs") -> str | None:
-    """.hydra for a new run; .hydra/resume_<time> beside it for a resuming call; none for a finished run, which
-    a resume leaves as it is."""
-    if not resume:
-        return ".hydra"
-    run = to_resume(resume, outputs)
-    return None if run is not None and run.finished else f".hydra/resume_{time.strftime(STAMP)}"

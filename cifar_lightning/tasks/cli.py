@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-from cifar_lightning import memory, precision
-from cifar_lightning.console import quiet
-from cifar_lightning.errors import UserError
-from cifar_lightning.runs import RunFolder
+from cifar_lightning.blocks import precision
+from cifar_lightning.blocks.console import quiet
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.runs import RunFolder
 
 REPORTED: "weakref.WeakSet[UserError]" = weakref.WeakSet()  # the errors printed in this process already
 
@@ -61,7 +61,6 @@ def run(hydra_main: Callable) -> None:
     to raise them instead (HYDRA_FULL_ERROR) and they are printed here from the exception's parts. A user who
     sets HYDRA_FULL_ERROR=1 still gets Hydra's full report."""
     quiet()
-    memory.keep_freed_memory()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return hydra_main()
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -76,13 +75,10 @@ def run(hydra_main: Callable) -> None:
         sys.exit(1)
 
 
-def run_composing(main: Callable[[], None], keep_freed_memory: bool = True) -> None:
+def run_composing(main: Callable[[], None]) -> None:
     """Calls the main of a script that composes configs itself (benchmarks/) so that a bad override or a user
-    mistake ends in one `error:` line and exit 1, as with the Hydra entry points. `keep_freed_memory=False` leaves
-    the C allocator as it comes (benchmarks/allocator.py measures the difference)."""
+    mistake ends in one `error:` line and exit 1, as with the Hydra entry points."""
     quiet()
-    if keep_freed_memory:
-        memory.keep_freed_memory()
     with exit_on_user_error():
         try:
             main()
@@ -126,7 +122,7 @@ def unknown_key(error: CompactHydraException) -> str | None:
     return f"{full_key}: {parent} has no key {key!r}: {advice} (A leading + adds a key on purpose.)"
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
