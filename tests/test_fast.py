@@ -216,3 +216,25 @@ def test_fast94_lookahead_runs_one_short_epoch_on_tiny_data_and_evaluates(tmp_pa
     assert validated == {"0", "1"}  # the half epoch at the end is validated too, so its weights can be best
     result = run_script("evaluate.py", f"ckpt={run}", "split=val", "tta=true")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "limit, accumulate, steps",
+    [
+        (4, 1, 6),  # 1.5 epochs of 4 batches
+        (0.5, 1, 22),  # half of 30 batches is 15 an epoch; 22.5 steps round to 22
+        (5, 2, 4),  # 5 batches make 3 steps of 2 (the last incomplete); 4.5 round to 4
+    ],
+)
+def test_a_limited_epoch_sets_the_run_length_and_the_schedule_in_the_batches_it_really_runs(
+    limit, accumulate, steps, tmp_path
+):
+    run = tmp_path / "run"
+    overrides = ["data=synthetic", *FAST, "epochs=1.5", "batch_size=64", "scheduler=linear_to_zero"]
+    train_run(
+        [*overrides, f"+trainer.limit_train_batches={limit}", f"trainer.accumulate_grad_batches={accumulate}"], run
+    )
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == steps
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == steps
+    assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == 0.0  # the decay ends with the run

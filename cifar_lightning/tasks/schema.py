@@ -121,8 +121,10 @@ def run_length(cfg: Any, datamodule: Any, processes: int, callbacks: Sequence[An
     against the checkpoints written, and the run's length.
     Returns that length in optimizer steps: `epochs` times the steps of an epoch, where each of `processes`
     processes trains on ceil(N / processes) images (Lightning's DistributedSampler pads the last share), its
-    loader drops an incomplete last batch, and with `trainer.accumulate_grad_batches` = k every k batches make a
-    step, the epoch's last incomplete group included. A fractional `epochs` rounds to the nearest step."""
+    loader drops an incomplete last batch, `trainer.limit_train_batches` cuts the epoch as Lightning does (a whole
+    number: at most that many batches; a fraction: that share, rounded down), and with
+    `trainer.accumulate_grad_batches` = k every k batches make a step, the epoch's last incomplete group included. A
+    fractional `epochs` rounds to the nearest step."""
     train_images = len(datamodule.splits["train"])
     if cfg.batch_size > train_images:
         raise UserError(
@@ -146,7 +148,12 @@ def run_length(cfg: Any, datamodule: Any, processes: int, callbacks: Sequence[An
                 f"callbacks.last_checkpoint, or set callbacks.model_checkpoint=null too"
             )
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
-    batches = math.ceil(train_images / processes) // cfg.batch_size
+    batches = datamodule.train_batches(processes)
+    limit = cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
     steps = round(cfg.epochs * math.ceil(batches / accumulate))
     if steps < 1:
         raise UserError(
