@@ -69,12 +69,13 @@ def test_bad_extras_are_refused(override, message):
         check_train_config(compose_train([override]), TrainOptions)
 
 
-def test_config_tree_is_printed_and_saved_unless_switched_off(tmp_path, cifar_root, capsys):
+def test_config_tree_is_saved_always_and_printed_when_asked(tmp_path, cifar_root, capsys):
     run = tmp_path / "run"
-    train_run([*FAST, f"data.root={cifar_root}", "data.verify=false"], run)
+    train_run([*FAST, f"data.root={cifar_root}", "data.verify=false", "extras.print_config=true"], run)
     tree = (run / "config_tree.txt").read_text()
     assert "model" in tree and "_target_: cifar_lightning.blocks.models.cnn.CNN" in tree and "net: ${model}" in tree
     assert "cifar_lightning.blocks.models.cnn.CNN" in capsys.readouterr().out
     quiet = tmp_path / "quiet"
-    train_run([*FAST, f"data.root={cifar_root}", "data.verify=false", "extras.print_config=false"], quiet)
-    assert not (quiet / "config_tree.txt").exists() and "models.cnn.CNN" not in capsys.readouterr().out
+    train_run([*FAST, f"data.root={cifar_root}", "data.verify=false"], quiet)
+    assert "cifar_lightning.blocks.models.cnn.CNN" in (quiet / "config_tree.txt").read_text()
+    assert "models.cnn.CNN" not in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import time
 
 import pytest
@@ -79,6 +80,19 @@ def test_a_folder_is_replaced_only_when_its_block_ends_without_error(tmp_path):
         (tmp / "a.txt").write_text("second")
         raise RuntimeError("killed halfway")
     assert (out / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.glob("eval/*")) == ["test"]
+
+
+def test_a_replaced_folder_gets_the_mode_of_any_new_folder_not_a_private_one(tmp_path):
+    run = RunFolder(tmp_path)
+    previous = os.umask(0o022)
+    try:
+        with run.replace_folder(run.eval_dir("test")):
+            pass
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(run.eval_dir("test").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE(run.eval_dir("test").stat().st_mode) == 0o755
 
 
 @pytest.mark.slow

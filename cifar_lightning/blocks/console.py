@@ -13,6 +13,18 @@ TIPS = (
     "💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]",
 )
 TIPS_LOGGER = "lightning.pytorch.utilities.rank_zero"  # the logger of Lightning's rank_zero_info
+# What Lightning reports of itself at every start, which the run's first line (tasks/train.py headline) says once in
+# the user's terms: the devices and precision, and how it computes the run's length or reloads best.ckpt to test it
+ANNOUNCEMENTS = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "Using bfloat16 Automatic Mixed Precision",
+    "Using 16bit Automatic Mixed Precision",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+    "Restoring states from the checkpoint path at",
+    "Loaded model weights from the checkpoint at",
+)
 
 
 # MLflow warns that a pyfunc model given as an object is pickled; registry.py's pickle is a reference to its class,
@@ -20,8 +32,8 @@ TIPS_LOGGER = "lightning.pytorch.utilities.rank_zero"  # the logger of Lightning
 PICKLED_MODEL = "Passing a Python object as `python_model`"
 
 
-def not_an_advertisement(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(TIPS)
+def actionable(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(TIPS + ANNOUNCEMENTS)
 
 
 def not_the_pickled_model_warning(record: logging.LogRecord) -> bool:
@@ -30,7 +42,7 @@ def not_the_pickled_model_warning(record: logging.LogRecord) -> bool:
 
 def quiet() -> None:
     """Installs the filters; the entry points call it before they run (cli.run, cli.run_composing)."""
-    logging.getLogger(TIPS_LOGGER).addFilter(not_an_advertisement)  # added once however often quiet() runs
+    logging.getLogger(TIPS_LOGGER).addFilter(actionable)  # added once however often quiet() runs
     logging.getLogger("mlflow.pyfunc").addFilter(not_the_pickled_model_warning)
     # Lightning's own utilities/_pytree.py builds torch's deprecated LeafSpec on every fit, test and predict: only
     # a Lightning release can change that. A LeafSpec in the user's own code still warns (other module).
@@ -42,6 +54,9 @@ def quiet() -> None:
     )
     # Normalisation and augmentation live in the LightningModule on purpose (a checkpoint must carry them).
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+    # The module logs its metrics once per epoch (a log call every step costs every step), so the logging interval
+    # Lightning warns about when an epoch is shorter than it applies to nothing the project logs
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval Trainer\\(log_every_n_steps.*")
     # metrics.csv shares the run folder with .hydra/ and train.log by design
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
     # bf16-mixed keeps fp32 weights, so the model summary's fallback to 32 bits gives the right size

@@ -196,6 +196,9 @@ class RunFolder:
         `.<name>-old-*` beside it."""
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make it the one private folder of the run
         old = tmp.with_name(f".{folder.name}-old-{tmp.name.rsplit('-', 1)[-1]}")
         try:
             yield tmp

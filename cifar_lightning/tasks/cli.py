@@ -133,10 +133,10 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name=name, overrides=list(overrides))
 
 
-def config_tree(cfg: DictConfig) -> str:
+def config_tree(cfg: DictConfig, show: bool) -> str:
     """The composed config as a tree: the run's own values first, then one branch per group (model, optimizer,
-    ...) in YAML, printed with rich; returns the same as plain text, for <run>/config_tree.txt. The module's
-    branch keeps its interpolations (net: ${model}, ...): resolved, it would repeat four groups."""
+    ...) in YAML, printed with rich when `show`; returns the same as plain text, for <run>/config_tree.txt. The
+    module's branch keeps its interpolations (net: ${model}, ...): resolved, it would repeat four groups."""
     tree = Tree("[bold]config", guide_style="dim")
     values = {k: v for k, v in cfg.items() if not isinstance(v, DictConfig)}
     tree.add("[bold]run").add(Syntax(OmegaConf.to_yaml(values, resolve=True).strip(), "yaml", theme="ansi_dark"))
@@ -147,5 +147,6 @@ def config_tree(cfg: DictConfig) -> str:
             tree.add(f"[bold]{key}").add(Syntax(text, "yaml", theme="ansi_dark"))
     console = Console(record=True, file=io.StringIO(), width=120)
     console.print(tree)
-    Console().print(tree)
+    if show:
+        Console().print(tree)
     return console.export_text()

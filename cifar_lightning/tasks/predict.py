@@ -48,7 +48,9 @@ class PredictOptions:
 def predict(cfg: DictConfig) -> list[dict]:
     """Prints each image's top classes (and writes them as CSV with csv=PATH); returns them."""
     check_arguments(PredictOptions, {k: plain(v) for k, v in cfg.items() if k != "trainer"}, "")
-    model = load_model(resolve(str(cfg.ckpt), Path(cfg.outputs)), cfg.get("trusted_modules") or ())
+    checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
+    model = load_model(checkpoint, cfg.get("trusted_modules") or ())
+    print(f"checkpoint {checkpoint}")
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in find_images(str(cfg.images)):

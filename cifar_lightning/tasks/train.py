@@ -38,7 +38,7 @@ def instantiate_all(configs: DictConfig | dict | None) -> list:
 
 
 def print_config(cfg: DictConfig) -> bool:
-    return (cfg.get("extras") or {}).get("print_config", True)
+    return (cfg.get("extras") or {}).get("print_config", False)
 
 
 def build(cfg: DictConfig, resumed: bool = False) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
@@ -155,12 +155,13 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     rank = rank_zero_only.rank  # type: ignore[attr-defined]  # set on the function by Lightning, not in its type
     if rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
         logging.getLogger("cifar_lightning").setLevel(logging.WARNING)
-    tree = config_tree(cfg) if print_config(cfg) and rank == 0 else None
+    tree = config_tree(cfg, show=print_config(cfg)) if rank == 0 else None
     datamodule, module, trainer = build(cfg, resumed=resume_from is not None)
     if trainer.is_global_zero:
         run.mark_started()
         if tree:  # written once nothing has refused the config: a refused run leaves no checkpoints or tree
             run.write("config_tree.txt", tree)
+        log.info("%s", headline(cfg, module, trainer, resume_from))
         tracking.start(trainer.loggers, cfg)
     if resume_from:
         last = read_last(resume_from, cfg.get("trusted_modules") or ())
@@ -208,6 +209,22 @@ def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
             run.path,
         )
     return summary
+
+
+def headline(cfg: DictConfig, module: ImageClassifier, trainer: L.Trainer, resume_from: Path | None) -> str:
+    """The run in one line: what trains on what, how long, how, on which device, and where it writes."""
+    net = type(module.net).__name__
+    parameters = sum(p.numel() for p in module.net.parameters())
+    optimizer = str(cfg.optimizer._target_).rsplit(".", 1)[-1]
+    lr = f" lr {cfg.optimizer.lr:g}" if cfg.optimizer.get("lr") is not None else ""
+    scheduler = "" if cfg.scheduler is None else f", {str(cfg.scheduler._target_).rsplit('.', 1)[-1]}"
+    what = f"resuming from {resume_from}" if resume_from else "training"
+    epochs = f"{cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}"
+    return (
+        f"{what}: {net} ({parameters / 1e6:.2f} M parameters), {epochs} of batch {cfg.batch_size}, "
+        f"{optimizer}{lr}{scheduler}, {trainer.precision} on "
+        f"{trainer.strategy.root_device.type} x {trainer.world_size} -> {cfg.paths.output_dir}"
+    )
 
 
 def best_checkpoint(trainer: L.Trainer) -> BestCheckpoint | ModelCheckpoint | None:
