@@ -310,6 +310,24 @@ def recipe_sections(rows: list[dict], hardware: bool) -> list[str]:
     return out
 
 
+def headline(rows: list[dict]) -> list[str]:
+    """One row per recipe and precision measured over several seeds: its mean ± std on validation and on the exact
+    test images, its training PFLOP and the command, before the per-run tables."""
+    means = [r for r in rows if r["kind"] == "run" and r["recipe"] in RECIPES and "mean" in r["seed"]]
+    exact = {r["run"]: r["accuracy"] for r in rows if r["kind"] == "eval" and r["data"] == "data-exact"}
+    body = [
+        [f"`{r['recipe']}`", r["precision"], r["seed"].split(" ")[0], r["best_val_acc"], exact.get(r["id"], ""),
+         r["training_pflop"], code(r["command"])]
+        for r in sorted(means, key=lambda r: (order(r["recipe"]), r["precision"]))
+    ]  # fmt: skip
+    if not body:
+        return []
+    header = ["recipe", "precision", "seeds", "validation", "exact test", "training PFLOP", "command"]
+    return ["## Recipes", "", "Means ± std over seeds; each recipe's runs and evaluations are listed below.", ""] + [
+        *table(header, body)
+    ]
+
+
 def corruption_section(rows: list[dict]) -> list[str]:
     """Accuracy per corruption (mean of its severities), one column per evaluation that recorded it."""
     evals = [r for r in rows if r["mca_per_corruption"]]
@@ -343,7 +361,7 @@ def render(csv_path: Path, speed_path: Path, out: Path) -> None:
     hardware = sorted({r["hardware"] for r in rows + speed if r["hardware"]})
     if len(hardware) == 1:
         lines += [f"Hardware of every row: {hardware[0]}.", ""]
-    lines += recipe_sections(rows, len(hardware) > 1) + corruption_section(rows)
+    lines += headline(rows) + recipe_sections(rows, len(hardware) > 1) + corruption_section(rows)
     if speed:
         lines += [
             "## Speed",

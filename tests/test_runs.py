@@ -41,17 +41,6 @@ def test_the_newest_run_is_the_one_that_started_last_whatever_its_files_times(tm
     assert to_resume("latest", str(tmp_path)).path == newer.path  # resume=latest
 
 
-def test_runs_without_a_start_record_are_dated_by_their_folder_name(tmp_path):
-    """Folders from before run.json: the time in their name (and a sweep's job number) orders them."""
-    old = fake_run(tmp_path / "runs", "2026-01-01_10-00-00_aaaaaa")
-    new = fake_run(tmp_path / "runs", "2026-01-01_11-00-00_bbbbbb")
-    job0 = fake_run(tmp_path / "multiruns" / "2026-01-01_10-30-00_cccccc", "0")
-    job1 = fake_run(tmp_path / "multiruns" / "2026-01-01_10-30-00_cccccc", "1")
-    touch_later(old.checkpoint("best"))
-    assert old.started < job0.started < job1.started < new.started
-    assert newest(tmp_path, "best").path == new.path
-
-
 def test_a_run_records_its_start_once(tmp_path):
     run = claim(tmp_path)
     before = time.time()

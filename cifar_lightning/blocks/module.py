@@ -240,9 +240,6 @@ class ImageClassifier(L.LightningModule):
             self.log(f"{stage}/{name}", metric.compute(), prog_bar=True, sync_dist=True)
             metric.reset()
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))  # checkpoints from before calibration
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning writes an epoch's rows to metrics.csv only after its checkpoints: a run killed in between resumes
         # with them from here (tasks/resume.py)

@@ -137,13 +137,6 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
         return loss
 
-    def __setstate__(self, state: dict) -> None:
-        """Groups saved before an option existed (an older run's checkpoint, resumed) get its default."""
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key in ("norm_every", "norm_every_end", "total_steps", "ns_coefficients"):
-                group.setdefault(key, self.defaults[key])
-
     @staticmethod
     def _renormalises(group: dict, state: dict, step: int) -> bool:
         """Whether the filter whose `state` this is is renormalised before optimizer step `step` (from 1). A fixed

@@ -20,13 +20,11 @@ import contextlib
 import csv
 import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -121,18 +119,12 @@ class RunFolder:
 
     @property
     def started(self) -> float:
-        """When the run started (seconds since the epoch): run.json's record, else the time in the folder's name
-        (runs from before run.json existed), else 0. Never a file's modification time, which rewriting a
-        checkpoint (evaluate.py calibrate=true) moves."""
+        """When the run started (seconds since the epoch): run.json's record, else 0. Never a file's modification
+        time, which rewriting a checkpoint (evaluate.py calibrate=true) moves."""
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             started = json.loads((self.path / "run.json").read_text())["started"]
             if isinstance(started, (int, float)) and not isinstance(started, bool):
                 return float(started)
-        for name in (self.path.name, self.path.parent.name):  # a sweep's job folder is named by its number
-            match = re.match(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", name)
-            if match:
-                offset = int(self.path.name) * 1e-6 if self.path.name.isdigit() else 0.0  # jobs in order
-                return datetime.strptime(match.group(), STAMP).timestamp() + offset
         return 0.0
 
     def summary_values(self) -> dict:

@@ -40,10 +40,6 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     # the runs root (MLflow's store) is the command's or the one the folder lies in, never what its config says
     root = cfg.paths.root if any(o.startswith("paths.root=") for o in overrides) else run.root or cfg.paths.root
     config = run_config(run.config, run.path, root, trusted)  # from disk: checked before anything is built from it
-    csv_logger = (config.get("logger") or {}).get("csv")
-    if csv_logger is not None and csv_logger.get("_target_") == "lightning.pytorch.loggers.CSVLogger":
-        # a run from before the project's CSVLogger: Lightning's would delete the rows it has
-        csv_logger["_target_"] = "cifar_lightning.blocks.loggers.CSVLogger"
     config.resume = None
     config.trusted_modules = trusted
     config.trial = cfg.get("trial")  # the trial the resumed run now reports to, if a sweeper gave one; else none

@@ -227,12 +227,9 @@ def headline(cfg: DictConfig, module: ImageClassifier, trainer: L.Trainer, resum
     )
 
 
-def best_checkpoint(trainer: L.Trainer) -> BestCheckpoint | ModelCheckpoint | None:
-    """What writes best.ckpt: BestCheckpoint, or in a run started before it (resumed with its own config) the
-    ModelCheckpoint that watches a metric; None with callbacks.model_checkpoint=null."""
-    checkpoints = trainer.checkpoint_callbacks
-    best = next((c for c in checkpoints if isinstance(c, BestCheckpoint)), None)
-    return best or next((c for c in checkpoints if isinstance(c, ModelCheckpoint) and c.monitor), None)
+def best_checkpoint(trainer: L.Trainer) -> BestCheckpoint | None:
+    """What writes best.ckpt; None with callbacks.model_checkpoint=null."""
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, BestCheckpoint)), None)
 
 
 def calibrate(
