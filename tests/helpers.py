@@ -186,3 +186,16 @@ class RecordProcess(L.Callback):
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         }
         (self.dir / f"process_rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class PoisonWeights(L.Callback):
+    """Fills the net's weights with NaN before optimizer step `step` (0: before any), so that the loss is NaN."""
+
+    def __init__(self, step: int = 0):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for parameter in module.net.parameters():
+                    parameter.fill_(float("nan"))

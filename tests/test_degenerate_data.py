@@ -1,17 +1,26 @@
 """Degenerate datasets are caught when the data module sets up: a one-line UserError that says what was wrong and
-what to do, or, for an optional test split without images, no test split and a warning."""
+what to do, or, for an optional test split without images, no test split and a warning. Degenerate statistics
+(a channel without spread) train; a batch that cannot train (one image per batch through a BatchNorm layer that sees
+1x1) is refused before the run starts; a NaN loss is blamed on its cause."""
 
+import csv
 import logging
+import math
 import pickle
 import shutil
 
 import numpy as np
 import pytest
-from conftest import write_folder
+from conftest import FAST, compose_train, run_script, train_run, write_folder
+from PIL import Image
 
 import cifar_lightning.blocks.data as data
+from cifar_lightning.blocks.callbacks import TrainingDiverged
+from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.tasks.schema import TrainOptions, check_train_config
 
 
 def setup(**kwargs) -> ImageDataModule:
@@ -156,3 +165,110 @@ def test_synthetic_data_of_one_class_is_refused(monkeypatch):
     one_class = data.make_synthetic(num_classes=1)
     monkeypatch.setattr(data, "make_synthetic", lambda **kwargs: one_class)
     refused("synthetic train data: images of one class only \\(class_0\\)", source="synthetic")
+
+
+# ------------------------------------------------------------------------------- statistics and batches
+def write_channels(root, varying, per_class=(8, 8), size=8):
+    """Two classes of size x size PNGs in which only the channels in `varying` (0 red, 1 green, 2 blue) vary from
+    image to image and pixel to pixel; the others are 0 everywhere."""
+    rng = np.random.default_rng(0)
+    for c, (name, n) in enumerate(zip(("a", "b"), per_class)):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = np.zeros((size, size, 3), np.uint8)
+            for channel in varying:
+                pixels[..., channel] = np.clip(80 * c + rng.normal(60, 20, (size, size)), 0, 255)
+            Image.fromarray(pixels).save(root / "train" / name / f"{i}.png")
+    return root
+
+
+def test_a_channel_without_spread_has_std_1_and_normalises_to_0(tmp_path):
+    mean, std = setup(source="folder", root=write_channels(tmp_path / "red", [0]), image_size=8).channel_stats()
+    assert mean[1:] == [0, 0] and std[1:] == [1, 1] and 0 < std[0] < 1
+    black = setup(source="folder", root=write_channels(tmp_path / "black", []), image_size=8)
+    assert black.channel_stats() == ([0, 0, 0], [1, 1, 1])
+
+
+@pytest.mark.parametrize(
+    "varying, per_class, overrides",
+    [
+        ([0], (8, 8), []),  # green and blue 0 everywhere
+        ([], (8, 8), []),  # all black: nothing to learn, but nothing to refuse
+        ([0, 1, 2], (9, 1), []),  # a class of a single image
+        ([0], (8, 8), ["batch_size=1"]),  # one image per batch: cnn's BatchNorm layers see 8x8 .. 2x2
+        ([0], (8, 8), ["batch_size=1", "model=mlp", "+model.in_features=192"]),  # no BatchNorm
+    ],
+)
+def test_degenerate_images_train_to_the_end(tmp_path, varying, per_class, overrides):
+    root = write_channels(tmp_path / "data", varying, per_class)
+    run = tmp_path / "run"
+    summary = train_run(
+        [*FAST, "data=folder", f"data.root={root}", "data.image_size=8", "data.val_size=0", "batch_size=4",
+         *overrides],
+        run,
+    )  # fmt: skip
+    assert summary["epochs"] == 1 and (run / "checkpoints" / "best.ckpt").is_file()
+    with open(run / "metrics.csv") as f:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+
+
+@pytest.mark.parametrize(
+    "model, image_size, layer",
+    [("resnet18", 8, "net.9.residual.1"), ("cnn", 4, "net.4.1"), ("cnn", 8, None), ("resnet18", 32, None)],
+)
+def test_one_image_per_batch_is_refused_where_a_batch_norm_layer_sees_1x1(model, image_size, layer):
+    def check(batch_size):
+        overrides = [*FAST, "data=synthetic", f"data.image_size={image_size}", f"model={model}"]
+        check_train_config(compose_train([*overrides, f"batch_size={batch_size}"]), TrainOptions)
+
+    check(2)  # two images always give two values per channel
+    if layer is None:
+        check(1)
+        return
+    with pytest.raises(UserError) as error:
+        check(1)
+    assert str(error.value) == (
+        f"batch_size=1 with {image_size}x{image_size} images: the net's BatchNorm layer {layer} sees 1x1 inputs, so "
+        "one image per batch gives it a single value per channel in training, and BatchNorm needs at least 2; raise "
+        "batch_size to 2 or more (it is per process under DDP)"
+    )
+
+
+def test_a_batch_norm_batch_that_cannot_train_is_one_line_before_the_run(tmp_path):
+    root = write_channels(tmp_path / "data", [0, 1, 2])
+    result = run_script("train.py", "data=folder", f"data.root={root}", "data.image_size=8", "model=resnet18",
+                        "batch_size=1", f"paths.root={tmp_path / 'outputs'}")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: batch_size=1 with 8x8 images: the net's BatchNorm")
+    assert not any((tmp_path / "outputs").rglob("*.*"))  # no run folder with files left behind
+
+
+@pytest.mark.parametrize(
+    "key, values",
+    [("std", [0.2, 0.0, 0.2]), ("std", [0.2, math.nan, 0.2]), ("std", [math.inf] * 3), ("mean", [math.nan] * 3),
+     ("mean", [0.5, -math.inf, 0.5])],
+)  # fmt: skip
+def test_normalisation_constants_that_are_not_finite_are_refused_before_training(key, values):
+    with pytest.raises(UserError, match=rf"^module\.{key}=\[.*\] must be"):
+        ImageClassifier(net={"_target_": "torch.nn.Identity"}, optimizer={}, class_names=["a", "b"], **{key: values})
+    with pytest.raises(UserError, match=rf"^hyper_parameters\.{key}="):  # a checkpoint's, at the gate (trust.py)
+        check_arguments(ImageClassifier, {key: values}, "hyper_parameters")
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        (0, "training failed: the loss was nan at epoch 0, step 0, the first batch, before any optimizer step, so the "
+            "learning rate is not the cause: "),
+        (2, "training diverged: the loss was nan at epoch 0, step 2 (learning rate "),
+    ],
+)  # fmt: skip
+def test_a_nan_loss_names_its_likely_cause_and_no_checkpoint_it_did_not_save(tmp_path, step, message):
+    poison = ["+callbacks.poison._target_=helpers.PoisonWeights", f"+callbacks.poison.step={step}"]
+    with pytest.raises(TrainingDiverged) as error:
+        train_run([*FAST, "data=synthetic", "callbacks.divergence_guard.every_n_steps=1", *poison], tmp_path / "run")
+    text = str(error.value)
+    assert text.startswith(message) and text.endswith("; no checkpoint was saved") and "\n" not in text
+    assert ("lower optimizer.lr" in text) == (step > 0)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -123,6 +123,7 @@ def test_divergence_stops_within_the_epoch_and_keeps_the_best_checkpoint(tmp_pat
     assert last.startswith("error: training diverged") and "lower optimizer.lr" in last
     assert "at epoch 1, step" in last  # inside the epoch that blew up, not at its end
     best = tmp_path / "checkpoints" / "best.ckpt"
+    assert f"the checkpoints saved so far are kept ({best}, " in last  # best.ckpt and last.ckpt, named
     assert torch.load(best, weights_only=True)["epoch"] == 0
     evaluated = run_script("evaluate.py", f"ckpt={best}", "split=val")
     assert evaluated.returncode == 0, evaluated.stderr[-1000:]

@@ -2,6 +2,7 @@
 
 import copy
 import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import lightning as L
@@ -26,10 +27,17 @@ class TrainingDiverged(UserError):
 
 class DivergenceGuard(L.Callback):
     """Stops the run as soon as the training loss is NaN or infinite, instead of finishing the epoch on
-    garbage weights. The check reads the loss back from the device, so on a GPU it runs every few steps."""
+    garbage weights. The check reads the loss back from the device, so on a GPU it runs every few steps.
+    Its message tells a loss that diverged (after optimizer steps: the learning rate is a likely cause) from one
+    that was never finite (on the first batch, before any step: the data or the net, not the learning rate), and
+    names the checkpoints saved so far, if any."""
 
     def __init__(self, every_n_steps: Annotated[int, Ge(1)] = 10):
         self.every_n_steps = every_n_steps
+        self.steps_before = 0  # optimizer steps taken before the batch under way
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
+        self.steps_before = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
@@ -38,11 +46,28 @@ class DivergenceGuard(L.Callback):
             return
         loss = float(outputs["loss"])
         if not math.isfinite(loss):
-            lr = trainer.optimizers[0].param_groups[0]["lr"]
-            raise TrainingDiverged(
-                f"training diverged: the loss became {loss} at epoch {trainer.current_epoch}, step {batch_idx} "
-                f"(learning rate {lr:.3g}); try a lower optimizer.lr. The best checkpoint so far is kept."
+            raise TrainingDiverged(self.message(trainer, loss, batch_idx))
+
+    def message(self, trainer: L.Trainer, loss: float, batch_idx: int) -> str:
+        """What went wrong, where, the likely cause, and what is kept: one line."""
+        where = f"the loss was {loss} at epoch {trainer.current_epoch}, step {batch_idx}"
+        saved = sorted(
+            {
+                path
+                for c in trainer.checkpoint_callbacks
+                for path in (getattr(c, "best_model_path", ""), getattr(c, "last_model_path", ""))
+                if path and Path(path).is_file()
+            }
+        )
+        kept = f"the checkpoints saved so far are kept ({', '.join(saved)})" if saved else "no checkpoint was saved"
+        if self.steps_before == 0:
+            return (
+                f"training failed: {where}, the first batch, before any optimizer step, so the learning rate is not "
+                f"the cause: the net's output on these images is not finite (debug=default turns on anomaly "
+                f"detection, which names the operation); {kept}"
             )
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        return f"training diverged: {where} (learning rate {lr:.3g}); try a lower optimizer.lr; {kept}"
 
 
 class Lookahead(L.Callback):

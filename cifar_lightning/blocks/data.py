@@ -428,9 +428,12 @@ class ImageDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training split, on the 0..1 scale."""
+        """Per-channel mean and std of the training split, on the 0..1 scale. A channel without spread (the same
+        value in every pixel of every image, e.g. green and blue of red-only images; or a single pixel, whose std
+        is NaN) gets std 1: it normalises to 0, a legitimate input, where dividing by 0 would give NaN."""
         x = self.splits["train"].images.float().div_(255)
-        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+        std = x.std(dim=(0, 2, 3))
+        return x.mean(dim=(0, 2, 3)).tolist(), torch.where(std > 0, std, 1.0).tolist()
 
     def training_images(self, count: int) -> torch.Tensor:
         """The first `count` training images (uint8), for nets that initialise from the data."""

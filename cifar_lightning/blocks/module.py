@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from annotated_types import Ge, Interval
+from annotated_types import Ge, Gt, Interval
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
+from cifar_lightning.blocks.checks import check_value
 from cifar_lightning.blocks.data import Batch
 
 # 0: the image alone; 1: the mean with its mirror image; 2 (airbench): half that, half the same over the image
@@ -27,6 +28,9 @@ from cifar_lightning.blocks.data import Batch
 TTA = Annotated[Literal[0, 1, 2], "must be 0 (off), 1 (mirror) or 2 (six views)"]
 VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image of each TTA level
 TTA_FRACTION = Annotated[float, Interval(gt=0, le=1), "must be a share in (0, 1]: 1 gives every image the TTA views"]
+# the normalisation (the training split's channel statistics, data.channel_stats): images are divided by the std
+MEAN = Annotated[Sequence[Annotated[float, Interval(ge=0, le=1)]], "must be a number from 0 to 1 per channel"]
+STD = Annotated[Sequence[Annotated[float, Gt(0)]], "must be a finite number above 0 per channel (it divides)"]
 
 
 def forward_passes_per_image(tta: int, tta_fraction: float) -> float:
@@ -59,8 +63,8 @@ class ImageClassifier(L.LightningModule):
         scheduler: dict | None = None,
         augmentation: dict | None = None,
         class_names: Sequence[str] = (),
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.25, 0.25, 0.25),
+        mean: MEAN = (0.5, 0.5, 0.5),
+        std: STD = (0.25, 0.25, 0.25),
         image_size: Annotated[int, Ge(1)] = 32,
         label_smoothing: Annotated[float, Interval(ge=0, lt=1)] = 0.0,
         loss_reduction: Annotated[Literal["mean", "sum"], "must be mean or sum"] = "mean",
@@ -74,7 +78,8 @@ class ImageClassifier(L.LightningModule):
             net, optimizer, scheduler, augmentation: configs with a `_target_` (the optimizer and scheduler
                 `_partial_`); the net is built with `num_classes=len(class_names)`.
             class_names: the data's classes, in label order.
-            mean, std: per-channel normalisation on the 0..1 scale (the training split's).
+            mean, std: per-channel normalisation on the 0..1 scale (the training split's); checked here, before
+                any training: a std of 0 or a NaN would make every loss NaN, which no learning rate causes.
             image_size: height and width of the images, in pixels.
             label_smoothing: of the training loss (Szegedy et al., 2016).
             loss_reduction: "sum" makes the gradient grow with the batch (airbench).
@@ -87,6 +92,8 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         net, optimizer, scheduler, augmentation = map(plain, (net, optimizer, scheduler, augmentation))
         class_names, mean, std = list(class_names), list(mean), list(std)
+        check_value("module.mean", mean, MEAN)
+        check_value("module.std", std, STD)
         self.save_hyperparameters()
         self.net = instantiate(net, num_classes=len(class_names))
         self.augment = instantiate(augmentation) if augmentation else None

@@ -5,7 +5,7 @@ that need several values together, once before the data loads (check_train_confi
 import inspect
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -103,6 +103,44 @@ def _build_small(cfg: Any, image_size: int) -> None:
         module.optimizer_and_schedule(total_steps=10)
     except Exception as e:  # any constructor's refusal of a user's value
         raise refused(group, e) from None
+    _check_batch_norm(module.net, cfg.batch_size, image_size)
+
+
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def _check_batch_norm(net: torch.nn.Module, batch_size: int, image_size: int) -> None:
+    """Refuses batch_size=1 for a net with a BatchNorm layer whose input is 1x1: in training BatchNorm normalises
+    each channel over the batch's values of it (images x positions), and needs more than one. Every training batch
+    holds batch_size images, in each process under DDP too (the loader drops an incomplete last batch). The
+    positions are counted on one image, in eval mode (nothing learnt, running statistics unchanged)."""
+    if batch_size > 1:  # two images give every channel two values or more
+        return
+    positions: dict[str, int] = {}
+
+    def count(name: str) -> Callable:
+        def hook(layer: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:  # None: the inputs unchanged
+            positions[name] = inputs[0][0].numel() // inputs[0].shape[1]
+
+        return hook
+
+    layers = [(name, layer) for name, layer in net.named_modules() if isinstance(layer, BATCH_NORMS)]
+    hooks = [layer.register_forward_pre_hook(count(name)) for name, layer in layers]
+    training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+    starved = [name for name, n in positions.items() if n == 1]
+    if starved:
+        raise UserError(
+            f"batch_size=1 with {image_size}x{image_size} images: the net's BatchNorm layer net.{starved[0]} sees "
+            f"1x1 inputs, so one image per batch gives it a single value per channel in training, and BatchNorm "
+            f"needs at least 2; raise batch_size to 2 or more (it is per process under DDP)"
+        )
 
 
 def refused(group: str, error: Exception) -> UserError:
