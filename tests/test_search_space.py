@@ -6,7 +6,7 @@ from conftest import run_script
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from cifar_lightning.blocks.errors import UserError
-from cifar_lightning.tasks.sweepers import search_space
+from cifar_lightning.tasks.search_space import search_space
 
 REFUSED = [
     ("optimizer.lr=tag(log, interval(0, 0.01))", "low > 0 must hold for log=True"),

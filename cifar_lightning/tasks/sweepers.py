@@ -23,8 +23,7 @@ these classes the names configs/hydra/sweeper/ use.
 import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,7 @@ import yaml
 # Hydra's grid sweeper is not exported anywhere but its core plugins (hydra._internal.core_plugins, where Hydra itself
 # finds it); subclassed here rather than rewritten, so grid sweeps stay exactly Hydra's
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
-from hydra.errors import OverrideParseException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -46,6 +42,7 @@ from cifar_lightning.blocks.pruning import build_pruner, open_storage, optuna_ob
 from cifar_lightning.store.runs import RunFolder, sweep_root
 from cifar_lightning.store.trust import run_config
 from cifar_lightning.tasks.schema import LOWER_IS_BETTER
+from cifar_lightning.tasks.search_space import search_space
 
 log = logging.getLogger(__name__)
 
@@ -225,72 +222,6 @@ class GridSweeper(ResumableSweep, BasicSweeper):
 
 
 # ------------------------------------------------------------------------------------------------ Optuna
-def search_space(arguments: Sequence[str], params: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Optuna distributions of the sweep overrides in Hydra's grammar (the config's `params`, key -> sweep, then
-    the command line's `arguments`), and the other overrides (passed to every job as written). A later override of
-    a key replaces an earlier one. choice(a, b) -> categorical; range(a, b[, step]) -> int/float steps over
-    Hydra's values (b excluded; a descending range is the same set); interval(a, b) -> uniform float,
-    int(interval(a, b)) -> uniform int, tag(log, ...) -> log scale.
-
-    Raises:
-        UserError: one line naming the override (hydra.sweeper.params.KEY=... for the config's) and the rule it
-            breaks: Optuna's distributions judge what Optuna can search (a log scale from 0, a reversed interval,
-            an empty choice or range, ...)."""
-    lines = [(f"{k}={v}", "hydra.sweeper.params.") for k, v in (params or {}).items()] + [(a, "") for a in arguments]
-    by_key: dict[str, tuple[Override, str]] = {}
-    for line, origin in lines:
-        try:
-            (override,) = OverridesParser.create().parse_overrides([line])
-        except OverrideParseException as e:
-            why = [part for part in str(e).splitlines()[1:] if part.strip() and not part.startswith("See ")]
-            raise UserError(f"{origin}{line}: {' '.join(why) or e}") from None
-        by_key.pop(override.get_key_element(), None)
-        by_key[override.get_key_element()] = (override, origin)
-    space: dict[str, Any] = {}
-    fixed: list[str] = []
-    for key, (override, origin) in by_key.items():
-        assert override.input_line is not None  # parsed from a line
-        if not override.is_sweep_override():
-            fixed.append(override.input_line)
-            continue
-        try:
-            space[key] = distribution(override)
-        except ValueError as e:  # Optuna's constructors name the rule that is broken
-            rule = str(e).replace("`", "").rstrip(".")
-            raise UserError(f"{origin}{override.input_line} is not a search space Optuna takes: {rule}") from None
-    return space, fixed
-
-
-def distribution(override: Override) -> Any:
-    """The Optuna distribution of one sweep override (see search_space). ValueError if Optuna refuses it."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    value = override.value()
-    if isinstance(value, RangeSweep) and value.step == 0:  # Hydra would refuse to count its values in a traceback
-        raise ValueError("its step must not be 0")
-    if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
-        choices: list[Any] = list(override.sweep_iterator(transformer=Transformer.encode))
-        return CategoricalDistribution(choices)
-    if isinstance(value, RangeSweep):
-        values = list(override.sweep_iterator())
-        if not values:
-            raise ValueError("the range has no values (its end must lie beyond its start in the step's direction)")
-        # the ends counted in decimals: Hydra's float steps add up rounding errors (range(0, 1, 0.3) ends at
-        # 0.8999999999999999), for which Optuna would drop the last step
-        start, step = Decimal(str(value.start)), Decimal(str(value.step or 1))
-        first, last = sorted((start, start + (len(values) - 1) * step))
-        if all(isinstance(v, int) for v in values):
-            return IntDistribution(int(first), int(last), step=int(abs(step)))
-        return FloatDistribution(float(first), float(last), step=float(abs(step)))
-    if isinstance(value, IntervalSweep):
-        low, high, log_scale = value.start, value.end, "log" in value.tags
-        assert low is not None and high is not None  # Hydra's grammar has no open interval
-        if isinstance(low, int) and isinstance(high, int):
-            return IntDistribution(low, high, log=log_scale)
-        return FloatDistribution(float(low), float(high), log=log_scale)
-    raise ValueError("the Optuna sweeper searches choice(), range() and interval() sweeps")
-
-
 def tell(study: Any, trial: Any, **result: Any) -> None:
     """study.tell(trial, **result). A GridSampler whose grid is done stops the study as it is told the last
     trial, which Optuna refuses outside study.optimize() by a RuntimeError raised after the trial is stored."""
