@@ -15,7 +15,7 @@ precision.register_resolver()
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with exit_on_user_error():
+    with exit_on_user_error(training=True):
         overrides = OmegaConf.to_container(HydraConfig.get().overrides.task)  # as typed: ${...} in them unresolved
         assert isinstance(overrides, list)  # of a ListConfig
         return train_or_resume(cfg, overrides)  # returned for sweepers to optimise

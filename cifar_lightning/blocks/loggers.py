@@ -6,6 +6,7 @@ columns sorted, the header rewritten when a column first appears) and continues 
 task cuts it to the epochs the resumed checkpoint completed first (runs.RunFolder.keep_metrics).
 """
 
+import contextlib
 import csv
 import os
 from argparse import Namespace
@@ -61,7 +62,8 @@ class CSVLogger(Logger):
     @rank_zero_only
     def save(self) -> None:
         """Appends the rows logged since the last save; a column seen for the first time rewrites the file under
-        the new header."""
+        the new header. A failed write (a full disk) leaves the file as it was, keeps the rows for the next save
+        and raises its OSError, naming the file."""
         if not self.rows:
             return
         path = self.metrics_file
@@ -71,24 +73,50 @@ class CSVLogger(Logger):
                 with open(path, newline="") as f:
                     self.keys = list(csv.DictReader(f).fieldnames or [])
         new = set().union(*self.rows) - set(self.keys)
-        if new:
-            self.keys = sorted([*self.keys, *new])
-            if path.is_file():
-                with open(path, newline="") as f:
-                    earlier = list(csv.DictReader(f))
-                with open(path, "w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=self.keys)
-                    writer.writeheader()
-                    writer.writerows(earlier)
-        exists = path.is_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a" if exists else "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.keys)
-            if not exists:
+        keys = sorted([*self.keys, *new]) if new else self.keys
+        try:
+            if new and path.is_file():
+                self._rewrite(path, keys)
+            else:
+                self._append(path, keys)
+        except OSError as e:
+            e.filename = str(path)  # a failed write names no file
+            raise
+        self.keys, self.rows = keys, []
+
+    def _rewrite(self, path: Path, keys: list[str]) -> None:
+        """The file's rows and the new ones under the header `keys`, written beside it and renamed into place."""
+        with open(path, newline="") as f:
+            earlier = list(csv.DictReader(f))
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
                 writer.writeheader()
-            writer.writerows(self.rows)
-        self.rows = []
+                writer.writerows([*earlier, *self.rows])
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _append(self, path: Path, keys: list[str]) -> None:
+        """The new rows at the file's end (with the header, in a new file); cut back off if the write fails."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = path.stat().st_size if path.is_file() else 0
+        try:
+            with open(path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                if not size:
+                    writer.writeheader()
+                writer.writerows(self.rows)
+        except OSError:
+            with contextlib.suppress(OSError):  # cutting a file shorter needs no space
+                os.truncate(path, size)
+            raise
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self.save()
+        if status == "failed":  # the run's own error is the one to report, not a last save's on a full disk
+            with contextlib.suppress(OSError):
+                self.save()
+        else:
+            self.save()

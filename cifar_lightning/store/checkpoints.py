@@ -2,6 +2,8 @@
 (`torch.load(weights_only=True)` refuses pickled objects) and builds nothing its hyperparameters name before
 trust.py has checked them."""
 
+import contextlib
+import errno
 import pickle
 import shutil
 import zipfile
@@ -17,7 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier
-from cifar_lightning.store.runs import RunFolder, write_atomic
+from cifar_lightning.store.runs import write_atomic
 from cifar_lightning.store.trust import check_hyperparameters
 
 
@@ -30,19 +32,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
+# How torch.save reports a write cut short (a full disk): a RuntimeError, not an OSError (pytorch/pytorch#10577)
+TORCH_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed writing file", "file write failed")
+
+
 def save_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """A checkpoint file written through runs.write_atomic (`write(tmp)`, then renamed into place).
+    """A checkpoint file written through runs.write_atomic (`write(tmp)`, then renamed into place): a failed write
+    leaves the previous file whole, and the run stops (the entry points report it in one line, cli.write_error).
 
     Raises:
-        UserError: the write failed (disk full, quota, permissions), naming the file and how to resume."""
+        OSError: the write failed (disk full, quota, permissions), naming `path`; torch's RuntimeError for a
+            write cut short is raised as an OSError with errno EIO."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         write_atomic(path, write)
-    except OSError as e:  # the run stops, its earlier checkpoints stay whole
-        raise UserError(
-            f"could not write {path} ({e.strerror or e}); the previous {path.name} is kept: free "
-            f'space or fix the folder, then resume="{RunFolder.of_checkpoint(path).path}"'
-        ) from None
+    except RuntimeError as e:
+        if not any(text in str(e) for text in TORCH_WRITE_FAILED):
+            raise
+        raise OSError(errno.EIO, "the write was cut short: is the disk full?", str(path)) from None
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch (counted from 0) at whose end a checkpoint file was saved; None without a readable one."""
+    with contextlib.suppress(pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+        return epoch if isinstance(epoch, int) else None
+    return None
 
 
 class BestCheckpoint(Checkpoint):

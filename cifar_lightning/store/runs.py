@@ -34,11 +34,16 @@ STAMP = "%Y-%m-%d_%H-%M-%S"
 
 def write_atomic(path: Path, content: str | Callable[[Path], object]) -> None:
     """A file written beside its place (the text, or what `content(tmp)` writes into tmp) and renamed into it:
-    never seen half-written, even after a kill. Raises the OSError of a failed write; the old file stays."""
+    never seen half-written, even after a kill. Raises the OSError of a failed write (a full disk), naming `path`;
+    the old file stays."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(content) if isinstance(content, str) else content(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename in (None, str(tmp)):  # a failed write names no file, a failed open the temporary one
+            e.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -185,7 +190,7 @@ class RunFolder:
         """Yields an empty temporary folder beside `folder`; once the block ends without an error it replaces
         `folder` whole. An error while the block runs leaves the previous `folder` as it was; the swap itself is two
         renames (POSIX has no atomic exchange of folders), and a kill between them leaves the previous one as
-        `.<name>-old-*` beside it."""
+        `.<name>-old-*` beside it. An OSError of a write into the temporary folder (a full disk) names `folder`."""
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
         umask = os.umask(0)
@@ -197,6 +202,10 @@ class RunFolder:
             if folder.exists():
                 folder.rename(old)
             tmp.rename(folder)
+        except OSError as e:
+            if e.filename is None or str(e.filename).startswith(str(tmp)):  # as write_atomic: named by its place
+                e.filename = str(folder)
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)

@@ -1,10 +1,15 @@
-"""What the entry points share: user mistakes end in one line on stderr and exit code 1, no traceback."""
+"""What the entry points share: user mistakes end in one line on stderr and exit code 1, no traceback; so do files
+that cannot be written (a full disk), and a run stopped from outside (SIGTERM, Ctrl-C) ends in one line and exit
+code 128 + the signal's number."""
 
 import contextlib
 import difflib
+import errno
 import io
 import logging
 import os
+import shlex
+import signal
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from rich.console import Console
@@ -23,22 +29,37 @@ from rich.tree import Tree
 from cifar_lightning.blocks import precision
 from cifar_lightning.blocks.console import quiet
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.checkpoints import saved_epoch
 from cifar_lightning.store.runs import RunFolder
 
 REPORTED: "weakref.WeakSet[UserError]" = weakref.WeakSet()  # the errors printed in this process already
 
 
 @contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
+def exit_on_user_error(training: bool = False) -> Iterator[None]:
     """Single runs: print the message and exit 1. Under -m the error is re-raised, for Hydra to record the
-    job as failed and go on with the sweep (an exit would end every job after it)."""
+    job as failed and go on with the sweep (an exit would end every job after it). A file that cannot be written
+    (write_error) is a user error too; a stop from outside (stop_signal) exits 128 + the signal's number, under -m
+    as well: the sweep stops with it. A `training` run's line says how to resume it."""
     try:
         try:
             yield
         except OmegaConfBaseException as e:  # an interpolation that does not resolve, a key that is not there
             raise UserError(config_error(e)) from None
+        except OSError as e:
+            line = write_error(e)
+            if line is None:
+                raise
+            raise UserError(f"{line}, {resume_hint()}" if training else line) from None
+        except (KeyboardInterrupt, SystemExit) as e:
+            signum = stop_signal(e)
+            if signum is None:
+                raise
+            elsewhere = f"stopped by {signum.name} before it finished (its files are written whole or not at all)"
+            report(resume_hint(signum) if training else elsewhere)
+            sys.exit(128 + signum)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(str(e))
         REPORTED.add(e)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep's summary lists the failed job by its folder
@@ -46,6 +67,65 @@ def exit_on_user_error() -> Iterator[None]:
             logging.shutdown()  # train.log closed first
             RunFolder(HydraConfig.get().runtime.output_dir).discard_if_unused()
         sys.exit(1)
+
+
+def report(message: str) -> None:
+    """Prints `error: message` on stderr and adds the message to the log files of the run (Hydra's train.log),
+    which is what a job's user reads later; a log file that cannot be written (a full disk) is left as it is."""
+    print(f"error: {message}", file=sys.stderr)
+    record = logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR, "levelname": "ERROR", "msg": message})
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            with contextlib.suppress(OSError), open(handler.baseFilename, "a") as log_file:
+                log_file.write(handler.format(record) + "\n")
+
+
+# What to do about a file that cannot be written, by errno. EIO: torch's report of a write cut short (save_atomic)
+WRITE_ADVICE = {
+    errno.ENOSPC: "free space on its disk",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EIO: "free space on its disk or check the disk",
+    errno.EROFS: "its filesystem is read-only: choose a writable folder",
+    errno.EACCES: "fix the folder's permissions or choose another folder",
+    errno.EPERM: "fix the folder's permissions or choose another folder",
+}
+
+
+def write_error(error: OSError) -> str | None:
+    """One line for an OSError of a write (a full disk, a quota, a read-only or forbidden folder) naming the file
+    and what to do; None for other errors. The first such error of a chain is the one named: an error while
+    Lightning winds down the run (its loggers' last save) follows the one that stopped it."""
+    while isinstance(error.__context__, OSError) and error.__context__.errno in WRITE_ADVICE:
+        error = error.__context__
+    if error.errno not in WRITE_ADVICE:
+        return None
+    return f"could not write {error.filename or 'a file'} ({error.strerror or error}); {WRITE_ADVICE[error.errno]}"
+
+
+def stop_signal(error: KeyboardInterrupt | SystemExit) -> signal.Signals | None:
+    """The signal that stopped the process, told by what it raised; None for an exit of another cause. On SIGTERM
+    Lightning ends fit and test with SIGTERMException, a SystemExit without a code (exit status 0:
+    Lightning-AI/pytorch-lightning#19916); Ctrl-C raises KeyboardInterrupt, which Lightning's trainer ends in
+    sys.exit(1) inside its handler: the KeyboardInterrupt is the exit's __context__."""
+    if isinstance(error, SIGTERMException):
+        return signal.SIGTERM
+    if isinstance(error, KeyboardInterrupt) or isinstance(error.__context__, KeyboardInterrupt):
+        return signal.SIGINT
+    return None
+
+
+def resume_hint(signum: signal.Signals | None = None) -> str:
+    """For a training run (Hydra's run folder): how to resume it from the last epoch its last.ckpt holds, after a
+    write error or, with `signum`, after that signal stopped it. Epochs are counted from 0, as Lightning does."""
+    run = RunFolder(HydraConfig.get().runtime.output_dir)
+    epoch = saved_epoch(run.checkpoint("last"))
+    command = f"python train.py {shlex.quote(f'resume={run.path}')}"
+    if signum is None:
+        return "then start the run again" if epoch is None else f"then resume it from epoch {epoch}: {command}"
+    stopped = f"training stopped by {signum.name}"
+    if epoch is None:
+        return f"{stopped} before the first epoch's checkpoint was saved: nothing to resume, start the run again"
+    return f"{stopped} after epoch {epoch}, the last whose checkpoint is saved; resume it with {command}"
 
 
 def config_error(error: OmegaConfBaseException) -> str:
@@ -73,6 +153,9 @@ def run(hydra_main: Callable) -> None:
         if e not in REPORTED:  # a job in a process of its own (submitit, Slurm) printed it to its own log only
             print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C outside a job (while Hydra composes, between a sweep's jobs)
+        print("error: stopped by SIGINT", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 def run_composing(main: Callable[[], None]) -> None:
