@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier
 from cifar_lightning.store.checkpoints import load_checkpoint
-from cifar_lightning.store.locate import named
+from cifar_lightning.store.locate import nothing_to_resume
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_config
 
@@ -27,16 +27,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     if others:
         raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
     last = run.checkpoint("last")
-    if not last.is_file():
-        missing = (
-            f"no run under {cfg.paths.root}/ has a checkpoints/last.ckpt"
-            if cfg.resume == "latest"
-            else f"{RunFolder(named(cfg.resume, Path(cfg.paths.root))).checkpoint('last')} does not exist"
-        )
-        raise UserError(
-            f"resume={cfg.resume}: {missing}, so there is nothing to resume (a run folder holds .hydra/ "
-            f"and checkpoints/)"
-        )
+    if not last.is_file():  # Hydra's run folder is a new one: locate.to_resume found no run to resume
+        raise UserError(f"resume={cfg.resume}: {nothing_to_resume(cfg.resume, Path(cfg.paths.root))}")
     if not run.config.is_file():
         raise UserError(f"resume={cfg.resume}: {run.config} does not exist, so the run's config is unknown")
     trusted = list(cfg.get("trusted_modules") or ())

@@ -152,10 +152,17 @@ def train_or_resume(cfg: DictConfig, task_overrides: list[str]) -> float | None:
 
 def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     """Trains (from a checkpoint of the same run, if given), tests the best checkpoint, writes summary.json
-    into the run folder and returns the summary."""
+    into the run folder and returns the summary. The run folder is held from start to end (RunFolder.training:
+    UserError if another process trains in it); under DDP rank 0 holds it for the processes that share it."""
     check_train_config(cfg, TrainOptions)
     run = RunFolder(cfg.paths.output_dir)
     rank = rank_zero_only.rank  # type: ignore[attr-defined]  # set on the function by Lightning, not in its type
+    with run.training() if rank == 0 else contextlib.nullcontext():
+        return fit_and_test(cfg, run, rank, resume_from)
+
+
+def fit_and_test(cfg: DictConfig, run: RunFolder, rank: int, resume_from: Path | None) -> dict:
+    """train() in its held run folder, on process `rank`."""
     if rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
         logging.getLogger("cifar_lightning").setLevel(logging.WARNING)
     tree = config_tree(cfg) if print_config(cfg) and rank == 0 else None
