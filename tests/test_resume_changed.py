@@ -21,6 +21,7 @@ from mlflow.entities import ViewType
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.store import tracking
 from cifar_lightning.store.locate import resolve
+from cifar_lightning.store.runs import LOCK
 from cifar_lightning.tasks.resume import check_resumable, differences, resume_config
 from cifar_lightning.tasks.train import train_or_resume
 
@@ -64,9 +65,9 @@ def resume(run: Path) -> float | None:
 
 
 def files(run: Path) -> dict:
-    return {
-        p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.log" and ".hydra" not in p.parts
-    }
+    """The run's files and contents but its log, Hydra's records of each call and the lock (each holder's id)."""
+    kept = [p for p in run.rglob("*") if p.is_file() and p.name not in ("train.log", LOCK) and ".hydra" not in p.parts]
+    return {p: p.read_bytes() for p in kept}
 
 
 def steps_of(run: Path) -> int:

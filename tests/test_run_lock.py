@@ -149,8 +149,8 @@ def test_a_sweep_resume_does_not_take_over_a_live_job(tmp_path):
     for job in ("0", "1"):
         (sweep / job / "summary.json").unlink()  # both interrupted
     job = RunFolder(sweep / "1")
-    before = {j: files(sweep / j) for j in ("0", "1")}
     with job.training():
+        before = {j: files(sweep / j) for j in ("0", "1")}
         line = one_line(run_script("train.py", "-m", f"resume={sweep}", f"paths.root={tmp_path}", TRUSTED, env=ENV))
+        assert {j: files(sweep / j) for j in ("0", "1")} == before  # neither job resumed
     assert f"its job {job.path} is being trained by process {os.getpid()}" in line
-    assert {j: files(sweep / j) for j in ("0", "1")} == before  # neither job resumed

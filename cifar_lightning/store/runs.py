@@ -1,4 +1,5 @@
-"""The run folder: its layout, a unique claim, its age, `ckpt=best|last|PATH|RUN` and atomic writes.
+"""The run folder: its layout, a unique claim, its age, the lock of the process training in it,
+`ckpt=best|last|PATH|RUN` and atomic writes.
 
     outputs/runs/<date_time>_<6 hex>/        (outputs/multiruns/<date_time>_<6 hex>/<job>/ under -m)
       .hydra/config.yaml, overrides.yaml       the composed config (a resume adds .hydra/resume_<time>/)
