@@ -101,6 +101,7 @@ class ImageClassifier(L.LightningModule):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         # divides the logits wherever probabilities are shown (calibration.py); 1 until fitted on validation
         self.register_buffer("temperature", torch.ones(()))
+        self.total_steps: int | None = None  # the run's optimizer steps, once the trainer has counted them
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         # Per stage, so that running states never mix. Steps only update them and each epoch logs them once:
@@ -253,6 +254,8 @@ class ImageClassifier(L.LightningModule):
         checkpoint["epoch_metrics"] = {
             k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
         }
+        # the length the optimizer and schedule were built for: a resumed run must have the same (tasks/resume.py)
+        checkpoint["total_steps"] = self.total_steps
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -274,10 +277,17 @@ class ImageClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------------------------- optimization
     def configure_optimizers(self) -> Any:
-        optimizer, scheduler, interval = self.optimizer_and_schedule(int(self.trainer.estimated_stepping_batches))
+        self.total_steps = int(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler, interval = self.optimizer_and_schedule(self.total_steps)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    @staticmethod
+    def takes_run_length(hparams: dict) -> bool:
+        """Whether the optimizer or schedule these hyperparameters name is built for the run's number of optimizer
+        steps (their total_steps is null; see optimizer_and_schedule)."""
+        return any((hparams.get(k) or {}).get("total_steps", 0) is None for k in ("optimizer", "scheduler"))
 
     def optimizer_and_schedule(self, total_steps: int) -> tuple[torch.optim.Optimizer, Any, str | None]:
         """The optimizer, its schedule (or None) and the schedule's interval (step|epoch) for a run of `total_steps`

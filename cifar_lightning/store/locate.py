@@ -11,9 +11,11 @@ from cifar_lightning.store import tracking
 from cifar_lightning.store.runs import STAMP, RunFolder, claim
 
 
-def newest(outputs: Path, name: str) -> RunFolder | None:
-    """The run under `outputs` that started last among those holding checkpoints/<name>.ckpt."""
+def newest(outputs: Path, name: str, idle: bool = False) -> RunFolder | None:
+    """The run under `outputs` that started last among those holding checkpoints/<name>.ckpt (and, if `idle`, not
+    being trained by a live process: RunFolder.trained_by)."""
     runs = [RunFolder(p.parent.parent) for p in Path(outputs).glob(f"**/checkpoints/{name}.ckpt")]
+    runs = [run for run in runs if not (idle and run.trained_by())]
     return max(runs, key=lambda run: (run.started, str(run.path)), default=None)
 
 
@@ -63,16 +65,41 @@ def register_resolvers() -> None:
 
 def to_resume(resume: str | None, outputs: str) -> RunFolder | None:
     """resume=RUN (a folder or mlflow:RUN_ID): RUN, if it holds a last.ckpt; resume=latest: the newest run with a
-    last.ckpt under `outputs`."""
+    last.ckpt under `outputs`. Never a run that a live process is training (RunFolder.trained_by): Hydra would
+    write into its folder, and the resumed run train over it."""
     if resume == "latest":
-        return newest(Path(outputs), "last")
+        return newest(Path(outputs), "last", idle=True)
     if not resume:
         return None
     try:
         run = RunFolder(named(resume, Path(outputs)))
     except UserError:  # resume_config says why, once Hydra has started
         return None
-    return run if run.checkpoint("last").is_file() else None
+    return run if run.checkpoint("last").is_file() and not run.trained_by() else None
+
+
+LAYOUT = " (a run folder holds .hydra/ and checkpoints/)"
+
+
+def nothing_to_resume(resume: str, outputs: Path) -> str:
+    """Why to_resume(resume, outputs) found no run. Raises UserError of `named` for an unknown mlflow:RUN_ID."""
+    if resume == "latest":
+        live = newest(outputs, "last")
+        holder = live.trained_by() if live else None
+        if live and holder:  # then every run with a last.ckpt is live (to_resume found no idle one)
+            return (
+                f"every run under {outputs}/ with a checkpoints/last.ckpt is being trained now (the newest, "
+                f"{live.path}, by {holder}): a run is resumed once its process has ended"
+            )
+        return f"no run under {outputs}/ has a checkpoints/last.ckpt, so there is nothing to resume{LAYOUT}"
+    run = RunFolder(named(resume, outputs))
+    holder = run.trained_by()
+    if holder:
+        return (
+            f"{run.path} is being trained by {holder}: a run is resumed once its process has ended "
+            f"(wait for it, or stop it first)"
+        )
+    return f"{run.checkpoint('last')} does not exist, so there is nothing to resume{LAYOUT}"
 
 
 def run_dir(resume: str | None, outputs: str) -> str:

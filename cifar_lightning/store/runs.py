@@ -1,4 +1,5 @@
-"""The run folder: its layout, a unique claim, its age, `ckpt=best|last|PATH|RUN` and atomic writes.
+"""The run folder: its layout, a unique claim, its age, the lock of the process training in it,
+`ckpt=best|last|PATH|RUN` and atomic writes.
 
     outputs/runs/<date_time>_<6 hex>/        (outputs/multiruns/<date_time>_<6 hex>/<job>/ under -m)
       .hydra/config.yaml, overrides.yaml       the composed config (a resume adds .hydra/resume_<time>/)
@@ -11,6 +12,7 @@
       eval/<split>[_<data>]/                   evaluate.py's report, written whole or not at all
       model.onnx                               export.py's model
       mlflow_run.json                          with logger=mlflow: the MLflow run it logs to (tracking.py)
+      .lock                                    locked (flock) by the process training in the folder, with its id
 
 Everything else in the project asks this module where a file of a run lives. A run is named by its folder, or
 as mlflow:RUN_ID by the MLflow run it logged to (`named`).
@@ -18,6 +20,7 @@ as mlflow:RUN_ID by the MLflow run it logged to (`named`).
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import secrets
@@ -26,10 +29,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import yaml
 
+from cifar_lightning.blocks.errors import UserError
+
 STAMP = "%Y-%m-%d_%H-%M-%S"
+LOCK = ".lock"
+HELD: set[IO] = set()  # the lock files of the folders this process trains in
+# A process forked from a trainer (a data loader's worker) holds no run: closing its copies leaves the lock with the
+# trainer alone, so that the kernel frees it the moment the trainer dies, whatever the workers do
+os.register_at_fork(after_in_child=lambda: [lock.close() for lock in HELD])
 
 
 def write_atomic(path: Path, content: str | Callable[[Path], object]) -> None:
@@ -132,6 +143,48 @@ class RunFolder:
                 return float(started)
         return 0.0
 
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Holds the folder for this process while the block runs: an exclusive flock on its .lock file, which
+        records the process id. No other process trains in a held folder (train.py takes it as a run starts;
+        resume= passes a held one by, see trained_by); the kernel frees it when the process ends, a SIGKILL
+        too, so a killed run can be resumed at once. Under DDP one process (rank 0) holds it for all.
+
+        Raises:
+            UserError: another process, or another block of this one, holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{self.path} is being trained by {self.trained_by() or 'another process'}: a run folder is "
+                    f"trained by one process at a time; wait for it to end (or stop it), then resume={self.path}"
+                ) from None
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            HELD.add(lock)
+            try:
+                yield
+            finally:
+                HELD.discard(lock)
+
+    def trained_by(self) -> str | None:
+        """ "process <id>" while a live process holds the folder (see training), else None. Only looks: it
+        creates no file."""
+        try:
+            lock = open(self.path / LOCK)
+        except OSError:  # never held
+            return None
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = lock.read().strip()
+                return f"process {pid}" if pid.isdigit() else "another process"
+        return None
+
     def summary_values(self) -> dict:
         """summary.json as a dict ({} if it is missing or unreadable)."""
         with contextlib.suppress(OSError, ValueError):
@@ -167,13 +220,13 @@ class RunFolder:
 
     def discard_if_unused(self) -> bool:
         """Removes the folder when a run refused before it started left nothing in it but what Hydra writes first
-        (.hydra/, train.log); anything else (a start record, a checkpoint, a file of the user's) keeps it, and so
-        does a folder without .hydra/: Hydra did not make it for a run (the folder evaluate.py runs in, say).
-        Returns whether it was removed."""
+        (.hydra/, train.log) and the lock it took; anything else (a start record, a checkpoint, a file of the
+        user's) keeps it, and so does a folder without .hydra/: Hydra did not make it for a run (the folder
+        evaluate.py runs in, say). Returns whether it was removed."""
         if not self.path.is_dir() or (self.path / "run.json").exists():
             return False
         names = {p.name for p in self.path.iterdir()}
-        if ".hydra" not in names or not names <= {".hydra", "train.log"}:
+        if ".hydra" not in names or not names <= {".hydra", "train.log", LOCK}:
             return False
         shutil.rmtree(self.path, ignore_errors=True)
         return True

@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, MLFlowLogger
@@ -55,16 +56,52 @@ def prepare(cfg: DictConfig) -> None:
     # the logger's constructor opens the store, which creates a new SQLite store's tables: done here, once
     with _serialised(config.tracking_uri):
         client = MlflowClient(config.tracking_uri)
-        if client.get_experiment_by_name(config.experiment_name) is None:
+        experiment = client.get_experiment_by_name(config.experiment_name)
+        if experiment is None:
             client.create_experiment(config.experiment_name, artifact_location=config.get("artifact_location"))
+        elif experiment.lifecycle_stage == "deleted" and not config.get("run_id"):
+            raise UserError(
+                f"MLflow experiment {config.experiment_name!r} was deleted from {config.tracking_uri}: "
+                f"{restoring(config.tracking_uri, 'experiment', experiment.experiment_id)}, or log to another with "
+                f"logger.mlflow.experiment_name=NAME"
+            )
         if config.get("run_id"):  # from the run folder's record, which may be stale or crafted
-            try:
-                client.get_run(config.run_id)
-            except Exception:
-                raise UserError(
-                    f"{out / RECORD} names MLflow run {config.run_id!r}, which {config.tracking_uri} does not hold: "
-                    f"delete that file to log the resumed run as a new MLflow run"
-                ) from None
+            check_recorded_run(client, config.tracking_uri, config.run_id, out)
+
+
+def check_recorded_run(client: Any, tracking_uri: str, run_id: str, out: Path) -> None:
+    """Raises UserError (one line) unless the MLflow run that run folder `out` records is in the store and not
+    deleted (a deleted run refuses every value logged to it)."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise UserError(
+            f"{out / RECORD} names MLflow run {run_id!r}, which {tracking_uri} does not hold: "
+            f"delete that file to log the resumed run as a new MLflow run"
+        ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise UserError(
+            f"{out / RECORD} names MLflow run {run_id}, which was deleted from {tracking_uri}: "
+            f"{restoring_run(client, tracking_uri, run)}, or delete {out / RECORD} to log the resumed run as a new "
+            f"MLflow run"
+        )
+
+
+def restoring(tracking_uri: str, what: str, id: str) -> str:
+    """How to restore a deleted MLflow run or experiment (`what`): possible until `mlflow gc` removes it for good."""
+    return (
+        f'restore it (until mlflow gc removes it) with python -c "from mlflow import MlflowClient; '
+        f"MlflowClient('{tracking_uri}').restore_{what}('{id}')\""
+    )
+
+
+def restoring_run(client: Any, tracking_uri: str, run: Any) -> str:
+    """restoring() of a deleted MLflow run: of its experiment when that was deleted with it (restoring it restores
+    its runs; the run alone would stay in a deleted experiment)."""
+    experiment_id = run.info.experiment_id
+    if client.get_experiment(experiment_id).lifecycle_stage == "deleted":
+        return f"its experiment {experiment_id} was deleted: {restoring(tracking_uri, 'experiment', experiment_id)}"
+    return restoring(tracking_uri, "run", run.info.run_id)
 
 
 def git_commit() -> str:
@@ -197,16 +234,22 @@ def run_folder(run_id: str, root: Path) -> Path:
             f"(where logger=mlflow logs runs under this runs root) and MLFLOW_TRACKING_URI is not set: set the "
             f"runs root (outputs=, paths.root=) or MLFLOW_TRACKING_URI to the store that holds the run"
         )
-    run, why = None, ""
+    run, why, client = None, "", None
     for uri in stores:
         try:
-            run = MlflowClient(uri).get_run(run_id)
+            client = MlflowClient(uri)
+            run = client.get_run(run_id)
             break
         except Exception as e:  # MlflowException for an unknown id; a server that does not answer raises others
             why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     if run is None:
         raise UserError(f"{PREFIX}{run_id}: no such MLflow run in {' or '.join(stores)} ({why}): check the run id")
     tag = run.data.tags.get("run_dir")
+    if run.info.lifecycle_stage == "deleted":
+        raise UserError(
+            f"{PREFIX}{run_id}: that MLflow run was deleted from {uri}: {restoring_run(client, uri, run)}, or pass "
+            f"its run folder{' ' + tag if tag else ''} instead"
+        )
     if not tag:
         raise UserError(
             f"{PREFIX}{run_id}: that MLflow run has no run_dir tag, so its run folder is unknown (train.py "

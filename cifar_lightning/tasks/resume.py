@@ -1,14 +1,17 @@
 """`python train.py resume=RUN|mlflow:RUN_ID|latest`: continue an interrupted run in its own folder, from its last.ckpt,
 with the config it was started with, appending to its metrics.csv."""
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import ImageClassifier
 from cifar_lightning.store.checkpoints import load_checkpoint
-from cifar_lightning.store.locate import named
+from cifar_lightning.store.locate import nothing_to_resume
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_config
 
@@ -24,16 +27,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     if others:
         raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
     last = run.checkpoint("last")
-    if not last.is_file():
-        missing = (
-            f"no run under {cfg.paths.root}/ has a checkpoints/last.ckpt"
-            if cfg.resume == "latest"
-            else f"{RunFolder(named(cfg.resume, Path(cfg.paths.root))).checkpoint('last')} does not exist"
-        )
-        raise UserError(
-            f"resume={cfg.resume}: {missing}, so there is nothing to resume (a run folder holds .hydra/ "
-            f"and checkpoints/)"
-        )
+    if not last.is_file():  # Hydra's run folder is a new one: locate.to_resume found no run to resume
+        raise UserError(f"resume={cfg.resume}: {nothing_to_resume(cfg.resume, Path(cfg.paths.root))}")
     if not run.config.is_file():
         raise UserError(f"resume={cfg.resume}: {run.config} does not exist, so the run's config is unknown")
     trusted = list(cfg.get("trusted_modules") or ())
@@ -55,3 +50,70 @@ def read_last(last: Path, trusted_modules: Sequence[str] = ()) -> dict:
             f"cannot resume: {e}. Start a new run, or copy checkpoints/best.ckpt over it to continue "
             f"from the best epoch"
         ) from None
+
+
+# The module's hyperparameters that say how it runs, not what it learns: a resumed run may change them (compile off
+# on a machine without a compiler); and the config names of the others that are not module.<name>
+HOW_IT_RUNS = ("compile", "channels_last")
+CONFIG_NAMES = {"net": "model", **{k: f"the data's {k}" for k in ("class_names", "mean", "std", "image_size")}}
+
+
+def check_resumable(checkpoint: dict, hparams: dict, steps: int, cfg: DictConfig) -> None:
+    """Refuses to resume from `checkpoint` (the contents of the run's last.ckpt) when what it restores does not fit
+    the run its edited config now builds: a module of other hyperparameters `hparams` (another net's weights would
+    not load; a saved optimizer state would silently undo an edited lr), or, when the optimizer or schedule is built
+    for the run's length (total_steps: null), another number of optimizer steps `steps` (epochs, batch_size, the
+    training split or the devices changed: the restored schedule ends before the run does).
+
+    Raises:
+        UserError: one line naming what differs and what to do."""
+    run = RunFolder(cfg.paths.output_dir)
+    cannot = f"cannot resume {run.path}"
+    saved = checkpoint["hyper_parameters"]
+    changed = [
+        difference
+        for key in saved
+        if key in hparams and key not in HOW_IT_RUNS  # a key from before the project had it is left alone
+        for difference in differences(saved[key], hparams[key], CONFIG_NAMES.get(key, f"module.{key}"))
+    ]
+    if changed:
+        raise UserError(
+            f"{cannot}: what {run.config} builds differs from what {run.checkpoint('last').name} was saved with "
+            f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); a resumed run continues the run its "
+            f"checkpoint holds: undo the edit, or start a new run with the new values"
+        )
+    schedules = [s.get("total_steps") for s in checkpoint.get("lr_schedulers") or () if isinstance(s, dict)]
+    saved_steps = checkpoint.get("total_steps") or next((s for s in schedules if isinstance(s, int)), None)
+    if ImageClassifier.takes_run_length(saved) and saved_steps is not None and saved_steps != steps:
+        raise UserError(
+            f"{cannot}: the run's length changed from {saved_steps} to {steps} optimizer steps since "
+            f"{run.checkpoint('last').name} was saved (now epochs={cfg.epochs}, batch_size={cfg.batch_size} in "
+            f"{run.config}; the training split and the devices count too); a resumed run keeps its schedule: put "
+            f"back the values it was started with, or start a new run for the longer or shorter schedule"
+        )
+
+
+UNSET = object()
+
+
+def differences(saved: Any, now: Any, where: str) -> list[str]:
+    """ "<where> <saved> -> <now>" for each value of a nested config that differs (numbers equal up to float
+    rounding are the same: a run's data statistics computed again)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        keys = dict.fromkeys([*saved, *now])
+        return [d for k in keys for d in differences(saved.get(k, UNSET), now.get(k, UNSET), f"{where}.{k}")]
+    return [] if same(saved, now) else [f"{where} {shown(saved)} -> {shown(now)}"]
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-5)
+    return type(a) is type(b) and a == b
+
+
+def shown(value: Any) -> str:
+    text = "unset" if value is UNSET else repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."

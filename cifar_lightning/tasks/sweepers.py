@@ -146,6 +146,13 @@ class ResumableSweep:
                 f"resume= continues a sweep with the overrides it was started with; drop {' '.join(others)}"
             )
         hydra_overrides, task = recorded_overrides(sweep)
+        for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+            holder = RunFolder(job).trained_by()
+            if holder:  # its sweep still runs: its jobs are that sweep's to train
+                raise UserError(
+                    f"resume={folder}: its job {job} is being trained by {holder}: the sweep "
+                    f"is still running; resume it once that process has ended"
+                )
         # the record comes from disk: where files go and what may be loaded are the command's, never the record's
         # (paths.root: the command's, else the runs root holding the sweep; trusted_modules: the command's)
         given = [a for a in arguments if a.partition("=")[0] in RESUME_KEEPS]

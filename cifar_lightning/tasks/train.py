@@ -26,7 +26,7 @@ from cifar_lightning.store.checkpoints import BestCheckpoint, read_weights, writ
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import RECORDED_DATA
 from cifar_lightning.tasks.cli import config_tree
-from cifar_lightning.tasks.resume import read_last, resume_config
+from cifar_lightning.tasks.resume import check_resumable, read_last, resume_config
 from cifar_lightning.tasks.schema import TrainOptions, check_reportable, check_train_config, refused, run_length
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,16 @@ def print_config(cfg: DictConfig) -> bool:
     return (cfg.get("extras") or {}).get("print_config", False)
 
 
-def build(cfg: DictConfig, resumed: bool = False) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
+def build(cfg: DictConfig, resumed: dict | None = None) -> tuple[ImageDataModule, ImageClassifier, L.Trainer]:
     """The data (loaded), the module (with the data's classes and normalisation) and the trainer of a checked
     config. Callbacks and loggers are built before the data loads, so that their refusals come first; the trainer
-    after it, with the run's length (schema.run_length checks it: at least one optimizer step). A `resumed`
-    run's data is built as any data read from a run folder (trust.RECORDED_DATA)."""
+    after it, with the run's length (schema.run_length checks it: at least one optimizer step). A run resumed from
+    the checkpoint `resumed` (its contents) has its data built as any data read from a run folder
+    (trust.RECORDED_DATA), and its module and length checked against what that checkpoint restores."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config tree and summary
     try:
         group = "data"
-        datamodule = instantiate(cfg.data, **(RECORDED_DATA if resumed else {}))
+        datamodule = instantiate(cfg.data, **(RECORDED_DATA if resumed is not None else {}))
         group = "trainer"
         processes = trainer_processes(cfg.trainer)
         group = "callbacks"
@@ -87,6 +88,8 @@ def build(cfg: DictConfig, resumed: bool = False) -> tuple[ImageDataModule, Imag
         image_size=datamodule.image_size,
         _recursive_=False,
     )
+    if resumed is not None:  # before anything is trained or written: once fit() has started it is too late
+        check_resumable(resumed, dict(module.hparams), steps, cfg)
     module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
     for callback in callbacks:  # a callback that needs something of the module refuses it before the run starts
         if hasattr(callback, "check_module"):
@@ -149,22 +152,29 @@ def train_or_resume(cfg: DictConfig, task_overrides: list[str]) -> float | None:
 
 def train(cfg: DictConfig, resume_from: Path | None = None) -> dict:
     """Trains (from a checkpoint of the same run, if given), tests the best checkpoint, writes summary.json
-    into the run folder and returns the summary."""
+    into the run folder and returns the summary. The run folder is held from start to end (RunFolder.training:
+    UserError if another process trains in it); under DDP rank 0 holds it for the processes that share it."""
     check_train_config(cfg, TrainOptions)
     run = RunFolder(cfg.paths.output_dir)
     rank = rank_zero_only.rank  # type: ignore[attr-defined]  # set on the function by Lightning, not in its type
+    with run.training() if rank == 0 else contextlib.nullcontext():
+        return fit_and_test(cfg, run, rank, resume_from)
+
+
+def fit_and_test(cfg: DictConfig, run: RunFolder, rank: int, resume_from: Path | None) -> dict:
+    """train() in its held run folder, on process `rank`."""
     if rank != 0:  # under DDP every process runs this; one reports (Lightning's own logs do the same)
         logging.getLogger("cifar_lightning").setLevel(logging.WARNING)
     tree = config_tree(cfg, show=print_config(cfg)) if rank == 0 else None
-    datamodule, module, trainer = build(cfg, resumed=resume_from is not None)
+    last = read_last(resume_from, cfg.get("trusted_modules") or ()) if resume_from else None
+    datamodule, module, trainer = build(cfg, resumed=last)
     if trainer.is_global_zero:
         run.mark_started()
         if tree:  # written once nothing has refused the config: a refused run leaves no checkpoints or tree
             run.write("config_tree.txt", tree)
         log.info("%s", headline(cfg, module, trainer, resume_from))
         tracking.start(trainer.loggers, cfg)
-    if resume_from:
-        last = read_last(resume_from, cfg.get("trusted_modules") or ())
+    if last is not None:
         run.keep_metrics(last["global_step"], last["epoch"], last.get("epoch_metrics", {}))
     elif trainer.is_global_zero:
         run.metrics_csv.unlink(missing_ok=True)  # a new run in a folder used before: its rows only
