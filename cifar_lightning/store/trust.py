@@ -26,6 +26,7 @@ from cifar_lightning.blocks import models
 from cifar_lightning.blocks.checks import check_arguments, check_target
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.blocks.paths import user_path
 
 MODEL_CONFIGS = ("net", "augmentation", "optimizer", "scheduler")  # the hyperparameters that name what to build
 DATA_TARGET = "cifar_lightning.blocks.data.ImageDataModule"
@@ -158,7 +159,7 @@ def run_config(
     if not isinstance(raw, dict) or not isinstance(raw.get("paths"), dict):
         raise UserError(f"{config_file} was refused: it is not a train config (no paths)")
     saved_root = raw["paths"].get("root")
-    same_root = isinstance(saved_root, str) and Path(saved_root).resolve() == Path(paths_root).resolve()
+    same_root = isinstance(saved_root, str) and user_path(saved_root).resolve() == user_path(paths_root).resolve()
     # the saved spelling when it names the same folder: MLflow refuses a logged parameter that changes
     raw["paths"].update(root=saved_root if same_root else str(paths_root), output_dir=str(output_dir))
     _check_interpolations(raw, config_file)
@@ -207,7 +208,7 @@ def _check_writes(resolved: dict, output_dir: Path, config_file: Path) -> None:
         if value is None:
             continue
         if key in FOLDER_KEYS:
-            inside = Path(str(value)).resolve().is_relative_to(run)
+            inside = user_path(str(value)).resolve().is_relative_to(run)
         elif key in FILE_KEYS:
             inside = not Path(str(value)).is_absolute() and ".." not in Path(str(value)).parts
         elif key in STORE_KEYS:

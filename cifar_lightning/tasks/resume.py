@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store.checkpoints import load_checkpoint
 from cifar_lightning.store.locate import named
 from cifar_lightning.store.runs import RunFolder
@@ -26,7 +27,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     last = run.checkpoint("last")
     if not last.is_file():
         missing = (
-            f"no run under {cfg.paths.root}/ has a checkpoints/last.ckpt"
+            f"no run under {user_path(cfg.paths.root)}/ has a checkpoints/last.ckpt"
             if cfg.resume == "latest"
             else f"{RunFolder(named(cfg.resume, Path(cfg.paths.root))).checkpoint('last')} does not exist"
         )
