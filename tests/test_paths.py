@@ -4,15 +4,18 @@ and an images= path that exists is that file before it is a glob pattern."""
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import FAST, ROOT, run_script, write_folder
 from PIL import Image
 
 from cifar_lightning.blocks.paths import quoted, user_path, user_pattern
-from cifar_lightning.tasks.cli import typed_paths
+from cifar_lightning.tasks.cli import compose_config, typed_paths
+from cifar_lightning.tasks.evaluate import evaluate
 from cifar_lightning.tasks.predict import find_images
 
 
@@ -178,3 +181,20 @@ def test_an_existing_path_is_a_path_before_it_is_a_glob_pattern(synthetic_run, t
     assert predicted == [str(tmp_path / "cat[1].png")]
     assert find_images(str(tmp_path / "cat*.png")) == [tmp_path / "cat1.png", tmp_path / "cat[1].png"]
     assert find_images(str(tmp_path / "cat[0-9].png")) == [tmp_path / "cat1.png"]  # no such file: a pattern
+
+
+def test_a_runs_relative_data_root_is_read_from_the_folder_the_run_was_started_in(synthetic_run, tmp_path, monkeypatch):
+    """evaluate.py (and export.py) rebuild the run's data from its config: data.root=rel/folder meant the folder
+    under where train.py was started (Hydra's hydra.runtime.cwd, recorded in .hydra/hydra.yaml), not under where
+    evaluate.py is started."""
+    run = shutil.copytree(synthetic_run, tmp_path / "run")
+    started, elsewhere = tmp_path / "started here", tmp_path / "elsewhere"
+    write_folder(started / "rel" / "folder", classes=[f"class_{i}" for i in range(10)], per_class=2)
+    elsewhere.mkdir()
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["data"].update(source="folder", root="rel/folder", val_size=0)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(started)}}}))
+    monkeypatch.chdir(elsewhere)
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={run}", "misclassified=0"]))
+    assert metrics["data_root"] == str(started / "rel" / "folder")
