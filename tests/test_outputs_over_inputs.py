@@ -106,3 +106,13 @@ def test_new_files_beside_the_inputs_and_the_runs_own_exports_may_be_written(run
     assert output_file(str(tmp_path / "p.csv"), "csv", reads, RunFolder(run)) == tmp_path / "p.csv"
     rows = predict(compose_config("predict", [f"ckpt={run}", f"images={tmp_path}", f"csv={tmp_path}/p.csv"]))
     assert len(rows) == 2 and (tmp_path / "p.csv").read_text().startswith("path,class_1,prob_1")
+
+
+def test_a_loose_checkpoints_folder_is_no_run_and_only_the_checkpoint_is_protected(run, tmp_path):
+    loose = tmp_path / "home" / "model.ckpt"
+    (loose.parent / "results").mkdir(parents=True)
+    shutil.copyfile(run / "checkpoints" / "best.ckpt", loose)
+    (loose.parent / "results" / "p.csv").write_text("an earlier prediction")
+    assert output_file(str(loose.parent / "results" / "p.csv"), "csv", [loose], RunFolder.of_checkpoint(loose))
+    with pytest.raises(UserError, match="a file this command reads"):
+        output_file(str(loose), "csv", [loose], RunFolder.of_checkpoint(loose))

@@ -119,10 +119,11 @@ class RunFolder:
 
     def holds(self, path: Path) -> bool:
         """Whether `path` names one of the run's own files (RECORDS, or anything in a subfolder), by whatever
-        spelling; export.py's model.<format> and files of the user's beside them are not."""
+        spelling; export.py's model.<format> and files of the user's beside them are not. A folder without .hydra/
+        is no run (a loose checkpoint's folder, say) and holds none."""
         inside = user_path(path).resolve()
         folder = self.path.resolve()
-        if not inside.is_relative_to(folder) or inside == folder:
+        if not (folder / ".hydra").is_dir() or not inside.is_relative_to(folder) or inside == folder:
             return False
         parts = inside.relative_to(folder).parts
         return len(parts) > 1 or parts[0] in RECORDS
