@@ -270,9 +270,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         ("predict.py", "tta=abc", "tta='abc' must be one of null, 0, 1, 2"),
         ("export.py", "tolerance=abc", "tolerance='abc' must be a number of at least 0"),
         ("export.py", "check_images=0", "check_images=0 must be a whole number of at least 1"),
-        ("predict.py", "csv=no_such_folder/p.csv", "csv='no_such_folder/p.csv' must name a file (not a folder) in"),
-        ("predict.py", "csv=tests", "csv='tests' must name a file (not a folder) in a folder that exists"),
-        ("export.py", "output=no_such_folder/m.onnx", "output='no_such_folder/m.onnx' must name a file (not a"),
+        # the absolute path checked, from the working folder
+        ("predict.py", "csv=no_such_folder/p.csv", "csv=no_such_folder/p.csv: the folder {cwd}/no_such_folder does"),
+        ("predict.py", "csv=tests", "csv=tests: {cwd}/tests is a folder: name a file"),
+        ("export.py", "output=no_such_folder/m.onnx", "output=no_such_folder/m.onnx: the folder {cwd}/no_such_folder"),
     ],
 )
 def test_task_options_are_checked_in_one_line(trained, tmp_path, script, override, message):
@@ -281,5 +282,6 @@ def test_task_options_are_checked_in_one_line(trained, tmp_path, script, overrid
 
     task = {"evaluate.py": evaluate, "predict.py": predict, "export.py": export}[script]
     extra = [f"images={tmp_path}"] if script == "predict.py" else []
-    with pytest.raises(UserError, match=re.escape(message)):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "an image.png")
+    with pytest.raises(UserError, match=re.escape(message.format(cwd=os.getcwd()))):
         task(compose_config(script.removesuffix(".py"), [f"outputs={trained['outputs']}", override, *extra]))

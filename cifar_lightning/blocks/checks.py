@@ -13,7 +13,6 @@ import math
 import types
 import typing
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import annotated_types as at
@@ -27,18 +26,6 @@ SCHEDULER_KEYS = {"interval": Annotated[typing.Literal["epoch", "step"], "must b
 # torch's optimizers accept lr=0 (a run that learns nothing); every optimizer this project builds needs lr > 0
 OPTIMIZER_KEYS = {"lr": Annotated[float, at.Gt(0), "must be a positive number"]}
 ACCUMULATE = Annotated[int, at.Ge(1), "must be a whole number of at least 1"]
-
-
-def _writable_file(path: str | None) -> bool:
-    return not path or (Path(path).parent.is_dir() and not Path(path).is_dir())
-
-
-# an output file the user names (predict.py csv=, export.py output=; empty or null: none): checked before the work
-FILE_TO_WRITE = Annotated[
-    str | None,
-    at.Predicate(_writable_file),
-    "must name a file (not a folder) in a folder that exists: create the folder first",
-]
 
 
 def check_arguments(target: Callable, kwargs: dict, where: str) -> None:

@@ -25,6 +25,7 @@ from torchvision.datasets.utils import check_md5, download_and_extract_archive
 
 from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.paths import user_path
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ class ImageDataModule(L.LightningDataModule):
                 "data.image_size (it sizes the images of data=folder and data=synthetic)"
             )
         super().__init__()
-        self.source, self.root, self.verify, self.download = source, Path(root), verify, download
+        self.source, self.root, self.verify, self.download = source, user_path(root), verify, download
         self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.splits: dict[str, InMemoryImages] = {}
@@ -417,6 +418,11 @@ class ImageDataModule(L.LightningDataModule):
             folder = self.root / CIFAR[self.source][0].base_folder
             return f"the {self.source} {split} batches in {folder}", "delete them and download or unpack them again"
         return f"the synthetic {split} data", "synthetic data is made with every class: report this as a bug"
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder whose files the images are read from; None for synthetic data, made in memory."""
+        return None if self.source == "synthetic" else self.root
 
     @property
     def validates(self) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store import tracking
 from cifar_lightning.store.runs import STAMP, RunFolder, claim
 
@@ -20,11 +21,12 @@ def newest(outputs: Path, name: str, idle: bool = False) -> RunFolder | None:
 
 
 def named(value: str, outputs: Path) -> Path:
-    """A run folder or checkpoint as ckpt= or resume= names it: a path, or mlflow:RUN_ID, the folder of that MLflow
-    run in the store of the runs root `outputs` (tracking.run_folder, which raises UserError when it has none)."""
+    """A run folder or checkpoint as ckpt= or resume= names it: a path (as user_path reads it), or mlflow:RUN_ID,
+    the folder of that MLflow run in the store of the runs root `outputs` (tracking.run_folder, which raises
+    UserError when it has none)."""
     if value.startswith(tracking.PREFIX):
-        return tracking.run_folder(value.removeprefix(tracking.PREFIX), Path(outputs))
-    return Path(value)
+        return tracking.run_folder(value.removeprefix(tracking.PREFIX), user_path(outputs))
+    return user_path(value)
 
 
 def resolve(ckpt: str, outputs: Path) -> Path:
@@ -32,7 +34,8 @@ def resolve(ckpt: str, outputs: Path) -> Path:
     (its best, else its last) given as a path or as mlflow:RUN_ID. Raises UserError saying what to pass when there
     is none."""
     if ckpt in ("best", "last"):
-        run = newest(Path(outputs), ckpt)
+        outputs = user_path(outputs)
+        run = newest(outputs, ckpt)
         if run is None:
             raise UserError(
                 f"no training runs with a {ckpt}.ckpt under {outputs}/: train one first (python train.py), "
@@ -58,7 +61,9 @@ def register_resolvers() -> None:
     """Hydra's run folder is chosen through these (configs/hydra/default.yaml): each new one claimed on disk, a
     resumed run's own, and the resuming call's config beside the original. Cached, so a folder is chosen once
     per run (Hydra copies the cache into every job of a sweep)."""
-    OmegaConf.register_new_resolver("new_dir", lambda parent: str(claim(parent).path), replace=True, use_cache=True)
+    OmegaConf.register_new_resolver(
+        "new_dir", lambda parent: str(claim(user_path(parent)).path), replace=True, use_cache=True
+    )
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("config_subdir", config_subdir, replace=True)
 
@@ -68,7 +73,7 @@ def to_resume(resume: str | None, outputs: str) -> RunFolder | None:
     last.ckpt under `outputs`. Never a run that a live process is training (RunFolder.trained_by): Hydra would
     write into its folder, and the resumed run train over it."""
     if resume == "latest":
-        return newest(Path(outputs), "last", idle=True)
+        return newest(user_path(outputs), "last", idle=True)
     if not resume:
         return None
     try:
@@ -106,7 +111,7 @@ def run_dir(resume: str | None, outputs: str) -> str:
     """The run to resume, else a new folder under outputs/runs (where resume_config then finds nothing to resume,
     rather than Hydra making a folder wherever resume= pointed)."""
     run = to_resume(resume, outputs)
-    return str(run.path) if run else str(claim(f"{outputs}/runs").path)
+    return str(run.path) if run else str(claim(user_path(outputs) / "runs").path)
 
 
 def config_subdir(resume: str | None, outputs: str = "outputs") -> str | None:

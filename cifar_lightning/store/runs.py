@@ -27,13 +27,14 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 import yaml
 
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.paths import user_path
 
 STAMP = "%Y-%m-%d_%H-%M-%S"
 LOCK = ".lock"
@@ -59,9 +60,49 @@ def write_atomic(path: Path, content: str | Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def output_file(value: str, option: str, reads: Sequence[Path], run: "RunFolder | None" = None) -> Path:
+    """The file an output option (predict.py csv=, export.py output=) names, as user_path reads it, once it is
+    clear that writing it destroys nothing: it is not a folder, its folder exists, and it is none of `reads` (the
+    files the command reads, or folders whose files it reads) nor one of `run`'s own files (RunFolder.holds),
+    by whatever spelling (relative, `..`, a symlink, a hard link).
+
+    Raises:
+        UserError: one line naming the option and the absolute path checked; nothing is written."""
+    path = user_path(value)
+    if path.is_dir():
+        raise UserError(f"{option}={value}: {path} is a folder: name a file (in a folder that exists)")
+    if not path.parent.is_dir():
+        raise UserError(f"{option}={value}: the folder {path.parent} does not exist: create it first")
+    if path.exists():
+        read = next((r for r in reads if _same_or_inside(path, r)), None)
+        if read is not None:
+            what = f"a file in {read}" if read.is_dir() else "a file"
+            raise UserError(f"{option}={value} would write over {path}, {what} this command reads: name another")
+        if run is not None and run.holds(path):
+            raise UserError(f"{option}={value} would write over {path}, a file of the run {run.path}: name another")
+    return path
+
+
+def _same_or_inside(path: Path, read: Path) -> bool:
+    """Whether the existing file `path` is the file `read` or lies in the folder `read`."""
+    if read.is_dir():
+        return path.resolve().is_relative_to(read.resolve())
+    with contextlib.suppress(OSError):
+        return os.path.samefile(path, read)
+    return False
+
+
 def sweep_root(sweep: Path) -> Path | None:
     """The runs root that holds a sweep's folder by the layout (<root>/multiruns/<sweep>), or None."""
     return sweep.parent.parent if sweep.parent.name == "multiruns" else None
+
+
+# The files of a run folder besides its subfolders (.hydra/, checkpoints/, eval/, tensorboard/, ...): what the
+# layout above names, with debug=profiler's report; the files of its subfolders are the run's too
+RECORDS = frozenset(
+    ("run.json", "metrics.csv", "hparams.yaml", "train.log", "config_tree.txt", "summary.json", "mlflow_run.json",
+     "fit-profile.txt")
+)  # fmt: skip
 
 
 class RunFolder:
@@ -87,6 +128,17 @@ class RunFolder:
         if self.path.parent.name == "runs":
             return self.path.parent.parent
         return sweep_root(self.path.parent)
+
+    def holds(self, path: Path) -> bool:
+        """Whether `path` names one of the run's own files (RECORDS, or anything in a subfolder), by whatever
+        spelling; export.py's model.<format> and files of the user's beside them are not. A folder without .hydra/
+        is no run (a loose checkpoint's folder, say) and holds none."""
+        inside = user_path(path).resolve()
+        folder = self.path.resolve()
+        if not (folder / ".hydra").is_dir() or not inside.is_relative_to(folder) or inside == folder:
+            return False
+        parts = inside.relative_to(folder).parts
+        return len(parts) > 1 or parts[0] in RECORDS
 
     def checkpoint(self, name: str) -> Path:
         """<run>/checkpoints/<name>.ckpt (name: best or last)."""

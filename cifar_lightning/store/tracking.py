@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store.runs import write_atomic
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 def local_store(root: Path) -> tuple[str, str]:
     """The tracking URI and artifact folder of the store under a runs root: <root>/mlflow.db, <root>/mlruns/."""
-    root = root.resolve()
+    root = user_path(root).resolve()
     return f"sqlite:///{root / 'mlflow.db'}", str(root / "mlruns")
 
 

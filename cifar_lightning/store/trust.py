@@ -10,8 +10,10 @@ only keywords the callable takes, each a plain value of the kind its signature s
 never an interpolation (`${...}`). The user's own command line is not checked here: it may name anything.
 """
 
+import contextlib
 import importlib
 import inspect
+import os
 import pkgutil
 import re
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from cifar_lightning.blocks import models
 from cifar_lightning.blocks.checks import check_arguments, check_target
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.blocks.paths import user_path
 
 MODEL_CONFIGS = ("net", "augmentation", "optimizer", "scheduler")  # the hyperparameters that name what to build
 DATA_TARGET = "cifar_lightning.blocks.data.ImageDataModule"
@@ -104,7 +107,8 @@ def check_hyperparameters(hparams: Any, trusted_modules: Sequence[str] = ()) -> 
 def run_data_config(config_file: Path) -> dict:
     """The data config of a run folder's .hydra/config.yaml, read as plain YAML (nothing in it resolved or
     imported) and naming ImageDataModule (ImageDataModule.for_evaluation checks its values). It never downloads:
-    it is read with RECORDED_DATA."""
+    it is read with RECORDED_DATA. A relative root is taken as the run meant it: from the folder it was started
+    in (started_in), wherever this command runs."""
     choose = "choose the data, e.g. data=cifar10 data.root=data"
     if not config_file.is_file():
         raise UserError(f"{config_file} is missing, so the data this model was trained on is unknown: {choose}")
@@ -114,7 +118,20 @@ def run_data_config(config_file: Path) -> dict:
         raise UserError(f"{config_file} is not a readable run config ({type(e).__name__}): {choose}") from None
     if not isinstance(config, dict) or config.get("_target_") != DATA_TARGET:
         raise UserError(f"{config_file} was refused: its data is not a {DATA_TARGET} config; {choose}")
+    root, started = config.get("root"), started_in(config_file)
+    if isinstance(root, str) and not os.path.isabs(os.path.expanduser(root)) and started is not None:
+        config["root"] = str(started / root)  # relative to where the run was started, not to this command
     return {**config, **RECORDED_DATA}
+
+
+def started_in(config_file: Path) -> Path | None:
+    """The folder the run whose `config_file` (.hydra/config.yaml) this is was started in: the hydra.runtime.cwd
+    that Hydra recorded beside it in hydra.yaml (read as plain YAML); None if it is not there."""
+    with contextlib.suppress(OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError):
+        cwd = yaml.safe_load((config_file.parent / "hydra.yaml").read_text())["hydra"]["runtime"]["cwd"]
+        if isinstance(cwd, str) and os.path.isabs(cwd):
+            return Path(cwd)
+    return None
 
 
 # A resumed run's saved config builds its trainer, callbacks and loggers too: their targets must come from here
@@ -158,7 +175,7 @@ def run_config(
     if not isinstance(raw, dict) or not isinstance(raw.get("paths"), dict):
         raise UserError(f"{config_file} was refused: it is not a train config (no paths)")
     saved_root = raw["paths"].get("root")
-    same_root = isinstance(saved_root, str) and Path(saved_root).resolve() == Path(paths_root).resolve()
+    same_root = isinstance(saved_root, str) and user_path(saved_root).resolve() == user_path(paths_root).resolve()
     # the saved spelling when it names the same folder: MLflow refuses a logged parameter that changes
     raw["paths"].update(root=saved_root if same_root else str(paths_root), output_dir=str(output_dir))
     _check_interpolations(raw, config_file)
@@ -207,7 +224,7 @@ def _check_writes(resolved: dict, output_dir: Path, config_file: Path) -> None:
         if value is None:
             continue
         if key in FOLDER_KEYS:
-            inside = Path(str(value)).resolve().is_relative_to(run)
+            inside = user_path(str(value)).resolve().is_relative_to(run)
         elif key in FILE_KEYS:
             inside = not Path(str(value)).is_absolute() and ".." not in Path(str(value)).parts
         elif key in STORE_KEYS:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +30,7 @@ from rich.tree import Tree
 from cifar_lightning.blocks import precision
 from cifar_lightning.blocks.console import quiet
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
 from cifar_lightning.store.checkpoints import saved_epoch
 from cifar_lightning.store.runs import RunFolder
 
@@ -43,6 +45,8 @@ def exit_on_user_error(training: bool = False) -> Iterator[None]:
     as well: the sweep stops with it. A `training` run's line says how to resume it."""
     try:
         try:
+            if HydraConfig.initialized():
+                check_working_folder(HydraConfig.get().job.chdir)
             yield
         except OmegaConfBaseException as e:  # an interpolation that does not resolve, a key that is not there
             raise UserError(config_error(e)) from None
@@ -141,6 +145,7 @@ def run(hydra_main: Callable) -> None:
     to raise them instead (HYDRA_FULL_ERROR) and they are printed here from the exception's parts. A user who
     sets HYDRA_FULL_ERROR=1 still gets Hydra's full report."""
     quiet()
+    sys.argv[1:] = typed_paths(sys.argv[1:])
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return hydra_main()
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -156,6 +161,31 @@ def run(hydra_main: Callable) -> None:
     except KeyboardInterrupt:  # Ctrl-C outside a job (while Hydra composes, between a sweep's jobs)
         print("error: stopped by SIGINT", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+
+
+HYDRA_FOLDERS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def typed_paths(arguments: list[str]) -> list[str]:
+    """The command line with `~` expanded (as user_path expands it, blocks/paths.py) where code of ours would see
+    it too late: in a bare `key=~/x`, which a shell expands only when the key has no dot and Hydra's grammar
+    refuses, and in hydra.run.dir= and hydra.sweep.dir=, whose folders Hydra makes from the command line before
+    any code of ours runs (a resolver cannot wrap a value typed in its place). Every other path option is expanded
+    where it is read. A bare `~` value with commas, quotes or `${` is left to Hydra, which says what it refuses."""
+    expanded = []
+    for argument in arguments:
+        key, sep, value = argument.partition("=")
+        if sep and not key.startswith("-") and value.startswith("~") and not any(c in value for c in ",'\"$"):
+            argument = f"{key}={quoted(user_path(value))}"
+        elif sep and key.lstrip("+") in HYDRA_FOLDERS:
+            try:
+                parsed = OverridesParser.create().parse_override(argument).value()
+            except HydraException:  # a value the grammar refuses: Hydra reports it
+                parsed = None
+            if isinstance(parsed, str) and parsed.startswith("~"):
+                argument = f"{key}={quoted(user_path(parsed))}"
+        expanded.append(argument)
+    return expanded
 
 
 def run_composing(main: Callable[[], None]) -> None:

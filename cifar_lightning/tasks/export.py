@@ -9,11 +9,11 @@ import torch
 from annotated_types import Ge
 from omegaconf import DictConfig
 
-from cifar_lightning.blocks.checks import FILE_TO_WRITE, check_arguments
+from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.store import registry, tracking
-from cifar_lightning.store.runs import RunFolder, write_atomic
+from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
 from cifar_lightning.tasks.evaluate import model_and_data
 
 
@@ -37,7 +37,7 @@ class ExportOptions:
     ckpt: str = "best"
     format: Annotated[Literal["onnx", "mlflow"], "is not supported: use onnx or mlflow"] = "onnx"
     outputs: str = "outputs"
-    output: FILE_TO_WRITE = None
+    output: str | None = None
     split: Annotated[Literal["test", "val"], "does not exist: use split=test or split=val"] = "test"
     check_images: Annotated[int, Ge(1), "must be a whole number of at least 1"] = 500
     tolerance: Annotated[float, Ge(0), "must be a number of at least 0"] = 1e-3
@@ -57,7 +57,9 @@ def export(cfg: DictConfig) -> Path | str:
     except ImportError:
         raise UserError('onnxruntime is not installed: pip install -e ".[export]"') from None
     checkpoint, model, datamodule = model_and_data(cfg, cfg.split)
-    out = Path(cfg.output) if cfg.output else RunFolder.of_checkpoint(checkpoint).export_file(cfg.format)
+    run = RunFolder.of_checkpoint(checkpoint)
+    reads = [checkpoint, *([datamodule.folder] if datamodule.folder else [])]
+    out = output_file(cfg.output, "output", reads, run) if cfg.output else run.export_file(cfg.format)
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
 
     graph = RawImagesToLogits(model).eval()

@@ -10,24 +10,33 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from cifar_lightning.blocks.checks import FILE_TO_WRITE, check_arguments
+from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.data import read_image
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import plain
+from cifar_lightning.blocks.paths import user_path, user_pattern
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import resolve
-from cifar_lightning.store.runs import write_atomic
+from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
 
 
 def find_images(pattern: str) -> list[Path]:
-    """The files `images=` names, sorted: a folder's image files (by extension, recursively), or what a glob pattern
-    (`**` recursive) or a single path matches. Raises UserError when nothing matches."""
-    path = Path(pattern)
-    paths = sorted(path.rglob("*")) if path.is_dir() else [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
-    paths = [p for p in paths if p.is_file() and (p.suffix.lower() in IMG_EXTENSIONS or not path.is_dir())]
+    """The files `images=` names (as user_path reads paths), sorted: a file, a folder's image files (by extension,
+    recursively), or what a glob pattern (`**` recursive) matches. A path that exists is taken as that path before
+    it is read as a pattern: `cat[1].png` is that file, not cat1.png. Raises UserError when nothing matches."""
+    path = user_path(pattern)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        paths = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+    else:
+        paths = [Path(p) for p in sorted(glob.glob(user_pattern(pattern), recursive=True)) if Path(p).is_file()]
     if not paths:
-        raise UserError(f"images={pattern} matches no files: give a file, a folder or a quoted glob like 'dir/*.png'")
+        raise UserError(
+            f"images={pattern} matches no image files (looked for {path}): give a file, a folder or a quoted glob "
+            "like 'dir/*.png'"
+        )
     return paths
 
 
@@ -40,7 +49,7 @@ class PredictOptions:
     outputs: str = "outputs"
     top_k: whole_at_least(1) = 3  # type: ignore[valid-type]
     tta: TTA_OPTION = None
-    csv: FILE_TO_WRITE = None
+    csv: str | None = None
     batch_size: whole_at_least(1) = 256  # type: ignore[valid-type]
     trusted_modules: list[str] | None = None
 
@@ -48,12 +57,14 @@ class PredictOptions:
 def predict(cfg: DictConfig) -> list[dict]:
     """Prints each image's top classes (and writes them as CSV with csv=PATH); returns them."""
     check_arguments(PredictOptions, {k: plain(v) for k, v in cfg.items() if k != "trainer"}, "")
-    checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
+    checkpoint, found = resolve(str(cfg.ckpt), Path(cfg.outputs)), find_images(str(cfg.images))
+    # checked before any work: the CSV may replace neither an input nor a file of the checkpoint's run
+    out = output_file(cfg.csv, "csv", [checkpoint, *found], RunFolder.of_checkpoint(checkpoint)) if cfg.csv else None
     model = load_model(checkpoint, cfg.get("trusted_modules") or ())
     print(f"checkpoint {checkpoint}")
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
-    for path in find_images(str(cfg.images)):
+    for path in found:
         try:
             images.append(read_image(path, size))
             readable.append(path)
@@ -72,7 +83,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     ]
     for row in rows:
         print(f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"]))
-    if cfg.csv:
+    if out is not None:
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as f:
@@ -83,6 +94,6 @@ def predict(cfg: DictConfig) -> list[dict]:
                 for row in rows:
                     writer.writerow([row["path"], *(v for name, p in row["top"] for v in (name, f"{p:.6f}"))])
 
-        write_atomic(Path(cfg.csv), write)
-        print(f"wrote {cfg.csv}")
+        write_atomic(out, write)
+        print(f"wrote {out}")
     return rows

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier
+from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store.checkpoints import load_checkpoint
 from cifar_lightning.store.locate import nothing_to_resume
 from cifar_lightning.store.runs import RunFolder
@@ -28,7 +29,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
     last = run.checkpoint("last")
     if not last.is_file():  # Hydra's run folder is a new one: locate.to_resume found no run to resume
-        raise UserError(f"resume={cfg.resume}: {nothing_to_resume(cfg.resume, Path(cfg.paths.root))}")
+        raise UserError(f"resume={cfg.resume}: {nothing_to_resume(cfg.resume, user_path(cfg.paths.root))}")
     if not run.config.is_file():
         raise UserError(f"resume={cfg.resume}: {run.config} does not exist, so the run's config is unknown")
     trusted = list(cfg.get("trusted_modules") or ())

@@ -38,6 +38,7 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
 from cifar_lightning.blocks.pruning import build_pruner, open_storage, optuna_object
 from cifar_lightning.store.runs import RunFolder, sweep_root
 from cifar_lightning.store.trust import run_config
@@ -49,11 +50,6 @@ log = logging.getLogger(__name__)
 # what a resumed sweep may be given besides resume=, and what its record may not choose: where the runs live, and
 # what their configs may name
 RESUME_KEEPS = ("paths.root", "trusted_modules")
-
-
-def quoted(value: str) -> str:
-    """A string as a quoted value of Hydra's override grammar (a path may hold spaces, commas, colons)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def resume_requested(arguments: Sequence[str]) -> str | None:
@@ -130,6 +126,9 @@ class ResumableSweep:
     resuming = False  # set on the sweeper that runs a resumed sweep
 
     def keep_context(self, hydra_context: HydraContext, task_function: TaskFunction) -> None:
+        """Called by setup() once self.config is set; refuses hydra.job.chdir=true before any job starts."""
+        assert self.config is not None
+        check_working_folder(self.config.hydra.job.chdir)
         self.hydra_context, self.task_function = hydra_context, task_function
 
     def resume_sweep(self, folder: str, arguments: Sequence[str]) -> Any:
@@ -137,7 +136,7 @@ class ResumableSweep:
         which are the command's, and Hydra overrides outside RECORDED_HYDRA, refused), instantiates its sweeper
         (Hydra only builds plugin classes) and runs it in resume mode."""
         assert self.config is not None and self.hydra_context is not None  # setup() ran
-        sweep = Path(folder).resolve()
+        sweep = user_path(folder).resolve()
         others = [a for a in arguments if a.partition("=")[0] not in ("resume", *RESUME_KEEPS)]
         # hydra.*, hydra/launcher=...: the recorded ones apply (-m itself sets hydra.mode)
         others += [o for o in self.config.hydra.overrides.hydra if not o.startswith("hydra.mode=")]
