@@ -258,6 +258,11 @@ def make_synthetic(
 
 
 # ------------------------------------------------------------------------------------- the module
+def _by_class(labels: torch.Tensor) -> list[torch.Tensor]:
+    """The indices of each class's images, class by class in label order, each in ascending order."""
+    return [(labels == c).nonzero().flatten() for c in labels.unique()]
+
+
 def _check_labels(labels: torch.Tensor, classes: list[str], origin: str, fix: str) -> None:
     """Every label names one of `classes`: a split holds only known classes."""
     if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < len(classes)):
@@ -312,6 +317,9 @@ class ImageDataModule(L.LightningDataModule):
         eval_batch_size: Annotated[int, Ge(1)] = 1000,
         image_size: Annotated[int, Ge(1)] = 32,
         num_workers: Annotated[int, Ge(0)] = 0,
+        folds: Annotated[int, Ge(0), "must be 0 (no folds) or a whole number of at least 2"] = 0,
+        fold: Annotated[int, Ge(0), "must be a whole number from 0 to data.folds - 1"] = 0,
+        classes: list[str] | None = None,
     ):
         """
         Args:
@@ -324,18 +332,31 @@ class ImageDataModule(L.LightningDataModule):
             batch_size, eval_batch_size: images per training / evaluation batch.
             image_size: height and width in pixels (folder images are resized to it; CIFAR's are 32).
             num_workers: DataLoader worker processes.
+            folds, fold: k-fold cross-validation: the training images fall into `folds` stratified folds (fixed by
+                `split_seed`) and fold number `fold` is the validation split, instead of `val_size` images.
+            classes: train and test on these classes only (by name, relabelled in the data's order); the others'
+                images are left out. None: every class.
 
         The values are checked by cifar_lightning.blocks.checks against these annotations before construction.
 
         Raises:
-            UserError: a CIFAR source with an image_size other than 32 (its images are not resized).
+            UserError: a CIFAR source with an image_size other than 32 (its images are not resized); folds of 1,
+                or a fold not below folds; an empty list of classes.
         """
         if source in CIFAR and image_size != 32:
             raise UserError(
                 f"data.image_size={image_size}: {source}'s images are 32 x 32 and are not resized; drop "
                 "data.image_size (it sizes the images of data=folder and data=synthetic)"
             )
+        if folds == 1 or (folds and fold >= folds):
+            raise UserError(
+                f"data.folds={folds} data.fold={fold}: folds must be 0 (none) or at least 2, and fold one of "
+                f"0 to folds - 1"
+            )
+        if classes is not None and len(classes) < 2:
+            raise UserError(f"data.classes={classes}: a classifier needs two classes or more (null: every class)")
         super().__init__()
+        self.folds, self.fold, self.classes = folds, fold, classes
         self.source, self.root, self.verify, self.download = source, user_path(root), verify, download
         self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -365,7 +386,7 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:  # loaded once, whichever stage asks first
             return
-        data = self.load()
+        data = self.subset(self.load())
         classes, (origin, fix) = data.class_names, self._origin("train")
         n = len(data.train_labels)
         if n == 0:
@@ -375,15 +396,8 @@ class ImageDataModule(L.LightningDataModule):
         if (counts > 0).sum() < 2:  # one class "trains" to 100% and cannot be evaluated
             found = ", ".join(c for c, k in zip(classes, counts) if k > 0)
             raise UserError(f"{origin}: images of one class only ({found}), a classifier needs two or more; {fix}")
-        # a fraction below 1 is a share of the training images, anything else a count
-        n_val = round(self.val_size * n) if 0 < self.val_size < 1 else int(self.val_size)
-        if not 0 <= n_val < n or (self.validates and n_val == 0):
-            raise UserError(
-                f"data.val_size={self.val_size} must hold out between 1 and {n - 1} images (the training "
-                f"set has {n}), or be 0 to train on all of them"
-            )
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        train_idx, val_idx = order[n_val:], order[:n_val]
+        train_idx, val_idx = self.holdout(data.train_labels)
+        n_val = len(val_idx)
         kept = torch.bincount(data.train_labels[train_idx], minlength=len(classes))
         held_out = [c for c, k, m in zip(classes, kept, counts) if k == 0 and m > 0]
         # a folder tree names its classes itself, so each must be learnt; CIFAR's fixed list may outnumber a
@@ -410,6 +424,53 @@ class ImageDataModule(L.LightningDataModule):
                 self.splits["test"] = InMemoryImages(data.test_images, data.test_labels)
         log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
 
+    def subset(self, data: ImageSet) -> ImageSet:
+        """`data` with only the images of `classes`, relabelled 0.. in the data's own class order."""
+        if self.classes is None:
+            return data
+        unknown = [c for c in self.classes if c not in data.class_names]
+        if unknown:
+            raise UserError(
+                f"data.classes: {', '.join(unknown)} is not a class of this data ({', '.join(data.class_names)})"
+            )
+        kept = [i for i, c in enumerate(data.class_names) if c in self.classes]
+        relabel = torch.full((len(data.class_names),), -1, dtype=torch.long)
+        relabel[kept] = torch.arange(len(kept))
+
+        def keep(images: torch.Tensor | None, labels: torch.Tensor | None) -> tuple:
+            if images is None or labels is None:
+                return images, labels
+            chosen = relabel[labels] >= 0
+            return images[chosen], relabel[labels[chosen]]
+
+        (train_images, train_labels), (test_images, test_labels) = (
+            keep(data.train_images, data.train_labels),
+            keep(data.test_images, data.test_labels),
+        )
+        return ImageSet(train_images, train_labels, test_images, test_labels, [data.class_names[i] for i in kept])
+
+    def holdout(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the training and validation images. With `folds`: each class's images in an order fixed by
+        `split_seed`, one after another, dealt to the folds in turn (so each fold holds each class's share, give
+        or take one: stratified), and fold `fold` validates. Else `val_size` images at random (a fraction below 1
+        is a share of the training images, anything else a count)."""
+        n, generator = len(labels), torch.Generator().manual_seed(self.split_seed)
+        if self.folds:
+            if n < self.folds:
+                raise UserError(f"data.folds={self.folds} is more than the {n} training images")
+            order = torch.cat([c[torch.randperm(len(c), generator=generator)] for c in _by_class(labels)])
+            dealt = torch.empty(n, dtype=torch.long)
+            dealt[order] = torch.arange(n) % self.folds
+            return (dealt != self.fold).nonzero().flatten(), (dealt == self.fold).nonzero().flatten()
+        n_val = round(self.val_size * n) if 0 < self.val_size < 1 else int(self.val_size)
+        if not 0 <= n_val < n or (self.validates and n_val == 0):
+            raise UserError(
+                f"data.val_size={self.val_size} must hold out between 1 and {n - 1} images (the training "
+                f"set has {n}), or be 0 to train on all of them"
+            )
+        order = torch.randperm(n, generator=generator)
+        return order[n_val:], order[:n_val]
+
     def _origin(self, split: str) -> tuple[str, str]:
         """Where a split's images come from, and what to do when they are unusable: for error messages."""
         if self.source == "folder":
@@ -427,7 +488,7 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def validates(self) -> bool:
         """Whether a validation split is held out (known before the data is loaded)."""
-        return self.val_size > 0
+        return self.folds > 0 or self.val_size > 0
 
     @property
     def num_classes(self) -> int:
