@@ -81,6 +81,15 @@ def test_summary_groups_seeds_and_records_failed_runs(tmp_path):
         assert image.width > 300
 
 
+def test_summary_groups_the_folds_of_a_cross_validation_like_seeds(tmp_path):
+    for fold, acc in enumerate([0.70, 0.74, 0.72]):
+        summary = {"best_val_acc": acc, "test_acc": acc - 0.1, "epochs": 3, "fit_seconds": 10}
+        fake_run(tmp_path / str(fold), ["data.folds=3", f"data.fold={fold}"], summary)
+    (group,) = summarize.group(summarize.read_runs(tmp_path))
+    assert group["group"] == "data.folds=3" and group["runs"] == 3
+    assert group["best_val_acc"] == pytest.approx(0.72) and group["best_val_acc_std"] == pytest.approx(0.02)
+
+
 def test_frontier_plots_runs_and_sweeps_and_refuses_unfinished_or_uncounted_runs(tmp_path):
     def summary(acc, seconds, pflop):
         return {"best_val_acc": acc, "fit_seconds": seconds, "training_pflop": pflop}

@@ -1,8 +1,8 @@
 """A sweep's table: `python -m cifar_lightning.tasks.summarize MULTIRUN_DIR`.
 
 One row per run (its overrides, status done/pruned/failed, best val acc, test acc, epochs, wall time); the done
-runs that differ only in `seed` grouped into mean ± std (pruned ones stopped early: left out of the means);
-written as summary.md and summary.csv, with summary.png.
+runs that differ only in `seed` or `data.fold` (k-fold cross-validation) grouped into mean ± std (pruned ones
+stopped early: left out of the means); written as summary.md and summary.csv, with summary.png.
 """
 
 import argparse
@@ -16,10 +16,13 @@ import yaml
 
 from cifar_lightning.blocks.figures import sweep_plot
 
+REPEATS = ("seed=", "data.fold=")  # what a recipe is repeated over: its runs are grouped into mean ± std
+
 
 def read_runs(sweep: Path) -> list[dict]:
     """One dict per job folder under `sweep` (each with .hydra/overrides.yaml): its folder, overrides, group (the
-    overrides without seed=), status (done, pruned or failed: no summary.json) and its summary's values."""
+    overrides without seed= and data.fold=: a recipe over seeds or folds), status (done, pruned or failed: no
+    summary.json) and its summary's values."""
     runs = []
     for overrides_file in sorted(sweep.glob("**/.hydra/overrides.yaml")):
         run = overrides_file.parent.parent
@@ -36,7 +39,7 @@ def read_runs(sweep: Path) -> list[dict]:
             {
                 "run": str(run.relative_to(sweep)),
                 "overrides": overrides,
-                "group": " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)",
+                "group": " ".join(o for o in overrides if not o.startswith(REPEATS)) or "(defaults)",
                 "status": "pruned" if summary.get("pruned") else "done" if summary else "failed",
                 "best_val_acc": summary.get("best_val_acc"),
                 "test_acc": summary.get("test_acc"),
