@@ -24,6 +24,7 @@ FILES = {
     "misclassified.png",
     "training_curves.png",
     "reliability.png",
+    "risk_coverage.png",
     "report.md",
 }
 

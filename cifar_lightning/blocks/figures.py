@@ -13,6 +13,7 @@ import seaborn as sns  # noqa: E402 (after matplotlib.use, so no window ever ope
 import torch  # noqa: E402 (after matplotlib.use, so no window ever opens)
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402 (after matplotlib.use, so no window ever opens)
 
+from cifar_lightning.blocks import selective  # noqa: E402 (after matplotlib.use, so no window ever opens)
 from cifar_lightning.blocks.metrics import Evaluation, classification_report  # noqa: E402 (after matplotlib.use, so no window ever opens)
 
 DPI = 120
@@ -174,6 +175,33 @@ def reliability(evaluation: Evaluation, path: Path) -> Path:
     return _save(fig, path)
 
 
+def risk_coverage(evaluation: Evaluation, probs: torch.Tensor, labels: torch.Tensor, path: Path) -> Path:
+    """Selective risk against coverage when the least confident images (calibrated top probability) are set aside,
+    beside the oracle that sets the errors aside first; marks 80% coverage and 5% risk."""
+    confidence, predicted = probs.float().max(dim=1)
+    correct = (predicted == labels).cpu().numpy()
+    s = evaluation.metrics["selective"]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for (coverage, risk), style, label in (
+        (selective.curve(confidence.cpu().numpy(), correct), "tab:blue", f"model (AURC {s['aurc']:.4f})"),
+        (selective.oracle_curve(correct), "tab:gray", f"oracle (AURC {s['oracle_aurc']:.4f})"),
+    ):
+        ax.step(np.append(0, coverage), np.append(risk[0], risk), where="pre", color=style, label=label)
+    ax.axvline(selective.RISK_AT_COVERAGE, color="k", ls=":", lw=1, label="80% coverage")
+    ax.axhline(selective.COVERAGE_AT_RISK, color="tab:red", ls=":", lw=1, label="5% risk")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, None)
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("selective risk (share of errors among them)")
+    ax.set_title(
+        f"Risk-coverage — E-AURC {s['e_aurc']:.4f}\nrisk {s['risk_at_80_coverage']:.2%} at 80% coverage, "
+        f"coverage {s['coverage_at_5_risk']:.2%} at 5% risk",
+        fontsize=10,
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
 def corruption_heatmap(robustness: dict, path: Path) -> Path:
     """Accuracy per corruption (rows) and severity (columns), with each row's mean and the per-severity means."""
     names = list(robustness["accuracy"])
@@ -238,6 +266,8 @@ def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, 
         "",
         f"Accuracy **{m['accuracy']:.2%}** (top-3 {m['top3_accuracy']:.2%}) on {m['samples']:,} images; "
         f"mean loss {m['loss']:.4f}.",
+        "",
+        selective.describe(m["selective"]) + " (see the risk-coverage figure below).",
         "",
         "## Calibration",
         "",

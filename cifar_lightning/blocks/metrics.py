@@ -1,4 +1,5 @@
-"""Predictions -> metrics: per-class report, averages, top-k, loss, calibration, confusion matrix (torchmetrics)."""
+"""Predictions -> metrics: per-class report, averages, top-k, loss, calibration, confusion matrix (torchmetrics),
+selective classification (selective.py)."""
 
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+
+from cifar_lightning.blocks import selective
 
 ECE_BINS = 15
 
@@ -67,6 +70,7 @@ def evaluate_predictions(
         },
         "macro_avg": averages["macro"],
         "weighted_avg": averages["weighted"],
+        "selective": selective.summary(probs, labels),
     }
     confusion = MulticlassConfusionMatrix(n)(probs, labels)
     return Evaluation(

@@ -10,7 +10,7 @@ from annotated_types import Ge, MinLen
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifar_lightning.blocks import figures
+from cifar_lightning.blocks import figures, selective
 from cifar_lightning.blocks.calibration import fit_on_validation
 from cifar_lightning.blocks.checks import check_arguments, check_value
 from cifar_lightning.blocks.corruptions import CORRUPTIONS
@@ -210,6 +210,7 @@ def write(result: Result, misclassified: int) -> dict:
                 images, result.labels, probabilities, evaluation.class_names, tmp / "misclassified.png", misclassified
             ),
             figures.reliability(evaluation, tmp / "reliability.png"),
+            figures.risk_coverage(evaluation, probabilities, result.labels, tmp / "risk_coverage.png"),
         ]
         if result.robustness and result.corruption_examples:
             pngs += [
@@ -227,6 +228,7 @@ def write(result: Result, misclassified: int) -> dict:
 def report(result: Result) -> None:
     """The console's summary of a written evaluation; its files attached to the run's MLflow run, if it has one."""
     print(classification_report(result.evaluation))
+    print(selective.describe(result.evaluation.metrics["selective"]))
     robustness = result.robustness
     if robustness:
         print(

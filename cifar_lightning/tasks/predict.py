@@ -1,11 +1,14 @@
-"""Image files -> the trained model's top classes, printed and optionally written as CSV."""
+"""Image files -> the trained model's top classes (or, below abstain_below=, an abstention), printed and optionally
+written as CSV."""
 
 import csv
 import glob
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from annotated_types import Predicate
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -15,6 +18,7 @@ from cifar_lightning.blocks.data import read_image
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import plain
 from cifar_lightning.blocks.paths import user_path, user_pattern
+from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import resolve
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
@@ -40,6 +44,16 @@ def find_images(pattern: str) -> list[Path]:
     return paths
 
 
+def _share_or_null(value: float | None) -> bool:
+    return value is None or 0 <= value <= 1
+
+
+# abstain_below=: a calibrated top probability below it is no answer; null never abstains
+SHARE_OR_NULL = Annotated[
+    float | None, Predicate(_share_or_null), "must be a probability from 0 to 1 (e.g. 0.5), or null to never abstain"
+]
+
+
 @dataclass
 class PredictOptions:
     """The keys of configs/predict.yaml (trainer is checked as what it builds)."""
@@ -51,6 +65,7 @@ class PredictOptions:
     tta: TTA_OPTION = None
     csv: str | None = None
     batch_size: whole_at_least(1) = 256  # type: ignore[valid-type]
+    abstain_below: SHARE_OR_NULL = None
     trusted_modules: list[str] | None = None
 
 
@@ -77,23 +92,34 @@ def predict(cfg: DictConfig) -> list[dict]:
     tta = None if cfg.tta is None else int(cfg.tta)
     probs = model.predict_logits(torch.stack(images), tta, cfg.batch_size, calibrated=True).softmax(dim=1)
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
+    abstained = abstains(top.values[:, 0], cfg.get("abstain_below")).tolist()
     rows = [
-        {"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)]}
-        for path, values, indices in zip(readable, top.values.tolist(), top.indices.tolist())
+        {"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)], "abstained": no}
+        for path, values, indices, no in zip(readable, top.values.tolist(), top.indices.tolist(), abstained)
     ]
     for row in rows:
-        print(f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"]))
+        print(line(row))
     if out is not None:
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(
-                    ["path", *(f"{what}_{k + 1}" for k in range(top.indices.shape[1]) for what in ("class", "prob"))]
-                )
-                for row in rows:
-                    writer.writerow([row["path"], *(v for name, p in row["top"] for v in (name, f"{p:.6f}"))])
-
-        write_atomic(out, write)
+        write_atomic(out, lambda tmp: write_csv(tmp, rows))
         print(f"wrote {out}")
     return rows
+
+
+def line(row: dict) -> str:
+    """An image's console line: its top classes, or with abstain_below= and too low a top probability, that it
+    abstained (`path: abstained (top: cat 41.2%)`)."""
+    if row["abstained"]:
+        name, p = row["top"][0]
+        return f"{row['path']}: abstained (top: {name} {p:.1%})"
+    return f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"])
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """path, class_1, prob_1, ... class_k, prob_k, abstained (true/false), a row per image."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        k = len(rows[0]["top"])
+        writer.writerow(["path", *(f"{what}_{i + 1}" for i in range(k) for what in ("class", "prob")), "abstained"])
+        for row in rows:
+            top = (v for name, p in row["top"] for v in (name, f"{p:.6f}"))
+            writer.writerow([row["path"], *top, str(row["abstained"]).lower()])
