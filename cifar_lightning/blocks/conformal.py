@@ -40,7 +40,7 @@ def class_scores(probabilities: torch.Tensor) -> torch.Tensor:
     """The RAPS score s(x, y) of every class y of each image: float (N, classes), in class order. Ties in
     probability are ranked by class index (a stable sort), so that the scores are reproducible."""
     order = probabilities.argsort(dim=1, descending=True, stable=True)
-    ranks = torch.arange(1, probabilities.shape[1] + 1, device=probabilities.device)
+    ranks = torch.arange(1, probabilities.shape[1] + 1, dtype=probabilities.dtype, device=probabilities.device)
     penalty = LAMBDA * (ranks - K_REG).clamp(min=0)
     ranked = probabilities.gather(1, order).cumsum(dim=1) + penalty
     return torch.empty_like(ranked).scatter_(1, order, ranked)
@@ -53,8 +53,8 @@ def calibration_scores(probabilities: torch.Tensor, labels: torch.Tensor) -> tor
 
 def threshold(scores: torch.Tensor, coverage: float) -> float:
     """The threshold q for a coverage level: the k-th smallest of the n calibration `scores` (any order),
-    k = ceil((n + 1) * coverage), counted exactly on the level as the decimal it was written as (0.7, not
-    0.69999999999999996: 10 x 0.7 is 7.000000000000001 in floats). inf when k > n: too few calibration images
+    k = ceil((n + 1) * coverage), counted exactly on the level as the decimal it was written as (0.55, not
+    0.55000000000000004: 100 x 0.55 is 55.00000000000001 in floats). inf when k > n: too few calibration images
     for that level, and every class is in every set.
 
     Raises:
@@ -64,7 +64,7 @@ def threshold(scores: torch.Tensor, coverage: float) -> float:
     if len(scores) == 0:
         raise ValueError("no calibration scores")
     k = math.ceil((len(scores) + 1) * Fraction(repr(float(coverage))))
-    return math.inf if k > len(scores) else float(scores.float().kthvalue(k).values)
+    return math.inf if k > len(scores) else float(scores.kthvalue(k).values)
 
 
 def prediction_sets(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -95,7 +95,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.calibrate:  # into the checkpoint only once the evaluation it was fitted for is written
         write_temperature(result.checkpoint, result.temperature, result.conformal_scores)
         print(
-            f"temperature {result.temperature:.4f} fitted on {len(result.data.splits['val'])} validation images, "
+            f"temperature {result.temperature:.4f} and conformal scores fitted on {len(result.data.splits['val'])} "
+            "validation images, "
             f"written into {result.checkpoint}"
         )
     report(result)

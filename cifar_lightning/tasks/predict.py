@@ -1,4 +1,5 @@
-"""Image files -> the trained model's top classes, printed and optionally written as CSV."""
+"""Image files -> the trained model's top classes (with coverage=, a conformal prediction set), printed and optionally
+written as CSV."""
 
 import csv
 import glob
@@ -49,7 +50,8 @@ class PredictOptions:
 
 
 def predict(cfg: DictConfig) -> list[dict]:
-    """Prints each image's top classes (and writes them as CSV with csv=PATH); returns them."""
+    """Prints each image's top classes and, with coverage=, its conformal set (and writes them as CSV with csv=PATH);
+    returns them."""
     check_arguments(PredictOptions, {k: plain(v) for k, v in cfg.items() if k != "trainer"}, "")
     checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
     model = load_model(checkpoint, cfg.get("trusted_modules") or ())
