@@ -21,7 +21,7 @@ from cifar_lightning.tasks.evaluate import evaluate, model_and_data
 from cifar_lightning.tasks.predict import predict
 
 # hand-made probabilities over 7 classes (ranks 6 and 7 are penalised: K_REG = 5), no ties within a row; the
-# calibration scores are 0.5, 0.6, 0.7, 0.75, 0.87, 0.9, 0.91, 0.99, 1.0, none of them a score of NEW's
+# calibration scores are 0 (4 times: the top class), 0.55, 0.74, 0.8, 0.95, 0.97, none of them a score of NEW's
 CALIBRATION = np.array(
     [
         [0.50, 0.20, 0.10, 0.08, 0.06, 0.04, 0.02],
@@ -38,7 +38,7 @@ CALIBRATION = np.array(
 CALIBRATION_LABELS = np.array([5, 1, 2, 3, 1, 0, 4, 6, 5])
 NEW = np.array(
     [
-        [0.80, 0.10, 0.04, 0.03, 0.015, 0.01, 0.005],
+        [0.81, 0.09, 0.045, 0.027, 0.014, 0.009, 0.005],
         [0.25, 0.24, 0.20, 0.15, 0.08, 0.05, 0.03],
         [0.07, 0.06, 0.05, 0.045, 0.04, 0.035, 0.70],
     ]
@@ -46,9 +46,10 @@ NEW = np.array(
 
 
 def direct_score(p: np.ndarray, y: int) -> float:
-    """RAPS' score written out: the mass of the classes at least as probable as y, plus LAMBDA per rank past K_REG."""
+    """RAPS' score with u = 0 written out: the mass of the classes more probable than y, plus LAMBDA per rank of y
+    past K_REG."""
     rank = 1 + int((p > p[y]).sum())
-    return float(p[p >= p[y]].sum() + LAMBDA * max(rank - K_REG, 0))
+    return float(p[p > p[y]].sum() + LAMBDA * max(rank - K_REG, 0))
 
 
 def direct_threshold(scores: np.ndarray, alpha: float) -> float:
@@ -62,13 +63,15 @@ def test_scores_equal_a_direct_computation():
     p = torch.tensor(CALIBRATION)
     expected = [[direct_score(row, y) for y in range(7)] for row in CALIBRATION]
     assert conformal.class_scores(p).numpy() == pytest.approx(np.array(expected), abs=1e-12)
-    # by hand: the true class last of 7 holds all the mass and 2 penalised ranks; 5th of 7 none
-    assert direct_score(CALIBRATION[0], 6) == pytest.approx(1.0 + 2 * LAMBDA)
-    assert direct_score(CALIBRATION[0], 4) == pytest.approx(0.94)
+    # by hand: the class last of 7 has all the mass but its own above it and 2 penalised ranks; the 5th of 7 none;
+    # the most probable class 0
+    assert direct_score(CALIBRATION[0], 6) == pytest.approx(0.98 + 2 * LAMBDA)
+    assert direct_score(CALIBRATION[0], 4) == pytest.approx(0.88)
+    assert direct_score(CALIBRATION[0], 0) == 0
     kept = conformal.calibration_scores(p, torch.tensor(CALIBRATION_LABELS)).numpy()
     assert kept == pytest.approx(sorted(direct_score(r, y) for r, y in zip(CALIBRATION, CALIBRATION_LABELS)))
     # equal probabilities are ranked by class index, so that every run gives the same scores
-    assert conformal.class_scores(torch.tensor([[0.25, 0.25, 0.5]])).tolist() == [[0.75, 1.0, 0.5]]
+    assert conformal.class_scores(torch.tensor([[0.25, 0.25, 0.5]])).tolist() == [[0.5, 0.75, 0.0]]
 
 
 @pytest.mark.parametrize("alpha", [0.1, 0.2, 0.3, 0.45, 0.5, 0.8, 0.05])
@@ -87,16 +90,18 @@ def test_the_quantile_counts_the_level_as_written():
     assert conformal.threshold(torch.tensor([3.0, 1.0, 2.0]), 0.5) == 2  # any order: ceil(4 x 0.5) = 2nd smallest
 
 
-@pytest.mark.parametrize("alpha", [0.1, 0.2, 0.5, 0.05])
+@pytest.mark.parametrize("alpha", [0.1, 0.2, 0.5, 0.8, 0.05])
 def test_sets_equal_a_direct_computation(alpha):
     scores = conformal.calibration_scores(torch.tensor(CALIBRATION), torch.tensor(CALIBRATION_LABELS))
     q = direct_threshold(scores.numpy(), alpha)
     sets = conformal.prediction_sets(torch.tensor(NEW), conformal.threshold(scores, 1 - alpha)).numpy()
     for row, chosen in zip(NEW, sets):
-        expected = {y for y in range(7) if direct_score(row, y) <= q} | {int(row.argmax())}
+        expected = {y for y in range(7) if direct_score(row, y) <= q}
         assert set(np.flatnonzero(chosen)) == expected
     if alpha == 0.05:
         assert sets.all()  # too few calibration images for 95%: every class
+    if alpha == 0.8:
+        assert sets.sum(1).tolist() == [1, 1, 1]  # the threshold is 0: the top class alone
 
 
 def test_set_sizes_grow_with_the_level_and_always_hold_the_top_class():

@@ -4,22 +4,26 @@ validation split) and the new images are exchangeable (drawn alike, e.g. i.i.d. 
 
 The score is RAPS (Angelopoulos, Bates, Malik and Jordan, "Uncertainty Sets for Image Classifiers using Conformal
 Prediction", ICLR 2021), which adds a penalty to APS (Romano, Sesia and Candès, NeurIPS 2020), with the paper's
-defaults LAMBDA = 0.01 and K_REG = 5. The score of class y for an image with probabilities p is the probability
-mass of the classes ranked above y and of y itself, plus LAMBDA per rank of y beyond K_REG:
+defaults LAMBDA = 0.01 and K_REG = 5. The paper's score of class y for an image with probabilities p is the mass of
+the classes ranked above y, a share u of y's own probability, and LAMBDA per rank of y beyond K_REG:
 
-    s(x, y) = p_(1) + ... + p_(o(y)) + LAMBDA * max(o(y) - K_REG, 0),   o(y) = y's rank (1 = the most probable).
+    s(x, y) = p_(1) + ... + p_(o(y)-1) + u * p_(o(y)) + LAMBDA * max(o(y) - K_REG, 0),   o(y) = y's rank (1 = top)
+
+where the randomised version draws u uniform in [0, 1] for each image. Here u = 0 for every image: NOT randomised,
+so the same image and checkpoint always give the same set, in every run and on every machine, which a user can act
+on and a test can check. Why u = 0 rather than the paper's non-randomised u = 1: with u = 1 the top class's score is
+its probability, which for an accurate, confident model is 1 in float32 for many images; the threshold is then 1
+and every set holds K_REG classes or more, whatever the level (a simulated 95%-accurate model: 5 classes at 90%).
+With u = 0 the most probable class scores 0 and is always in the set, and the sets are about as small as the
+randomised ones (1.0 class at 90% for that model, coverage 95%). Any fixed score keeps the guarantee; a
+deterministic one pays with some over-coverage (ties at 0 when the level is below the accuracy).
 
 The calibration images' scores of their true class are kept (sorted) in the checkpoint: any level can be computed
 from them later. For a level 1 - alpha, the threshold q is the k-th smallest of the n calibration scores with
 k = ceil((n + 1)(1 - alpha)) (the finite-sample quantile ceil((n + 1)(1 - alpha)) / n), and an image's set is every
-class whose score is at most q; the most probable class is always in it. Then P(y in set) >= P(s(x, y) <= q)
->= 1 - alpha (split conformal prediction; adding the top class only adds coverage).
+class whose score is at most q. Then P(y in set) = P(s(x, y) <= q) >= 1 - alpha (split conformal prediction).
 
-The sets are NOT randomised (the paper's randomised version draws a uniform number per image to reach 1 - alpha
-exactly): the same image and checkpoint always give the same set, in every run and on every machine, which a user
-can act on and a test can check. The price is some over-coverage (sets a little larger than needed).
-
-Changing LAMBDA or K_REG changes the scores: checkpoints fitted before must be refitted (evaluate.py
+Changing LAMBDA, K_REG or u changes the scores: checkpoints fitted before must be refitted (evaluate.py
 calibrate=true). All functions take probabilities float (N, classes), e.g. softmax(logits / temperature).
 """
 
@@ -37,13 +41,14 @@ LEVEL = Annotated[float, Interval(gt=0, lt=1), "must be a coverage level in (0, 
 
 
 def class_scores(probabilities: torch.Tensor) -> torch.Tensor:
-    """The RAPS score s(x, y) of every class y of each image: float (N, classes), in class order. Ties in
+    """The RAPS score s(x, y) (u = 0) of every class y of each image: float (N, classes), in class order. Ties in
     probability are ranked by class index (a stable sort), so that the scores are reproducible."""
     order = probabilities.argsort(dim=1, descending=True, stable=True)
     ranks = torch.arange(1, probabilities.shape[1] + 1, dtype=probabilities.dtype, device=probabilities.device)
     penalty = LAMBDA * (ranks - K_REG).clamp(min=0)
-    ranked = probabilities.gather(1, order).cumsum(dim=1) + penalty
-    return torch.empty_like(ranked).scatter_(1, order, ranked)
+    ranked = probabilities.gather(1, order)
+    above = ranked.cumsum(dim=1) - ranked  # the mass of the classes ranked above each
+    return torch.empty_like(ranked).scatter_(1, order, above + penalty)
 
 
 def calibration_scores(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -68,11 +73,9 @@ def threshold(scores: torch.Tensor, coverage: float) -> float:
 
 
 def prediction_sets(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Each image's set for a threshold: bool (N, classes), True for the classes whose score is at most
-    `threshold`, and always for the most probable class."""
-    sets = class_scores(probabilities) <= threshold
-    sets[torch.arange(len(sets)), probabilities.argmax(dim=1)] = True
-    return sets
+    """Each image's set for a threshold (>= 0): bool (N, classes), True for the classes whose score is at most
+    `threshold`; the most probable class (score 0) is always in it."""
+    return class_scores(probabilities) <= threshold
 
 
 def coverage_report(
@@ -92,7 +95,7 @@ def coverage_report(
                 "mean_set_size": float(sets.sum(dim=1).float().mean()),
             }
         )
-    method = {"method": "RAPS", "lambda": LAMBDA, "k_reg": K_REG, "randomized": False}
+    method = {"method": "RAPS", "lambda": LAMBDA, "k_reg": K_REG, "randomized": False, "u": 0}
     return {**method, "calibration_images": len(scores), "images": len(labels), "levels": rows}
 
 
@@ -105,7 +108,7 @@ def markdown(report: dict) -> str:
         [
             "## Conformal prediction sets",
             "",
-            f"RAPS (lambda {report['lambda']}, k_reg {report['k_reg']}, not randomised), calibrated on "
+            f"RAPS (lambda {report['lambda']}, k_reg {report['k_reg']}, not randomised: u = 0), calibrated on "
             f"{report['calibration_images']:,} validation images; the guarantee holds when those and these images "
             "are exchangeable.",
             "",
