@@ -1,9 +1,11 @@
 """Temperature scaling (Guo et al., 2017): one number T that divides the logits so that softmax probabilities
-match how often the model is right. Fitted on validation logits; argmax, and so accuracy, do not change."""
+match how often the model is right. Fitted on validation logits; argmax, and so accuracy, do not change. The
+conformal scores (conformal.py) are fitted in the same pass."""
 
 import torch
 import torch.nn.functional as F
 
+from cifar_lightning.blocks.conformal import calibration_scores
 from cifar_lightning.blocks.data import InMemoryImages
 from cifar_lightning.blocks.module import ImageClassifier
 
@@ -24,7 +26,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
     return float(log_t.detach().exp())
 
 
-def fit_on_validation(model: ImageClassifier, validation: InMemoryImages, batch_size: int = 500) -> float:
-    """The temperature of `model` fitted on a validation split's uint8 images, with the model's own test-time
-    augmentation."""
-    return fit_temperature(model.predict_logits(validation.images, batch_size=batch_size), validation.labels)
+def fit_on_validation(
+    model: ImageClassifier, validation: InMemoryImages, batch_size: int = 500, temperature: bool = True
+) -> float:
+    """Fits on a validation split's uint8 images, with the model's own test-time augmentation, in one pass, and sets
+    in `model`: its temperature (when `temperature`; else it keeps its own) and its conformal scores
+    (conformal.py), those of softmax(logits / temperature). Returns the temperature."""
+    logits = model.predict_logits(validation.images, batch_size=batch_size)
+    if temperature:
+        model.temperature.fill_(fit_temperature(logits, validation.labels))
+    probabilities = (logits / float(model.temperature)).softmax(dim=1)
+    model.conformal_scores = calibration_scores(probabilities, validation.labels).to(model.conformal_scores.device)
+    return float(model.temperature)

@@ -46,15 +46,23 @@ def plain(config: Any) -> Any:
     return config
 
 
+def _fit_conformal_scores(module: "ImageClassifier", state_dict: dict, prefix: str, *_: Any) -> None:
+    """A load_state_dict pre-hook: a checkpoint's conformal scores are as many as its validation images, and a
+    checkpoint saved before they were kept has none (empty); the buffer takes their size before they are copied."""
+    scores = state_dict.setdefault(f"{prefix}conformal_scores", torch.empty(0))
+    module.conformal_scores = module.conformal_scores.new_empty(scores.shape)
+
+
 class ImageClassifier(L.LightningModule):
     """The LightningModule of every recipe: uint8 (N, 3, H, W) batches are augmented and normalised on the device,
     the net gives logits (N, classes); cross-entropy training, accuracy per stage, optional test-time augmentation
-    and a calibration temperature (a buffer, saved in checkpoints)."""
+    and a calibration temperature and conformal scores (buffers, saved in checkpoints)."""
 
     # buffers (register_buffer): declared here, as torch types a Module's attributes Tensor | Module
     mean: torch.Tensor
     std: torch.Tensor
     temperature: torch.Tensor
+    conformal_scores: torch.Tensor
 
     def __init__(
         self,
@@ -102,6 +110,9 @@ class ImageClassifier(L.LightningModule):
         # divides the logits wherever probabilities are shown (calibration.py); 1 until fitted on validation
         self.register_buffer("temperature", torch.ones(()))
         self.total_steps: int | None = None  # the run's optimizer steps, once the trainer has counted them
+        # the validation split's conformal scores, sorted (conformal.py): empty until fitted, or without validation
+        self.register_buffer("conformal_scores", torch.empty(0))
+        self.register_load_state_dict_pre_hook(_fit_conformal_scores)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         # Per stage, so that running states never mix. Steps only update them and each epoch logs them once:

@@ -174,6 +174,9 @@ def load_model(path: Path, trusted_modules: Sequence[str] = ()) -> ImageClassifi
         ) from None
     if not (model.temperature.isfinite() and model.temperature > 0):
         raise UserError(f"{path} was refused: its temperature {float(model.temperature)} is not a positive number")
+    scores = model.conformal_scores
+    if scores.dim() != 1 or not scores.isfinite().all():
+        raise UserError(f"{path} was refused: its conformal scores are not a list of finite numbers")
     return model.eval()
 
 
@@ -193,9 +196,12 @@ def read_weights(path: Path) -> dict:
     return _read_tensors(path)["state_dict"]
 
 
-def write_temperature(path: Path, temperature: float) -> None:
-    """Sets the calibration temperature in a checkpoint file, rewritten atomically. Its hyperparameters are not
-    read: the caller has loaded the model it holds through load_model, or wrote the file itself."""
+def write_temperature(path: Path, temperature: float, conformal_scores: torch.Tensor | None = None) -> None:
+    """Sets the calibration temperature in a checkpoint file (and its conformal scores, when given: both in one
+    write, so that they never disagree), rewritten atomically. Its hyperparameters are not read: the caller has
+    loaded the model it holds through load_model, or wrote the file itself."""
     checkpoint = _read_tensors(Path(path))
     checkpoint["state_dict"]["temperature"] = torch.tensor(temperature)
+    if conformal_scores is not None:
+        checkpoint["state_dict"]["conformal_scores"] = conformal_scores.detach().float().cpu()
     AtomicCheckpointIO().save_checkpoint(checkpoint, path)

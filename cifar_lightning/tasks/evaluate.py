@@ -10,7 +10,7 @@ from annotated_types import Ge, MinLen
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifar_lightning.blocks import figures, selective
+from cifar_lightning.blocks import conformal, figures, selective
 from cifar_lightning.blocks.calibration import fit_on_validation
 from cifar_lightning.blocks.checks import check_arguments, check_value
 from cifar_lightning.blocks.corruptions import CORRUPTIONS
@@ -25,6 +25,12 @@ from cifar_lightning.store.locate import resolve
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
 
+# null: 0.9 and 0.95 when the checkpoint has conformal scores; [] none
+COVERAGE_OPTION = Annotated[
+    list[conformal.LEVEL] | conformal.LEVEL | None,
+    "must be a coverage level in (0, 1) or a list of them, e.g. [0.9, 0.95]",
+]
+DEFAULT_COVERAGE = [0.9, 0.95]
 # null: the checkpoint's own level; true is 1, false 0
 TTA_OPTION = Annotated[bool | Literal[0, 1, 2] | None, "must be one of null, 0, 1, 2"]
 
@@ -44,6 +50,7 @@ class EvaluateOptions:
     outputs: str = "outputs"
     misclassified: whole_at_least(0) = 36  # type: ignore[valid-type]
     calibrate: bool = False
+    coverage: COVERAGE_OPTION = None
     trusted_modules: list[str] | None = None
 
 
@@ -75,6 +82,8 @@ class Result:
     evaluation: Evaluation
     temperature: float
     robustness: dict | None = None
+    conformal: dict | None = None  # conformal.coverage_report
+    conformal_scores: torch.Tensor | None = None  # the checkpoint's, refitted with calibrate=true
     # (clean uint8 image, {name: [one per severity]})
     corruption_examples: tuple[torch.Tensor, dict[str, list[torch.Tensor]]] | None = None
 
@@ -84,9 +93,10 @@ def evaluate(cfg: DictConfig) -> dict:
     result = compute(cfg)
     metrics = write(result, cfg.misclassified)
     if cfg.calibrate:  # into the checkpoint only once the evaluation it was fitted for is written
-        write_temperature(result.checkpoint, result.temperature)
+        write_temperature(result.checkpoint, result.temperature, result.conformal_scores)
         print(
-            f"temperature {result.temperature:.4f} fitted on {len(result.data.splits['val'])} validation images, "
+            f"temperature {result.temperature:.4f} and conformal scores fitted on {len(result.data.splits['val'])} "
+            "validation images, "
             f"written into {result.checkpoint}"
         )
     report(result)
@@ -144,7 +154,8 @@ def compute(cfg: DictConfig) -> Result:
                 f"calibrate=true fits the temperature on a validation split, and the data in {data.root} has none "
                 f"(data.val_size=0): choose data with one"
             )
-        model.temperature.fill_(fit_on_validation(model, data.splits["val"], data.eval_batch_size))
+        fit_on_validation(model, data.splits["val"], data.eval_batch_size)
+    levels = coverage_levels(cfg.coverage, model, checkpoint)
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     split = data.splits[cfg.split]
@@ -163,6 +174,8 @@ def compute(cfg: DictConfig) -> Result:
         labels=split.labels,
         evaluation=evaluate_predictions(logits, split.labels, list(model.hparams["class_names"]), temperature),
         temperature=temperature,
+        conformal=conformal_sets(levels, model, logits / temperature, split.labels),
+        conformal_scores=model.conformal_scores,
     )
     if corruptions:
         chosen = choose(len(split), corruptions["images"], corruptions["seed"])
@@ -182,6 +195,37 @@ def compute(cfg: DictConfig) -> Result:
     return result
 
 
+def coverage_levels(coverage: Any, model: ImageClassifier, checkpoint: Path) -> list[float]:
+    """The coverage levels to report (coverage=: one, a list, or null for DEFAULT_COVERAGE when the checkpoint has
+    conformal scores). Raises UserError when levels are asked of a checkpoint without scores."""
+    levels = plain(coverage)
+    has_scores = len(model.conformal_scores) > 0
+    if levels is None:
+        return DEFAULT_COVERAGE if has_scores else []
+    levels = [levels] if isinstance(levels, (int, float)) else list(levels)
+    if levels and not has_scores:
+        raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
+    return [float(level) for level in levels]
+
+
+def no_conformal_scores(asked: str, checkpoint: Path) -> str:
+    """The one line refusing a coverage level of a checkpoint without conformal scores."""
+    return (
+        f"{asked}: {checkpoint} holds no conformal scores (it was trained without a validation split, "
+        f"data.val_size=0, or before they were kept): python evaluate.py ckpt={checkpoint} calibrate=true fits them "
+        "on a validation split"
+    )
+
+
+def conformal_sets(
+    levels: list[float], model: ImageClassifier, logits: torch.Tensor, labels: torch.Tensor
+) -> dict | None:
+    """metrics.json's `conformal` (conformal.coverage_report) of calibrated logits; None without levels."""
+    if not levels:
+        return None
+    return conformal.coverage_report(logits.softmax(dim=1), labels, model.conformal_scores.cpu(), levels)
+
+
 def write(result: Result, misclassified: int) -> dict:
     """metrics.json, the classification report, the figures and report.md into the result's folder, which is
     replaced whole once all of them are written. Returns the metrics."""
@@ -198,6 +242,7 @@ def write(result: Result, misclassified: int) -> dict:
         "reliability_uncalibrated": evaluation.reliability_uncalibrated,
         "confusion_matrix": evaluation.confusion.tolist(),
         **({"corruptions": result.robustness} if result.robustness else {}),
+        **({"conformal": result.conformal} if result.conformal else {}),
     }
     probabilities = (result.logits / result.temperature).softmax(dim=1)
     with result.run.replace_folder(result.out) as tmp:
@@ -222,6 +267,9 @@ def write(result: Result, misclassified: int) -> dict:
         tta = f", TTA level {result.tta}" if result.tta else ""
         title = f"Evaluation of {result.checkpoint.name} on the {result.split} split ({result.data.root}{tta})"
         figures.report(evaluation, pngs, title, tmp / "report.md", result.robustness)
+        if result.conformal:
+            with open(tmp / "report.md", "a") as f:
+                f.write("\n" + conformal.markdown(result.conformal))
     return metrics
 
 
@@ -236,6 +284,8 @@ def report(result: Result) -> None:
             f"({robustness['relative_accuracy']:.3f} x clean {robustness['clean_accuracy']:.2%}) on "
             f"{robustness['images']:,} images"
         )
+    if result.conformal:
+        print(conformal.console_line(result.conformal))
     attached = tracking.attach(result.run.path, result.out)
     if attached:
         print(f"attached to {attached}")

@@ -1,11 +1,12 @@
-"""Image files -> the trained model's top classes (or, below abstain_below=, an abstention), printed and optionally
+"""Image files -> the trained model's top classes (below abstain_below=, an abstention; with coverage=, a conformal
+prediction set), printed and optionally
 written as CSV."""
 
 import csv
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from annotated_types import Predicate
@@ -13,16 +14,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from cifar_lightning.blocks import conformal
 from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.data import read_image
 from cifar_lightning.blocks.errors import UserError
-from cifar_lightning.blocks.module import plain
+from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.blocks.paths import user_path, user_pattern
 from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import resolve
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
-from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
+from cifar_lightning.tasks.evaluate import TTA_OPTION, no_conformal_scores, whole_at_least
 
 
 def find_images(pattern: str) -> list[Path]:
@@ -66,17 +68,21 @@ class PredictOptions:
     csv: str | None = None
     batch_size: whole_at_least(1) = 256  # type: ignore[valid-type]
     abstain_below: SHARE_OR_NULL = None
+    coverage: Annotated[conformal.LEVEL | None, "must be a coverage level in (0, 1), e.g. 0.9, or null"] = None
     trusted_modules: list[str] | None = None
 
 
 def predict(cfg: DictConfig) -> list[dict]:
-    """Prints each image's top classes (and writes them as CSV with csv=PATH); returns them."""
+    """Prints each image's top classes and, with coverage=, its conformal set (and writes them as CSV with csv=PATH);
+    returns them."""
     check_arguments(PredictOptions, {k: plain(v) for k, v in cfg.items() if k != "trainer"}, "")
     checkpoint, found = resolve(str(cfg.ckpt), Path(cfg.outputs)), find_images(str(cfg.images))
     # checked before any work: the CSV may replace neither an input nor a file of the checkpoint's run
     out = output_file(cfg.csv, "csv", [checkpoint, *found], RunFolder.of_checkpoint(checkpoint)) if cfg.csv else None
     model = load_model(checkpoint, cfg.get("trusted_modules") or ())
     print(f"checkpoint {checkpoint}")
+    if cfg.coverage is not None and len(model.conformal_scores) == 0:
+        raise UserError(no_conformal_scores(f"coverage={cfg.coverage}", checkpoint))
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in found:
@@ -93,33 +99,49 @@ def predict(cfg: DictConfig) -> list[dict]:
     probs = model.predict_logits(torch.stack(images), tta, cfg.batch_size, calibrated=True).softmax(dim=1)
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
     abstained = abstains(top.values[:, 0], cfg.get("abstain_below")).tolist()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"path": str(path), "top": [(class_names[i], float(p)) for p, i in zip(values, indices)], "abstained": no}
         for path, values, indices, no in zip(readable, top.values.tolist(), top.indices.tolist(), abstained)
     ]
+    if cfg.coverage is not None:
+        add_sets(rows, probs, model, float(cfg.coverage))
     for row in rows:
-        print(line(row))
+        print(line(row, cfg.coverage))
     if out is not None:
-        write_atomic(out, lambda tmp: write_csv(tmp, rows))
+        write_atomic(out, lambda tmp: write_csv(tmp, rows, cfg.coverage is not None))
         print(f"wrote {out}")
     return rows
 
 
-def line(row: dict) -> str:
+def line(row: dict, coverage: float | None = None) -> str:
     """An image's console line: its top classes, or with abstain_below= and too low a top probability, that it
-    abstained (`path: abstained (top: cat 41.2%)`)."""
+    abstained (`path: abstained (top: cat 41.2%)`); with coverage=, its conformal set after them."""
+    shown = f" | set at {100 * coverage:g}%: {{{', '.join(row['set'])}}}" if "set" in row and coverage else ""
     if row["abstained"]:
         name, p = row["top"][0]
-        return f"{row['path']}: abstained (top: {name} {p:.1%})"
-    return f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"])
+        return f"{row['path']}: abstained (top: {name} {p:.1%})" + shown
+    return f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"]) + shown
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """path, class_1, prob_1, ... class_k, prob_k, abstained (true/false), a row per image."""
+def write_csv(path: Path, rows: list[dict], sets: bool = False) -> None:
+    """path, class_1, prob_1, ... class_k, prob_k, abstained (true/false), and with `sets` the conformal set (its
+    classes joined by |), a row per image."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         k = len(rows[0]["top"])
-        writer.writerow(["path", *(f"{what}_{i + 1}" for i in range(k) for what in ("class", "prob")), "abstained"])
+        columns = [f"{what}_{i + 1}" for i in range(k) for what in ("class", "prob")]
+        writer.writerow(["path", *columns, "abstained", *(["set"] if sets else [])])
         for row in rows:
             top = (v for name, p in row["top"] for v in (name, f"{p:.6f}"))
-            writer.writerow([row["path"], *top, str(row["abstained"]).lower()])
+            writer.writerow(
+                [row["path"], *top, str(row["abstained"]).lower(), *(["|".join(row["set"])] if sets else [])]
+            )
+
+
+def add_sets(rows: list[dict], probabilities: torch.Tensor, model: ImageClassifier, coverage: float) -> None:
+    """Each row's conformal prediction set at the `coverage` level (conformal.py, the checkpoint's scores) as
+    row["set"]: its class names, most probable first."""
+    sets = conformal.prediction_sets(probabilities, conformal.threshold(model.conformal_scores.cpu(), coverage))
+    class_names = model.hparams["class_names"]
+    for row, chosen, p in zip(rows, sets, probabilities):
+        row["set"] = [class_names[i] for i in sorted(chosen.nonzero().flatten().tolist(), key=lambda i: -p[i])]

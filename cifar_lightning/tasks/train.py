@@ -245,30 +245,35 @@ def best_checkpoint(trainer: L.Trainer) -> BestCheckpoint | None:
 def calibrate(
     cfg: DictConfig, trainer: L.Trainer, module: ImageClassifier, datamodule: ImageDataModule, best_path: str
 ) -> float:
-    """calibration=temperature: the temperature fitted on the validation split with the best weights, set in the
-    module and written into every checkpoint of the run. Returns it (1 when nothing was fitted)."""
-    if cfg.calibration != "temperature":
-        return 1.0
+    """Fitted on the validation split with the best weights, set in the module and written into every checkpoint of
+    the run: the temperature (calibration=temperature) and the conformal scores (conformal.py; with either
+    calibration). Returns the temperature (1 when it was not fitted)."""
     if not datamodule.validates:
-        log.info("calibration=temperature: data.val_size=0 leaves no validation images to fit it on; it stays 1")
+        log.info("calibration: data.val_size=0 leaves no validation images to fit it on; the temperature stays 1")
         return 1.0
     if not best_path:
-        log.info("calibration=temperature: no checkpoint was saved (trainer.fast_dev_run?); it stays 1")
+        log.info("calibration: no checkpoint was saved (trainer.fast_dev_run?); the temperature stays 1")
         return 1.0
     if trainer.world_size > 1:  # each process holds only its shard of the validation split
         log.info(
-            "calibration=temperature is not fitted under DDP: run python evaluate.py ckpt=%s calibrate=true",
+            "calibration: the temperature and the conformal scores are not fitted under DDP: run python evaluate.py "
+            "ckpt=%s calibrate=true",
             Path(cfg.paths.output_dir),
         )
         return 1.0
-    # the run's own best weights into the module: trainer.test loads them again, with the temperature written below
+    # the run's own best weights into the module: trainer.test loads them again, with what is written below
     module.load_state_dict(read_weights(Path(best_path)))
-    temperature = fit_on_validation(module, datamodule.splits["val"], datamodule.eval_batch_size)
-    module.temperature.fill_(temperature)
+    validation = datamodule.splits["val"]
+    fitted = cfg.calibration == "temperature"
+    temperature = fit_on_validation(module, validation, datamodule.eval_batch_size, temperature=fitted)
     saved = {best_path} | {c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)}
     for path in saved - {""}:  # best.ckpt and last.ckpt
-        write_temperature(Path(path), temperature)
-    log.info("calibration: temperature %.4f fitted on %d validation images", temperature, len(datamodule.splits["val"]))
+        write_temperature(Path(path), temperature, module.conformal_scores)
+    log.info(
+        "calibration: %s and conformal scores fitted on %d validation images",
+        f"temperature {temperature:.4f}" if fitted else "no temperature (calibration=none)",
+        len(validation),
+    )
     return temperature
 
 

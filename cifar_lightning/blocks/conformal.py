@@ -1,0 +1,129 @@
+"""Split conformal prediction sets: for a coverage level 1 - alpha, each image gets a set of classes that holds its
+true class with probability at least 1 - alpha, whatever the model, provided the calibration images (here the
+validation split) and the new images are exchangeable (drawn alike, e.g. i.i.d. from one distribution).
+
+The score is RAPS (Angelopoulos, Bates, Malik and Jordan, "Uncertainty Sets for Image Classifiers using Conformal
+Prediction", ICLR 2021), which adds a penalty to APS (Romano, Sesia and Candès, NeurIPS 2020), with the paper's
+defaults LAMBDA = 0.01 and K_REG = 5. The paper's score of class y for an image with probabilities p is the mass of
+the classes ranked above y, a share u of y's own probability, and LAMBDA per rank of y beyond K_REG:
+
+    s(x, y) = p_(1) + ... + p_(o(y)-1) + u * p_(o(y)) + LAMBDA * max(o(y) - K_REG, 0),   o(y) = y's rank (1 = top)
+
+where the randomised version draws u uniform in [0, 1] for each image. Here u = 0 for every image: NOT randomised,
+so the same image and checkpoint always give the same set, in every run and on every machine, which a user can act
+on and a test can check. Why u = 0 rather than the paper's non-randomised u = 1: with u = 1 the top class's score is
+its probability, which for an accurate, confident model is 1 in float32 for many images; the threshold is then 1
+and every set holds K_REG classes or more, whatever the level (a simulated 95%-accurate model: 5 classes at 90%).
+With u = 0 the most probable class scores 0 and is always in the set, and the sets are about as small as the
+randomised ones (1.0 class at 90% for that model, coverage 95%). Any fixed score keeps the guarantee; a
+deterministic one pays with some over-coverage (ties at 0 when the level is below the accuracy).
+
+The calibration images' scores of their true class are kept (sorted) in the checkpoint: any level can be computed
+from them later. For a level 1 - alpha, the threshold q is the k-th smallest of the n calibration scores with
+k = ceil((n + 1)(1 - alpha)) (the finite-sample quantile ceil((n + 1)(1 - alpha)) / n), and an image's set is every
+class whose score is at most q. Then P(y in set) = P(s(x, y) <= q) >= 1 - alpha (split conformal prediction).
+
+Changing LAMBDA, K_REG or u changes the scores: checkpoints fitted before must be refitted (evaluate.py
+calibrate=true). All functions take probabilities float (N, classes), e.g. softmax(logits / temperature).
+"""
+
+import math
+from fractions import Fraction
+from typing import Annotated
+
+import torch
+from annotated_types import Interval
+
+LAMBDA = 0.01  # RAPS' penalty per rank beyond K_REG (the paper's default)
+K_REG = 5  # the ranks that are not penalised
+# a coverage level 1 - alpha
+LEVEL = Annotated[float, Interval(gt=0, lt=1), "must be a coverage level in (0, 1), e.g. 0.9"]
+
+
+def class_scores(probabilities: torch.Tensor) -> torch.Tensor:
+    """The RAPS score s(x, y) (u = 0) of every class y of each image: float (N, classes), in class order. Ties in
+    probability are ranked by class index (a stable sort), so that the scores are reproducible."""
+    order = probabilities.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.arange(1, probabilities.shape[1] + 1, dtype=probabilities.dtype, device=probabilities.device)
+    penalty = LAMBDA * (ranks - K_REG).clamp(min=0)
+    ranked = probabilities.gather(1, order)
+    above = ranked.cumsum(dim=1) - ranked  # the mass of the classes ranked above each
+    return torch.empty_like(ranked).scatter_(1, order, above + penalty)
+
+
+def calibration_scores(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The scores of the calibration images' true classes (int64 labels (N,)), sorted ascending: float (N,)."""
+    return class_scores(probabilities).gather(1, labels[:, None]).squeeze(1).sort().values
+
+
+def threshold(scores: torch.Tensor, coverage: float) -> float:
+    """The threshold q for a coverage level: the k-th smallest of the n calibration `scores` (any order),
+    k = ceil((n + 1) * coverage), counted exactly on the level as the decimal it was written as (0.55, not
+    0.55000000000000004: 100 x 0.55 is 55.00000000000001 in floats). inf when k > n: too few calibration images
+    for that level, and every class is in every set.
+
+    Raises:
+        ValueError: `scores` is empty (nothing was calibrated) or `coverage` is not in (0, 1)."""
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage {coverage} is not in (0, 1)")
+    if len(scores) == 0:
+        raise ValueError("no calibration scores")
+    k = math.ceil((len(scores) + 1) * Fraction(repr(float(coverage))))
+    return math.inf if k > len(scores) else float(scores.kthvalue(k).values)
+
+
+def prediction_sets(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Each image's set for a threshold (>= 0): bool (N, classes), True for the classes whose score is at most
+    `threshold`; the most probable class (score 0) is always in it."""
+    return class_scores(probabilities) <= threshold
+
+
+def coverage_report(
+    probabilities: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, levels: list[float]
+) -> dict:
+    """What the sets do on labelled images at each level: the share holding the true class (`empirical_coverage`)
+    and the mean number of classes (`mean_set_size`), with the threshold (null: every class). For metrics.json."""
+    rows = []
+    for level in levels:
+        q = threshold(scores, level)
+        sets = prediction_sets(probabilities, q)
+        rows.append(
+            {
+                "coverage": level,
+                "threshold": None if math.isinf(q) else q,
+                "empirical_coverage": float(sets.gather(1, labels[:, None]).float().mean()),
+                "mean_set_size": float(sets.sum(dim=1).float().mean()),
+            }
+        )
+    method = {"method": "RAPS", "lambda": LAMBDA, "k_reg": K_REG, "randomized": False, "u": 0}
+    return {**method, "calibration_images": len(scores), "images": len(labels), "levels": rows}
+
+
+def markdown(report: dict) -> str:
+    """report.md's section on the sets of `coverage_report`."""
+    rows = [
+        f"| {r['coverage']:.1%} | {r['empirical_coverage']:.2%} | {r['mean_set_size']:.2f} |" for r in report["levels"]
+    ]
+    return "\n".join(
+        [
+            "## Conformal prediction sets",
+            "",
+            f"RAPS (lambda {report['lambda']}, k_reg {report['k_reg']}, not randomised: u = 0), calibrated on "
+            f"{report['calibration_images']:,} validation images; the guarantee holds when those and these images "
+            "are exchangeable.",
+            "",
+            "| level | empirical coverage | mean set size |",
+            "|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+
+
+def console_line(report: dict) -> str:
+    """The console's one line on the sets of `coverage_report`."""
+    levels = "; ".join(
+        f"{r['coverage']:.1%}: coverage {r['empirical_coverage']:.2%}, mean size {r['mean_set_size']:.2f}"
+        for r in report["levels"]
+    )
+    return f"conformal sets (RAPS, {report['calibration_images']:,} calibration images) {levels}"
