@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
     return Interval(difference, difference - half, difference + half, level, df)
 
 
-def discordant(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, int]:
+def discordant(a_correct: ArrayLike, b_correct: ArrayLike) -> tuple[int, int]:
     """The discordant pairs of two classifiers on the same images: (images only A gets right, images only B gets
     right).
 
@@ -153,7 +154,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 
 def paired_bootstrap(
-    a_correct: np.ndarray, b_correct: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95
+    a_correct: ArrayLike, b_correct: ArrayLike, resamples: int = 2000, seed: int = 0, level: float = 0.95
 ) -> Interval:
     """The percentile bootstrap interval over images of mean accuracy(B) - mean accuracy(A): `a_correct` is
     (runs of A, images) or (images,) of whether each run got each image right, `b_correct` likewise on the same
