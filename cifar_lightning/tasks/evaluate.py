@@ -1,6 +1,7 @@
 """One evaluation: checkpoint -> logits on a split -> a typed result -> metrics, figures and report (run folder)."""
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -10,7 +11,7 @@ from annotated_types import Ge, MinLen
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifar_lightning.blocks import conformal, figures, selective
+from cifar_lightning.blocks import conformal, figures, ood, selective
 from cifar_lightning.blocks.calibration import fit_on_validation
 from cifar_lightning.blocks.checks import check_arguments, check_value
 from cifar_lightning.blocks.corruptions import CORRUPTIONS
@@ -33,6 +34,8 @@ COVERAGE_OPTION = Annotated[
 DEFAULT_COVERAGE = [0.9, 0.95]
 # null: the checkpoint's own level; true is 1, false 0
 TTA_OPTION = Annotated[bool | Literal[0, 1, 2] | None, "must be one of null, 0, 1, 2"]
+# null: no out-of-distribution report
+OOD_OPTION = Annotated[Literal["heldout", "generated"] | None, "must be one of null, heldout, generated"]
 
 
 def whole_at_least(least: int) -> Any:
@@ -51,6 +54,7 @@ class EvaluateOptions:
     misclassified: whole_at_least(0) = 36  # type: ignore[valid-type]
     calibrate: bool = False
     coverage: COVERAGE_OPTION = None
+    ood: OOD_OPTION = None
     trusted_modules: list[str] | None = None
 
 
@@ -86,6 +90,8 @@ class Result:
     conformal_scores: torch.Tensor | None = None  # the checkpoint's, refitted with calibrate=true
     # (clean uint8 image, {name: [one per severity]})
     corruption_examples: tuple[torch.Tensor, dict[str, list[torch.Tensor]]] | None = None
+    ood: dict | None = None  # ood.report
+    ood_logits: dict[str, tuple[torch.Tensor, dict]] | None = None  # ood.set_logits
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -147,6 +153,7 @@ def compute(cfg: DictConfig) -> Result:
     """Everything evaluate.py reports, computed: logits, metrics, and with corruptions= the robustness table."""
     corruptions = check_options(cfg)
     checkpoint, model, data = model_and_data(cfg, cfg.split)
+    ood_sets = out_of_distribution_sets(cfg.ood, data, data.splits[cfg.split].images)
     model.to(instantiate(cfg.trainer).strategy.root_device)
     if cfg.calibrate:
         if "val" not in data.splits:
@@ -192,7 +199,25 @@ def compute(cfg: DictConfig) -> Result:
             corruptions["batch_size"],
         )
         result.corruption_examples = (pixels[0], examples)
+    out_of_distribution(result, cfg.ood, ood_sets, model)
     return result
+
+
+def out_of_distribution_sets(choice: str | None, data: ImageDataModule, images: torch.Tensor) -> Iterable | None:
+    """The sets ood= compares the split's images with (None: no ood=), before any logits, so that a refusal of
+    ood=heldout (UserError: nothing held out) costs nothing; the generated sets are made as they are used."""
+    if choice is None:
+        return None
+    return [ood.held_out(data)] if choice == "heldout" else ood.generated(images)
+
+
+def out_of_distribution(result: Result, choice: str | None, sets: Iterable | None, model: ImageClassifier) -> None:
+    """result.ood and its logits (left None without sets): each set at the TTA level of the clean split."""
+    if choice is None or sets is None:
+        return
+    eval_batch_size = result.data.eval_batch_size
+    result.ood_logits = ood.set_logits(model, sets, result.tta, result.tta_fraction, eval_batch_size)
+    result.ood = ood.report(choice, result.logits, result.ood_logits, result.temperature)
 
 
 def coverage_levels(coverage: Any, model: ImageClassifier, checkpoint: Path) -> list[float]:
@@ -243,6 +268,7 @@ def write(result: Result, misclassified: int) -> dict:
         "confusion_matrix": evaluation.confusion.tolist(),
         **({"corruptions": result.robustness} if result.robustness else {}),
         **({"conformal": result.conformal} if result.conformal else {}),
+        **({"ood": result.ood} if result.ood else {}),
     }
     probabilities = (result.logits / result.temperature).softmax(dim=1)
     with result.run.replace_folder(result.out) as tmp:
@@ -262,6 +288,8 @@ def write(result: Result, misclassified: int) -> dict:
                 figures.corruption_heatmap(result.robustness, tmp / "corruptions.png"),
                 figures.corruption_examples(*result.corruption_examples, tmp / "corruption_examples.png"),
             ]
+        if result.ood_logits:
+            pngs.append(ood.figure(result.logits, result.ood_logits, result.temperature, tmp / "ood.png"))
         if result.run.metrics_csv.is_file():
             pngs.insert(0, figures.training_curves(result.run.metrics_csv, tmp / "training_curves.png"))
         tta = f", TTA level {result.tta}" if result.tta else ""
@@ -270,6 +298,9 @@ def write(result: Result, misclassified: int) -> dict:
         if result.conformal:
             with open(tmp / "report.md", "a") as f:
                 f.write("\n" + conformal.markdown(result.conformal))
+        if result.ood:
+            with open(tmp / "report.md", "a") as f:
+                f.write("\n" + ood.markdown(result.ood))
     return metrics
 
 
@@ -286,6 +317,8 @@ def report(result: Result) -> None:
         )
     if result.conformal:
         print(conformal.console_line(result.conformal))
+    if result.ood:
+        print(ood.console_lines(result.ood))
     attached = tracking.attach(result.run.path, result.out)
     if attached:
         print(f"attached to {attached}")
