@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,9 @@ _forkserver.set_forkserver_preload(["torch", "lightning", "hydra", "cifar_lightn
 def _as_python_would(args: list[str], cwd: str, env: dict, stdout: str, stderr: str) -> None:
     """In the forked process: what `python *args` does in `cwd`."""
     os.chdir(cwd)
+    # Ctrl-C as in a terminal: Python raises KeyboardInterrupt on SIGINT unless its parent ignored the signal, which a
+    # pytest-xdist worker does (so would every script it starts, and Ctrl-C would do nothing)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()
     os.environ.update(env)
     sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import FAST, compose_train, run_script, train_run
 from hydra.utils import instantiate
+from PIL import Image
 
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.store.checkpoints import load_model
@@ -133,7 +134,8 @@ def test_the_payloads_do_run_code_when_built_unchecked(tmp_path):
 @pytest.mark.parametrize("kind", CRAFTED)
 def test_crafted_checkpoint_is_refused_by_every_task_and_runs_nothing(checkpoint, tmp_path, kind):
     path, marker = craft(checkpoint, kind, tmp_path)
-    tasks = [(evaluate, "evaluate", []), (predict, "predict", [f"images={tmp_path}"]), (export, "export", [])]
+    image = an_image(tmp_path)  # predict finds its images before it reads the checkpoint
+    tasks = [(evaluate, "evaluate", []), (predict, "predict", [f"images={image}"]), (export, "export", [])]
     for task, config, extra in tasks:
         with pytest.raises(UserError, match="refused|not a cifar-lightning checkpoint") as error:
             task(compose_config(config, [f"ckpt={path}", *extra]))
@@ -141,12 +143,19 @@ def test_crafted_checkpoint_is_refused_by_every_task_and_runs_nothing(checkpoint
     assert not marker.exists()
 
 
+def an_image(folder):
+    path = folder / "image.png"
+    Image.new("RGB", (32, 32), (120, 30, 200)).save(path)
+    return path
+
+
 @pytest.mark.parametrize("index, kind", list(enumerate(CRAFTED))[::3])
 def test_crafted_checkpoint_through_the_command_line_is_one_error_line(checkpoint, tmp_path, index, kind):
     """Every third kind (all of them are refused in-process above), through one of the three scripts in turn:
     net, augmentation, optimizer and scheduler kinds, each script at least twice."""
     path, marker = craft(checkpoint, kind, tmp_path)
-    script, extra = [("evaluate.py", []), ("predict.py", [f"images={tmp_path}"]), ("export.py", [])][(index // 3) % 3]
+    image = an_image(tmp_path)
+    script, extra = [("evaluate.py", []), ("predict.py", [f"images={image}"]), ("export.py", [])][(index // 3) % 3]
     result = run_script(script, f"ckpt={path}", *extra)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and "Traceback" not in result.stderr

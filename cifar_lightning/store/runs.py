@@ -204,6 +204,7 @@ class RunFolder:
 
         Raises:
             UserError: another process, or another block of this one, holds it."""
+        made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / LOCK, "a+") as lock:
             try:
@@ -219,6 +220,11 @@ class RunFolder:
             HELD.add(lock)
             try:
                 yield
+            except BaseException:
+                # a run refused before it wrote anything leaves no folder it made (it still holds the lock)
+                if made and [p.name for p in self.path.iterdir()] == [LOCK]:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise
             finally:
                 HELD.discard(lock)
 
