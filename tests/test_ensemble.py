@@ -183,6 +183,11 @@ def test_refusals_as_a_user_sees_them(sweep, tmp_path):
     ]
     with pytest.raises(UserError, match="export.py exports one run"):
         export(compose_config("export", [f"ckpt={sweep / 'sweep'}"]))
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "black.png")
+    with pytest.raises(UserError, match="an ensemble has no conformal scores of its own"):
+        predict(compose_config("predict", [f"ckpt={sweep / 'sweep'}", f"images={tmp_path}", "coverage=0.9"]))
+    with pytest.raises(UserError, match="out= places an ensemble's evaluation"):
+        evaluate(f"ckpt={sweep / 'sweep' / '0'}", f"out={tmp_path / 'out'}")
 
 
 def test_average_refuses_nothing_and_keeps_one_member_unchanged():

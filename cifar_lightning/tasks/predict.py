@@ -86,13 +86,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise UserError(f"csv={cfg.csv} would write over {out}, a file of a member's run: name another")
     models = load_members(checkpoints, cfg.get("trusted_modules") or ())
     model = models[0]
-    if cfg.coverage is not None and len(models) > 1:
-        raise UserError(
-            f"coverage={cfg.coverage}: an ensemble has no conformal scores of its own: evaluate.py reports its sets; "
-            "predict with one run for sets"
-        )
-    if cfg.coverage is not None and len(model.conformal_scores) == 0:
-        raise UserError(no_conformal_scores(f"coverage={cfg.coverage}", checkpoints[0]))
+    if cfg.coverage is not None:
+        check_coverage(str(cfg.coverage), models, checkpoints[0])
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in found:
@@ -155,6 +150,17 @@ def load_members(checkpoints: list[Path], trusted: Sequence[str]) -> list[ImageC
             )
         models.append(model)
     return models
+
+
+def check_coverage(coverage: str, models: list[ImageClassifier], checkpoint: Path) -> None:
+    """coverage= needs one model with conformal scores. Raises UserError for an ensemble or a model without."""
+    if len(models) > 1:
+        raise UserError(
+            f"coverage={coverage}: an ensemble has no conformal scores of its own (evaluate.py reports its sets): "
+            "predict with one run for sets"
+        )
+    if len(models[0].conformal_scores) == 0:
+        raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
 
 
 def line(row: dict, coverage: float | None = None) -> str:
