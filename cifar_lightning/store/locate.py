@@ -57,6 +57,65 @@ def resolve(ckpt: str, outputs: Path) -> Path:
     return path
 
 
+def is_run_folder(path: Path) -> bool:
+    """Whether a folder is one run's (resolve finds its checkpoint) rather than a sweep's or another folder."""
+    return (path / ".hydra").is_dir() or (path / "checkpoints").is_dir() or (path / "best.ckpt").is_file()
+
+
+def checkpoints_of(value: str) -> tuple[list[Path], int]:
+    """The checkpoints one value names, and how many pruned jobs were left out: a run folder's best (else last)
+    checkpoint, a .ckpt file, or the best checkpoints of a sweep's finished, unpruned jobs (sorted).
+
+    Raises:
+        UserError: it does not exist, is no run and no sweep, or is a sweep with no finished job."""
+    path = user_path(value)
+    if path.is_file() or is_run_folder(path):
+        return [resolve(str(path), Path("outputs"))], 0
+    if not path.is_dir():
+        raise UserError(f"{path} does not exist: give a run folder, a sweep folder or a .ckpt file")
+    finished = [RunFolder(s.parent) for s in sorted(path.glob("**/summary.json"))]
+    jobs = [run for run in finished if not run.summary_values().get("pruned")]
+    if jobs:
+        return [resolve(str(run.path), Path("outputs")) for run in jobs], len(finished) - len(jobs)
+    if finished:
+        raise UserError(f"{path} holds only pruned jobs (stopped early): nothing finished to use")
+    if (path / "multirun.yaml").is_file() or any(path.glob("*/.hydra")):
+        raise UserError(f"{path} is a sweep with no finished job (none has summary.json): let it finish or resume it")
+    raise UserError(f"{path} is no run folder (.hydra/, checkpoints/) and no sweep folder (jobs with summary.json)")
+
+
+def is_group(ckpt: object) -> bool:
+    """Whether ckpt= (plain values) names several runs, an ensemble: a list, or a folder that is no run folder (a
+    sweep's, or none: checkpoints_of says why)."""
+    if isinstance(ckpt, (list, tuple)):
+        return True
+    if not isinstance(ckpt, str) or ckpt in ("best", "last") or ckpt.startswith(tracking.PREFIX):
+        return False
+    path = user_path(ckpt)
+    return path.is_dir() and not is_run_folder(path)
+
+
+def group_checkpoints(ckpt: str | list[str]) -> tuple[list[Path], int]:
+    """The checkpoints of an ensemble's ckpt= (a sweep folder, or a list of runs, sweeps or .ckpt files), each once,
+    and how many pruned jobs were left out.
+
+    Raises:
+        UserError: as checkpoints_of, for an empty list, or for a checkpoint named twice."""
+    values = [ckpt] if isinstance(ckpt, str) else list(ckpt)
+    if not values:
+        raise UserError("ckpt=[] names no run: list the runs of the ensemble, e.g. ckpt=[RUN1,RUN2]")
+    checkpoints: list[Path] = []
+    pruned = 0
+    for value in values:
+        found, left_out = checkpoints_of(str(value))
+        pruned += left_out
+        for checkpoint in found:
+            if any(checkpoint.resolve() == c.resolve() for c in checkpoints):
+                raise UserError(f"ckpt= names {checkpoint} twice: each run counts once in an ensemble")
+            checkpoints.append(checkpoint)
+    return checkpoints, pruned
+
+
 def register_resolvers() -> None:
     """Hydra's run folder is chosen through these (configs/hydra/default.yaml): each new one claimed on disk, a
     resumed run's own, and the resuming call's config beside the original. Cached, so a folder is chosen once

@@ -39,7 +39,7 @@ from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.blocks.stats import Interval, discordant, mcnemar_exact, mean_std, paired_bootstrap, welch_interval
 from cifar_lightning.store.checkpoints import load_model
-from cifar_lightning.store.locate import resolve
+from cifar_lightning.store.locate import checkpoints_of
 from cifar_lightning.store.runs import RunFolder, write_atomic
 from cifar_lightning.store.trust import run_data_config
 from cifar_lightning.tasks.cli import exit_on_user_error
@@ -58,28 +58,6 @@ class Member:
     @property
     def accuracy(self) -> float:
         return int(self.correct.sum()) / len(self.correct)
-
-
-def checkpoints_of(value: str) -> tuple[list[Path], int]:
-    """The checkpoints a group's argument names, and how many pruned jobs were left out: a run folder's best (else
-    last) checkpoint, a .ckpt file, or the best checkpoints of a sweep's finished, unpruned jobs (sorted).
-
-    Raises:
-        UserError: it does not exist, is no run and no sweep, or is a sweep with no finished job."""
-    path = user_path(value)
-    if path.is_file() or (path / ".hydra").is_dir() or (path / "checkpoints").is_dir():
-        return [resolve(str(path), Path("outputs"))], 0
-    if not path.is_dir():
-        raise UserError(f"{path} does not exist: give a run folder, a sweep folder or a .ckpt file")
-    finished = [RunFolder(s.parent) for s in sorted(path.glob("**/summary.json"))]
-    jobs = [run for run in finished if not run.summary_values().get("pruned")]
-    if jobs:
-        return [resolve(str(run.path), Path("outputs")) for run in jobs], len(finished) - len(jobs)
-    if finished:
-        raise UserError(f"{path} holds only pruned jobs (stopped early): nothing finished to compare")
-    if (path / "multirun.yaml").is_file() or any(path.glob("*/.hydra")):
-        raise UserError(f"{path} is a sweep with no finished job (none has summary.json): let it finish or resume it")
-    raise UserError(f"{path} is no run folder (.hydra/, checkpoints/) and no sweep folder (jobs with summary.json)")
 
 
 def group(name: str, values: list[str]) -> list[Path]:

@@ -46,7 +46,7 @@ def whole_at_least(least: int) -> Any:
 class EvaluateOptions:
     """The keys of configs/evaluate.yaml (data, corruptions and trainer are checked as what they build)."""
 
-    ckpt: str = "best"
+    ckpt: str | list[str] = "best"  # a list, or a sweep folder: an ensemble (tasks/ensemble.py)
     split: Annotated[Literal["test", "val"], "does not exist: use split=test or split=val"] = "test"
     tta: TTA_OPTION = None
     tta_fraction: float | None = None  # checked against TTA_FRACTION when given
@@ -56,6 +56,7 @@ class EvaluateOptions:
     coverage: COVERAGE_OPTION = None
     ood: OOD_OPTION = None
     trusted_modules: list[str] | None = None
+    out: str | None = None  # an ensemble's folder (tasks/ensemble.py)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.store import registry, tracking
+from cifar_lightning.store.locate import is_group
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
 from cifar_lightning.tasks.evaluate import model_and_data
 
@@ -49,6 +50,11 @@ class ExportOptions:
 def export(cfg: DictConfig) -> Path | str:
     """Writes the ONNX model (default <run>/model.onnx) once onnxruntime agrees with PyTorch on real images; with
     format=mlflow, registers the model instead (to_registry) and returns models:/NAME@ALIAS."""
+    if is_group(plain(cfg.ckpt)):  # several nets as one graph: not done
+        raise UserError(
+            f"ckpt={plain(cfg.ckpt)} names an ensemble (a sweep folder or a list of runs): export.py exports one run; "
+            "export each member (ckpt=RUN) and average their softmax outputs"
+        )
     check_arguments(ExportOptions, {k: plain(v) for k, v in cfg.items() if k != "data"}, "")
     if cfg.format == "mlflow":
         return to_registry(cfg)

@@ -4,6 +4,7 @@ written as CSV."""
 
 import csv
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,12 +18,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from cifar_lightning.blocks import conformal
 from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.data import read_image
+from cifar_lightning.blocks.ensemble import average
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.blocks.paths import user_path, user_pattern
 from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
-from cifar_lightning.store.locate import resolve
+from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
 from cifar_lightning.tasks.evaluate import TTA_OPTION, no_conformal_scores, whole_at_least
 
@@ -61,7 +63,7 @@ class PredictOptions:
     """The keys of configs/predict.yaml (trainer is checked as what it builds)."""
 
     images: str
-    ckpt: str = "best"
+    ckpt: str | list[str] = "best"  # a list, or a sweep folder: an ensemble (mean of the members' probabilities)
     outputs: str = "outputs"
     top_k: whole_at_least(1) = 3  # type: ignore[valid-type]
     tta: TTA_OPTION = None
@@ -76,13 +78,16 @@ def predict(cfg: DictConfig) -> list[dict]:
     """Prints each image's top classes and, with coverage=, its conformal set (and writes them as CSV with csv=PATH);
     returns them."""
     check_arguments(PredictOptions, {k: plain(v) for k, v in cfg.items() if k != "trainer"}, "")
-    checkpoint, found = resolve(str(cfg.ckpt), Path(cfg.outputs)), find_images(str(cfg.images))
-    # checked before any work: the CSV may replace neither an input nor a file of the checkpoint's run
-    out = output_file(cfg.csv, "csv", [checkpoint, *found], RunFolder.of_checkpoint(checkpoint)) if cfg.csv else None
-    model = load_model(checkpoint, cfg.get("trusted_modules") or ())
-    print(f"checkpoint {checkpoint}")
-    if cfg.coverage is not None and len(model.conformal_scores) == 0:
-        raise UserError(no_conformal_scores(f"coverage={cfg.coverage}", checkpoint))
+    checkpoints, found = named_checkpoints(cfg), find_images(str(cfg.images))
+    # checked before any work: the CSV may replace neither an input nor a file of a member's run
+    reads = [*checkpoints, *found]
+    out = output_file(cfg.csv, "csv", reads, RunFolder.of_checkpoint(checkpoints[0])) if cfg.csv else None
+    if out is not None and any(RunFolder.of_checkpoint(c).holds(out) for c in checkpoints):
+        raise UserError(f"csv={cfg.csv} would write over {out}, a file of a member's run: name another")
+    models = load_members(checkpoints, cfg.get("trusted_modules") or ())
+    model = models[0]
+    if cfg.coverage is not None:
+        check_coverage(str(cfg.coverage), models, checkpoints[0])
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in found:
@@ -94,9 +99,13 @@ def predict(cfg: DictConfig) -> list[dict]:
     if not readable:
         raise UserError(f"none of the files matched by images={cfg.images} is a readable image")
 
-    model.to(instantiate(cfg.trainer).strategy.root_device)
-    tta = None if cfg.tta is None else int(cfg.tta)
-    probs = model.predict_logits(torch.stack(images), tta, cfg.batch_size, calibrated=True).softmax(dim=1)
+    device, tta = instantiate(cfg.trainer).strategy.root_device, None if cfg.tta is None else int(cfg.tta)
+    probs = average(
+        [
+            m.to(device).predict_logits(torch.stack(images), tta, cfg.batch_size, calibrated=True).softmax(1)
+            for m in models
+        ]
+    )
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
     abstained = abstains(top.values[:, 0], cfg.get("abstain_below")).tolist()
     rows: list[dict[str, Any]] = [
@@ -111,6 +120,47 @@ def predict(cfg: DictConfig) -> list[dict]:
         write_atomic(out, lambda tmp: write_csv(tmp, rows, cfg.coverage is not None))
         print(f"wrote {out}")
     return rows
+
+
+def named_checkpoints(cfg: DictConfig) -> list[Path]:
+    """The checkpoints ckpt= names: one (store.locate.resolve), or an ensemble's (a sweep folder, a list of runs:
+    store.locate.group_checkpoints). Raises UserError as those do."""
+    ckpt = plain(cfg.ckpt)
+    if not is_group(ckpt):
+        return [resolve(str(ckpt), Path(cfg.outputs))]
+    checkpoints, pruned = group_checkpoints(ckpt)
+    if pruned:
+        print(f"note: {pruned} pruned job(s) left out (stopped early)")
+    return checkpoints
+
+
+def load_members(checkpoints: list[Path], trusted: Sequence[str]) -> list[ImageClassifier]:
+    """Each checkpoint's model, printed as it loads. Raises UserError (load_model) or for members of other classes
+    or image sizes than the first."""
+    models: list[ImageClassifier] = []
+    for checkpoint in checkpoints:
+        model = load_model(checkpoint, trusted)
+        print(f"checkpoint {checkpoint}")
+        first = models[0] if models else model
+        kind = (list(model.hparams["class_names"]), model.hparams["image_size"])
+        if kind != (list(first.hparams["class_names"]), first.hparams["image_size"]):
+            raise UserError(
+                f"the ensemble's members differ in classes or image size: {checkpoints[0]} and {checkpoint}: "
+                "ensemble runs trained on the same classes and images"
+            )
+        models.append(model)
+    return models
+
+
+def check_coverage(coverage: str, models: list[ImageClassifier], checkpoint: Path) -> None:
+    """coverage= needs one model with conformal scores. Raises UserError for an ensemble or a model without."""
+    if len(models) > 1:
+        raise UserError(
+            f"coverage={coverage}: an ensemble has no conformal scores of its own (evaluate.py reports its sets): "
+            "predict with one run for sets"
+        )
+    if len(models[0].conformal_scores) == 0:
+        raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
 
 
 def line(row: dict, coverage: float | None = None) -> str:

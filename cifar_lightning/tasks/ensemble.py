@@ -1,0 +1,257 @@
+"""evaluate.py of an ensemble: ckpt= names a sweep folder (its finished, unpruned jobs) or a list of runs
+(ckpt=[RUN1,RUN2]); the ensemble's probabilities are the mean of its members' calibrated ones, softmax(logits / T),
+each member with its own checkpoint's TTA level and temperature (tta= and tta_fraction= override them for all).
+
+Written to <sweep>/eval/<split>/ for a sweep folder (other data, data=...: eval/<split>_<its folder>/), and to out=DIR
+for a list of runs (required there: no member's folder owns the ensemble). metrics.json holds the ensemble's metrics
+as a single model's (evaluate_predictions), `members` (each one's accuracy, ECE, MCE, NLL, Brier, selective and, from
+its checkpoint's own scores, conformal figures) and `ensemble`. The ensemble's conformal sets are calibrated afresh on
+the validation split with the ensemble's own probabilities (the members share it: same data config).
+
+Refused in one line: calibrate=true, corruptions=, members of other classes, of another data config (batch sizes and
+num_workers aside), or evaluated on other images.
+"""
+
+import json
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cifar_lightning.blocks import conformal, ensemble, figures, selective
+from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
+from cifar_lightning.blocks.module import ImageClassifier, plain
+from cifar_lightning.blocks.paths import user_path
+from cifar_lightning.store.locate import group_checkpoints, is_group
+from cifar_lightning.store.runs import RunFolder
+from cifar_lightning.store.trust import run_data_config
+from cifar_lightning.tasks.evaluate import DEFAULT_COVERAGE, check_options, evaluate, model_and_data
+
+IGNORED = (*ImageDataModule.NOT_FOR_EVALUATION, "eval_batch_size", "num_workers")  # change no image
+
+
+@dataclass
+class Member:
+    """One member, evaluated: its probabilities on the split (and the validation split, for conformal sets)."""
+
+    checkpoint: Path
+    tta: int
+    tta_fraction: float
+    temperature: float
+    probabilities: torch.Tensor  # float32 (N, classes), softmax(logits / T)
+    validation: torch.Tensor | None
+    scores: torch.Tensor  # the checkpoint's conformal scores (may be empty)
+
+
+def evaluate_any(cfg: DictConfig) -> dict:
+    """evaluate.py's task: an ensemble when ckpt= names several runs (store.locate.is_group), else one checkpoint
+    (tasks/evaluate.py). Returns the metrics. Raises UserError for out= without an ensemble."""
+    if is_group(plain(cfg.ckpt)):
+        return evaluate_ensemble(cfg)
+    if cfg.get("out") is not None:
+        raise UserError(
+            f"out= places an ensemble's evaluation; one run's goes to its eval/<split>/: drop out={cfg.out}"
+        )
+    return evaluate(cfg)
+
+
+def evaluate_ensemble(cfg: DictConfig) -> dict:
+    """Evaluates the ensemble ckpt= names, writes its folder (whole, once everything is written), prints a summary
+    and returns the metrics. Raises UserError as the module's docstring says."""
+    if check_options(cfg) or cfg.calibrate:
+        raise UserError("an ensemble is evaluated as its members are: calibrate=true and corruptions= take one run")
+    ckpt = plain(cfg.ckpt)
+    checkpoints, pruned = group_checkpoints(ckpt)
+    if pruned:
+        print(f"note: {pruned} pruned job(s) left out (stopped early)")
+    out = None if cfg.get("out") is None else out_folder(str(cfg.out), checkpoints)
+    if out is None and not isinstance(ckpt, str):
+        raise UserError("ckpt=[...] names several runs: say where their ensemble's evaluation goes with out=DIR")
+    levels = DEFAULT_COVERAGE if cfg.coverage is None else plain(cfg.coverage)
+    levels = [float(v) for v in ([levels] if isinstance(levels, (int, float)) else levels)]
+    members, data = predict_members(cfg, checkpoints, levels)
+    if out is None:
+        out = RunFolder(user_path(ckpt)).eval_dir(cfg.split, None if cfg.get("data") is None else data.root)
+    evaluation, metrics, probabilities = compute(members, data, cfg.split, levels)
+    write(out, evaluation, metrics, probabilities, data.splits[cfg.split].labels)
+    print(classification_report(evaluation))
+    print(selective.describe(metrics["selective"]))
+    if "conformal" in metrics:
+        print(conformal.console_line(metrics["conformal"]))
+    print(members_table(metrics))
+    print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return metrics
+
+
+def out_folder(value: str, checkpoints: list[Path]) -> Path:
+    """The folder out= names, once it is clear that replacing it destroys nothing: it neither lies in nor holds a
+    member's run folder, and it is new, empty or an earlier ensemble evaluation. Raises UserError otherwise."""
+    path = user_path(value)
+    for checkpoint in checkpoints:
+        run = RunFolder.of_checkpoint(checkpoint).path.resolve()
+        if path.resolve().is_relative_to(run) or run.is_relative_to(path.resolve()):
+            raise UserError(f"out={value}: {path} overlaps the member {run}: choose a folder outside the runs")
+    earlier = None
+    with suppress(OSError, ValueError):
+        earlier = json.loads((path / "metrics.json").read_text())
+    if path.exists():
+        empty = path.is_dir() and not any(path.iterdir())
+        if not (empty or isinstance(earlier, dict) and "members" in earlier):
+            raise UserError(
+                f"out={value}: {path} exists and is no ensemble evaluation (out= is replaced whole): choose a new "
+                "folder"
+            )
+    return path
+
+
+def predict_members(
+    cfg: DictConfig, checkpoints: list[Path], levels: list[float]
+) -> tuple[list[Member], ImageDataModule]:
+    """Each member's calibrated probabilities on the split (and, with coverage levels, the validation split), and
+    the data, the first member's. Raises UserError (check_alike) before a member unlike the first predicts, and for
+    coverage levels asked of data without a validation split."""
+    device = instantiate(cfg.trainer).strategy.root_device
+    members: list[Member] = []
+    first: tuple[Path, list[str], dict | None, ImageDataModule] | None = None
+    for checkpoint in checkpoints:
+        one = cfg.copy()
+        one.ckpt = str(checkpoint)  # model_and_data's checks (classes vs data, the split), member by member
+        checkpoint, model, data = model_and_data(one, cfg.split)
+        config = None if cfg.get("data") is not None else data_config(checkpoint)
+        this = (checkpoint, list(model.hparams["class_names"]), config, data)
+        check_alike(this, first or this, cfg.split)
+        first = first or this
+        if levels and "val" not in data.splits and cfg.coverage is not None:
+            raise UserError(
+                f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on the validation split, and "
+                f"the data in {data.root} has none (data.val_size=0): coverage=[] leaves them out"
+            )
+        members.append(predict_member(cfg, checkpoint, model.to(device), data, bool(levels)))
+    assert first is not None  # group_checkpoints finds one at least
+    return members, first[3]
+
+
+def predict_member(
+    cfg: DictConfig, checkpoint: Path, model: ImageClassifier, data: ImageDataModule, with_val: bool
+) -> Member:
+    """One member's calibrated probabilities on the split (and, `with_val`, on the validation split if there is
+    one), with its checkpoint's TTA level unless tta= / tta_fraction= say otherwise."""
+    tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
+    fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
+    temperature = float(model.temperature)
+    found = {
+        split: (model.predict_logits(data.splits[split].images, tta, data.eval_batch_size, tta_fraction=fraction)
+                / temperature).softmax(dim=1)
+        for split in {cfg.split, *(["val"] if with_val and "val" in data.splits else [])}
+    }  # fmt: skip
+    return Member(
+        checkpoint, tta, fraction, temperature, found[cfg.split], found.get("val"), model.conformal_scores.cpu()
+    )
+
+
+def data_config(checkpoint: Path) -> dict:
+    """The data config the member's run was trained on, without what changes no image (IGNORED)."""
+    config = run_data_config(RunFolder.of_checkpoint(checkpoint).config)
+    return {k: v for k, v in config.items() if k not in IGNORED}
+
+
+def check_alike(
+    member: tuple[Path, list[str], dict | None, ImageDataModule],
+    first: tuple[Path, list[str], dict | None, ImageDataModule],
+    split: str,
+) -> None:
+    """A member (checkpoint, classes, data config or None for data=, data) can join the `first`: same classes, same
+    data config, same images and labels of `split`. Raises UserError: one line naming both and what differs."""
+    checkpoint, classes, config, data = member
+    if classes != first[1]:
+        raise UserError(
+            f"the ensemble's members differ in classes: {first[0]} has {describe(first[1])}, {checkpoint} has "
+            f"{describe(classes)}: ensemble runs trained on the same classes"
+        )
+    if config != first[2]:
+        keys = sorted(
+            k for k in {*(config or {}), *(first[2] or {})} if (config or {}).get(k) != (first[2] or {}).get(k)
+        )
+        raise UserError(
+            f"{checkpoint} was trained on other data than {first[0]} (data.{', data.'.join(keys)} differ): an "
+            "ensemble's members are trained on the same data"
+        )
+    mine, theirs = data.splits[split], first[3].splits[split]
+    if not (torch.equal(mine.images, theirs.images) and torch.equal(mine.labels, theirs.labels)):
+        raise UserError(f"{checkpoint} is evaluated on other {split} images than {first[0]}: the data changed on disk?")
+
+
+def describe(classes: list[str]) -> str:
+    return f"{', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''} ({len(classes)})"
+
+
+def compute(
+    members: list[Member], data: ImageDataModule, split: str, levels: list[float]
+) -> tuple[Evaluation, dict, torch.Tensor]:
+    """The ensemble's Evaluation (metrics.evaluate_predictions of its probabilities), metrics.json's content and
+    the ensemble's probabilities."""
+    labels = data.splits[split].labels
+    probabilities = ensemble.average([m.probabilities for m in members])
+    evaluation = evaluate_predictions(ensemble.as_logits(probabilities), labels, data.class_names, 1.0)
+    scores = None
+    if members[0].validation is not None:  # calibrated afresh: the ensemble's own probabilities on the val split
+        val = ensemble.average([m.validation for m in members if m.validation is not None])
+        scores = conformal.calibration_scores(val, data.splits["val"].labels)
+    mine = ensemble.figures(probabilities, labels, scores, levels)
+    metrics = {
+        **evaluation.metrics,
+        "split": split,
+        "data_root": str(data.root),
+        "probabilities": "mean of the members' softmax(logits / T_member), each with its own TTA",
+        "ensemble": {k: v for k, v in mine.items() if k != "conformal"},
+        "members": [
+            {
+                "checkpoint": str(m.checkpoint),
+                "tta": m.tta,
+                "tta_fraction": m.tta_fraction,
+                "temperature": m.temperature,
+                **ensemble.figures(m.probabilities, labels, m.scores, levels),
+            }
+            for m in members
+        ],  # fmt: skip
+        "reliability": evaluation.reliability,
+        "confusion_matrix": evaluation.confusion.tolist(),
+        **({"conformal": mine["conformal"]} if "conformal" in mine else {}),
+    }
+    return evaluation, metrics, probabilities
+
+
+def write(out: Path, evaluation: Evaluation, metrics: dict, probabilities: torch.Tensor, labels: torch.Tensor) -> None:
+    """metrics.json, the classification report, figures and report.md (with the members' table) into `out`,
+    replaced whole once all are written."""
+    with RunFolder(out.parent).replace_folder(out) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "classification_report.txt").write_text(classification_report(evaluation))
+        pngs = [
+            figures.confusion_matrix(evaluation, tmp / "confusion_matrix.png"),
+            figures.reliability(evaluation, tmp / "reliability.png"),
+            figures.risk_coverage(evaluation, probabilities, labels, tmp / "risk_coverage.png"),
+        ]
+        title = f"Ensemble of {len(metrics['members'])} on the {metrics['split']} split ({metrics['data_root']})"
+        figures.report(evaluation, pngs, title, tmp / "report.md")
+        with open(tmp / "report.md", "a") as f:
+            f.write("\n" + members_table(metrics))
+            if "conformal" in metrics:
+                f.write("\n" + conformal.markdown(metrics["conformal"]))
+
+
+def members_table(metrics: dict) -> str:
+    """The members and the ensemble side by side (markdown): accuracy, ECE, NLL, Brier, AURC."""
+    lines = ["## Members", "", "| member | accuracy (%) | ECE | NLL | Brier | AURC |", "|---|---|---|---|---|---|"]
+    rows = [*((m["checkpoint"], m) for m in metrics["members"]), ("**ensemble**", metrics["ensemble"])]
+    lines += [
+        f"| {name} | {100 * f['accuracy']:.2f} | {f['ece']:.4f} | {f['nll']:.4f} | {f['brier']:.4f} "
+        f"| {f['selective']['aurc']:.4f} |"
+        for name, f in rows
+    ]
+    return "\n".join(lines) + "\n"

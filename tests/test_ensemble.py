@@ -1,0 +1,198 @@
+"""Ensembles (evaluate.py / predict.py / export.py with ckpt= a sweep folder or a list of runs): the mean of the
+members' calibrated probabilities against a direct computation, one member equal to the member, a sweep with failed
+and pruned jobs, and every refusal in one line."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import FAST, run_script, train_run
+from PIL import Image
+
+from cifar_lightning.blocks.data import make_synthetic, read_image
+from cifar_lightning.blocks.ensemble import average
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.store.checkpoints import load_model
+from cifar_lightning.tasks.cli import compose_config
+from cifar_lightning.tasks.ensemble import evaluate_any
+from cifar_lightning.tasks.export import export
+from cifar_lightning.tasks.predict import predict
+
+
+def fake_run(folder, summary):
+    """A job folder as train.py leaves it, without the training: .hydra/ and, unless it failed, summary.json."""
+    (folder / ".hydra").mkdir(parents=True)
+    if summary:
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """sweep/0 and sweep/1: two tiny runs on synthetic data (seeds 0, 1); sweep/2 pruned (a copy of 0 marked so);
+    sweep/3 failed (no summary.json); and `three`, a run on three of the synthetic classes."""
+    tmp = tmp_path_factory.mktemp("ensemble")
+    for seed in (0, 1):
+        train_run([*FAST, "data=synthetic", f"seed={seed}"], tmp / "sweep" / str(seed))
+    pruned = tmp / "sweep" / "2"
+    shutil.copytree(tmp / "sweep" / "0", pruned)
+    summary = json.loads((pruned / "summary.json").read_text())
+    (pruned / "summary.json").write_text(json.dumps({**summary, "pruned": True}))
+    fake_run(tmp / "sweep" / "3", None)
+    train_run([*FAST, "data=synthetic", "data.classes=[class_0,class_1,class_2]"], tmp / "three")
+    return tmp
+
+
+def evaluate(*overrides) -> dict:
+    return evaluate_any(compose_config("evaluate", list(overrides)))
+
+
+def direct(folder, images) -> torch.Tensor:
+    """A member's calibrated probabilities, computed here: softmax(logits / T), no TTA (the runs' level)."""
+    model = load_model(folder / "checkpoints" / "best.ckpt")
+    with torch.no_grad():
+        return (model(model.normalize(images)) / model.temperature).softmax(1)
+
+
+def test_a_sweeps_ensemble_is_the_mean_of_its_finished_members(sweep, capsys):
+    metrics = evaluate(f"ckpt={sweep / 'sweep'}")
+    out = sweep / "sweep" / "eval" / "test"
+    assert {"metrics.json", "report.md", "classification_report.txt", "risk_coverage.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert "1 pruned job(s) left out" in capsys.readouterr().out
+    members = [sweep / "sweep" / s for s in ("0", "1")]  # not 2 (pruned), not 3 (failed)
+    assert [m["checkpoint"] for m in metrics["members"]] == [str(m / "checkpoints" / "best.ckpt") for m in members]
+
+    data = make_synthetic()
+    labels = data.test_labels
+    each = [direct(m, data.test_images) for m in members]
+    mean = (each[0] + each[1]) / 2
+    right = mean[torch.arange(len(labels)), labels]
+    assert metrics["accuracy"] == pytest.approx(float((mean.argmax(1) == labels).float().mean()), abs=1e-6)
+    assert metrics["ensemble"]["nll"] == pytest.approx(float(-right.log().mean()), rel=1e-4)
+    brier = float((mean - torch.nn.functional.one_hot(labels, 10)).square().sum(1).mean())
+    assert metrics["ensemble"]["brier"] == pytest.approx(brier, rel=1e-4)
+    for member, p in zip(metrics["members"], each):
+        assert member["accuracy"] == pytest.approx(float((p.argmax(1) == labels).float().mean()), abs=1e-6)
+    # the ensemble's conformal sets: calibrated on the members' shared validation split (FAST: 40 images)
+    assert metrics["conformal"]["calibration_images"] == 40
+    assert [r["coverage"] for r in metrics["conformal"]["levels"]] == [0.9, 0.95]
+    assert "Members" in (out / "report.md").read_text()
+
+
+def test_an_ensemble_of_one_equals_its_member(sweep, tmp_path):
+    run = sweep / "sweep" / "1"
+    single = evaluate(f"ckpt={run}")
+    one = evaluate(f"ckpt=[{run}]", f"out={tmp_path / 'one'}")
+    assert one["accuracy"] == single["accuracy"] and one["confusion_matrix"] == single["confusion_matrix"]
+    for key in ("ece", "mce", "nll", "brier"):
+        assert one["ensemble"][key] == pytest.approx(single["calibration"]["after"][key], rel=1e-5, abs=1e-7)
+    assert one["selective"] == pytest.approx(single["selective"])
+    assert one["members"][0]["conformal"] == single["conformal"]  # the checkpoint's own scores
+    # and the ensemble's sets, calibrated here on the same split from the same probabilities, match them
+    for mine, theirs in zip(one["conformal"]["levels"], single["conformal"]["levels"], strict=True):
+        assert {k: mine[k] for k in ("coverage", "empirical_coverage", "mean_set_size")} == pytest.approx(
+            {k: theirs[k] for k in ("coverage", "empirical_coverage", "mean_set_size")}
+        )
+
+
+def test_predict_with_a_sweep_averages_the_members(sweep, tmp_path):
+    data = make_synthetic()
+    for i in range(3):
+        Image.fromarray(data.test_images[i].permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
+    rows = predict(compose_config("predict", [f"ckpt={sweep / 'sweep'}", f"images={tmp_path}", "top_k=2"]))
+    images = torch.stack([read_image(tmp_path / f"{i}.png", 32) for i in range(3)])
+    mean = torch.stack([direct(sweep / "sweep" / s, images) for s in ("0", "1")]).mean(0)
+    top = mean.topk(2, dim=1)
+    for row, values, indices in zip(rows, top.values, top.indices):
+        assert [name for name, _ in row["top"]] == [f"class_{i}" for i in indices.tolist()]
+        assert [p for _, p in row["top"]] == pytest.approx(values.tolist(), abs=1e-5)
+    one = predict(compose_config("predict", [f"ckpt=[{sweep / 'sweep' / '0'}]", f"images={tmp_path}"]))
+    assert one == predict(compose_config("predict", [f"ckpt={sweep / 'sweep' / '0'}", f"images={tmp_path}"]))
+
+
+def other_data(sweep, tmp_path):
+    """A copy of sweep/0 whose recorded data holds out 60 validation images: another data config."""
+    copy = tmp_path / "other"
+    shutil.copytree(sweep / "sweep" / "0", copy)
+    config = yaml.safe_load((copy / ".hydra" / "config.yaml").read_text())
+    config["data"]["val_size"] = 60
+    (copy / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return copy
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unfinished", "is a sweep with no finished job (none has summary.json): let it finish or resume it"),
+        ("only_pruned", "holds only pruned jobs (stopped early)"),
+        ("no_run", "is no run folder (.hydra/, checkpoints/) and no sweep folder (jobs with summary.json)"),
+        ("classes", "the ensemble's members differ in classes:"),
+        ("data", "was trained on other data than"),
+        ("no_out", "names several runs: say where their ensemble's evaluation goes with out=DIR"),
+        ("out_taken", "exists and is no ensemble evaluation"),
+        ("calibrate", "calibrate=true and corruptions= take one run"),
+        ("empty_list", "ckpt=[] names no run"),
+    ],
+)
+def test_refusals_in_one_line(sweep, tmp_path, case, message):
+    s0 = sweep / "sweep" / "0"
+    out = f"out={tmp_path / 'out'}"
+    if case == "unfinished":
+        fake_run(tmp_path / "unfinished" / "0", None)
+        overrides = [f"ckpt={tmp_path / 'unfinished'}"]
+    elif case == "only_pruned":
+        fake_run(tmp_path / "pruned" / "0", {"pruned": True})
+        overrides = [f"ckpt={tmp_path / 'pruned'}"]
+    elif case == "no_run":
+        (tmp_path / "empty").mkdir()
+        overrides = [f"ckpt={tmp_path / 'empty'}"]
+    elif case == "classes":
+        overrides = [f"ckpt=[{s0},{sweep / 'three'}]", out]
+    elif case == "data":
+        overrides = [f"ckpt=[{s0},{other_data(sweep, tmp_path)}]", out]
+    elif case == "no_out":
+        overrides = [f"ckpt=[{s0},{sweep / 'sweep' / '1'}]"]
+    elif case == "out_taken":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "mine.txt").write_text("keep me")
+        overrides = [f"ckpt=[{s0}]", out]
+    elif case == "calibrate":
+        overrides = [f"ckpt={sweep / 'sweep'}", "calibrate=true"]
+    else:
+        overrides = ["ckpt=[]", out]
+    with pytest.raises(UserError, match="^[^\n]*$") as raised:
+        evaluate(*overrides)
+    assert message in str(raised.value)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    if case == "out_taken":
+        assert (tmp_path / "out" / "mine.txt").read_text() == "keep me"
+
+
+def test_refusals_as_a_user_sees_them(sweep, tmp_path):
+    fake_run(tmp_path / "unfinished" / "0", None)
+    result = run_script("evaluate.py", f"ckpt={tmp_path / 'unfinished'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'unfinished'} is a sweep with no finished job (none has summary.json): let it finish or "
+        "resume it"
+    ]
+    with pytest.raises(UserError, match="export.py exports one run"):
+        export(compose_config("export", [f"ckpt={sweep / 'sweep'}"]))
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "black.png")
+    with pytest.raises(UserError, match="an ensemble has no conformal scores of its own"):
+        predict(compose_config("predict", [f"ckpt={sweep / 'sweep'}", f"images={tmp_path}", "coverage=0.9"]))
+    with pytest.raises(UserError, match="out= places an ensemble's evaluation"):
+        evaluate(f"ckpt={sweep / 'sweep' / '0'}", f"out={tmp_path / 'out'}")
+
+
+def test_average_refuses_nothing_and_keeps_one_member_unchanged():
+    p = torch.rand(4, 3).softmax(1)
+    assert torch.equal(average([p]), p)
+    with pytest.raises(ValueError):
+        average([])
+    assert np.allclose(average([p, 1 - p]).numpy(), 0.5)
