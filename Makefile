@@ -31,7 +31,7 @@ lint: $(PYTHON)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
-	.venv/bin/lint-imports
+	$(dir $(PYTHON))lint-imports
 
 format: $(PYTHON)
 	$(PYTHON) -m ruff check --fix .

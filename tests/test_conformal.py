@@ -263,3 +263,17 @@ def test_a_checkpoint_trained_without_validation_is_refused_when_a_coverage_is_a
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()
     assert len(last) == 1 and last[0].startswith("error: coverage=0.9: ") and "calibrate=true" in last[0]
+
+
+def test_levels_hold_for_the_logits_the_scores_were_fitted_on_only(runs):
+    validated = runs["validated"]
+    tta = 1 - load_model(validated / "checkpoints" / "best.ckpt").hparams["tta"]  # the other level
+    # by default: reported at the checkpoint's own TTA on a split they were not fitted on, else left out
+    assert "conformal" not in evaluate(compose_config("evaluate", [f"ckpt={validated}", f"tta={tta}"]))
+    assert "conformal" not in evaluate(compose_config("evaluate", [f"ckpt={validated}", "split=val"]))
+    with pytest.raises(UserError, match=r"^coverage=\[0.9\]: .* fitted at its own test-time augmentation"):
+        evaluate(compose_config("evaluate", [f"ckpt={validated}", f"tta={tta}", "coverage=[0.9]"]))
+    with pytest.raises(UserError, match=r"^coverage=0.9 with tta=.* fitted at its own test-time augmentation"):
+        predict(
+            compose_config("predict", [f"ckpt={validated}", f"images={runs['images']}", "coverage=0.9", f"tta={tta}"])
+        )

@@ -1,5 +1,5 @@
 """The console of a run holds what the user can act on, not Lightning's advertisements or deprecations inside
-Lightning's own code (cifar_lightning/console.py)."""
+Lightning's own code (cifar_lightning/blocks/console.py)."""
 
 import logging
 import warnings

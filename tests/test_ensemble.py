@@ -135,7 +135,8 @@ def other_data(sweep, tmp_path):
         ("data", "was trained on other data than"),
         ("no_out", "names several runs: say where their ensemble's evaluation goes with out=DIR"),
         ("out_taken", "exists and is no ensemble evaluation"),
-        ("calibrate", "calibrate=true and corruptions= take one run"),
+        ("calibrate", "calibrate=true, corruptions= and ood= take one run"),
+        ("ood", "calibrate=true, corruptions= and ood= take one run"),
         ("empty_list", "ckpt=[] names no run"),
     ],
 )
@@ -163,6 +164,8 @@ def test_refusals_in_one_line(sweep, tmp_path, case, message):
         overrides = [f"ckpt=[{s0}]", out]
     elif case == "calibrate":
         overrides = [f"ckpt={sweep / 'sweep'}", "calibrate=true"]
+    elif case == "ood":
+        overrides = [f"ckpt={sweep / 'sweep'}", "ood=generated"]
     else:
         overrides = ["ckpt=[]", out]
     with pytest.raises(UserError, match="^[^\n]*$") as raised:

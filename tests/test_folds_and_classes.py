@@ -50,8 +50,9 @@ def test_a_subset_of_the_classes_is_relabelled_in_the_datas_order_and_its_test_s
     [
         ({"folds": 1}, "folds must be 0 \\(none\\) or at least 2"),
         ({"folds": 5, "fold": 5}, "data.folds=5 data.fold=5"),
-        ({"classes": []}, "a classifier needs two classes or more"),
-        ({"classes": ["cat"]}, "a classifier needs two classes or more"),
+        ({"classes": []}, "a classifier needs two different classes or more"),
+        ({"classes": ["cat"]}, "a classifier needs two different classes or more"),
+        ({"classes": ["cat", "cat"]}, "each named once"),
     ],
 )
 def test_bad_folds_and_classes_are_refused_in_one_line(kwargs, message):

@@ -58,10 +58,13 @@ HOLD = """
 import os, sys, time
 from cifar_lightning.store.runs import RunFolder
 with RunFolder(sys.argv[1]).training():
+    ready, running = os.pipe()
     child = os.fork()
     if child == 0:  # a child, as a data loader's worker: it lives on, and must not keep the folder held
+        os.write(running, b"x")  # its fork hooks have run
         time.sleep(60)
         os._exit(0)
+    os.read(ready, 1)
     print("held", child, flush=True)
     time.sleep(60)
 """
@@ -154,3 +157,18 @@ def test_a_sweep_resume_does_not_take_over_a_live_job(tmp_path):
         line = one_line(run_script("train.py", "-m", f"resume={sweep}", f"paths.root={tmp_path}", TRUSTED, env=ENV))
         assert {j: files(sweep / j) for j in ("0", "1")} == before  # neither job resumed
     assert f"its job {job.path} is being trained by process {os.getpid()}" in line
+
+
+def test_calibrate_true_never_rewrites_the_checkpoints_of_a_live_run(synthetic_run, tmp_path):
+    from cifar_lightning.blocks.errors import UserError
+    from cifar_lightning.store.runs import RunFolder
+    from cifar_lightning.tasks.cli import compose_config
+    from cifar_lightning.tasks.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(synthetic_run, run)
+    before = (run / "checkpoints" / "best.ckpt").read_bytes()
+    with RunFolder(run).training():  # as a trainer holds it
+        with pytest.raises(UserError, match=r"calibrate=true rewrites .* being trained by process \d+"):
+            evaluate(compose_config("evaluate", [f"ckpt={run}", "calibrate=true"]))
+    assert (run / "checkpoints" / "best.ckpt").read_bytes() == before

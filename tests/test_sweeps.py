@@ -1,4 +1,4 @@
-"""Sweeps that survive a crash and prune: the project's sweepers (cifar_lightning/sweepers.py) on real runs."""
+"""Sweeps that survive a crash and prune: the project's sweepers (cifar_lightning/tasks/sweepers.py) on real runs."""
 
 import csv
 import json

@@ -184,6 +184,20 @@ def crafted_for_resume(finished, tmp_path, edit) -> tuple:
         (lambda c: c["callbacks"]["last_checkpoint"].update(filename="../../last"), OUTSIDE),
         (lambda c: c["logger"]["csv"].update(name="../../elsewhere"), OUTSIDE),
         (lambda c: c["trainer"].update(default_root_dir=None), "would write into the working folder"),
+        # a class imported into a module of ours, not defined there: torchvision's CIFAR10 downloads anywhere
+        (
+            lambda c: c["data"].update(_target_="cifar_lightning.blocks.data.CIFAR10", root="{marker}", download=True),
+            "its data is not a cifar_lightning.blocks.data.ImageDataModule config",
+        ),
+        (
+            lambda c: c["callbacks"].update(x={"_target_": "cifar_lightning.blocks.callbacks.FlopCounterMode"}),
+            "callbacks.x._target_='cifar_lightning.blocks.callbacks.FlopCounterMode' is not one of the classes",
+        ),
+        # a run of the layout before blocks/store/tasks
+        (
+            lambda c: c["model"].update(_target_="cifar_lightning.models.cnn.CNN"),
+            "names a module of an earlier layout of this package",
+        ),
         (
             lambda c: c["logger"].update(
                 mlflow={"_target_": "lightning.pytorch.loggers.MLFlowLogger", "tracking_uri": "sqlite:///{marker}"}

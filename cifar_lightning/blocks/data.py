@@ -353,8 +353,11 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.folds={folds} data.fold={fold}: folds must be 0 (none) or at least 2, and fold one of "
                 f"0 to folds - 1"
             )
-        if classes is not None and len(classes) < 2:
-            raise UserError(f"data.classes={classes}: a classifier needs two classes or more (null: every class)")
+        if classes is not None and (len(set(classes)) < 2 or len(set(classes)) < len(classes)):
+            raise UserError(
+                f"data.classes={classes}: a classifier needs two different classes or more, each named once "
+                "(null: every class)"
+            )
         super().__init__()
         self.folds, self.fold, self.classes = folds, fold, classes
         self.source, self.root, self.verify, self.download = source, user_path(root), verify, download

@@ -70,7 +70,8 @@ def evaluate_predictions(
         },
         "macro_avg": averages["macro"],
         "weighted_avg": averages["weighted"],
-        "selective": selective.summary(probs, labels),
+        # in float64: confident images would tie at exactly 1.0 in float32, and the curve lose its order there
+        "selective": selective.summary((logits.double() / temperature).softmax(dim=1), labels),
     }
     confusion = MulticlassConfusionMatrix(n)(probs, labels)
     return Evaluation(

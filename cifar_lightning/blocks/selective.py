@@ -66,7 +66,7 @@ def coverage_at(coverage: np.ndarray, risk: np.ndarray, target: float = COVERAGE
 def summary(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     """metrics.json's `selective`: AURC, E-AURC (AURC minus the oracle's), the risk at 80% coverage and the coverage at
     5% risk, all shares, for the confidence max(probs) (probs: (N, C) calibrated probabilities, labels: (N,))."""
-    confidence, predicted = probs.float().max(dim=1)
+    confidence, predicted = probs.double().max(dim=1)
     correct = (predicted == labels).cpu().numpy()
     coverage, risk = curve(confidence.cpu().numpy(), correct)
     area, oracle = aurc(coverage, risk), oracle_aurc(correct)

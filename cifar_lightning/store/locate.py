@@ -73,7 +73,8 @@ def checkpoints_of(value: str) -> tuple[list[Path], int]:
         return [resolve(str(path), Path("outputs"))], 0
     if not path.is_dir():
         raise UserError(f"{path} does not exist: give a run folder, a sweep folder or a .ckpt file")
-    finished = [RunFolder(s.parent) for s in sorted(path.glob("**/summary.json"))]
+    # a sweep's jobs are its subfolders (<sweep>/<job>): not every run below a folder (ckpt=outputs)
+    finished = [RunFolder(s.parent) for s in sorted(path.glob("*/summary.json"))]
     jobs = [run for run in finished if not run.summary_values().get("pruned")]
     if jobs:
         return [resolve(str(run.path), Path("outputs")) for run in jobs], len(finished) - len(jobs)

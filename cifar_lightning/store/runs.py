@@ -101,7 +101,7 @@ def sweep_root(sweep: Path) -> Path | None:
 # layout above names, with debug=profiler's report; the files of its subfolders are the run's too
 RECORDS = frozenset(
     ("run.json", "metrics.csv", "hparams.yaml", "train.log", "config_tree.txt", "summary.json", "mlflow_run.json",
-     "fit-profile.txt")
+     "fit-profile.txt", LOCK)
 )  # fmt: skip
 
 

@@ -6,12 +6,13 @@ walking attributes, to one object of an exact set (a net class defined in a modu
 augmentation class of cifar_lightning.blocks.augment, an optimizer or scheduler class of torch.optim /
 torch.optim.lr_scheduler or a factory of cifar_lightning.blocks.optim / .schedules, or anything of a module the user
 declared in `trusted_modules`); no Hydra key but `_target_` (and `_partial_: true` for an optimizer or scheduler);
-only keywords the callable takes, each a plain value of the kind its signature says (cifar_lightning.blocks.validation),
+only keywords the callable takes, each a plain value of the kind its signature says (cifar_lightning.blocks.checks),
 never an interpolation (`${...}`). The user's own command line is not checked here: it may name anything.
 """
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import os
 import pkgutil
@@ -74,11 +75,25 @@ def allowed_target(target: Any, kind: str, where: str, trusted_modules: Sequence
             return obj
     elif inspect.isfunction(obj) and (trusted or (ours and obj.__module__ == module_name)):
         return obj  # a factory of ours (optim, schedules) or of a trusted module
+    if ours and not module_exists(module_name):
+        raise UserError(
+            f"{where}._target_={target!r} names a module of an earlier layout of this package (before "
+            f"cifar_lightning.blocks/store/tasks): its checkpoints and run folders are not read by this version; "
+            f"train the run again"
+        )
     raise UserError(
         f"{where}._target_={target!r} is not one of the {kind}s this project loads from a file (allowed: what "
         f"{', '.join([*modules, *trusted_modules])} define; if you trust this file and that code, add "
         f"its module as written there: trusted_modules=[{module_name or '...'}])"
     )
+
+
+def module_exists(name: str) -> bool:
+    """Whether `name` is a module that can be imported (found, not run)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # its parent package does not exist
+        return False
 
 
 def check_model_config(config: Any, kind: str, where: str, trusted_modules: Sequence[str] = ()) -> None:
@@ -190,11 +205,16 @@ def run_config(
             _refused_in(config_file, check_model_config, resolved.get(group), kind, group, trusted_modules)
     if resolved.get("scheduler") is not None:
         _refused_in(config_file, check_model_config, resolved["scheduler"], "scheduler", "scheduler", trusted_modules)
+    if not isinstance(resolved.get("data"), dict) or resolved["data"].get("_target_") != DATA_TARGET:
+        raise UserError(f"{config_file} was refused: its data is not a {DATA_TARGET} config")
     for where, target in _targets(resolved):
         module_name, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
         allowed = module_name in (*RUN_MODULES, *trusted_modules)
         obj = vars(importlib.import_module(module_name)).get(name) if allowed else None
-        if not inspect.isclass(obj):
+        # a class of ours must be defined where it is named, not merely imported there (torchvision's CIFAR10 in
+        # blocks/data.py would download into any folder)
+        ours = module_name.startswith("cifar_lightning.") and module_name not in trusted_modules
+        if not inspect.isclass(obj) or (ours and obj.__module__ != module_name):
             raise UserError(
                 f"{config_file} was refused: {where}._target_={target!r} is not one of the classes a resumed run "
                 f"may build (what {', '.join(RUN_MODULES)} define; add your own with trusted_modules=[...])"

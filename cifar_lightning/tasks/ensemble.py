@@ -63,8 +63,10 @@ def evaluate_any(cfg: DictConfig) -> dict:
 def evaluate_ensemble(cfg: DictConfig) -> dict:
     """Evaluates the ensemble ckpt= names, writes its folder (whole, once everything is written), prints a summary
     and returns the metrics. Raises UserError as the module's docstring says."""
-    if check_options(cfg) or cfg.calibrate:
-        raise UserError("an ensemble is evaluated as its members are: calibrate=true and corruptions= take one run")
+    if check_options(cfg) or cfg.calibrate or cfg.get("ood") is not None:
+        raise UserError(
+            "an ensemble is evaluated as its members are: calibrate=true, corruptions= and ood= take one run"
+        )
     ckpt = plain(cfg.ckpt)
     checkpoints, pruned = group_checkpoints(ckpt)
     if pruned:

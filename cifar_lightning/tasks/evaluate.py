@@ -157,15 +157,22 @@ def compute(cfg: DictConfig) -> Result:
     ood_sets = out_of_distribution_sets(cfg.ood, data, data.splits[cfg.split].images)
     model.to(instantiate(cfg.trainer).strategy.root_device)
     if cfg.calibrate:
+        holder = RunFolder.of_checkpoint(checkpoint).trained_by()
+        if holder:  # its checkpoints are rewritten with the temperature: never under a live trainer's saves
+            raise UserError(
+                f"calibrate=true rewrites {checkpoint}, whose run is being trained by {holder}: wait until it ends"
+            )
         if "val" not in data.splits:
             raise UserError(
                 f"calibrate=true fits the temperature on a validation split, and the data in {data.root} has none "
                 f"(data.val_size=0): choose data with one"
             )
         fit_on_validation(model, data.splits["val"], data.eval_batch_size)
-    levels = coverage_levels(cfg.coverage, model, checkpoint)
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
+    # the scores were fitted on the validation split's logits at the checkpoint's own test-time augmentation
+    as_fitted = (tta, fraction) == (model.hparams["tta"], model.hparams["tta_fraction"])
+    levels = coverage_levels(cfg.coverage, model, checkpoint, as_fitted, cfg.split == "val")
     split = data.splits[cfg.split]
     logits = model.predict_logits(split.images, tta, data.eval_batch_size, tta_fraction=fraction)
     temperature = float(model.temperature)
@@ -221,16 +228,28 @@ def out_of_distribution(result: Result, choice: str | None, sets: Iterable | Non
     result.ood = ood.report(choice, result.logits, result.ood_logits, result.temperature)
 
 
-def coverage_levels(coverage: Any, model: ImageClassifier, checkpoint: Path) -> list[float]:
+def coverage_levels(
+    coverage: Any, model: ImageClassifier, checkpoint: Path, as_fitted: bool = True, calibration_split: bool = False
+) -> list[float]:
     """The coverage levels to report (coverage=: one, a list, or null for DEFAULT_COVERAGE when the checkpoint has
-    conformal scores). Raises UserError when levels are asked of a checkpoint without scores."""
+    conformal scores, the logits are those the scores were fitted on (`as_fitted`: the checkpoint's own TTA) and the
+    split is not the one they were fitted on (`calibration_split`: there the coverage is in-sample).
+
+    Raises:
+        UserError: levels asked of a checkpoint without scores, or of logits other than those they were fitted on."""
     levels = plain(coverage)
     has_scores = len(model.conformal_scores) > 0
     if levels is None:
-        return DEFAULT_COVERAGE if has_scores else []
+        return DEFAULT_COVERAGE if has_scores and as_fitted and not calibration_split else []
     levels = [levels] if isinstance(levels, (int, float)) else list(levels)
     if levels and not has_scores:
         raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
+    if levels and not as_fitted:
+        raise UserError(
+            f"coverage={coverage}: {checkpoint}'s conformal scores were fitted at its own test-time augmentation "
+            f"(tta={model.hparams['tta']}, tta_fraction={model.hparams['tta_fraction']}), and their guarantee holds "
+            "for those logits only: drop tta= and tta_fraction="
+        )
     return [float(level) for level in levels]
 
 

@@ -87,7 +87,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     models = load_members(checkpoints, cfg.get("trusted_modules") or ())
     model = models[0]
     if cfg.coverage is not None:
-        check_coverage(str(cfg.coverage), models, checkpoints[0])
+        check_coverage(str(cfg.coverage), models, checkpoints[0], cfg.tta)
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in found:
@@ -152,8 +152,9 @@ def load_members(checkpoints: list[Path], trusted: Sequence[str]) -> list[ImageC
     return models
 
 
-def check_coverage(coverage: str, models: list[ImageClassifier], checkpoint: Path) -> None:
-    """coverage= needs one model with conformal scores. Raises UserError for an ensemble or a model without."""
+def check_coverage(coverage: str, models: list[ImageClassifier], checkpoint: Path, tta: Any = None) -> None:
+    """coverage= needs one model with conformal scores, at the test-time augmentation they were fitted with (the
+    checkpoint's). Raises UserError for an ensemble, a model without scores, or another `tta`."""
     if len(models) > 1:
         raise UserError(
             f"coverage={coverage}: an ensemble has no conformal scores of its own (evaluate.py reports its sets): "
@@ -161,6 +162,11 @@ def check_coverage(coverage: str, models: list[ImageClassifier], checkpoint: Pat
         )
     if len(models[0].conformal_scores) == 0:
         raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
+    if tta is not None and int(tta) != models[0].hparams["tta"]:
+        raise UserError(
+            f"coverage={coverage} with tta={tta}: {checkpoint}'s conformal scores were fitted at its own test-time "
+            f"augmentation (tta={models[0].hparams['tta']}), and their guarantee holds for those logits only: drop tta="
+        )
 
 
 def line(row: dict, coverage: float | None = None) -> str:

@@ -1,5 +1,5 @@
 """The project's sweepers under the names Hydra instantiates: Hydra builds a sweeper only from a class of the
-hydra_plugins namespace (configs/hydra/sweeper/ name these). The code is cifar_lightning/sweepers.py."""
+hydra_plugins namespace (configs/hydra/sweeper/ name these). The code is cifar_lightning/tasks/sweepers.py."""
 
 from cifar_lightning.tasks import sweepers
 
