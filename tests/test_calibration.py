@@ -24,6 +24,15 @@ def test_fit_recovers_the_temperature_the_labels_were_drawn_with(true_temperatur
     assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.05)
 
 
+def test_logits_without_an_error_keep_temperature_one_and_one_error_gives_a_finite_fit():
+    logits = torch.randn(200, 10) * 3
+    labels = logits.argmax(dim=1)
+    assert fit_temperature(logits, labels) == 1.0  # no finite T minimises the NLL: it falls towards T = 0
+    labels[0] = (labels[0] + 1) % 10
+    fitted = fit_temperature(logits, labels)
+    assert 0 < fitted < 1 and F.cross_entropy(logits / fitted, labels) < F.cross_entropy(logits, labels)
+
+
 def test_calibration_measures_equal_a_direct_computation():
     logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
     labels = torch.tensor([0, 0, 0, 1])
@@ -51,7 +60,8 @@ def test_temperature_changes_probabilities_never_the_prediction():
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     run = tmp_path_factory.mktemp("calibration") / "run"
-    summary = train_run([*FAST, "data=synthetic", "epochs=2"], run)
+    # one short epoch: the validation split keeps some errors to fit a temperature on (without any, it stays 1)
+    summary = train_run([*FAST, "data=synthetic", "epochs=1", "+trainer.limit_train_batches=3"], run)
     return run, summary
 
 

@@ -105,6 +105,7 @@ def test_an_evaluation_stopped_midway_exits_nonzero_and_keeps_the_previous_repor
     assert run_script("evaluate.py", f"ckpt={run}").returncode == 0
     report = run / "eval" / "test"
     before = {p.name: p.read_bytes() for p in report.iterdir()}
+    folders = sorted(p.name for p in report.parent.iterdir())  # the shared run may hold other evaluations too
     script = tmp_path / "evaluate_stopped.py"
     script.write_text(EVALUATE_STOPPED_BY.format(signum=int(signum), evaluate=str(ROOT / "evaluate.py")))
 
@@ -116,7 +117,7 @@ def test_an_evaluation_stopped_midway_exits_nonzero_and_keeps_the_previous_repor
             the_error_line(result)
             == "error: stopped by SIGINT before it finished (its files are written whole or not at all)"
         )
-        assert sorted(p.name for p in report.parent.iterdir()) == ["test"]  # no temporary folder left
+        assert sorted(p.name for p in report.parent.iterdir()) == folders  # no temporary folder left
     assert {p.name: p.read_bytes() for p in report.iterdir()} == before
     assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 0
     assert Path(run / "summary.json").is_file()

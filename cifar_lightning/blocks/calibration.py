@@ -12,7 +12,10 @@ from cifar_lightning.blocks.module import ImageClassifier
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
     """The T > 0 that minimises the negative log-likelihood of softmax(logits / T), by LBFGS on log T (which keeps
-    T positive and the problem well scaled)."""
+    T positive and the problem well scaled). Logits (N, C) that classify every label right have no such T (the
+    likelihood keeps rising as T falls to 0, making every prediction certain): T is then 1, uncalibrated."""
+    if bool((logits.argmax(dim=1) == labels).all()):
+        return 1.0
     logits, log_t = logits.detach().double(), torch.zeros((), dtype=torch.double, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 

@@ -24,7 +24,13 @@ ANNOUNCEMENTS = (
     "Loading `train_dataloader` to estimate number of stepping batches",
     "Restoring states from the checkpoint path at",
     "Loaded model weights from the checkpoint at",
+    "Restored all states from the checkpoint at",
+    "`Trainer.fit` stopped: `max_epochs=",
+    "`Trainer.fit` stopped: `max_steps=",
 )
+# Lightning's note of a SIGTERM ("[rank: 0] Received SIGTERM: 15"): the project's own line says which epoch is saved
+# and how to resume
+SIGNALS_LOGGER, SIGTERM_NOTE = "lightning.pytorch.trainer.connectors.signal_connector", "Received SIGTERM:"
 
 
 # MLflow warns that a pyfunc model given as an object is pickled; registry.py's pickle is a reference to its class,
@@ -33,7 +39,8 @@ PICKLED_MODEL = "Passing a Python object as `python_model`"
 
 
 def actionable(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(TIPS + ANNOUNCEMENTS)
+    message = record.getMessage()
+    return not message.startswith(TIPS + ANNOUNCEMENTS) and SIGTERM_NOTE not in message
 
 
 def not_the_pickled_model_warning(record: logging.LogRecord) -> bool:
@@ -42,7 +49,8 @@ def not_the_pickled_model_warning(record: logging.LogRecord) -> bool:
 
 def quiet() -> None:
     """Installs the filters; the entry points call it before they run (cli.run, cli.run_composing)."""
-    logging.getLogger(TIPS_LOGGER).addFilter(actionable)  # added once however often quiet() runs
+    logging.getLogger(TIPS_LOGGER).addFilter(actionable)
+    logging.getLogger(SIGNALS_LOGGER).addFilter(actionable)  # added once however often quiet() runs
     logging.getLogger("mlflow.pyfunc").addFilter(not_the_pickled_model_warning)
     # Lightning's own utilities/_pytree.py builds torch's deprecated LeafSpec on every fit, test and predict: only
     # a Lightning release can change that. A LeafSpec in the user's own code still warns (other module).
@@ -59,5 +67,7 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval Trainer\\(log_every_n_steps.*")
     # metrics.csv shares the run folder with .hydra/ and train.log by design
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+    # a resumed run saves its checkpoints where it saved them before, by design
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     # bf16-mixed keeps fp32 weights, so the model summary's fallback to 32 bits gives the right size
     warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")

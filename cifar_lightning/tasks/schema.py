@@ -49,7 +49,7 @@ def check_train_config(cfg: Any, options: type) -> None:
     tiny scale, so that a value only their constructors refuse is reported now, naming its group."""
     values = {k: plain(v) for k, v in cfg.items() if not isinstance(v, DictConfig)}
     check_arguments(options, {k: v for k, v in values.items() if k in _fields(options)}, "")
-    print_config = (cfg.get("extras") or {}).get("print_config", True)
+    print_config = (cfg.get("extras") or {}).get("print_config", False)
     check_value("extras.print_config", print_config, Annotated[bool, "must be true or false"])
     check_arguments(ImageDataModule, {k: v for k, v in plain(cfg.data).items() if k != "_target_"}, "data")
     module = {k: v for k, v in plain(cfg.module).items() if k not in ("_target_", *MODEL_CONFIGS)}
