@@ -33,6 +33,7 @@ from typing import NoReturn
 
 import torch
 
+from cifar_lightning.blocks import ensemble
 from cifar_lightning.blocks.console import quiet
 from cifar_lightning.blocks.data import ImageDataModule, InMemoryImages
 from cifar_lightning.blocks.errors import UserError
@@ -43,6 +44,7 @@ from cifar_lightning.store.locate import checkpoints_of
 from cifar_lightning.store.runs import RunFolder, write_atomic
 from cifar_lightning.store.trust import run_data_config
 from cifar_lightning.tasks.cli import exit_on_user_error
+from cifar_lightning.tasks.ensemble import describe
 
 RESAMPLES, SEED = 2000, 0  # the paired bootstrap's
 
@@ -145,13 +147,9 @@ def check_alike(
         )
 
 
-def describe(classes: list[str]) -> str:
-    return f"{', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''} ({len(classes)})"
-
-
 def ensemble_correct(members: list[Member], labels: torch.Tensor) -> torch.Tensor:
     """Whether the group's ensemble (the mean of its members' probabilities, argmax) gets each image right."""
-    return torch.stack([m.probabilities for m in members]).mean(0).argmax(1) == labels
+    return ensemble.average([m.probabilities for m in members]).argmax(1) == labels
 
 
 def compare_groups(members: dict[str, list[Member]], labels: torch.Tensor) -> dict:
