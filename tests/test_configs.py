@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cifar_lightning.blocks import precision
+from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier
 from cifar_lightning.store import tracking
 from cifar_lightning.tasks.train import instantiate_all
@@ -165,3 +166,27 @@ def test_every_trainer_resolves_its_precision_on_this_machine(trainer):
     cfg = compose_train([f"trainer={trainer}"])
     assert cfg.trainer.precision == precision.fastest(cfg.trainer.accelerator)
     assert compose_train([f"trainer={trainer}", "trainer.precision=32-true"]).trainer.precision == "32-true"
+
+
+@pytest.mark.parametrize(
+    ("current", "accelerator", "expected"),
+    [
+        (None, "auto", "cpu"),
+        (None, "cpu", "cpu"),
+        ("cuda", "auto", "cuda"),
+        ("cuda", "gpu", "cuda"),
+        ("cuda", "cuda", "cuda"),
+        ("cuda", "cpu", "cpu"),  # asked for: the GPU stays unused
+        ("mps", "mps", "mps"),
+        (None, "gpu", "this machine has no accelerator"),
+        ("mps", "cuda", "this machine has mps"),
+    ],
+)
+def test_inference_device_is_the_accelerator_asked_for_without_a_trainer(monkeypatch, current, accelerator, expected):
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: current is not None)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device(current) if current else None)
+    if expected.startswith("this machine"):
+        with pytest.raises(UserError, match=f"trainer.accelerator={accelerator}: {expected}; use trainer.accelerator"):
+            precision.inference_device(accelerator)
+    else:
+        assert precision.inference_device(accelerator) == torch.device(expected)

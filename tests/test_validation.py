@@ -99,7 +99,7 @@ def test_the_command_line_may_name_any_importable_net(tmp_path):
         load_model(checkpoint)
     model = load_model(checkpoint, trusted_modules=["torchvision.models"])
     images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
-    assert model.probabilities(images).shape == (2, 10)
+    assert model.predict_logits(images).shape == (2, 10)
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,9 @@ class ImageClassifier(L.LightningModule):
         # Under DDP, compute() gathers the states of all ranks.
         self.metrics = nn.ModuleDict()
         for stage in ("train", "val", "test"):
-            self.metrics[f"{stage}_loss"] = MeanMetric()
+            # "disable": no NaN check, which reads the loss back from the device every step (a NaN loss then shows
+            # in the epoch's mean instead of being dropped; DivergenceGuard stops such a run)
+            self.metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")
             self.metrics[f"{stage}_acc"] = MulticlassAccuracy(len(class_names), average="micro", validate_args=False)
 
     # ------------------------------------------------------------------------------------- forward
@@ -204,12 +206,6 @@ class ImageClassifier(L.LightningModule):
             up_left, down_right = padded[..., :h, :w], padded[..., 2:, 2:]
             logits = logits / 2 + (with_mirror(up_left) + with_mirror(down_right)) / 4
         return logits
-
-    def probabilities(
-        self, images: torch.Tensor, tta: int | None = None, calibrated: bool = True, tta_fraction: float | None = None
-    ) -> torch.Tensor:
-        """softmax(logits / temperature), float32 (N, classes): `logits` with its arguments."""
-        return self.logits(images, tta, calibrated, tta_fraction).float().softmax(dim=1)
 
     @torch.inference_mode()
     def predict_logits(

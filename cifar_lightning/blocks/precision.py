@@ -1,7 +1,10 @@
-"""The trainer's default precision: 16-bit mixed where the hardware computes in 16 bits natively, else fp32."""
+"""What the hardware offers: the trainer's default precision (16-bit mixed where the hardware computes in 16 bits
+natively, else fp32), and the device that evaluate, predict and export's checks predict on."""
 
 import torch
 from omegaconf import OmegaConf
+
+from cifar_lightning.blocks.errors import UserError
 
 
 def fastest(accelerator: str) -> str:
@@ -21,3 +24,20 @@ def register_resolver() -> None:
     """`${fastest_precision:${.accelerator}}` in configs/trainer/default.yaml: resolved on the machine that
     runs, so a config saved on a GPU machine resumes in fp32 on a CPU without bf16, and the other way round."""
     OmegaConf.register_new_resolver("fastest_precision", fastest, replace=True)
+
+
+def inference_device(accelerator: str) -> torch.device:
+    """The device of `accelerator` as Lightning's Trainer names them (trainer.accelerator of evaluate.yaml and
+    predict.yaml): auto (torch's current accelerator, e.g. a CUDA GPU, when there is one, else the CPU), cpu, or
+    gpu/cuda/mps/xpu. One device: inference needs no Trainer. Raises UserError for an accelerator this machine
+    does not have."""
+    current = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if accelerator == "cpu" or (accelerator == "auto" and current is None):
+        return torch.device("cpu")
+    if accelerator == "auto" or (current is not None and accelerator in ("gpu", current.type)):
+        assert current is not None
+        return current
+    raise UserError(
+        f"trainer.accelerator={accelerator}: this machine has {current.type if current else 'no accelerator'}; "
+        "use trainer.accelerator=auto or cpu"
+    )

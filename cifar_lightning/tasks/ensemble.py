@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks import conformal, ensemble, figures, selective
@@ -27,6 +26,7 @@ from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
 from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.blocks.paths import user_path
+from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.store.locate import group_checkpoints, is_group
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
@@ -117,7 +117,7 @@ def predict_members(
     """Each member's calibrated probabilities on the split (and, with coverage levels, the validation split), and
     the data, the first member's. Raises UserError (check_alike) before a member unlike the first predicts, and for
     coverage levels asked of data without a validation split."""
-    device = instantiate(cfg.trainer).strategy.root_device
+    device = inference_device(cfg.trainer.accelerator)
     members: list[Member] = []
     first: tuple[Path, list[str], dict | None, ImageDataModule] | None = None
     for checkpoint in checkpoints:

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 
 import torch
 from annotated_types import Ge, MinLen
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks import conformal, figures, ood, selective
@@ -19,6 +18,7 @@ from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
 from cifar_lightning.blocks.module import TTA_FRACTION, ImageClassifier, forward_passes_per_image, plain
+from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.blocks.robustness import choose, corruption_report
 from cifar_lightning.store import tracking
 from cifar_lightning.store.checkpoints import load_model, write_temperature
@@ -155,7 +155,7 @@ def compute(cfg: DictConfig) -> Result:
     corruptions = check_options(cfg)
     checkpoint, model, data = model_and_data(cfg, cfg.split)
     ood_sets = out_of_distribution_sets(cfg.ood, data, data.splits[cfg.split].images)
-    model.to(instantiate(cfg.trainer).strategy.root_device)
+    model.to(inference_device(cfg.trainer.accelerator))
     if cfg.calibrate:
         holder = RunFolder.of_checkpoint(checkpoint).trained_by()
         if holder:  # its checkpoints are rewritten with the temperature: never under a live trainer's saves

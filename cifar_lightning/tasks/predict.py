@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import torch
 from annotated_types import Predicate
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -22,6 +21,7 @@ from cifar_lightning.blocks.ensemble import average
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.blocks.paths import user_path, user_pattern
+from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
@@ -99,7 +99,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     if not readable:
         raise UserError(f"none of the files matched by images={cfg.images} is a readable image")
 
-    device, tta = instantiate(cfg.trainer).strategy.root_device, None if cfg.tta is None else int(cfg.tta)
+    device, tta = inference_device(cfg.trainer.accelerator), None if cfg.tta is None else int(cfg.tta)
     probs = average(
         [
             m.to(device).predict_logits(torch.stack(images), tta, cfg.batch_size, calibrated=True).softmax(1)
