@@ -86,7 +86,7 @@ def test_predict_shows_calibrated_probabilities(calibrated, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     rows = predict(compose_config("predict", [f"ckpt={run}", f"images={tmp_path}", "top_k=10"]))
     model = load_model(run / "checkpoints" / "best.ckpt")
-    from cifar_lightning.blocks.data import read_image
+    from cifar_lightning.blocks.datasets import read_image
 
     with torch.no_grad():
         logits = model(model.normalize(read_image(tmp_path / "a.png", 32)[None]))

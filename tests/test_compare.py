@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import FAST, run_script, train_run, write_cifar
 
-from cifar_lightning.blocks.data import make_synthetic
+from cifar_lightning.blocks.datasets import make_synthetic
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.stats import discordant, mcnemar_exact
 from cifar_lightning.store.checkpoints import load_model

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import CLASSES, write_cifar
 
-import cifar_lightning.blocks.data as data
+import cifar_lightning.blocks.datasets as datasets
 from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.errors import UserError
 
@@ -70,7 +70,7 @@ def test_missing_data_without_network_is_one_clear_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    monkeypatch.setattr(datasets, "download_and_extract_archive", offline)
     with pytest.raises(UserError) as error:
         setup(root=tmp_path / "nothing")
     message = str(error.value)

@@ -12,7 +12,7 @@ import yaml
 from conftest import FAST, run_script, train_run
 from PIL import Image
 
-from cifar_lightning.blocks.data import make_synthetic, read_image
+from cifar_lightning.blocks.datasets import make_synthetic, read_image
 from cifar_lightning.blocks.ensemble import average
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.store.checkpoints import load_model

@@ -12,7 +12,8 @@ import torch
 from conftest import run_script
 from PIL import ExifTags, Image
 
-from cifar_lightning.blocks.data import ImageDataModule, make_synthetic, read_image
+from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.datasets import make_synthetic, read_image
 
 SIZE = 6  # square, so read_image does not resize and pixels compare one to one
 WHITE = 255.0

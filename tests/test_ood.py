@@ -11,7 +11,8 @@ import torch
 from conftest import FAST, run_script, train_run
 
 from cifar_lightning.blocks import ood
-from cifar_lightning.blocks.data import ImageDataModule, make_synthetic
+from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.datasets import make_synthetic
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.tasks.cli import compose_config

@@ -212,7 +212,7 @@ def run_config(
         allowed = module_name in (*RUN_MODULES, *trusted_modules)
         obj = vars(importlib.import_module(module_name)).get(name) if allowed else None
         # a class of ours must be defined where it is named, not merely imported there (torchvision's CIFAR10 in
-        # blocks/data.py would download into any folder)
+        # blocks/datasets.py would download into any folder)
         ours = module_name.startswith("cifar_lightning.") and module_name not in trusted_modules
         if not inspect.isclass(obj) or (ours and obj.__module__ != module_name):
             raise UserError(

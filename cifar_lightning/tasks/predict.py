@@ -16,7 +16,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cifar_lightning.blocks import conformal
 from cifar_lightning.blocks.checks import check_arguments
-from cifar_lightning.blocks.data import read_image
+from cifar_lightning.blocks.datasets import read_image
 from cifar_lightning.blocks.ensemble import average
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier, plain
