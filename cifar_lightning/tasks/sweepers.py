@@ -313,7 +313,6 @@ class OptunaSweeper(ResumableSweep, Sweeper):
         if folder is not None and not self.resuming:
             return self.resume_sweep(folder, arguments)
         import optuna
-        from optuna.trial import TrialState
 
         assert self.config is not None  # setup() ran
         # the search space is checked before hydra.sweep.dir is read: reading it claims the sweep's folder
@@ -342,45 +341,67 @@ class OptunaSweeper(ResumableSweep, Sweeper):
         counted = [t for t in mine() if t.state.is_finished() and not t.user_attrs.get("interrupted")]
         to_go = n_trials - len(counted)
         next_job = 1 + max((int(t.user_attrs.get("job", -1)) for t in mine()), default=-1)
+        self.run_trials(study, space, fixed, (sweep, url), to_go, next_job)
+        self.write_results(study, sweep)
+
+    def run_trials(
+        self, study: Any, space: dict[str, Any], fixed: list[str], where: tuple[Path, str], to_go: int, next_job: int
+    ) -> None:
+        """Asks the study for `to_go` trials, n_jobs at a time, launches each as job `next_job`, ... of the sweep
+        folder (a retried trial keeps its job number), and tells the study how each ended."""
+        sweep, url = where
         while to_go > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
-            jobs, overrides = [], []
+            jobs = []
             for trial in trials:
                 if trial.user_attrs.get("sweep") != str(sweep) or "job" not in trial.user_attrs:
                     trial.set_user_attr("sweep", str(sweep))
                     trial.set_user_attr("job", next_job)
                     next_job += 1
                 trial.set_user_attr("pruner", self.pruner_plain())
-                job = int(trial.user_attrs["job"])
-                reporting = f"{{storage:{quoted(url)},study_name:{quoted(study.study_name)},number:{trial.number}}}"
-                params = [f"{k}={v}" for k, v in trial.params.items()]
-                jobs.append(job)
-                overrides.append(
-                    self.job_overrides(job, [*params, *fixed, f"trial={reporting}", f"hydra.sweep.subdir={job}"])
-                )
+                jobs.append(int(trial.user_attrs["job"]))
+            reporting = f"storage:{quoted(url)},study_name:{quoted(study.study_name)}"
+            overrides = [
+                self.job_overrides(
+                    job,
+                    [
+                        *(f"{k}={v}" for k, v in trial.params.items()),
+                        *fixed,
+                        f"trial={{{reporting},number:{trial.number}}}",
+                        f"hydra.sweep.subdir={job}",
+                    ],
+                )  # fmt: skip
+                for trial, job in zip(trials, jobs)
+            ]
             assert self.launcher is not None  # setup() made it
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
-            failures = []
-            for trial, job, result in zip(trials, jobs, returns):
-                try:
-                    value = float(result.return_value)  # the job's own exception if it failed
-                except Exception as e:
-                    tell(study, trial, state=TrialState.FAIL)
-                    log.warning("trial %d (job %d) failed: %s", trial.number, job, e)
-                    failures.append(e)
-                    continue
-                if RunFolder(sweep / str(job)).summary_values().get("pruned"):
-                    tell(study, trial, state=TrialState.PRUNED)
-                else:
-                    tell(study, trial, values=value)
-            if len(failures) / len(returns) > self.max_failure_rate:
-                log.error("%d of %d trials failed (max_failure_rate=%s)", len(failures), len(returns),
-                          self.max_failure_rate)  # fmt: skip
-                for result in returns:
-                    _ = result.return_value  # raises the first failure, with its traceback
+            self.tell_results(study, trials, jobs, returns, sweep)
             to_go -= len(trials)
-        self.write_results(study, sweep)
+
+    def tell_results(self, study: Any, trials: list, jobs: list[int], returns: Sequence[Any], sweep: Path) -> None:
+        """Tells the study each launched trial's value (pruned or failed as its job ended); raises the first failure
+        when more than max_failure_rate of them failed."""
+        from optuna.trial import TrialState
+
+        failures = []
+        for trial, job, result in zip(trials, jobs, returns):
+            try:
+                value = float(result.return_value)  # the job's own exception if it failed
+            except Exception as e:
+                tell(study, trial, state=TrialState.FAIL)
+                log.warning("trial %d (job %d) failed: %s", trial.number, job, e)
+                failures.append(e)
+                continue
+            if RunFolder(sweep / str(job)).summary_values().get("pruned"):
+                tell(study, trial, state=TrialState.PRUNED)
+            else:
+                tell(study, trial, values=value)
+        if len(failures) / len(returns) > self.max_failure_rate:
+            rate = self.max_failure_rate
+            log.error("%d of %d trials failed (max_failure_rate=%s)", len(failures), len(returns), rate)
+            for result in returns:
+                _ = result.return_value  # raises the first failure, with its traceback
 
     def pruner_plain(self) -> Any:
         """The pruner's config as a plain value (kept with each trial: the job builds the same pruner)."""
