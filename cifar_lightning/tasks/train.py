@@ -67,7 +67,7 @@ def build(cfg: DictConfig, resumed: dict | None = None) -> tuple[ImageDataModule
     # whole epochs end the run by max_epochs, as Lightning counts them (a resumed last epoch stays counted);
     # a fractional one also by the optimizer step inside the last epoch
     max_steps = -1 if float(cfg.epochs).is_integer() else steps
-    # a job of an Optuna search reports to its trial, whose pruner may stop it (sweepers.py)
+    # a job of an Optuna search reports to its trial, whose pruner may stop it (optuna_sweeper.py)
     pruning = [OptunaPruning(**cfg.trial)] if cfg.get("trial") else []
     try:
         trainer = instantiate(
