@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_lightning.blocks.figures import frontier_plot  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
+from cifar_lightning.blocks.run_plots import frontier_plot  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
 from cifar_lightning.tasks.summarize import read_runs  # noqa: E402 (after the sys.path line that makes the package importable from a checkout)
 
 ORIGINAL_ACCURACY = 0.765  # the plain-PyTorch script this project started from (its test accuracy)

@@ -91,9 +91,7 @@ def read_json(path: Path) -> dict:
 
 def run_rows(run_dir: Path, recipe: str | None = None) -> list[dict]:
     """The row of one finished run folder and the rows of its evaluations."""
-    from cifar_lightning.blocks.figures import (
-        counted,  # only here: figures loads matplotlib, which rendering does not need
-    )
+    from cifar_lightning.blocks.run_plots import counted  # here: it loads matplotlib, which rendering needs not
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder: give a run folder (outputs/runs/<run>)")

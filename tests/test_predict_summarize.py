@@ -144,7 +144,7 @@ def test_frontier_of_the_results_csv_takes_one_bf16_seed_0_run_per_recipe(tmp_pa
 
 
 def test_the_frontier_keeps_the_runs_nothing_beats_on_cost_and_accuracy():
-    from cifar_lightning.blocks.figures import frontier
+    from cifar_lightning.blocks.run_plots import frontier
 
     costs, accuracies = [5, 1, 2, 3, 2, 8], [90, 80, 79, 85, 83, 89]
     assert frontier(costs, accuracies) == [(1, 80), (2, 83), (3, 85), (5, 90)]
@@ -165,7 +165,7 @@ def test_summary_of_a_folder_without_runs_is_an_error(tmp_path):
 
 
 def test_a_plots_machine_names_the_precision_when_the_run_recorded_it():
-    from cifar_lightning.blocks.figures import describe_machine
+    from cifar_lightning.blocks.run_plots import describe_machine
 
     machine = {"cpu": "AMD EPYC", "threads": 2, "gpu": None, "torch": "2.14.1"}
     assert describe_machine(machine) == "AMD EPYC, 2 threads, torch 2.14.1"

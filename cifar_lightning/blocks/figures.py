@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402 (after matplotlib.use, so no windo
 import numpy as np  # noqa: E402 (after matplotlib.use, so no window ever opens)
 import seaborn as sns  # noqa: E402 (after matplotlib.use, so no window ever opens)
 import torch  # noqa: E402 (after matplotlib.use, so no window ever opens)
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402 (after matplotlib.use, so no window ever opens)
+from matplotlib.ticker import MaxNLocator  # noqa: E402 (after matplotlib.use, so no window ever opens)
 
 from cifar_lightning.blocks import selective  # noqa: E402 (after matplotlib.use, so no window ever opens)
 from cifar_lightning.blocks.metrics import Evaluation, classification_report  # noqa: E402 (after matplotlib.use, so no window ever opens)
@@ -19,7 +19,7 @@ from cifar_lightning.blocks.metrics import Evaluation, classification_report  # 
 DPI = 120
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -55,7 +55,7 @@ def confusion_matrix(evaluation: Evaluation, path: Path) -> Path:
     )
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     plt.setp(ax.get_yticklabels(), rotation=0)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def misclassified(
@@ -80,7 +80,7 @@ def misclassified(
     if not len(wrong):
         axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     fig.suptitle(f"Most confident mistakes ({len(wrong)} of {int((predicted != labels).sum()):,} misclassified)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -123,7 +123,7 @@ def training_curves(metrics_csv: Path, path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title("Loss per epoch")
     axes[1].set_title("Accuracy per epoch")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def reliability(evaluation: Evaluation, path: Path) -> Path:
@@ -172,7 +172,7 @@ def reliability(evaluation: Evaluation, path: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability — ECE {evaluation.metrics['ece']:.2%}")
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def risk_coverage(evaluation: Evaluation, probs: torch.Tensor, labels: torch.Tensor, path: Path) -> Path:
@@ -199,7 +199,7 @@ def risk_coverage(evaluation: Evaluation, probs: torch.Tensor, labels: torch.Ten
         fontsize=10,
     )
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def corruption_heatmap(robustness: dict, path: Path) -> Path:
@@ -234,7 +234,7 @@ def corruption_heatmap(robustness: dict, path: Path) -> Path:
         f"({robustness['images']:,} images, generated CIFAR-10-C-style, seed {robustness['seed']})",
         fontsize=10,
     )
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def corruption_examples(clean: torch.Tensor, corrupted: dict[str, list[torch.Tensor]], path: Path) -> Path:
@@ -254,7 +254,7 @@ def corruption_examples(clean: torch.Tensor, corrupted: dict[str, list[torch.Ten
     for column, ax in enumerate(axes[0]):
         ax.set_title("clean" if column == 0 else f"severity {column}", fontsize=9)
     fig.suptitle("What each corruption does (generated here; frost's texture is synthesised)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, robustness: dict | None = None) -> Path:
@@ -315,102 +315,3 @@ def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, 
         lines += [f"## {figure.stem.replace('_', ' ').capitalize()}", "", f"![{figure.stem}]({figure.name})", ""]
     path.write_text("\n".join(lines))
     return path
-
-
-def sweep_plot(runs: list[dict], groups: list[dict], path: Path) -> Path:
-    """Best validation accuracy of each run (dots) and each group's mean ± std (bar), best group on top."""
-    names = [g["group"] for g in groups]
-    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.5 * len(names)))
-    for y, g in enumerate(groups):
-        if g["best_val_acc"] is not None:
-            ax.barh(y, g["best_val_acc"], xerr=g["best_val_acc_std"], color="tab:blue", alpha=0.35, capsize=4)
-        values = [r["best_val_acc"] for r in runs if r["group"] == g["group"] and r["best_val_acc"] is not None]
-        ax.plot(values, [y] * len(values), "o", color="tab:blue")
-    ax.set_yticks(range(len(names)), names)
-    ax.invert_yaxis()
-    finished = [r["best_val_acc"] for r in runs if r["best_val_acc"] is not None]
-    if finished:
-        ax.set_xlim(max(0.0, min(finished) - 0.05), min(1.0, max(finished) + 0.02))
-    ax.set_xlabel("best validation accuracy")
-    ax.set_title("Sweep results (dots: runs; bars: mean ± std over seeds)")
-    ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 thread', '2 threads': a count with its noun (regular plurals only)."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def describe_machine(hardware: dict | None) -> str:
-    """A run's hardware (summary.json) in a few words, for plot labels."""
-    if not hardware:
-        return "a machine not recorded"
-    device = hardware["gpu"] or f"{hardware['cpu']}, {counted(hardware['threads'], 'thread')}"
-    precision = f", {hardware['precision']}" if "precision" in hardware else ""  # older summaries do not record it
-    return f"{device}, torch {hardware['torch']}{precision}"
-
-
-def frontier(costs: list[float], accuracies: list[float]) -> list[tuple[float, float]]:
-    """The (cost, accuracy) points that no other point beats on both, cheapest first."""
-    best = -math.inf
-    line: list[tuple[float, float]] = []
-    for cost, accuracy in sorted(zip(costs, accuracies), key=lambda p: (p[0], -p[1])):
-        if accuracy > best:
-            best, line = accuracy, [*line, (cost, accuracy)]
-    return line
-
-
-def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
-    """Best validation accuracy against training compute (left) and training wall time (right), one labelled
-    point per run (dicts with label, training_pflop, fit_seconds, best_val_acc), the frontier (runs no other run
-    beats on both cost and accuracy) as a line, and a dashed line at the reference accuracy to beat."""
-    accuracies = [100 * p["best_val_acc"] for p in points]
-    axes_costs = [  # x-axis label, each run's cost on it, how a point's label shows that cost
-        (
-            "training compute (PFLOP, forward + backward, log scale)",
-            [p["training_pflop"] for p in points],
-            "{:.3g} PFLOP",
-        ),
-        (
-            "training wall time (minutes, fit with validation, log scale)",
-            [p["fit_seconds"] / 60 for p in points],
-            "{:.1f} min",
-        ),
-    ]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
-    for ax, (xlabel, costs, cost_format) in zip(axes, axes_costs):
-        ax.set_xscale("log")
-        line = frontier(costs, accuracies)
-        ax.plot(*zip(*line), "-", color="grey", alpha=0.5, zorder=1)
-        for p, x, y in zip(points, costs, accuracies):
-            ax.plot(x, y, "o", markersize=8, zorder=2)
-            ax.annotate(
-                f"{p['label']}\n{y:.2f}%, {cost_format.format(x)}",
-                (x, y),
-                textcoords="offset points",
-                xytext=(7, -10),
-                fontsize=7.5,
-            )
-        low, high = min(costs) / 1.6, max(costs) * 4  # room for the labels, right of their points
-        ax.set_xlim(low, high)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ticks = [t * 10**e for e in range(-3, 4) for t in (1, 2, 5) if low <= t * 10**e <= high]
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.axhline(100 * reference, color="grey", linestyle="--", linewidth=1)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3, which="both")
-    axes[1].text(
-        high,
-        100 * reference,
-        f"{100 * reference:.1f}%: the original project's test accuracy ",
-        fontsize=8,
-        color="grey",
-        ha="right",
-        va="top",
-    )
-    axes[0].set_ylim(min(accuracies + [100 * reference]) - 2, max(accuracies + [100 * reference]) + 2)
-    axes[0].set_ylabel("best validation accuracy (%)")
-    machines = sorted({describe_machine(p.get("hardware")) for p in points})
-    fig.suptitle(f"CIFAR-10 recipes: accuracy against cost, one point per run; times on {'; '.join(machines)}")
-    return _save(fig, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from cifar_lightning.blocks.figures import sweep_plot
+from cifar_lightning.blocks.run_plots import sweep_plot
 
 REPEATS = ("seed=", "data.fold=")  # what a recipe is repeated over: its runs are grouped into mean ± std
 
