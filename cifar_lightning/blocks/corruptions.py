@@ -322,24 +322,9 @@ def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator)
 # the order of the CIFAR-10-C release and of the paper's figures: noise, blur, weather, digital
 CORRUPTIONS = {
     f.__name__: f
-    for f in (
-        gaussian_noise,
-        shot_noise,
-        impulse_noise,
-        defocus_blur,
-        glass_blur,
-        motion_blur,
-        zoom_blur,
-        snow,
-        frost,
-        fog,
-        brightness,
-        contrast,
-        elastic_transform,
-        pixelate,
-        jpeg_compression,
-    )
-}
+    for f in (gaussian_noise, shot_noise, impulse_noise, defocus_blur, glass_blur, motion_blur, zoom_blur, snow,
+              frost, fog, brightness, contrast, elastic_transform, pixelate, jpeg_compression)
+}  # fmt: skip
 SEVERITIES = (1, 2, 3, 4, 5)
 
 

@@ -108,6 +108,18 @@ class ImageDataModule(L.LightningDataModule):
             UserError: a CIFAR source with an image_size other than 32 (its images are not resized); folds of 1,
                 or a fold not below folds; an empty list of classes.
         """
+        self.check_together(source, image_size, folds, fold, classes)
+        super().__init__()
+        self.folds, self.fold, self.classes = folds, fold, classes
+        self.source, self.root, self.verify, self.download = source, user_path(root), verify, download
+        self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.splits: dict[str, InMemoryImages] = {}
+        self.class_names: list[str] = []
+
+    @staticmethod
+    def check_together(source: str, image_size: int, folds: int, fold: int, classes: list[str] | None) -> None:
+        """The values that only make sense together; raises UserError (see __init__)."""
         if source in CIFAR and image_size != 32:
             raise UserError(
                 f"data.image_size={image_size}: {source}'s images are 32 x 32 and are not resized; drop "
@@ -123,13 +135,6 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.classes={classes}: a classifier needs two different classes or more, each named once "
                 "(null: every class)"
             )
-        super().__init__()
-        self.folds, self.fold, self.classes = folds, fold, classes
-        self.source, self.root, self.verify, self.download = source, user_path(root), verify, download
-        self.val_size, self.split_seed, self.image_size = val_size, split_seed, image_size
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.splits: dict[str, InMemoryImages] = {}
-        self.class_names: list[str] = []
 
     NOT_FOR_EVALUATION = ("_target_", "batch_size")  # a data config's keys that for_evaluation leaves out
 

@@ -2,6 +2,7 @@
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -257,9 +258,9 @@ def corruption_examples(clean: torch.Tensor, corrupted: dict[str, list[torch.Ten
     return save(fig, path)
 
 
-def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, robustness: dict | None = None) -> Path:
-    """report.md at `path`: the headline metrics (accuracy, ECE, ...), the per-class table, the corruption table when
-    `robustness` is given, and links to `figures` (relative to path's folder); returns `path`."""
+def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, sections: Sequence[str] = ()) -> Path:
+    """report.md at `path`: the headline metrics (accuracy, ECE, ...), the per-class table, `sections` (markdown, e.g.
+    robustness.markdown), and links to `figures` (relative to path's folder); returns `path`."""
     m = evaluation.metrics
     lines = [
         f"# {title}",
@@ -286,31 +287,8 @@ def report(evaluation: Evaluation, figures: list[Path], title: str, path: Path, 
         "```",
         "",
     ]
-    if robustness:
-        r = robustness
-        severities = r["severities"]
-        lines += [
-            "## Corruptions",
-            "",
-            f"Mean corruption accuracy (mCA) **{r['mean_corruption_accuracy']:.2%}**, "
-            f"{r['relative_accuracy']:.3f} x the clean accuracy ({r['clean_accuracy']:.2%}) on the same "
-            f"{r['images']:,} images (TTA level {r['tta']}). The corrupted images are generated here after "
-            f"CIFAR-10-C's published parameters: they approximate that set, they do not reproduce it"
-            + (f"; {r['frost']}." if "frost" in r else "."),
-            "",
-            "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " | mean |",
-            "|---" * (len(severities) + 2) + "|",
-            *(
-                f"| {name.replace('_', ' ')} | "
-                + " | ".join(f"{a:.2%}" for a in row)
-                + f" | {r['per_corruption'][name]:.2%} |"
-                for name, row in r["accuracy"].items()
-            ),
-            "| **mean** | "
-            + " | ".join(f"{a:.2%}" for a in r["per_severity"])
-            + f" | **{r['mean_corruption_accuracy']:.2%}** |",
-            "",
-        ]
+    for section in sections:
+        lines += [section.rstrip("\n"), ""]
     for figure in figures:
         lines += [f"## {figure.stem.replace('_', ' ').capitalize()}", "", f"![{figure.stem}]({figure.name})", ""]
     path.write_text("\n".join(lines))

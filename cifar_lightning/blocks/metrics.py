@@ -35,24 +35,11 @@ def evaluate_predictions(
     calibration measures are reported before and after it."""
     n = len(class_names)
     probs = (logits.float() / temperature).softmax(dim=1)
-    per_class = {
-        name: metric(probs, labels)
-        for name, metric in (
-            ("precision", MulticlassPrecision(n, average=None)),
-            ("recall", MulticlassRecall(n, average=None)),
-            ("f1", MulticlassF1Score(n, average=None)),
-        )
-    }
+    scores = {"precision": MulticlassPrecision, "recall": MulticlassRecall, "f1": MulticlassF1Score}
+    per_class = {name: metric(n, average=None)(probs, labels) for name, metric in scores.items()}
     support = torch.bincount(labels, minlength=n)
     averages = {
-        average: {
-            name: float(metric(probs, labels))
-            for name, metric in (
-                ("precision", MulticlassPrecision(n, average=average)),
-                ("recall", MulticlassRecall(n, average=average)),
-                ("f1", MulticlassF1Score(n, average=average)),
-            )
-        }
+        average: {name: float(metric(n, average=average)(probs, labels)) for name, metric in scores.items()}
         | {"support": int(support.sum())}
         for average in ("macro", "weighted")
     }

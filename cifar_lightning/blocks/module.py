@@ -53,6 +53,19 @@ def _fit_conformal_scores(module: "ImageClassifier", state_dict: dict, prefix: s
     module.conformal_scores = module.conformal_scores.new_empty(scores.shape)
 
 
+def stage_metrics(num_classes: int) -> nn.ModuleDict:
+    """The loss (mean) and accuracy of each stage (train, val, test), apart so that running states never mix.
+    Steps only update them and each epoch logs them once: self.log at every step adds Lightning's bookkeeping to
+    every step; validate_args=False skips a per-step input check, and nan_strategy="disable" a NaN check that reads
+    the loss back from the device every step (a NaN loss then shows in the epoch's mean instead of being dropped;
+    DivergenceGuard stops such a run). Under DDP, compute() gathers the states of all ranks."""
+    metrics = nn.ModuleDict()
+    for stage in ("train", "val", "test"):
+        metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")
+        metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+    return metrics
+
+
 class ImageClassifier(L.LightningModule):
     """The LightningModule of every recipe: uint8 (N, 3, H, W) batches are augmented and normalised on the device,
     the net gives logits (N, classes); cross-entropy training, accuracy per stage, optional test-time augmentation
@@ -91,11 +104,9 @@ class ImageClassifier(L.LightningModule):
             image_size: height and width of the images, in pixels.
             label_smoothing: of the training loss (Szegedy et al., 2016).
             loss_reduction: "sum" makes the gradient grow with the batch (airbench).
-            channels_last: NHWC memory layout for the net and its inputs.
-            compile: torch.compile the net when training.
-            tta: the test-time augmentation of validation and test (see `logits`).
-            tta_fraction: the share of each batch's images, least confident first, that get the `tta` views; the
-                others keep their plain logits (see `logits`).
+            channels_last, compile: NHWC memory layout for the net and its inputs; torch.compile the net to train.
+            tta, tta_fraction: the test-time augmentation of validation and test, and the share of each batch's
+                images, least confident first, that get its views; the others keep their plain logits (`logits`).
         """
         super().__init__()
         net, optimizer, scheduler, augmentation = map(plain, (net, optimizer, scheduler, augmentation))
@@ -115,16 +126,7 @@ class ImageClassifier(L.LightningModule):
         self.register_load_state_dict_pre_hook(_fit_conformal_scores)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        # Per stage, so that running states never mix. Steps only update them and each epoch logs them once:
-        # self.log at every step adds Lightning's bookkeeping to every step, and validate_args=False skips a
-        # per-step input check; both are fixed costs that weigh most in small, fast steps (docs/results.md).
-        # Under DDP, compute() gathers the states of all ranks.
-        self.metrics = nn.ModuleDict()
-        for stage in ("train", "val", "test"):
-            # "disable": no NaN check, which reads the loss back from the device every step (a NaN loss then shows
-            # in the epoch's mean instead of being dropped; DivergenceGuard stops such a run)
-            self.metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")
-            self.metrics[f"{stage}_acc"] = MulticlassAccuracy(len(class_names), average="micro", validate_args=False)
+        self.metrics = stage_metrics(len(class_names))
 
     # ------------------------------------------------------------------------------------- forward
     @torch.no_grad()

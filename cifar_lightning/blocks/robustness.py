@@ -59,3 +59,40 @@ def corruption_report(
         "accuracy": table,
         **({"frost": FROST} if "frost" in names else {}),
     }, examples
+
+
+def markdown(r: dict) -> str:
+    """report.md's section on the table of `corruption_report`."""
+    severities = r["severities"]
+    return "\n".join(
+        [
+            "## Corruptions",
+            "",
+            f"Mean corruption accuracy (mCA) **{r['mean_corruption_accuracy']:.2%}**, "
+            f"{r['relative_accuracy']:.3f} x the clean accuracy ({r['clean_accuracy']:.2%}) on the same "
+            f"{r['images']:,} images (TTA level {r['tta']}). The corrupted images are generated here after "
+            f"CIFAR-10-C's published parameters: they approximate that set, they do not reproduce it"
+            + (f"; {r['frost']}." if "frost" in r else "."),
+            "",
+            "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " | mean |",
+            "|---" * (len(severities) + 2) + "|",
+            *(
+                f"| {name.replace('_', ' ')} | "
+                + " | ".join(f"{a:.2%}" for a in row)
+                + f" | {r['per_corruption'][name]:.2%} |"
+                for name, row in r["accuracy"].items()
+            ),
+            "| **mean** | "
+            + " | ".join(f"{a:.2%}" for a in r["per_severity"])
+            + f" | **{r['mean_corruption_accuracy']:.2%}** |",
+            "",
+        ]
+    )
+
+
+def console_line(r: dict) -> str:
+    """The table of `corruption_report` in one line: its mean and how it compares with the clean accuracy."""
+    return (
+        f"mean corruption accuracy {r['mean_corruption_accuracy']:.2%} ({r['relative_accuracy']:.3f} x clean "
+        f"{r['clean_accuracy']:.2%}) on {r['images']:,} images"
+    )

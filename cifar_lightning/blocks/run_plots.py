@@ -59,17 +59,11 @@ def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
     beats on both cost and accuracy) as a line, and a dashed line at the reference accuracy to beat."""
     accuracies = [100 * p["best_val_acc"] for p in points]
     axes_costs = [  # x-axis label, each run's cost on it, how a point's label shows that cost
-        (
-            "training compute (PFLOP, forward + backward, log scale)",
-            [p["training_pflop"] for p in points],
-            "{:.3g} PFLOP",
-        ),
-        (
-            "training wall time (minutes, fit with validation, log scale)",
-            [p["fit_seconds"] / 60 for p in points],
-            "{:.1f} min",
-        ),
-    ]
+        ("training compute (PFLOP, forward + backward, log scale)", [p["training_pflop"] for p in points],
+         "{:.3g} PFLOP"),
+        ("training wall time (minutes, fit with validation, log scale)", [p["fit_seconds"] / 60 for p in points],
+         "{:.1f} min"),
+    ]  # fmt: skip
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
     for ax, (xlabel, costs, cost_format) in zip(axes, axes_costs):
         ax.set_xscale("log")
@@ -92,15 +86,8 @@ def frontier_plot(points: list[dict], reference: float, path: Path) -> Path:
         ax.axhline(100 * reference, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")
-    axes[1].text(
-        high,
-        100 * reference,
-        f"{100 * reference:.1f}%: the original project's test accuracy ",
-        fontsize=8,
-        color="grey",
-        ha="right",
-        va="top",
-    )
+    label = f"{100 * reference:.1f}%: the original project's test accuracy "
+    axes[1].text(high, 100 * reference, label, fontsize=8, color="grey", ha="right", va="top")
     axes[0].set_ylim(min(accuracies + [100 * reference]) - 2, max(accuracies + [100 * reference]) + 2)
     axes[0].set_ylabel("best validation accuracy (%)")
     machines = sorted({describe_machine(p.get("hardware")) for p in points})

@@ -166,6 +166,22 @@ REFERENCE = re.compile(r"\$\{(\.*[A-Za-z_][\w.]*)\}")  # ${epochs}, ${optimizer.
 RESOLVERS = ("${fastest_precision:${.accelerator}}",)  # the project's own, which only reads the hardware
 
 
+def _check_targets(resolved: dict, config_file: Path, trusted_modules: Sequence[str]) -> None:
+    """Every `_target_` of a resolved run config names a class the allow-list holds; raises UserError."""
+    for where, target in _targets(resolved):
+        module_name, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
+        allowed = module_name in (*RUN_MODULES, *trusted_modules)
+        obj = vars(importlib.import_module(module_name)).get(name) if allowed else None
+        # a class of ours must be defined where it is named, not merely imported there (torchvision's CIFAR10 in
+        # blocks/datasets.py would download into any folder)
+        ours = module_name.startswith("cifar_lightning.") and module_name not in trusted_modules
+        if not inspect.isclass(obj) or (ours and obj.__module__ != module_name):
+            raise UserError(
+                f"{config_file} was refused: {where}._target_={target!r} is not one of the classes a resumed run "
+                f"may build (what {', '.join(RUN_MODULES)} define; add your own with trusted_modules=[...])"
+            )
+
+
 def run_config(
     config_file: Path,
     output_dir: Path,
@@ -200,25 +216,12 @@ def run_config(
     except Exception as e:  # a reference to a key that is not there
         raise UserError(f"{config_file} was refused: {str(e).splitlines()[0]}") from None
     assert isinstance(resolved, dict)
-    for kind, group in (("net", "model"), ("augmentation", "augmentation"), ("optimizer", "optimizer")):
+    for kind, group in (("net", "model"), *((g, g) for g in ("augmentation", "optimizer", "scheduler"))):
         if resolved.get(group) is not None or kind == "net":
             _refused_in(config_file, check_model_config, resolved.get(group), kind, group, trusted_modules)
-    if resolved.get("scheduler") is not None:
-        _refused_in(config_file, check_model_config, resolved["scheduler"], "scheduler", "scheduler", trusted_modules)
     if not isinstance(resolved.get("data"), dict) or resolved["data"].get("_target_") != DATA_TARGET:
         raise UserError(f"{config_file} was refused: its data is not a {DATA_TARGET} config")
-    for where, target in _targets(resolved):
-        module_name, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
-        allowed = module_name in (*RUN_MODULES, *trusted_modules)
-        obj = vars(importlib.import_module(module_name)).get(name) if allowed else None
-        # a class of ours must be defined where it is named, not merely imported there (torchvision's CIFAR10 in
-        # blocks/datasets.py would download into any folder)
-        ours = module_name.startswith("cifar_lightning.") and module_name not in trusted_modules
-        if not inspect.isclass(obj) or (ours and obj.__module__ != module_name):
-            raise UserError(
-                f"{config_file} was refused: {where}._target_={target!r} is not one of the classes a resumed run "
-                f"may build (what {', '.join(RUN_MODULES)} define; add your own with trusted_modules=[...])"
-            )
+    _check_targets(resolved, config_file, trusted_modules)
     _check_writes(resolved, output_dir, config_file)
     return config
 

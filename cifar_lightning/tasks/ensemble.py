@@ -240,11 +240,11 @@ def write(out: Path, evaluation: Evaluation, metrics: dict, probabilities: torch
             figures.risk_coverage(evaluation, probabilities, labels, tmp / "risk_coverage.png"),
         ]
         title = f"Ensemble of {len(metrics['members'])} on the {metrics['split']} split ({metrics['data_root']})"
-        figures.report(evaluation, pngs, title, tmp / "report.md")
-        with open(tmp / "report.md", "a") as f:
-            f.write("\n" + members_table(metrics))
-            if "conformal" in metrics:
-                f.write("\n" + conformal.markdown(metrics["conformal"]))
+        sections = [
+            members_table(metrics),
+            *([conformal.markdown(metrics["conformal"])] if "conformal" in metrics else []),
+        ]
+        figures.report(evaluation, pngs, title, tmp / "report.md", sections)
 
 
 def members_table(metrics: dict) -> str:

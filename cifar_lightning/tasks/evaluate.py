@@ -10,7 +10,7 @@ import torch
 from annotated_types import Ge, MinLen
 from omegaconf import DictConfig
 
-from cifar_lightning.blocks import conformal, figures, ood, selective
+from cifar_lightning.blocks import conformal, figures, ood, robustness, selective
 from cifar_lightning.blocks.calibration import fit_on_validation
 from cifar_lightning.blocks.checks import check_arguments, check_value
 from cifar_lightning.blocks.corruptions import CORRUPTIONS
@@ -19,7 +19,6 @@ from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
 from cifar_lightning.blocks.module import TTA_FRACTION, ImageClassifier, forward_passes_per_image, plain
 from cifar_lightning.blocks.precision import inference_device
-from cifar_lightning.blocks.robustness import choose, corruption_report
 from cifar_lightning.store import tracking
 from cifar_lightning.store.checkpoints import load_model, write_temperature
 from cifar_lightning.store.locate import resolve
@@ -150,6 +149,22 @@ def model_and_data(cfg: DictConfig, split: str) -> tuple[Path, ImageClassifier, 
     return checkpoint, model, data
 
 
+def calibrate_again(checkpoint: Path, model: ImageClassifier, data: ImageDataModule) -> None:
+    """calibrate=true: the temperature and conformal scores fitted again on the validation split, into the model.
+    Raises UserError while the run is being trained, or for data without a validation split."""
+    holder = RunFolder.of_checkpoint(checkpoint).trained_by()
+    if holder:  # its checkpoints are rewritten with the temperature: never under a live trainer's saves
+        raise UserError(
+            f"calibrate=true rewrites {checkpoint}, whose run is being trained by {holder}: wait until it ends"
+        )
+    if "val" not in data.splits:
+        raise UserError(
+            f"calibrate=true fits the temperature on a validation split, and the data in {data.root} has none "
+            f"(data.val_size=0): choose data with one"
+        )
+    fit_on_validation(model, data.splits["val"], data.eval_batch_size)
+
+
 def compute(cfg: DictConfig) -> Result:
     """Everything evaluate.py reports, computed: logits, metrics, and with corruptions= the robustness table."""
     corruptions = check_options(cfg)
@@ -157,17 +172,7 @@ def compute(cfg: DictConfig) -> Result:
     ood_sets = out_of_distribution_sets(cfg.ood, data, data.splits[cfg.split].images)
     model.to(inference_device(cfg.trainer.accelerator))
     if cfg.calibrate:
-        holder = RunFolder.of_checkpoint(checkpoint).trained_by()
-        if holder:  # its checkpoints are rewritten with the temperature: never under a live trainer's saves
-            raise UserError(
-                f"calibrate=true rewrites {checkpoint}, whose run is being trained by {holder}: wait until it ends"
-            )
-        if "val" not in data.splits:
-            raise UserError(
-                f"calibrate=true fits the temperature on a validation split, and the data in {data.root} has none "
-                f"(data.val_size=0): choose data with one"
-            )
-        fit_on_validation(model, data.splits["val"], data.eval_batch_size)
+        calibrate_again(checkpoint, model, data)
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     # the scores were fitted on the validation split's logits at the checkpoint's own test-time augmentation
@@ -193,9 +198,9 @@ def compute(cfg: DictConfig) -> Result:
         conformal_scores=model.conformal_scores,
     )
     if corruptions:
-        chosen = choose(len(split), corruptions["images"], corruptions["seed"])
+        chosen = robustness.choose(len(split), corruptions["images"], corruptions["seed"])
         pixels, labels = split.images[chosen], split.labels[chosen]
-        result.robustness, examples = corruption_report(
+        result.robustness, examples = robustness.corruption_report(
             model,
             pixels,
             labels,
@@ -314,13 +319,12 @@ def write(result: Result, misclassified: int) -> dict:
             pngs.insert(0, figures.training_curves(result.run.metrics_csv, tmp / "training_curves.png"))
         tta = f", TTA level {result.tta}" if result.tta else ""
         title = f"Evaluation of {result.checkpoint.name} on the {result.split} split ({result.data.root}{tta})"
-        figures.report(evaluation, pngs, title, tmp / "report.md", result.robustness)
-        if result.conformal:
-            with open(tmp / "report.md", "a") as f:
-                f.write("\n" + conformal.markdown(result.conformal))
-        if result.ood:
-            with open(tmp / "report.md", "a") as f:
-                f.write("\n" + ood.markdown(result.ood))
+        sections = [
+            *([robustness.markdown(result.robustness)] if result.robustness else []),
+            *([conformal.markdown(result.conformal)] if result.conformal else []),
+            *([ood.markdown(result.ood)] if result.ood else []),
+        ]
+        figures.report(evaluation, pngs, title, tmp / "report.md", sections)
     return metrics
 
 
@@ -328,13 +332,8 @@ def report(result: Result) -> None:
     """The console's summary of a written evaluation; its files attached to the run's MLflow run, if it has one."""
     print(classification_report(result.evaluation))
     print(selective.describe(result.evaluation.metrics["selective"]))
-    robustness = result.robustness
-    if robustness:
-        print(
-            f"mean corruption accuracy {robustness['mean_corruption_accuracy']:.2%} "
-            f"({robustness['relative_accuracy']:.3f} x clean {robustness['clean_accuracy']:.2%}) on "
-            f"{robustness['images']:,} images"
-        )
+    if result.robustness:
+        print(robustness.console_line(result.robustness))
     if result.conformal:
         print(conformal.console_line(result.conformal))
     if result.ood:

@@ -71,15 +71,9 @@ def export(cfg: DictConfig) -> Path | str:
     graph = RawImagesToLogits(model).eval()
 
     def write_checked(tmp: Path) -> None:  # into a temporary file: a model that disagrees never takes out's place
-        torch.onnx.export(
-            graph,
-            (images[:2],),
-            str(tmp),
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False,
-        )
+        batch = {"images": {0: "batch"}, "logits": {0: "batch"}}
+        torch.onnx.export(graph, (images[:2],), str(tmp), input_names=["images"], output_names=["logits"],
+                          dynamic_axes=batch, dynamo=False)  # fmt: skip
         with torch.no_grad():
             expected = graph(images).numpy()
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])

@@ -67,12 +67,13 @@ def build(cfg: DictConfig, resumed: dict | None = None) -> tuple[ImageDataModule
     # whole epochs end the run by max_epochs, as Lightning counts them (a resumed last epoch stays counted);
     # a fractional one also by the optimizer step inside the last epoch
     max_steps = -1 if float(cfg.epochs).is_integer() else steps
+    stop_inside = [StopAtMaxSteps()] if max_steps > 0 else []  # a callback at every step only where it is needed
     # a job of an Optuna search reports to its trial, whose pruner may stop it (optuna_sweeper.py)
     pruning = [OptunaPruning(**cfg.trial)] if cfg.get("trial") else []
     try:
         trainer = instantiate(
             cfg.trainer,
-            callbacks=[*callbacks, CountTrainingFlops(), Timer(), StopAtMaxSteps(), KeepRandomState(), *pruning],
+            callbacks=[*callbacks, CountTrainingFlops(), Timer(), *stop_inside, KeepRandomState(), *pruning],
             logger=loggers,
             max_epochs=math.ceil(cfg.epochs),
             max_steps=max_steps,
@@ -80,14 +81,8 @@ def build(cfg: DictConfig, resumed: dict | None = None) -> tuple[ImageDataModule
     except InstantiationException as e:
         raise refused("trainer", e) from None
     mean, std = datamodule.channel_stats()
-    module = instantiate(
-        cfg.module,
-        class_names=datamodule.class_names,
-        mean=mean,
-        std=std,
-        image_size=datamodule.image_size,
-        _recursive_=False,
-    )
+    of_data = {"class_names": datamodule.class_names, "mean": mean, "std": std, "image_size": datamodule.image_size}
+    module = instantiate(cfg.module, **of_data, _recursive_=False)
     if resumed is not None:  # before anything is trained or written: once fit() has started it is too late
         check_resumable(resumed, dict(module.hparams), steps, cfg)
     module.init_from_data(datamodule.training_images(5000))  # a resumed run then loads its own weights over these
@@ -206,19 +201,24 @@ def fit_and_test(cfg: DictConfig, run: RunFolder, rank: int, resume_from: Path |
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         summary.update(test_acc=results[0]["test/acc"], test_loss=results[0]["test/loss"])
     if trainer.is_global_zero:
-        path = run.write(run.summary.name, json.dumps(summary, indent=2) + "\n")
-        tracking.finish(trainer.loggers, summary, path)
-        stopped = next((c for c in callbacks if isinstance(c, EarlyStopping) and c.stopped_epoch), None)
-        if stopped is not None:
-            log.info("early stopping: %s did not improve for %d epochs", stopped.monitor, stopped.patience)
-        log.info(
-            "best val acc %s | test acc %s | wall time %.0f s | %s",
-            _pct(summary["best_val_acc"]),
-            _pct(summary.get("test_acc")),
-            fit_seconds,
-            run.path,
-        )
+        finish(run, trainer, callbacks, summary)
     return summary
+
+
+def finish(run: RunFolder, trainer: L.Trainer, callbacks: list[L.Callback], summary: dict) -> None:
+    """On rank 0 at the end of a run: summary.json written and sent to the trackers; the console's last lines."""
+    path = run.write(run.summary.name, json.dumps(summary, indent=2) + "\n")
+    tracking.finish(trainer.loggers, summary, path)
+    stopped = next((c for c in callbacks if isinstance(c, EarlyStopping) and c.stopped_epoch), None)
+    if stopped is not None:
+        log.info("early stopping: %s did not improve for %d epochs", stopped.monitor, stopped.patience)
+    log.info(
+        "best val acc %s | test acc %s | wall time %.0f s | %s",
+        _pct(summary["best_val_acc"]),
+        _pct(summary.get("test_acc")),
+        summary["fit_seconds"],
+        run.path,
+    )
 
 
 def headline(cfg: DictConfig, module: ImageClassifier, trainer: L.Trainer, resume_from: Path | None) -> str:
