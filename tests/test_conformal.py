@@ -69,7 +69,8 @@ def test_scores_equal_a_direct_computation():
     assert direct_score(CALIBRATION[0], 4) == pytest.approx(0.88)
     assert direct_score(CALIBRATION[0], 0) == 0
     kept = conformal.calibration_scores(p, torch.tensor(CALIBRATION_LABELS)).numpy()
-    assert kept == pytest.approx(sorted(direct_score(r, y) for r, y in zip(CALIBRATION, CALIBRATION_LABELS)))
+    pairs = sorted(((direct_score(r, y), r[y]) for r, y in zip(CALIBRATION, CALIBRATION_LABELS)), key=lambda t: t[0])
+    assert kept == pytest.approx(np.array(pairs))  # the scores ascending (ties in image order), with their probability
     # equal probabilities are ranked by class index, so that every run gives the same scores
     assert conformal.class_scores(torch.tensor([[0.25, 0.25, 0.5]])).tolist() == [[0.5, 0.75, 0.0]]
 
@@ -77,10 +78,11 @@ def test_scores_equal_a_direct_computation():
 @pytest.mark.parametrize("alpha", [0.1, 0.2, 0.3, 0.45, 0.5, 0.8, 0.05])
 def test_the_threshold_is_the_finite_sample_quantile(alpha):
     scores = conformal.calibration_scores(torch.tensor(CALIBRATION), torch.tensor(CALIBRATION_LABELS))
-    expected = direct_threshold(scores.numpy(), alpha)
+    expected = direct_threshold(scores[:, 0].numpy(), alpha)
     assert conformal.threshold(scores, 1 - alpha) == pytest.approx(expected, abs=1e-12)
+    assert conformal.threshold(scores[:, 0], 1 - alpha) == pytest.approx(expected, abs=1e-12)  # plain scores too
     k = math.ceil(round(10 * (1 - alpha), 9))  # n = 9: the k-th smallest; 0.05 asks for the 10th of 9: every class
-    assert expected == (math.inf if k > 9 else pytest.approx(float(np.sort(scores.numpy())[k - 1])))
+    assert expected == (math.inf if k > 9 else pytest.approx(float(np.sort(scores[:, 0].numpy())[k - 1])))
 
 
 def test_the_quantile_counts_the_level_as_written():
@@ -93,7 +95,7 @@ def test_the_quantile_counts_the_level_as_written():
 @pytest.mark.parametrize("alpha", [0.1, 0.2, 0.5, 0.8, 0.05])
 def test_sets_equal_a_direct_computation(alpha):
     scores = conformal.calibration_scores(torch.tensor(CALIBRATION), torch.tensor(CALIBRATION_LABELS))
-    q = direct_threshold(scores.numpy(), alpha)
+    q = direct_threshold(scores[:, 0].numpy(), alpha)
     sets = conformal.prediction_sets(torch.tensor(NEW), conformal.threshold(scores, 1 - alpha)).numpy()
     for row, chosen in zip(NEW, sets):
         expected = {y for y in range(7) if direct_score(row, y) <= q}
@@ -138,6 +140,50 @@ def test_coverage_on_exchangeable_data_is_at_least_the_level(sharpen):
         assert np.mean(measured) >= level - 0.01 and min(measured) >= level - 0.04, (level, measured)
 
 
+def direct_randomized(p: np.ndarray, y: int, u: float) -> float:
+    """The paper's randomised score: the u = 0 score plus u times the class's own probability."""
+    return direct_score(p, y) + u * p[y]
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.2, 0.5, 0.8])
+def test_randomized_threshold_and_sets_equal_a_direct_computation(alpha):
+    scores = conformal.calibration_scores(torch.tensor(CALIBRATION), torch.tensor(CALIBRATION_LABELS))
+    u_calibration = conformal.uniform(9, conformal.SEED).numpy()  # one draw per calibration score, in sorted order
+    order = sorted(range(9), key=lambda i: direct_score(CALIBRATION[i], CALIBRATION_LABELS[i]))
+    randomized = [
+        direct_randomized(CALIBRATION[i], CALIBRATION_LABELS[i], u) for i, u in zip(order, u_calibration, strict=True)
+    ]
+    q = direct_threshold(np.array(randomized), alpha)
+    assert conformal.threshold(scores, 1 - alpha, randomized=True) == pytest.approx(q, abs=1e-12)
+    u_new = conformal.uniform(3, conformal.SEED + 1).numpy()
+    sets = conformal.prediction_sets(torch.tensor(NEW), q, randomized=True).numpy()
+    for row, u, chosen in zip(NEW, u_new, sets):
+        assert set(np.flatnonzero(chosen)) == {y for y in range(7) if direct_randomized(row, y, u) <= q}
+    # the same images give the same sets, every time
+    assert (conformal.prediction_sets(torch.tensor(NEW), q, randomized=True).numpy() == sets).all()
+    with pytest.raises(ValueError, match="randomised sets need the calibration images' probabilities"):
+        conformal.threshold(scores[:, 0], 1 - alpha, randomized=True)
+
+
+def test_randomized_coverage_is_the_level_for_a_model_more_accurate_than_it():
+    """Deterministic sets always hold the top class, so they cover at least the accuracy; randomised ones reach the
+    level itself, with some empty sets (the paper's exact coverage)."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(20000, 10, generator=g) * 20  # about 95% of the top classes right
+    labels = torch.multinomial(logits.softmax(1), 1, generator=g).squeeze(1)
+    p = logits.softmax(1)
+    accuracy = float((p[10000:].argmax(1) == labels[10000:]).float().mean())
+    scores = conformal.calibration_scores(p[:10000], labels[:10000])
+    fixed = conformal.coverage_report(p[10000:], labels[10000:], scores, [0.8, 0.9])
+    drawn = conformal.coverage_report(p[10000:], labels[10000:], scores, [0.8, 0.9], randomized=True)
+    assert accuracy > 0.92 and drawn["randomized"] is True and fixed["randomized"] is False
+    for deterministic, randomized in zip(fixed["levels"], drawn["levels"]):
+        assert deterministic["empirical_coverage"] >= accuracy and deterministic["empty_sets"] == 0
+        assert abs(randomized["empirical_coverage"] - randomized["coverage"]) < 0.01, randomized
+        assert 0 < randomized["empty_sets"] < 1 - randomized["coverage"] + 0.01
+    assert "empty" in conformal.console_line(drawn) and "randomised" in conformal.markdown(drawn)
+
+
 def test_a_checkpoint_keeps_scores_of_any_length_and_one_without_them_has_none(synthetic_run, tmp_path):
     path = tmp_path / "x.ckpt"
     path.write_bytes((synthetic_run / "checkpoints" / "best.ckpt").read_bytes())
@@ -149,7 +195,7 @@ def test_a_checkpoint_keeps_scores_of_any_length_and_one_without_them_has_none(s
     del checkpoint["state_dict"]["conformal_scores"]  # as saved before they were kept
     torch.save(checkpoint, path)
     assert len(load_model(path).conformal_scores) == 0
-    for bad in (torch.tensor([0.3, float("nan")]), torch.ones(2, 2)):
+    for bad in (torch.tensor([0.3, float("nan")]), torch.ones(2, 3), torch.ones(2, 2, 2)):
         write_temperature(path, 1.0, bad)
         with pytest.raises(UserError, match="its conformal scores are not a list of finite numbers"):
             load_model(path)
@@ -174,11 +220,15 @@ def test_training_keeps_the_validation_scores_in_every_checkpoint(runs):
     _, model, data = model_and_data(cfg, "val")
     validation = data.splits["val"]
     p = model.predict_logits(validation.images).softmax(1).double().numpy()  # calibration=none: temperature 1
-    expected = sorted(direct_score(row, y) for row, y in zip(p, validation.labels.tolist()))
+    expected = sorted(((direct_score(r, y), r[y]) for r, y in zip(p, validation.labels.tolist())), key=lambda t: t[0])
     for name in ("best", "last"):
         kept = torch.load(runs["validated"] / "checkpoints" / f"{name}.ckpt", weights_only=True)["state_dict"]
         assert float(kept["temperature"]) == 1
-        assert kept["conformal_scores"].tolist() == pytest.approx(expected, abs=1e-5)
+        assert kept["conformal_scores"][:, 0].tolist() == pytest.approx([s for s, _ in expected], abs=1e-5)
+        # each score's own probability beside it (the order of tied scores may differ: compared as a multiset)
+        assert sorted(kept["conformal_scores"][:, 1].tolist()) == pytest.approx(
+            sorted(q for _, q in expected), abs=1e-5
+        )
 
 
 def test_evaluate_reports_coverage_and_set_size_at_each_level(synthetic_run):
@@ -193,7 +243,8 @@ def test_evaluate_reports_coverage_and_set_size_at_each_level(synthetic_run):
     }
     assert [row["coverage"] for row in report["levels"]] == [0.9, 0.95]  # the default levels
     for row in report["levels"]:
-        assert set(row) == {"coverage", "threshold", "empirical_coverage", "mean_set_size"}
+        assert set(row) == {"coverage", "threshold", "empirical_coverage", "mean_set_size", "empty_sets"}
+        assert row["empty_sets"] == 0  # not randomised: the top class is always in
         assert 0 <= row["empirical_coverage"] <= 1 and 1 <= row["mean_set_size"] <= 10
     out = synthetic_run / "eval" / "test"
     assert json.loads((out / "metrics.json").read_text())["conformal"] == report
@@ -277,3 +328,42 @@ def test_levels_hold_for_the_logits_the_scores_were_fitted_on_only(runs):
         predict(
             compose_config("predict", [f"ckpt={validated}", f"images={runs['images']}", "coverage=0.9", f"tta={tta}"])
         )
+
+
+def test_randomized_sets_in_evaluate_and_predict_and_scores_kept_without_probabilities_refused(runs, tmp_path):
+    validated = runs["validated"]
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={validated}", "randomized_sets=true", "coverage=[0.8]"]))
+    model = load_model(validated / "checkpoints" / "best.ckpt")
+    split = model_and_data(compose_config("evaluate", [f"ckpt={validated}"]), "test")[2].splits["test"]
+    p = model.predict_logits(split.images, calibrated=True).softmax(1)
+    q = conformal.threshold(model.conformal_scores, 0.8, randomized=True)
+    sets = conformal.prediction_sets(p, q, randomized=True)
+    row = metrics["conformal"]["levels"][0]
+    assert metrics["conformal"]["randomized"] is True and row["threshold"] == pytest.approx(q)
+    assert row["empirical_coverage"] == pytest.approx(float(sets[torch.arange(len(p)), split.labels].float().mean()))
+    rows = predict(
+        compose_config(
+            "predict", [f"ckpt={validated}", f"images={runs['images']}", "coverage=0.8", "randomized_sets=true"]
+        )
+    )
+    images = torch.stack(
+        [torch.from_numpy(np.array(Image.open(runs["images"] / f"{i}.png"))).permute(2, 0, 1) for i in range(3)]
+    )
+    expected = conformal.prediction_sets(model.predict_logits(images, calibrated=True).softmax(1), q, randomized=True)
+    names = model.hparams["class_names"]
+    assert [set(r["set"]) for r in rows] == [{names[i] for i in s.nonzero().flatten().tolist()} for s in expected]
+    # scores kept before their probabilities were (a list of numbers): refused in one line, until refitted
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_bytes((validated / ".hydra" / "config.yaml").read_bytes())
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes((validated / "checkpoints" / "best.ckpt").read_bytes())
+    write_temperature(best, 1.0, model.conformal_scores[:, 0])
+    asked = [f"ckpt={run}", "randomized_sets=true"]
+    with pytest.raises(UserError, match=r"^randomized_sets=true: .* kept without the probabilities .*calibrate=true"):
+        evaluate(compose_config("evaluate", asked))
+    with pytest.raises(UserError, match=r"^randomized_sets=true: .* kept without the probabilities"):
+        predict(compose_config("predict", [*asked, f"images={runs['images']}", "coverage=0.8"]))
+    assert evaluate(compose_config("evaluate", [*asked, "calibrate=true"]))["conformal"]["randomized"] is True
+    assert load_model(best).conformal_scores.shape == (40, 2)

@@ -9,22 +9,28 @@ the classes ranked above y, a share u of y's own probability, and LAMBDA per ran
 
     s(x, y) = p_(1) + ... + p_(o(y)-1) + u * p_(o(y)) + LAMBDA * max(o(y) - K_REG, 0),   o(y) = y's rank (1 = top)
 
-where the randomised version draws u uniform in [0, 1] for each image. Here u = 0 for every image: NOT randomised,
-so the same image and checkpoint always give the same set, in every run and on every machine, which a user can act
-on and a test can check. Why u = 0 rather than the paper's non-randomised u = 1: with u = 1 the top class's score is
-its probability, which for an accurate, confident model is 1 in float32 for many images; the threshold is then 1
-and every set holds K_REG classes or more, whatever the level (a simulated 95%-accurate model: 5 classes at 90%).
-With u = 0 the most probable class scores 0 and is always in the set, and the sets are about as small as the
-randomised ones (1.0 class at 90% for that model, coverage 95%). Any fixed score keeps the guarantee; a
-deterministic one pays with some over-coverage (ties at 0 when the level is below the accuracy).
+where the randomised version draws u uniform in [0, 1] for each image. By default u = 0 for every image: NOT
+randomised, so the same image and checkpoint always give the same set, in every run and on every machine, which a
+user can act on and a test can check. Why u = 0 rather than the paper's non-randomised u = 1: with u = 1 the top
+class's score is its probability, which for an accurate, confident model is 1 in float32 for many images; the
+threshold is then 1 and every set holds K_REG classes or more, whatever the level (a simulated 95%-accurate model: 5
+classes at 90%). With u = 0 the most probable class scores 0 and is always in the set, and the sets are about as
+small as the randomised ones. Any fixed score keeps the guarantee; a deterministic one pays with over-coverage when
+the level is below the accuracy: the top class is always in the set, so the coverage is at least the accuracy.
+`randomized=True` is the paper's randomised RAPS with empty sets allowed (its code's allow_zero_sets): u is drawn
+for every calibration and every new image (from fixed seeds, so the same images in the same order give the same
+sets), and the expected coverage is between the level and the level + 1 / (n + 1) (n calibration images), even for
+a model more accurate than the level, some of whose images (mostly the least confident) then get empty sets.
 
-The calibration images' scores of their true class are kept (sorted) in the checkpoint: any level can be computed
-from them later. For a level 1 - alpha, the threshold q is the k-th smallest of the n calibration scores with
-k = ceil((n + 1)(1 - alpha)) (the finite-sample quantile ceil((n + 1)(1 - alpha)) / n), and an image's set is every
-class whose score is at most q. Then P(y in set) = P(s(x, y) <= q) >= 1 - alpha (split conformal prediction).
+The calibration images' scores of their true class (u = 0) are kept (sorted) in the checkpoint with the probability
+of that class (which randomised scores add u times): any level can be computed from them later. For a level
+1 - alpha, the threshold q is the k-th smallest of the n calibration scores with k = ceil((n + 1)(1 - alpha)) (the
+finite-sample quantile ceil((n + 1)(1 - alpha)) / n), and an image's set is every class whose score is at most q.
+Then P(y in set) = P(s(x, y) <= q) >= 1 - alpha (split conformal prediction).
 
-Changing LAMBDA, K_REG or u changes the scores: checkpoints fitted before must be refitted (evaluate.py
-calibrate=true). All functions take probabilities float (N, classes), e.g. softmax(logits / temperature).
+Changing LAMBDA or K_REG changes the scores, and randomised sets need the probabilities kept beside them: checkpoints
+fitted before must be refitted (evaluate.py calibrate=true). All functions take probabilities float (N, classes),
+e.g. softmax(logits / temperature).
 """
 
 import math
@@ -35,6 +41,7 @@ import torch
 from annotated_types import Interval
 
 LAMBDA = 0.01  # RAPS' penalty per rank beyond K_REG (the paper's default)
+SEED = 0  # the draws of u in randomised sets: calibration images from SEED, new images from SEED + 1
 K_REG = 5  # the ranks that are not penalised
 # a coverage level 1 - alpha
 LEVEL = Annotated[float, Interval(gt=0, lt=1), "must be a coverage level in (0, 1), e.g. 0.9"]
@@ -52,50 +59,77 @@ def class_scores(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 def calibration_scores(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The scores of the calibration images' true classes (int64 labels (N,)), sorted ascending: float (N,)."""
-    return class_scores(probabilities).gather(1, labels[:, None]).squeeze(1).sort().values
+    """The calibration images' (int64 labels (N,)) true classes: float (N, 2), their score (u = 0) in column 0,
+    ascending, and their probability in column 1 (what a randomised score adds u times)."""
+    true = labels[:, None]
+    scores, own = class_scores(probabilities).gather(1, true).squeeze(1), probabilities.gather(1, true).squeeze(1)
+    order = scores.argsort(stable=True)
+    return torch.stack([scores[order], own[order]], dim=1)
 
 
-def threshold(scores: torch.Tensor, coverage: float) -> float:
-    """The threshold q for a coverage level: the k-th smallest of the n calibration `scores` (any order),
-    k = ceil((n + 1) * coverage), counted exactly on the level as the decimal it was written as (0.55, not
-    0.55000000000000004: 100 x 0.55 is 55.00000000000001 in floats). inf when k > n: too few calibration images
-    for that level, and every class is in every set.
+def uniform(count: int, seed: int) -> torch.Tensor:
+    """`count` draws of u, uniform in [0, 1), float64, the same for the same seed on every machine."""
+    return torch.rand(count, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def threshold(scores: torch.Tensor, coverage: float, randomized: bool = False) -> float:
+    """The threshold q for a coverage level: the k-th smallest of the n calibration `scores` (calibration_scores'
+    (N, 2), or plain scores (N,), in any order), k = ceil((n + 1) * coverage), counted exactly on the level as the
+    decimal it was written as (0.55, not 0.55000000000000004: 100 x 0.55 is 55.00000000000001 in floats). inf
+    when k > n: too few calibration images for that level, and every class is in every set. `randomized`: of the
+    scores with u drawn for each calibration image (seed SEED).
 
     Raises:
-        ValueError: `scores` is empty (nothing was calibrated) or `coverage` is not in (0, 1)."""
+        ValueError: `scores` is empty (nothing was calibrated), `coverage` is not in (0, 1), or `randomized` with
+            plain scores (they lack the probabilities it adds)."""
     if not 0 < coverage < 1:
         raise ValueError(f"coverage {coverage} is not in (0, 1)")
     if len(scores) == 0:
         raise ValueError("no calibration scores")
+    if randomized and scores.dim() != 2:
+        raise ValueError("randomised sets need the calibration images' probabilities, which these scores lack")
+    if scores.dim() == 2:
+        scores = scores[:, 0] + (uniform(len(scores), SEED) * scores[:, 1].double() if randomized else 0)
     k = math.ceil((len(scores) + 1) * Fraction(repr(float(coverage))))
     return math.inf if k > len(scores) else float(scores.kthvalue(k).values)
 
 
-def prediction_sets(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
+def prediction_sets(probabilities: torch.Tensor, threshold: float, randomized: bool = False) -> torch.Tensor:
     """Each image's set for a threshold (>= 0): bool (N, classes), True for the classes whose score is at most
-    `threshold`; the most probable class (score 0) is always in it."""
-    return class_scores(probabilities) <= threshold
+    `threshold`. Not randomised, the most probable class (score 0) is always in it; `randomized` (u drawn for
+    each image, seed SEED + 1, in the order given), a set may be empty."""
+    scores = class_scores(probabilities)
+    if randomized:
+        u = uniform(len(probabilities), SEED + 1).to(probabilities.device)
+        scores = scores.double() + u[:, None] * probabilities.double()
+    return scores <= threshold
 
 
 def coverage_report(
-    probabilities: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, levels: list[float]
+    probabilities: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    levels: list[float],
+    randomized: bool = False,
 ) -> dict:
-    """What the sets do on labelled images at each level: the share holding the true class (`empirical_coverage`)
-    and the mean number of classes (`mean_set_size`), with the threshold (null: every class). For metrics.json."""
+    """What the sets do on labelled images at each level: the share holding the true class (`empirical_coverage`),
+    the mean number of classes (`mean_set_size`) and the share of empty sets, with the threshold (null: every
+    class). For metrics.json."""
     rows = []
     for level in levels:
-        q = threshold(scores, level)
-        sets = prediction_sets(probabilities, q)
+        q = threshold(scores, level, randomized)
+        sets = prediction_sets(probabilities, q, randomized)
         rows.append(
             {
                 "coverage": level,
                 "threshold": None if math.isinf(q) else q,
                 "empirical_coverage": float(sets.gather(1, labels[:, None]).float().mean()),
                 "mean_set_size": float(sets.sum(dim=1).float().mean()),
+                "empty_sets": float((sets.sum(dim=1) == 0).float().mean()),
             }
         )
-    method = {"method": "RAPS", "lambda": LAMBDA, "k_reg": K_REG, "randomized": False, "u": 0}
+    u = f"uniform, seeds {SEED} (calibration) and {SEED + 1}" if randomized else 0
+    method = {"method": "RAPS", "lambda": LAMBDA, "k_reg": K_REG, "randomized": randomized, "u": u}
     return {**method, "calibration_images": len(scores), "images": len(labels), "levels": rows}
 
 
@@ -108,7 +142,8 @@ def markdown(report: dict) -> str:
         [
             "## Conformal prediction sets",
             "",
-            f"RAPS (lambda {report['lambda']}, k_reg {report['k_reg']}, not randomised: u = 0), calibrated on "
+            f"RAPS (lambda {report['lambda']}, k_reg {report['k_reg']}, "
+            f"{'randomised, empty sets allowed' if report['randomized'] else 'not randomised: u = 0'}), calibrated on "
             f"{report['calibration_images']:,} validation images; the guarantee holds when those and these images "
             "are exchangeable.",
             "",
@@ -124,6 +159,8 @@ def console_line(report: dict) -> str:
     """The console's one line on the sets of `coverage_report`."""
     levels = "; ".join(
         f"{r['coverage']:.1%}: coverage {r['empirical_coverage']:.2%}, mean size {r['mean_set_size']:.2f}"
+        + (f", {r['empty_sets']:.1%} empty" if report["randomized"] else "")
         for r in report["levels"]
     )
-    return f"conformal sets (RAPS, {report['calibration_images']:,} calibration images) {levels}"
+    kind = "randomised RAPS" if report["randomized"] else "RAPS"
+    return f"conformal sets ({kind}, {report['calibration_images']:,} calibration images) {levels}"

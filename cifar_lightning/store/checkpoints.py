@@ -175,8 +175,8 @@ def load_model(path: Path, trusted_modules: Sequence[str] = ()) -> ImageClassifi
     if not (model.temperature.isfinite() and model.temperature > 0):
         raise UserError(f"{path} was refused: its temperature {float(model.temperature)} is not a positive number")
     scores = model.conformal_scores
-    if scores.dim() != 1 or not scores.isfinite().all():
-        raise UserError(f"{path} was refused: its conformal scores are not a list of finite numbers")
+    if not (scores.dim() == 1 or (scores.dim() == 2 and scores.shape[1] == 2)) or not scores.isfinite().all():
+        raise UserError(f"{path} was refused: its conformal scores are not a list of finite numbers (or of pairs)")
     return model.eval()
 
 

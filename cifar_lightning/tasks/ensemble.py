@@ -30,7 +30,7 @@ from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.store.locate import group_checkpoints, is_group
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
-from cifar_lightning.tasks.evaluate import DEFAULT_COVERAGE, check_options, evaluate, model_and_data
+from cifar_lightning.tasks.evaluate import DEFAULT_COVERAGE, check_options, check_randomizable, evaluate, model_and_data
 
 IGNORED = (*ImageDataModule.NOT_FOR_EVALUATION, "eval_batch_size", "num_workers")  # change no image
 
@@ -79,7 +79,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     members, data = predict_members(cfg, checkpoints, levels)
     if out is None:
         out = RunFolder(user_path(ckpt)).eval_dir(cfg.split, None if cfg.get("data") is None else data.root)
-    evaluation, metrics, probabilities = compute(members, data, cfg.split, levels)
+    evaluation, metrics, probabilities = compute(members, data, cfg.split, levels, cfg.randomized_sets)
     write(out, evaluation, metrics, probabilities, data.splits[cfg.split].labels)
     print(classification_report(evaluation))
     print(selective.describe(metrics["selective"]))
@@ -133,6 +133,8 @@ def predict_members(
                 f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on the validation split, and "
                 f"the data in {data.root} has none (data.val_size=0): coverage=[] leaves them out"
             )
+        if levels and cfg.randomized_sets and len(model.conformal_scores):
+            check_randomizable(model, checkpoint)
         members.append(predict_member(cfg, checkpoint, model.to(device), data, bool(levels)))
     assert first is not None  # group_checkpoints finds one at least
     return members, first[3]
@@ -193,10 +195,10 @@ def describe(classes: list[str]) -> str:
 
 
 def compute(
-    members: list[Member], data: ImageDataModule, split: str, levels: list[float]
+    members: list[Member], data: ImageDataModule, split: str, levels: list[float], randomized: bool = False
 ) -> tuple[Evaluation, dict, torch.Tensor]:
     """The ensemble's Evaluation (metrics.evaluate_predictions of its probabilities), metrics.json's content and
-    the ensemble's probabilities."""
+    the ensemble's probabilities; conformal sets `randomized` (conformal.py) or not."""
     labels = data.splits[split].labels
     probabilities = ensemble.average([m.probabilities for m in members])
     evaluation = evaluate_predictions(ensemble.as_logits(probabilities), labels, data.class_names, 1.0)
@@ -204,7 +206,7 @@ def compute(
     if members[0].validation is not None:  # calibrated afresh: the ensemble's own probabilities on the val split
         val = ensemble.average([m.validation for m in members if m.validation is not None])
         scores = conformal.calibration_scores(val, data.splits["val"].labels)
-    mine = ensemble.figures(probabilities, labels, scores, levels)
+    mine = ensemble.figures(probabilities, labels, scores, levels, randomized)
     metrics = {
         **evaluation.metrics,
         "split": split,
@@ -217,7 +219,7 @@ def compute(
                 "tta": m.tta,
                 "tta_fraction": m.tta_fraction,
                 "temperature": m.temperature,
-                **ensemble.figures(m.probabilities, labels, m.scores, levels),
+                **ensemble.figures(m.probabilities, labels, m.scores, levels, randomized),
             }
             for m in members
         ],  # fmt: skip

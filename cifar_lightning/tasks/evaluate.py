@@ -53,6 +53,7 @@ class EvaluateOptions:
     misclassified: whole_at_least(0) = 36  # type: ignore[valid-type]
     calibrate: bool = False
     coverage: COVERAGE_OPTION = None
+    randomized_sets: bool = False
     ood: OOD_OPTION = None
     trusted_modules: list[str] | None = None
     out: str | None = None  # an ensemble's folder (tasks/ensemble.py)
@@ -177,7 +178,7 @@ def compute(cfg: DictConfig) -> Result:
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     # the scores were fitted on the validation split's logits at the checkpoint's own test-time augmentation
     as_fitted = (tta, fraction) == (model.hparams["tta"], model.hparams["tta_fraction"])
-    levels = coverage_levels(cfg.coverage, model, checkpoint, as_fitted, cfg.split == "val")
+    levels = coverage_levels(cfg.coverage, model, checkpoint, as_fitted, cfg.split == "val", cfg.randomized_sets)
     split = data.splits[cfg.split]
     logits = model.predict_logits(split.images, tta, data.eval_batch_size, tta_fraction=fraction)
     temperature = float(model.temperature)
@@ -194,7 +195,7 @@ def compute(cfg: DictConfig) -> Result:
         labels=split.labels,
         evaluation=evaluate_predictions(logits, split.labels, list(model.hparams["class_names"]), temperature),
         temperature=temperature,
-        conformal=conformal_sets(levels, model, logits / temperature, split.labels),
+        conformal=conformal_sets(levels, model, logits / temperature, split.labels, cfg.randomized_sets),
         conformal_scores=model.conformal_scores,
     )
     if corruptions:
@@ -234,16 +235,24 @@ def out_of_distribution(result: Result, choice: str | None, sets: Iterable | Non
 
 
 def coverage_levels(
-    coverage: Any, model: ImageClassifier, checkpoint: Path, as_fitted: bool = True, calibration_split: bool = False
+    coverage: Any,
+    model: ImageClassifier,
+    checkpoint: Path,
+    as_fitted: bool = True,
+    calibration_split: bool = False,
+    randomized: bool = False,
 ) -> list[float]:
     """The coverage levels to report (coverage=: one, a list, or null for DEFAULT_COVERAGE when the checkpoint has
     conformal scores, the logits are those the scores were fitted on (`as_fitted`: the checkpoint's own TTA) and the
     split is not the one they were fitted on (`calibration_split`: there the coverage is in-sample).
 
     Raises:
-        UserError: levels asked of a checkpoint without scores, or of logits other than those they were fitted on."""
+        UserError: levels asked of a checkpoint without scores, or of logits other than those they were fitted on;
+            randomised sets of scores kept without their probabilities."""
     levels = plain(coverage)
     has_scores = len(model.conformal_scores) > 0
+    if randomized and has_scores:
+        check_randomizable(model, checkpoint)
     if levels is None:
         return DEFAULT_COVERAGE if has_scores and as_fitted and not calibration_split else []
     levels = [levels] if isinstance(levels, (int, float)) else list(levels)
@@ -258,6 +267,15 @@ def coverage_levels(
     return [float(level) for level in levels]
 
 
+def check_randomizable(model: ImageClassifier, checkpoint: Path) -> None:
+    """Raises UserError for randomised sets of a checkpoint whose scores were kept without their probabilities."""
+    if model.conformal_scores.dim() == 1:
+        raise UserError(
+            f"randomized_sets=true: {checkpoint}'s conformal scores were kept without the probabilities randomised "
+            f"sets add: python evaluate.py ckpt={checkpoint} calibrate=true fits them again"
+        )
+
+
 def no_conformal_scores(asked: str, checkpoint: Path) -> str:
     """The one line refusing a coverage level of a checkpoint without conformal scores."""
     return (
@@ -268,12 +286,12 @@ def no_conformal_scores(asked: str, checkpoint: Path) -> str:
 
 
 def conformal_sets(
-    levels: list[float], model: ImageClassifier, logits: torch.Tensor, labels: torch.Tensor
+    levels: list[float], model: ImageClassifier, logits: torch.Tensor, labels: torch.Tensor, randomized: bool = False
 ) -> dict | None:
     """metrics.json's `conformal` (conformal.coverage_report) of calibrated logits; None without levels."""
     if not levels:
         return None
-    return conformal.coverage_report(logits.softmax(dim=1), labels, model.conformal_scores.cpu(), levels)
+    return conformal.coverage_report(logits.softmax(dim=1), labels, model.conformal_scores.cpu(), levels, randomized)
 
 
 def write(result: Result, misclassified: int) -> dict:

@@ -26,7 +26,7 @@ from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
-from cifar_lightning.tasks.evaluate import TTA_OPTION, no_conformal_scores, whole_at_least
+from cifar_lightning.tasks.evaluate import TTA_OPTION, check_randomizable, no_conformal_scores, whole_at_least
 
 
 def find_images(pattern: str) -> list[Path]:
@@ -71,6 +71,7 @@ class PredictOptions:
     batch_size: whole_at_least(1) = 256  # type: ignore[valid-type]
     abstain_below: SHARE_OR_NULL = None
     coverage: Annotated[conformal.LEVEL | None, "must be a coverage level in (0, 1), e.g. 0.9, or null"] = None
+    randomized_sets: bool = False
     trusted_modules: list[str] | None = None
 
 
@@ -88,6 +89,8 @@ def predict(cfg: DictConfig) -> list[dict]:
     model = models[0]
     if cfg.coverage is not None:
         check_coverage(str(cfg.coverage), models, checkpoints[0], cfg.tta)
+        if cfg.randomized_sets:
+            check_randomizable(models[0], checkpoints[0])
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in found:
@@ -113,7 +116,7 @@ def predict(cfg: DictConfig) -> list[dict]:
         for path, values, indices, no in zip(readable, top.values.tolist(), top.indices.tolist(), abstained)
     ]
     if cfg.coverage is not None:
-        add_sets(rows, probs, model, float(cfg.coverage))
+        add_sets(rows, probs, model, float(cfg.coverage), cfg.randomized_sets)
     for row in rows:
         print(line(row, cfg.coverage))
     if out is not None:
@@ -194,10 +197,13 @@ def write_csv(path: Path, rows: list[dict], sets: bool = False) -> None:
             )
 
 
-def add_sets(rows: list[dict], probabilities: torch.Tensor, model: ImageClassifier, coverage: float) -> None:
-    """Each row's conformal prediction set at the `coverage` level (conformal.py, the checkpoint's scores) as
-    row["set"]: its class names, most probable first."""
-    sets = conformal.prediction_sets(probabilities, conformal.threshold(model.conformal_scores.cpu(), coverage))
+def add_sets(
+    rows: list[dict], probabilities: torch.Tensor, model: ImageClassifier, coverage: float, randomized: bool = False
+) -> None:
+    """Each row's conformal prediction set at the `coverage` level (conformal.py, the checkpoint's scores,
+    `randomized` or not) as row["set"]: its class names, most probable first."""
+    q = conformal.threshold(model.conformal_scores.cpu(), coverage, randomized)
+    sets = conformal.prediction_sets(probabilities, q, randomized)
     class_names = model.hparams["class_names"]
     for row, chosen, p in zip(rows, sets, probabilities):
         row["set"] = [class_names[i] for i in sorted(chosen.nonzero().flatten().tolist(), key=lambda i: -p[i])]
