@@ -11,11 +11,12 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import FAST, compose_train, run_script, train_run, write_folder
 from PIL import Image
 
 import cifar_lightning.blocks.data as data
-from cifar_lightning.blocks.callbacks import TrainingDiverged
+from cifar_lightning.blocks.callbacks import DivergenceGuard, TrainingDiverged
 from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.errors import UserError
@@ -272,3 +273,40 @@ def test_a_nan_loss_names_its_likely_cause_and_no_checkpoint_it_did_not_save(tmp
     assert text.startswith(message) and text.endswith("; no checkpoint was saved") and "\n" not in text
     assert ("lower optimizer.lr" in text) == (step > 0)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_on_a_gpu_the_divergence_guard_reads_the_loss_once_an_epoch_unless_asked():
+    """No host-device synchronisation per step by default: the losses' finiteness is kept on the device and read at
+    the epoch's end; every_n_steps=N reads the loss every N steps. A tensor that counts its reads stands for the
+    GPU's loss."""
+    from types import SimpleNamespace
+
+    reads = []
+
+    class Loss(torch.Tensor):
+        def __float__(self):
+            reads.append(1)
+            return super().__float__()
+
+        def __bool__(self):
+            reads.append(1)
+            return super().__bool__()
+
+    gpu = SimpleNamespace(device=torch.device("cuda"))
+    trainer = SimpleNamespace(global_step=3, current_epoch=2, checkpoint_callbacks=[], optimizers=[])
+    trainer.optimizers.append(SimpleNamespace(param_groups=[{"lr": 0.1}]))
+    guard = DivergenceGuard()
+    for i, value in enumerate([1.0, float("nan"), 2.0]):
+        guard.on_train_batch_start(trainer, gpu, None, i)
+        guard.on_train_batch_end(trainer, gpu, {"loss": torch.tensor(value).as_subclass(Loss)}, None, i)
+    assert reads == []  # nothing read during the epoch
+    with pytest.raises(TrainingDiverged, match=r"^training diverged: the loss was not finite in epoch 2 \(learning"):
+        guard.on_train_epoch_end(trainer, gpu)
+    assert len(reads) == 1
+    guard.on_train_epoch_end(trainer, gpu)  # a new epoch starts finite
+    asked = DivergenceGuard(every_n_steps=2)
+    for i in range(4):
+        asked.on_train_batch_end(trainer, gpu, {"loss": torch.tensor(1.0).as_subclass(Loss)}, None, i)
+    assert len(reads) == 3  # batches 0 and 2
+    with pytest.raises(TrainingDiverged, match=r"the loss was nan at epoch 2, step 4"):
+        asked.on_train_batch_end(trainer, gpu, {"loss": torch.tensor(float("nan"))}, None, 4)

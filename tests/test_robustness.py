@@ -77,7 +77,7 @@ def test_unusable_values_are_refused_before_the_data_loads(override, message, tm
         ),
         (
             ["callbacks.divergence_guard.every_n_steps=0"],
-            "callbacks.divergence_guard.every_n_steps=0 must be at least 1",
+            "callbacks.divergence_guard.every_n_steps=0 is not a whole number at least 1 or null",
         ),
     ],
 )

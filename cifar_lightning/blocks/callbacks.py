@@ -26,15 +26,18 @@ class TrainingDiverged(UserError):
 
 
 class DivergenceGuard(L.Callback):
-    """Stops the run as soon as the training loss is NaN or infinite, instead of finishing the epoch on
-    garbage weights. The check reads the loss back from the device, so on a GPU it runs every few steps.
-    Its message tells a loss that diverged (after optimizer steps: the learning rate is a likely cause) from one
-    that was never finite (on the first batch, before any step: the data or the net, not the learning rate), and
-    names the checkpoints saved so far, if any."""
+    """Stops the run once the training loss is NaN or infinite, instead of training on garbage weights. Reading the
+    loss back from a GPU waits for it (a host-device synchronisation), so there the check is asked for: by default a
+    GPU keeps a finite-so-far flag on the device and reads it once, at the epoch's end; `every_n_steps=N` reads the
+    loss every N steps. On a CPU the loss is read every step (no device to wait for). Its message tells a loss that
+    diverged (after optimizer steps: the learning rate is a likely cause) from one that was never finite (on the
+    first batch, before any step: the data or the net, not the learning rate), and names the checkpoints saved so
+    far, if any."""
 
-    def __init__(self, every_n_steps: Annotated[int, Ge(1)] = 10):
+    def __init__(self, every_n_steps: Annotated[int, Ge(1)] | None = None):
         self.every_n_steps = every_n_steps
         self.steps_before = 0  # optimizer steps taken before the batch under way
+        self.finite: torch.Tensor | None = None  # on a GPU without every_n_steps: all of this epoch's losses finite
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
         self.steps_before = trainer.global_step
@@ -42,15 +45,24 @@ class DivergenceGuard(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
     ) -> None:
-        if batch_idx % self.every_n_steps and module.device.type != "cpu":
-            return
-        loss = float(outputs["loss"])
-        if not math.isfinite(loss):
-            raise TrainingDiverged(self.message(trainer, loss, batch_idx))
+        loss = outputs["loss"].detach()
+        if module.device.type == "cpu" or (self.every_n_steps and batch_idx % self.every_n_steps == 0):
+            value = float(loss)
+            if not math.isfinite(value):
+                raise TrainingDiverged(self.message(trainer, f"the loss was {value} at epoch {trainer.current_epoch}, "
+                                                             f"step {batch_idx}"))  # fmt: skip
+        elif self.every_n_steps is None:
+            finite = torch.isfinite(loss)
+            self.finite = finite if self.finite is None else self.finite & finite
 
-    def message(self, trainer: L.Trainer, loss: float, batch_idx: int) -> str:
-        """What went wrong, where, the likely cause, and what is kept: one line."""
-        where = f"the loss was {loss} at epoch {trainer.current_epoch}, step {batch_idx}"
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        finite, self.finite = self.finite, None
+        if finite is not None and not bool(finite):  # read once an epoch
+            self.steps_before = max(self.steps_before, 1)  # which step failed is not known: not blamed on the data
+            raise TrainingDiverged(self.message(trainer, f"the loss was not finite in epoch {trainer.current_epoch}"))
+
+    def message(self, trainer: L.Trainer, where: str) -> str:
+        """What went wrong (`where`), the likely cause, and what is kept: one line."""
         saved = sorted(
             {
                 path
