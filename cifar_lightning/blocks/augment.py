@@ -201,12 +201,10 @@ class AugMix:
         # translations of up to a third of the image; the grid spans 2 units per image width
         theta[:, 0, 2] = torch.where(choice == 7, sign * level * 2 / 3, 0.0)
         theta[:, 1, 2] = torch.where(choice == 8, sign * level * 2 / 3, 0.0)
-        geometric = (choice >= 4).view(-1, 1, 1, 1)
-        if geometric.any():
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-            moved = F.grid_sample(x - 0.5, grid, align_corners=False) + 0.5  # uncovered corners: mid grey
-            out = torch.where(geometric, moved, out)
-        return out
+        # resampled whether or not any image chose one: asking would read a flag back from the device every time
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        moved = F.grid_sample(x - 0.5, grid, align_corners=False) + 0.5  # uncovered corners: mid grey
+        return torch.where((choice >= 4).view(-1, 1, 1, 1), moved, out)
 
     def __repr__(self):
         return f"AugMix(width={self.width}, depth={self.depth}, severity={self.severity})"
