@@ -5,7 +5,9 @@
 
 `add` reads a run folder's summary.json, .hydra/overrides.yaml (the command is `python train.py ` + the overrides)
 and every eval/*/metrics.json under it, and adds one row per run and one per evaluation to docs/results.csv, or
-updates the rows it added before (a row's `id` is the run folder, or the evaluation's folder). Rendering reads the
+updates the rows it added before (a row's `id` is the run folder, or the evaluation's folder). An ensemble's
+evaluation folder (evaluate.py ckpt=SWEEP or ckpt=[RUN1,RUN2] out=DIR: a metrics.json with `members`) is one row of
+kind `ensemble`. Rendering reads the
 CSV files alone: a table of runs, one of evaluations and one of corruptions per recipe, then the speed ratios.
 
 docs/results.csv holds one row per run (kind `run`) or evaluation (kind `eval`, `run` naming its run's id).
@@ -33,6 +35,8 @@ COLUMNS = [
     "temperature", "ece_before", "ece_after", "mce_before", "mce_after", "nll_before", "nll_after",
     "brier_before", "brier_after",
     "corruption_images", "clean_accuracy", "mca", "mca_relative", "mca_per_severity", "mca_per_corruption",
+    "aurc", "sets", "coverage_90", "set_size_90", "coverage_95", "set_size_95", "ood", "auroc_msp",
+    "auroc_max_logit", "auroc_energy", "members", "members_accuracy",
     "command", "commit", "hardware", "source", "note",
 ]  # fmt: skip
 SPEED_COLUMNS = [
@@ -161,8 +165,15 @@ def eval_row(m: dict, folder: Path, run_id: str, data_group: str, chosen: dict) 
     if "tta_fraction" in m:  # selective TTA (evaluations from before it had none)
         command.append(f"tta_fraction={m['tta_fraction']:g}")
     if "_" in folder.name:  # evaluate.py names the folder of other data split_<data root>
-        command.append(f"data={data_group} data.root={m.get('data_root', folder.name.split('_', 1)[1])}")
+        root = relative(Path(m["data_root"])) if m.get("data_root") else folder.name.split("_", 1)[1]
+        command.append(f"data={data_group} data.root={root}")
         command.append("data.verify=false" if chosen.get("data.verify") == "false" else "")
+    if chosen.get("data.classes"):  # a run on some classes is evaluated on the same ones
+        command.append(f"'data.classes={chosen['data.classes']}'")
+    if m.get("ood"):
+        command.append(f"ood={m['ood'].get('protocol')}")
+    if (m.get("conformal") or {}).get("randomized"):
+        command.append("randomized_sets=true")
     if corruptions:
         command.append(
             f"corruptions=all corruptions.images={corruptions.get('images')} corruptions.seed={corruptions.get('seed')}"
@@ -188,8 +199,78 @@ def eval_row(m: dict, folder: Path, run_id: str, data_group: str, chosen: dict) 
         "mca_relative": number(corruptions.get("relative_accuracy"), 3),
         "mca_per_severity": "; ".join(pct(x) for x in corruptions.get("per_severity", [])),
         "mca_per_corruption": "; ".join(f"{k}={pct(v)}" for k, v in corruptions.get("per_corruption", {}).items()),
+        **prediction_cells(m),
         "command": " ".join(part for part in command if part),
         "note": "command rebuilt from metrics.json",
+    }
+
+
+def prediction_cells(m: dict) -> dict:
+    """What an evaluation's metrics.json says of acting on predictions: AURC, the conformal sets at 90% and 95%
+    (coverage and mean size), the out-of-distribution AUROCs of each set ("; " between sets)."""
+    conformal = m.get("conformal") or {}
+    levels = {round(r["coverage"], 4): r for r in conformal.get("levels", [])}
+    ood = m.get("ood") or {}
+    sets = ood.get("sets") or {}  # in the order evaluate.py wrote them
+
+    def aurocs(score: str) -> str:
+        return "; ".join(number((entry.get(score) or {}).get("auroc"), 3) for entry in sets.values())
+
+    return {
+        "aurc": number((m.get("selective") or {}).get("aurc"), 3),
+        "sets": ("randomised" if conformal.get("randomized") else "deterministic") if conformal else "",
+        **{
+            f"{what}_{int(100 * level)}": size((levels.get(level) or {}).get(key))
+            if what == "set_size"
+            else pct((levels.get(level) or {}).get(key))
+            for level in (0.9, 0.95)
+            for what, key in (("coverage", "empirical_coverage"), ("set_size", "mean_set_size"))
+        },  # fmt: skip
+        "ood": f"{ood.get('protocol')}: {'; '.join(sets)}" if sets else "",
+        **{f"auroc_{score}": aurocs(score) for score in ("msp", "max_logit", "energy")},
+    }
+
+
+def size(x) -> str:
+    return "" if x is None else f"{float(x):.2f}"
+
+
+def ensemble_row(folder: Path, m: dict, recipe: str | None) -> dict:
+    """An ensemble's evaluation folder (metrics.json with `members`) as one row: its figures, its members' mean
+    accuracy, and the command that evaluates it again."""
+    members = [Path(member["checkpoint"]) for member in m["members"]]
+    runs = [relative(c.parents[1]) if c.parent.name == "checkpoints" else relative(c) for c in members]
+    first = Path(runs[0])
+    overrides_file = first / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    chosen = dict(str(o).split("=", 1) for o in overrides or [] if "=" in str(o))
+    accuracies = [float(member["accuracy"]) for member in m["members"]]
+    mine = m.get("ensemble") or {}
+    data = Path(str(m.get("data_root", "")))
+    command = f"python evaluate.py ckpt=[{','.join(runs)}] out={relative(folder)} split={m.get('split', 'test')}"
+    if data.name and data.name != "data":
+        command += f" data=cifar10 data.root={data.name} data.verify=false"
+    if (m.get("conformal") or {}).get("randomized"):
+        command += " randomized_sets=true"
+    summary = read_json(first / "summary.json") if (first / "summary.json").is_file() else {}
+    return {
+        "id": relative(folder),
+        "kind": "ensemble",
+        "recipe": recipe or chosen.get("experiment", "default"),
+        "run": relative(folder),
+        "split": m.get("split", ""),
+        "data": data.name,
+        "accuracy": pct(mine.get("accuracy")),
+        "ece_after": pct(mine.get("ece")),
+        "nll_after": number(mine.get("nll")),
+        "brier_after": number(mine.get("brier")),
+        **prediction_cells({**m, "selective": mine.get("selective")}),
+        "members": str(len(members)),
+        "members_accuracy": f"{100 * sum(accuracies) / len(accuracies):.2f}",
+        "command": command,
+        "commit": summary.get("commit") or "unknown",
+        "source": "add",
+        "note": f"members: {', '.join(runs)}",
     }
 
 
@@ -216,9 +297,20 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def folder_rows(folder: Path, recipe: str | None = None) -> list[dict]:
+    """A run folder's rows, or an ensemble evaluation folder's one row."""
+    metrics = folder / "metrics.json"
+    if metrics.is_file() and not (folder / "summary.json").is_file():
+        m = read_json(metrics)
+        if "members" in m:
+            return [ensemble_row(folder, m, recipe)]
+    return run_rows(folder, recipe)
+
+
 def add(run_dirs: list[Path], csv_path: Path, recipe: str | None = None) -> tuple[int, int]:
-    """Adds the rows of these run folders to the CSV, replacing rows with the same id. Returns (added, updated)."""
-    new = [row for run_dir in run_dirs for row in run_rows(run_dir, recipe)]  # every folder read before writing
+    """Adds the rows of these run folders (or ensemble evaluation folders) to the CSV, replacing rows with the same
+    id. Returns (added, updated)."""
+    new = [row for run_dir in run_dirs for row in folder_rows(run_dir, recipe)]  # every folder read before writing
     rows = read_csv(csv_path, COLUMNS)
     where = {row["id"]: i for i, row in enumerate(rows)}
     added = updated = 0
@@ -326,6 +418,41 @@ def headline(rows: list[dict]) -> list[str]:
     ]
 
 
+def ood_cell(row: dict) -> str:
+    """Each out-of-distribution set with its AUROCs: `set MSP / MaxLogit / Energy; ...`."""
+    if not row["ood"]:
+        return ""
+    names = row["ood"].split(": ", 1)[1].split("; ")
+    scores = [row[k].split("; ") for k in ("auroc_msp", "auroc_max_logit", "auroc_energy")]
+    return "; ".join(f"{name} {' / '.join(values)}" for name, *values in zip(names, *scores))
+
+
+def predictions_section(rows: list[dict]) -> list[str]:
+    """The evaluations that say how far to trust a prediction: selective classification (AURC), conformal sets at
+    90% and 95% (coverage / mean set size), out-of-distribution AUROCs, and ensembles against their members."""
+    chosen = [r for r in rows if r["kind"] in ("eval", "ensemble") and (r["sets"] or r["ood"] or r["members"])]
+    if not chosen:
+        return []
+    body = [
+        [r["recipe"], r["run"], r["data"], r["accuracy"], r["members_accuracy"], r["ece_after"], r["aurc"], r["sets"],
+         f"{r['coverage_90']} / {r['set_size_90']}" if r["coverage_90"] else "",
+         f"{r['coverage_95']} / {r['set_size_95']}" if r["coverage_95"] else "",
+         r["ood"].split(":")[0], ood_cell(r),
+         code(r["command"]), r["note"] if r["kind"] == "ensemble" else ""]
+        for r in sorted(chosen, key=lambda r: (order(r["recipe"]), r["kind"], r["run"]))
+    ]  # fmt: skip
+    header = [
+        "recipe", "run", "data", "accuracy", "members' mean", "ECE", "AURC", "sets", "90%: coverage / size",
+        "95%: coverage / size", "out-of-distribution", "AUROC: MSP / MaxLogit / Energy", "command", "note",
+    ]  # fmt: skip
+    intro = (
+        "Acting on predictions (docs/predictions.md): AURC of the calibrated top probability; conformal sets (RAPS) "
+        "at 90% and 95%, their empirical coverage (%) and mean size; out-of-distribution AUROCs; ensembles with "
+        "their members' mean accuracy."
+    )
+    return ["## Predictions a user can act on", "", intro, ""] + table(header, body)
+
+
 def corruption_section(rows: list[dict]) -> list[str]:
     """Accuracy per corruption (mean of its severities), one column per evaluation that recorded it."""
     evals = [r for r in rows if r["mca_per_corruption"]]
@@ -359,7 +486,8 @@ def render(csv_path: Path, speed_path: Path, out: Path) -> None:
     hardware = sorted({r["hardware"] for r in rows + speed if r["hardware"]})
     if len(hardware) == 1:
         lines += [f"Hardware of every row: {hardware[0]}.", ""]
-    lines += headline(rows) + recipe_sections(rows, len(hardware) > 1) + corruption_section(rows)
+    lines += headline(rows) + recipe_sections(rows, len(hardware) > 1) + predictions_section(rows)
+    lines += corruption_section(rows)
     if speed:
         lines += [
             "## Speed",

@@ -118,3 +118,51 @@ def test_the_repository_results_render(results, tmp_path: Path) -> None:
     results.main(["--csv", str(ROOT / "docs/results.csv"), "--speed-csv", str(ROOT / "docs/results_speed.csv"),
                   "--out", str(out)])  # fmt: skip
     assert "## Speed" in out.read_text()
+
+
+def test_predictions_of_an_evaluation_and_an_ensemble_become_columns_and_a_table(results, tmp_path: Path) -> None:
+    """Conformal sets, AURC and out-of-distribution AUROCs from metrics.json; an ensemble's folder (metrics.json with
+    members) is one row with its members' mean accuracy and the command that evaluates it again."""
+    run = fake_run(tmp_path / "run")
+    metrics_file = run / "eval" / "test" / "metrics.json"
+    aurocs = {"msp": {"auroc": 0.71}, "max_logit": {"auroc": 0.72}, "energy": {"auroc": 0.73}}
+    metrics = json.loads(metrics_file.read_text()) | {
+        "selective": {"aurc": 0.0123},
+        "conformal": {
+            "randomized": True,
+            "levels": [
+                {"coverage": 0.9, "empirical_coverage": 0.901, "mean_set_size": 1.234},
+                {"coverage": 0.95, "empirical_coverage": 0.9512, "mean_set_size": 1.5},
+            ],
+        },
+        "ood": {"protocol": "heldout", "sets": {"held_out_classes": aurocs}},
+    }
+    metrics_file.write_text(json.dumps(metrics))
+    other = fake_run(tmp_path / "other")
+    ensemble = tmp_path / "ensemble"
+    ensemble.mkdir()
+    members = [
+        {"checkpoint": str(r / "checkpoints" / "best.ckpt"), "accuracy": a} for r, a in ((run, 0.80), (other, 0.82))
+    ]
+    (ensemble / "metrics.json").write_text(
+        json.dumps({"split": "test", "data_root": str(tmp_path / "data-exact"), "members": members,
+                    "ensemble": {"accuracy": 0.8312, "ece": 0.0091, "nll": 0.5, "brier": 0.25}})
+    )  # fmt: skip
+    table, out = tmp_path / "results.csv", tmp_path / "results.md"
+    results.main(["add", str(run), str(ensemble), "--csv", str(table)])
+    rows = {r["kind"]: r for r in rows_of(table)}
+    evaluation, together = rows["eval"], rows["ensemble"]
+    assert (evaluation["aurc"], evaluation["sets"], evaluation["coverage_90"], evaluation["set_size_90"]) == (
+        "0.0123", "randomised", "90.10", "1.23"
+    )  # fmt: skip
+    assert (evaluation["coverage_95"], evaluation["set_size_95"]) == ("95.12", "1.50")
+    assert evaluation["ood"] == "heldout: held_out_classes" and evaluation["auroc_energy"] == "0.73"
+    assert evaluation["command"].endswith("ood=heldout randomized_sets=true")
+    assert together["accuracy"] == "83.12" and together["ece_after"] == "0.91" and together["members"] == "2"
+    assert together["members_accuracy"] == "81.00" and together["data"] == "data-exact"
+    assert together["command"].startswith("python evaluate.py ckpt=[") and f"out={ensemble}" in together["command"]
+    results.main(["--csv", str(table), "--speed-csv", str(tmp_path / "none.csv"), "--out", str(out)])
+    text = out.read_text()
+    assert "## Predictions a user can act on" in text
+    assert "| 90.10 / 1.23 | 95.12 / 1.50 | heldout | held_out_classes 0.71 / 0.72 / 0.73 |" in text
+    assert next(line for line in text.splitlines() if "83.12" in line).count("81.00") == 1
