@@ -180,12 +180,16 @@ def test_every_trainer_resolves_its_precision_on_this_machine(trainer):
         ("mps", "mps", "mps"),
         (None, "gpu", "this machine has no accelerator"),
         ("mps", "cuda", "this machine has mps"),
+        (None, "gpux", "is not an accelerator"),
     ],
 )
 def test_inference_device_is_the_accelerator_asked_for_without_a_trainer(monkeypatch, current, accelerator, expected):
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: current is not None)
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device(current) if current else None)
-    if expected.startswith("this machine"):
+    if expected == "is not an accelerator":
+        with pytest.raises(UserError, match=f"^trainer.accelerator={accelerator} is not an accelerator: use one of"):
+            precision.inference_device(accelerator)
+    elif expected.startswith("this machine"):
         with pytest.raises(UserError, match=f"trainer.accelerator={accelerator}: {expected}; use trainer.accelerator"):
             precision.inference_device(accelerator)
     else:

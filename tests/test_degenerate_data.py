@@ -292,6 +292,10 @@ def test_on_a_gpu_the_divergence_guard_reads_the_loss_once_an_epoch_unless_asked
             reads.append(1)
             return super().__bool__()
 
+        def item(self):
+            reads.append(1)
+            return super().item()
+
     gpu = SimpleNamespace(device=torch.device("cuda"))
     trainer = SimpleNamespace(global_step=3, current_epoch=2, checkpoint_callbacks=[], optimizers=[])
     trainer.optimizers.append(SimpleNamespace(param_groups=[{"lr": 0.1}]))
@@ -306,7 +310,20 @@ def test_on_a_gpu_the_divergence_guard_reads_the_loss_once_an_epoch_unless_asked
     guard.on_train_epoch_end(trainer, gpu)  # a new epoch starts finite
     asked = DivergenceGuard(every_n_steps=2)
     for i in range(4):
+        asked.on_train_batch_start(trainer, gpu, None, i)
         asked.on_train_batch_end(trainer, gpu, {"loss": torch.tensor(1.0).as_subclass(Loss)}, None, i)
     assert len(reads) == 3  # batches 0 and 2
     with pytest.raises(TrainingDiverged, match=r"the loss was nan at epoch 2, step 4"):
         asked.on_train_batch_end(trainer, gpu, {"loss": torch.tensor(float("nan"))}, None, 4)
+    asked.on_train_epoch_end(trainer, gpu)  # the steps between the reads are checked at the epoch's end too
+    for i, value in enumerate([1.0, float("inf")]):
+        asked.on_train_batch_start(trainer, gpu, None, 5 + 2 * i)
+        asked.on_train_batch_end(trainer, gpu, {"loss": torch.tensor(value)}, None, 5 + 2 * i)
+    with pytest.raises(TrainingDiverged, match="not finite in epoch 2"):
+        asked.on_train_epoch_end(trainer, gpu)
+    # the run's first batch is read (one read a run), so that a loss never finite is not blamed on the learning rate
+    first = SimpleNamespace(**{**vars(trainer), "global_step": 0})
+    fresh = DivergenceGuard()
+    fresh.on_train_batch_start(first, gpu, None, 0)
+    with pytest.raises(TrainingDiverged, match="the first batch, before any optimizer step"):
+        fresh.on_train_batch_end(first, gpu, {"loss": torch.tensor(float("nan"))}, None, 0)

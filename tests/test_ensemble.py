@@ -15,7 +15,7 @@ from PIL import Image
 from cifar_lightning.blocks.datasets import make_synthetic, read_image
 from cifar_lightning.blocks.ensemble import average
 from cifar_lightning.blocks.errors import UserError
-from cifar_lightning.store.checkpoints import load_model
+from cifar_lightning.store.checkpoints import load_model, write_temperature
 from cifar_lightning.tasks.cli import compose_config
 from cifar_lightning.tasks.ensemble import evaluate_any
 from cifar_lightning.tasks.export import export
@@ -199,3 +199,18 @@ def test_average_refuses_nothing_and_keeps_one_member_unchanged():
     with pytest.raises(ValueError):
         average([])
     assert np.allclose(average([p, 1 - p]).numpy(), 0.5)
+
+
+def test_randomised_sets_of_an_ensemble_leave_out_a_member_whose_scores_lack_probabilities(sweep, tmp_path):
+    runs = tmp_path / "runs"
+    for seed in ("0", "1"):
+        shutil.copytree(sweep / "sweep" / seed, runs / seed)
+    drawn = evaluate(f"ckpt=[{runs / '0'},{runs / '1'}]", f"out={tmp_path / 'drawn'}", "randomized_sets=true")
+    assert drawn["conformal"]["randomized"] is True
+    assert all(member["conformal"]["randomized"] is True for member in drawn["members"])
+    assert all("empty_sets" in row for row in drawn["conformal"]["levels"])
+    best = runs / "1" / "checkpoints" / "best.ckpt"
+    write_temperature(best, float(load_model(best).temperature), load_model(best).conformal_scores[:, 0])
+    again = evaluate(f"ckpt=[{runs / '0'},{runs / '1'}]", f"out={tmp_path / 'again'}", "randomized_sets=true")
+    assert "conformal" in again["members"][0] and "conformal" not in again["members"][1]
+    assert again["conformal"] == drawn["conformal"]  # the ensemble's own sets, calibrated afresh, are the same

@@ -238,3 +238,14 @@ def test_a_limited_epoch_sets_the_run_length_and_the_schedule_in_the_batches_it_
     assert checkpoint["global_step"] == steps
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == steps
     assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == 0.0  # the decay ends with the run
+
+
+@pytest.mark.parametrize(("epochs", "stops_inside"), [("1", False), ("1.5", True)])
+def test_a_callback_at_every_step_ends_a_fractional_epoch_and_whole_epochs_do_without(epochs, stops_inside, tmp_path):
+    from cifar_lightning.blocks.callbacks import StopAtMaxSteps
+    from cifar_lightning.tasks.train import build
+
+    cfg = compose_train(["data=synthetic", *FAST, f"epochs={epochs}", "batch_size=64"], output_dir=tmp_path / "run")
+    _, _, trainer = build(cfg)
+    assert any(isinstance(c, StopAtMaxSteps) for c in trainer.callbacks) is stops_inside
+    assert trainer.max_steps == (round(1.5 * (1960 // 64)) if stops_inside else -1)

@@ -1,4 +1,4 @@
-"""Search spaces Optuna cannot take (cifar_lightning/tasks/sweepers.py search_space): refused in one line naming the
+"""Search spaces Optuna cannot take (cifar_lightning/tasks/search_space.py): refused in one line naming the
 override and the rule Optuna's distributions state, before the sweep claims a folder."""
 
 import pytest

@@ -1,4 +1,5 @@
-"""Sweeps that survive a crash and prune: the project's sweepers (cifar_lightning/tasks/sweepers.py) on real runs."""
+"""Sweeps that survive a crash and prune: the project's sweepers (cifar_lightning/tasks/sweepers.py,
+optuna_sweeper.py) on real runs."""
 
 import csv
 import json

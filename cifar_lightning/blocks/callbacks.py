@@ -27,17 +27,17 @@ class TrainingDiverged(UserError):
 
 class DivergenceGuard(L.Callback):
     """Stops the run once the training loss is NaN or infinite, instead of training on garbage weights. Reading the
-    loss back from a GPU waits for it (a host-device synchronisation), so there the check is asked for: by default a
-    GPU keeps a finite-so-far flag on the device and reads it once, at the epoch's end; `every_n_steps=N` reads the
-    loss every N steps. On a CPU the loss is read every step (no device to wait for). Its message tells a loss that
-    diverged (after optimizer steps: the learning rate is a likely cause) from one that was never finite (on the
-    first batch, before any step: the data or the net, not the learning rate), and names the checkpoints saved so
-    far, if any."""
+    loss back from a GPU waits for it (a host-device synchronisation), so there it is read on the run's first batch
+    and then only when asked: every step a finite-so-far flag is kept on the device and read at the epoch's end, and
+    `every_n_steps=N` also reads the loss every N steps. On a CPU the loss is read every step (no device to wait
+    for). Its message tells a loss that diverged (after optimizer steps: the learning rate is a likely cause) from
+    one that was never finite (on the first batch, before any step: the data or the net, not the learning rate), and
+    names the checkpoints saved so far, if any."""
 
     def __init__(self, every_n_steps: Annotated[int, Ge(1)] | None = None):
         self.every_n_steps = every_n_steps
         self.steps_before = 0  # optimizer steps taken before the batch under way
-        self.finite: torch.Tensor | None = None  # on a GPU without every_n_steps: all of this epoch's losses finite
+        self.finite: torch.Tensor | None = None  # on a GPU: whether all of this epoch's losses were finite
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
         self.steps_before = trainer.global_step
@@ -46,12 +46,13 @@ class DivergenceGuard(L.Callback):
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int
     ) -> None:
         loss = outputs["loss"].detach()
-        if module.device.type == "cpu" or (self.every_n_steps and batch_idx % self.every_n_steps == 0):
+        asked = self.every_n_steps is not None and batch_idx % self.every_n_steps == 0
+        if module.device.type == "cpu" or asked or self.steps_before == 0:  # the first batch: data or net at fault?
             value = float(loss)
             if not math.isfinite(value):
                 raise TrainingDiverged(self.message(trainer, f"the loss was {value} at epoch {trainer.current_epoch}, "
                                                              f"step {batch_idx}"))  # fmt: skip
-        elif self.every_n_steps is None:
+        else:
             finite = torch.isfinite(loss)
             self.finite = finite if self.finite is None else self.finite & finite
 

@@ -17,10 +17,11 @@ threshold is then 1 and every set holds K_REG classes or more, whatever the leve
 classes at 90%). With u = 0 the most probable class scores 0 and is always in the set, and the sets are about as
 small as the randomised ones. Any fixed score keeps the guarantee; a deterministic one pays with over-coverage when
 the level is below the accuracy: the top class is always in the set, so the coverage is at least the accuracy.
-`randomized=True` is the paper's randomised RAPS with empty sets allowed (its code's allow_zero_sets): u is drawn
-for every calibration and every new image (from fixed seeds, so the same images in the same order give the same
-sets), and the expected coverage is between the level and the level + 1 / (n + 1) (n calibration images), even for
-a model more accurate than the level, some of whose images (mostly the least confident) then get empty sets.
+Randomised sets are the paper's randomised RAPS with empty sets allowed (its code's allow_zero_sets): u is drawn for
+every calibration image (from a fixed seed) and every new image (from a hash of its pixels, `image_draws`: the same
+image always gets the same u, whatever comes with it), and the expected coverage is between the level and the
+level + 1 / (n + 1) (n calibration images), even for a model more accurate than the level, some of whose images
+(mostly the least confident) then get empty sets.
 
 The calibration images' scores of their true class (u = 0) are kept (sorted) in the checkpoint with the probability
 of that class (which randomised scores add u times): any level can be computed from them later. For a level
@@ -33,6 +34,7 @@ fitted before must be refitted (evaluate.py calibrate=true). All functions take 
 e.g. softmax(logits / temperature).
 """
 
+import hashlib
 import math
 from fractions import Fraction
 from typing import Annotated
@@ -41,7 +43,7 @@ import torch
 from annotated_types import Interval
 
 LAMBDA = 0.01  # RAPS' penalty per rank beyond K_REG (the paper's default)
-SEED = 0  # the draws of u in randomised sets: calibration images from SEED, new images from SEED + 1
+SEED = 0  # the draws of u of the calibration images in randomised sets
 K_REG = 5  # the ranks that are not penalised
 # a coverage level 1 - alpha
 LEVEL = Annotated[float, Interval(gt=0, lt=1), "must be a coverage level in (0, 1), e.g. 0.9"]
@@ -72,6 +74,15 @@ def uniform(count: int, seed: int) -> torch.Tensor:
     return torch.rand(count, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def image_draws(images: torch.Tensor) -> torch.Tensor:
+    """Each image's u for randomised sets: uint8 images (N, C, H, W) -> float64 (N,) in [0, 1), from a hash
+    (BLAKE2b) of its pixels, so that an image gets the same u alone, in any batch, on any machine, and distinct
+    images get draws that behave as independent uniform ones."""
+    pixels = images.cpu().contiguous().numpy()
+    digests = (hashlib.blake2b(image.tobytes(), digest_size=8).digest() for image in pixels)
+    return torch.tensor([int.from_bytes(d, "big") / 2**64 for d in digests], dtype=torch.float64)
+
+
 def threshold(scores: torch.Tensor, coverage: float, randomized: bool = False) -> float:
     """The threshold q for a coverage level: the k-th smallest of the n calibration `scores` (calibration_scores'
     (N, 2), or plain scores (N,), in any order), k = ceil((n + 1) * coverage), counted exactly on the level as the
@@ -89,19 +100,20 @@ def threshold(scores: torch.Tensor, coverage: float, randomized: bool = False) -
     if randomized and scores.dim() != 2:
         raise ValueError("randomised sets need the calibration images' probabilities, which these scores lack")
     if scores.dim() == 2:
-        scores = scores[:, 0] + (uniform(len(scores), SEED) * scores[:, 1].double() if randomized else 0)
+        u = uniform(len(scores), SEED).to(scores.device)
+        scores = scores[:, 0] + (u * scores[:, 1].double() if randomized else 0)
     k = math.ceil((len(scores) + 1) * Fraction(repr(float(coverage))))
     return math.inf if k > len(scores) else float(scores.kthvalue(k).values)
 
 
-def prediction_sets(probabilities: torch.Tensor, threshold: float, randomized: bool = False) -> torch.Tensor:
+def prediction_sets(probabilities: torch.Tensor, threshold: float, draws: torch.Tensor | None = None) -> torch.Tensor:
     """Each image's set for a threshold (>= 0): bool (N, classes), True for the classes whose score is at most
-    `threshold`. Not randomised, the most probable class (score 0) is always in it; `randomized` (u drawn for
-    each image, seed SEED + 1, in the order given), a set may be empty."""
+    `threshold`. Not randomised, the most probable class (score 0) is always in it; randomised by `draws` (each
+    image's u, float (N,), from image_draws; with the threshold of threshold(..., randomized=True)), a set may be
+    empty."""
     scores = class_scores(probabilities)
-    if randomized:
-        u = uniform(len(probabilities), SEED + 1).to(probabilities.device)
-        scores = scores.double() + u[:, None] * probabilities.double()
+    if draws is not None:
+        scores = scores.double() + draws.to(probabilities.device, torch.float64)[:, None] * probabilities.double()
     return scores <= threshold
 
 
@@ -110,15 +122,16 @@ def coverage_report(
     labels: torch.Tensor,
     scores: torch.Tensor,
     levels: list[float],
-    randomized: bool = False,
+    draws: torch.Tensor | None = None,
 ) -> dict:
     """What the sets do on labelled images at each level: the share holding the true class (`empirical_coverage`),
     the mean number of classes (`mean_set_size`) and the share of empty sets, with the threshold (null: every
-    class). For metrics.json."""
+    class). For metrics.json. Randomised with `draws` (the images' u, image_draws), else not."""
+    randomized = draws is not None
     rows = []
     for level in levels:
         q = threshold(scores, level, randomized)
-        sets = prediction_sets(probabilities, q, randomized)
+        sets = prediction_sets(probabilities, q, draws)
         rows.append(
             {
                 "coverage": level,
@@ -128,15 +141,18 @@ def coverage_report(
                 "empty_sets": float((sets.sum(dim=1) == 0).float().mean()),
             }
         )
-    u = f"uniform, seeds {SEED} (calibration) and {SEED + 1}" if randomized else 0
+    u = f"uniform: calibration images seed {SEED}, the others a hash of their pixels" if randomized else 0
     method = {"method": "RAPS", "lambda": LAMBDA, "k_reg": K_REG, "randomized": randomized, "u": u}
     return {**method, "calibration_images": len(scores), "images": len(labels), "levels": rows}
 
 
 def markdown(report: dict) -> str:
     """report.md's section on the sets of `coverage_report`."""
+    randomized = report["randomized"]
     rows = [
-        f"| {r['coverage']:.1%} | {r['empirical_coverage']:.2%} | {r['mean_set_size']:.2f} |" for r in report["levels"]
+        f"| {r['coverage']:.1%} | {r['empirical_coverage']:.2%} | {r['mean_set_size']:.2f} |"
+        + (f" {r['empty_sets']:.2%} |" if randomized else "")
+        for r in report["levels"]
     ]
     return "\n".join(
         [
@@ -147,8 +163,8 @@ def markdown(report: dict) -> str:
             f"{report['calibration_images']:,} validation images; the guarantee holds when those and these images "
             "are exchangeable.",
             "",
-            "| level | empirical coverage | mean set size |",
-            "|---|---|---|",
+            "| level | empirical coverage | mean set size |" + (" empty sets |" if randomized else ""),
+            "|---|---|---|" + ("---|" if randomized else ""),
             *rows,
             "",
         ]

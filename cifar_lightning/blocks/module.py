@@ -57,8 +57,9 @@ def stage_metrics(num_classes: int) -> nn.ModuleDict:
     """The loss (mean) and accuracy of each stage (train, val, test), apart so that running states never mix.
     Steps only update them and each epoch logs them once: self.log at every step adds Lightning's bookkeeping to
     every step; validate_args=False skips a per-step input check, and nan_strategy="disable" a NaN check that reads
-    the loss back from the device every step (a NaN loss then shows in the epoch's mean instead of being dropped;
-    DivergenceGuard stops such a run). Under DDP, compute() gathers the states of all ranks."""
+    the loss back from the device every step (a NaN loss then shows in the epoch's mean, validation and test ones
+    too, instead of being dropped with a warning; DivergenceGuard stops a training run at one). Under DDP, compute()
+    gathers the states of all ranks."""
     metrics = nn.ModuleDict()
     for stage in ("train", "val", "test"):
         metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")

@@ -26,11 +26,17 @@ def register_resolver() -> None:
     OmegaConf.register_new_resolver("fastest_precision", fastest, replace=True)
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "xpu")
+
+
 def inference_device(accelerator: str) -> torch.device:
     """The device of `accelerator` as Lightning's Trainer names them (trainer.accelerator of evaluate.yaml and
     predict.yaml): auto (torch's current accelerator, e.g. a CUDA GPU, when there is one, else the CPU), cpu, or
-    gpu/cuda/mps/xpu. One device: inference needs no Trainer. Raises UserError for an accelerator this machine
-    does not have."""
+    gpu/cuda/mps/xpu. One device: inference needs no Trainer (another GPU than the first: CUDA_VISIBLE_DEVICES).
+    Raises UserError for a name not in ACCELERATORS, or an accelerator this machine does not have."""
+    if accelerator not in ACCELERATORS:
+        known = ", ".join(ACCELERATORS)
+        raise UserError(f"trainer.accelerator={accelerator} is not an accelerator: use one of {known}")
     current = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
     if accelerator == "cpu" or (accelerator == "auto" and current is None):
         return torch.device("cpu")

@@ -172,8 +172,8 @@ def _check_targets(resolved: dict, config_file: Path, trusted_modules: Sequence[
         module_name, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
         allowed = module_name in (*RUN_MODULES, *trusted_modules)
         obj = vars(importlib.import_module(module_name)).get(name) if allowed else None
-        # a class of ours must be defined where it is named, not merely imported there (torchvision's CIFAR10 in
-        # blocks/datasets.py would download into any folder)
+        # a class of ours must be defined where it is named, not merely imported there (a class imported into one
+        # of our modules, such as a torchvision dataset, could download or write anywhere)
         ours = module_name.startswith("cifar_lightning.") and module_name not in trusted_modules
         if not inspect.isclass(obj) or (ours and obj.__module__ != module_name):
             raise UserError(

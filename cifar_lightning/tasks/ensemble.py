@@ -30,7 +30,7 @@ from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.store.locate import group_checkpoints, is_group
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
-from cifar_lightning.tasks.evaluate import DEFAULT_COVERAGE, check_options, check_randomizable, evaluate, model_and_data
+from cifar_lightning.tasks.evaluate import DEFAULT_COVERAGE, check_options, evaluate, model_and_data
 
 IGNORED = (*ImageDataModule.NOT_FOR_EVALUATION, "eval_batch_size", "num_workers")  # change no image
 
@@ -133,8 +133,6 @@ def predict_members(
                 f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on the validation split, and "
                 f"the data in {data.root} has none (data.val_size=0): coverage=[] leaves them out"
             )
-        if levels and cfg.randomized_sets and len(model.conformal_scores):
-            check_randomizable(model, checkpoint)
         members.append(predict_member(cfg, checkpoint, model.to(device), data, bool(levels)))
     assert first is not None  # group_checkpoints finds one at least
     return members, first[3]
@@ -153,9 +151,10 @@ def predict_member(
                 / temperature).softmax(dim=1)
         for split in {cfg.split, *(["val"] if with_val and "val" in data.splits else [])}
     }  # fmt: skip
-    return Member(
-        checkpoint, tta, fraction, temperature, found[cfg.split], found.get("val"), model.conformal_scores.cpu()
-    )
+    scores = model.conformal_scores.cpu()
+    if cfg.randomized_sets and scores.dim() == 1:  # kept without their probabilities: its own sets are left out
+        scores = scores[:0]
+    return Member(checkpoint, tta, fraction, temperature, found[cfg.split], found.get("val"), scores)
 
 
 def data_config(checkpoint: Path) -> dict:
@@ -200,13 +199,14 @@ def compute(
     """The ensemble's Evaluation (metrics.evaluate_predictions of its probabilities), metrics.json's content and
     the ensemble's probabilities; conformal sets `randomized` (conformal.py) or not."""
     labels = data.splits[split].labels
+    draws = conformal.image_draws(data.splits[split].images) if randomized else None
     probabilities = ensemble.average([m.probabilities for m in members])
     evaluation = evaluate_predictions(ensemble.as_logits(probabilities), labels, data.class_names, 1.0)
     scores = None
     if members[0].validation is not None:  # calibrated afresh: the ensemble's own probabilities on the val split
         val = ensemble.average([m.validation for m in members if m.validation is not None])
         scores = conformal.calibration_scores(val, data.splits["val"].labels)
-    mine = ensemble.figures(probabilities, labels, scores, levels, randomized)
+    mine = ensemble.figures(probabilities, labels, scores, levels, draws)
     metrics = {
         **evaluation.metrics,
         "split": split,
@@ -219,7 +219,7 @@ def compute(
                 "tta": m.tta,
                 "tta_fraction": m.tta_fraction,
                 "temperature": m.temperature,
-                **ensemble.figures(m.probabilities, labels, m.scores, levels, randomized),
+                **ensemble.figures(m.probabilities, labels, m.scores, levels, draws),
             }
             for m in members
         ],  # fmt: skip

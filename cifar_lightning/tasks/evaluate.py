@@ -14,7 +14,7 @@ from cifar_lightning.blocks import conformal, figures, ood, robustness, selectiv
 from cifar_lightning.blocks.calibration import fit_on_validation
 from cifar_lightning.blocks.checks import check_arguments, check_value
 from cifar_lightning.blocks.corruptions import CORRUPTIONS
-from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.data import ImageDataModule, InMemoryImages
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
 from cifar_lightning.blocks.module import TTA_FRACTION, ImageClassifier, forward_passes_per_image, plain
@@ -43,7 +43,8 @@ def whole_at_least(least: int) -> Any:
 
 @dataclass
 class EvaluateOptions:
-    """The keys of configs/evaluate.yaml (data, corruptions and trainer are checked as what they build)."""
+    """The keys of configs/evaluate.yaml (data and corruptions are checked as what they build, trainer.accelerator
+    by precision.inference_device)."""
 
     ckpt: str | list[str] = "best"  # a list, or a sweep folder: an ensemble (tasks/ensemble.py)
     split: Annotated[Literal["test", "val"], "does not exist: use split=test or split=val"] = "test"
@@ -195,7 +196,7 @@ def compute(cfg: DictConfig) -> Result:
         labels=split.labels,
         evaluation=evaluate_predictions(logits, split.labels, list(model.hparams["class_names"]), temperature),
         temperature=temperature,
-        conformal=conformal_sets(levels, model, logits / temperature, split.labels, cfg.randomized_sets),
+        conformal=conformal_sets(levels, model, logits / temperature, split, cfg.randomized_sets),
         conformal_scores=model.conformal_scores,
     )
     if corruptions:
@@ -251,10 +252,8 @@ def coverage_levels(
             randomised sets of scores kept without their probabilities."""
     levels = plain(coverage)
     has_scores = len(model.conformal_scores) > 0
-    if randomized and has_scores:
-        check_randomizable(model, checkpoint)
     if levels is None:
-        return DEFAULT_COVERAGE if has_scores and as_fitted and not calibration_split else []
+        levels = DEFAULT_COVERAGE if has_scores and as_fitted and not calibration_split else []
     levels = [levels] if isinstance(levels, (int, float)) else list(levels)
     if levels and not has_scores:
         raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
@@ -264,6 +263,8 @@ def coverage_levels(
             f"(tta={model.hparams['tta']}, tta_fraction={model.hparams['tta_fraction']}), and their guarantee holds "
             "for those logits only: drop tta= and tta_fraction="
         )
+    if randomized and levels:
+        check_randomizable(model, checkpoint)
     return [float(level) for level in levels]
 
 
@@ -286,12 +287,14 @@ def no_conformal_scores(asked: str, checkpoint: Path) -> str:
 
 
 def conformal_sets(
-    levels: list[float], model: ImageClassifier, logits: torch.Tensor, labels: torch.Tensor, randomized: bool = False
+    levels: list[float], model: ImageClassifier, logits: torch.Tensor, split: InMemoryImages, randomized: bool
 ) -> dict | None:
-    """metrics.json's `conformal` (conformal.coverage_report) of calibrated logits; None without levels."""
+    """metrics.json's `conformal` (conformal.coverage_report) of the calibrated logits of the split's images,
+    `randomized` or not; None without levels."""
     if not levels:
         return None
-    return conformal.coverage_report(logits.softmax(dim=1), labels, model.conformal_scores.cpu(), levels, randomized)
+    draws = conformal.image_draws(split.images) if randomized else None
+    return conformal.coverage_report(logits.softmax(dim=1), split.labels, model.conformal_scores.cpu(), levels, draws)
 
 
 def write(result: Result, misclassified: int) -> dict:

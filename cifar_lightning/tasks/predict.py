@@ -60,7 +60,7 @@ SHARE_OR_NULL = Annotated[
 
 @dataclass
 class PredictOptions:
-    """The keys of configs/predict.yaml (trainer is checked as what it builds)."""
+    """The keys of configs/predict.yaml (trainer.accelerator is checked by precision.inference_device)."""
 
     images: str
     ckpt: str | list[str] = "best"  # a list, or a sweep folder: an ensemble (mean of the members' probabilities)
@@ -91,6 +91,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         check_coverage(str(cfg.coverage), models, checkpoints[0], cfg.tta)
         if cfg.randomized_sets:
             check_randomizable(models[0], checkpoints[0])
+    elif cfg.randomized_sets:
+        raise UserError("randomized_sets=true randomises the sets of coverage=: add a level, e.g. coverage=0.9")
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in found:
@@ -116,7 +118,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         for path, values, indices, no in zip(readable, top.values.tolist(), top.indices.tolist(), abstained)
     ]
     if cfg.coverage is not None:
-        add_sets(rows, probs, model, float(cfg.coverage), cfg.randomized_sets)
+        draws = conformal.image_draws(torch.stack(images)) if cfg.randomized_sets else None
+        add_sets(rows, probs, model, float(cfg.coverage), draws)
     for row in rows:
         print(line(row, cfg.coverage))
     if out is not None:
@@ -175,7 +178,8 @@ def check_coverage(coverage: str, models: list[ImageClassifier], checkpoint: Pat
 def line(row: dict, coverage: float | None = None) -> str:
     """An image's console line: its top classes, or with abstain_below= and too low a top probability, that it
     abstained (`path: abstained (top: cat 41.2%)`); with coverage=, its conformal set after them."""
-    shown = f" | set at {100 * coverage:g}%: {{{', '.join(row['set'])}}}" if "set" in row and coverage else ""
+    chosen = ", ".join(row.get("set") or []) or "none: no class is likely enough"
+    shown = f" | set at {100 * coverage:g}%: {{{chosen}}}" if "set" in row and coverage else ""
     if row["abstained"]:
         name, p = row["top"][0]
         return f"{row['path']}: abstained (top: {name} {p:.1%})" + shown
@@ -198,12 +202,13 @@ def write_csv(path: Path, rows: list[dict], sets: bool = False) -> None:
 
 
 def add_sets(
-    rows: list[dict], probabilities: torch.Tensor, model: ImageClassifier, coverage: float, randomized: bool = False
+    rows: list[dict], probabilities: torch.Tensor, model: ImageClassifier, coverage: float, draws: Any = None
 ) -> None:
-    """Each row's conformal prediction set at the `coverage` level (conformal.py, the checkpoint's scores,
-    `randomized` or not) as row["set"]: its class names, most probable first."""
-    q = conformal.threshold(model.conformal_scores.cpu(), coverage, randomized)
-    sets = conformal.prediction_sets(probabilities, q, randomized)
+    """Each row's conformal prediction set at the `coverage` level (conformal.py, the checkpoint's scores;
+    randomised by the images' `draws`, conformal.image_draws, or not) as row["set"]: its class names, most probable
+    first (empty: no class is likely enough, randomised sets only)."""
+    q = conformal.threshold(model.conformal_scores.cpu(), coverage, randomized=draws is not None)
+    sets = conformal.prediction_sets(probabilities, q, draws)
     class_names = model.hparams["class_names"]
     for row, chosen, p in zip(rows, sets, probabilities):
         row["set"] = [class_names[i] for i in sorted(chosen.nonzero().flatten().tolist(), key=lambda i: -p[i])]
