@@ -143,3 +143,12 @@ def test_batch_larger_than_the_training_split_is_refused(cifar_root, tmp_path):
 def test_synthetic_data_is_ready_without_files():
     dm = setup(source="synthetic", val_size=200)
     assert (len(dm.splits["train"]), len(dm.splits["val"]), len(dm.splits["test"])) == (1800, 200, 500)
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_batches_are_pinned_where_a_gpu_would_receive_them(monkeypatch, cuda):
+    """A copy from unpinned memory to a GPU waits for the GPU first (a host-device sync every batch)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    datamodule = ImageDataModule(source="synthetic", val_size=100, batch_size=50)
+    datamodule.setup("fit")
+    assert datamodule.train_dataloader().pin_memory is cuda and datamodule.val_dataloader().pin_memory is cuda

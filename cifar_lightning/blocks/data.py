@@ -295,6 +295,8 @@ class ImageDataModule(L.LightningDataModule):
             collate_fn=keep_batch,  # type: ignore[arg-type]  # torch types collate_fn as taking a list of samples
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # a copy to a GPU from unpinned memory first waits for the GPU to finish its work: a sync every batch
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
