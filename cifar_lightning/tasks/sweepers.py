@@ -24,8 +24,10 @@ from typing import Any
 
 import yaml
 
-# Hydra's grid sweeper is not exported anywhere but its core plugins (hydra._internal.core_plugins, where Hydra itself
-# finds it); subclassed here rather than rewritten, so grid sweeps stay exactly Hydra's
+# Hydra offers no public import of its grid sweeper: it lives among its core plugins (hydra._internal.core_plugins),
+# where Hydra itself finds it. Its maintainers allow for code that inherits from it (hydra-ecosystem/hydra#1886, the
+# review of BasicSweeper's params); #371 made the API plugins use public, not this class. Subclassed here rather than
+# rewritten, so grid sweeps stay exactly Hydra's
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, RunMode, TaskFunction
