@@ -30,7 +30,8 @@ from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.store.locate import group_checkpoints, is_group
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
-from cifar_lightning.tasks.evaluate import DEFAULT_COVERAGE, check_options, evaluate, model_and_data
+from cifar_lightning.tasks.coverage import DEFAULT_COVERAGE
+from cifar_lightning.tasks.evaluate import check_options, evaluate, model_and_data
 
 IGNORED = (*ImageDataModule.NOT_FOR_EVALUATION, "eval_batch_size", "num_workers")  # change no image
 

@@ -14,7 +14,7 @@ from cifar_lightning.blocks import conformal, figures, ood, robustness, selectiv
 from cifar_lightning.blocks.calibration import fit_on_validation
 from cifar_lightning.blocks.checks import check_arguments, check_value
 from cifar_lightning.blocks.corruptions import CORRUPTIONS
-from cifar_lightning.blocks.data import ImageDataModule, InMemoryImages
+from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
 from cifar_lightning.blocks.module import TTA_FRACTION, ImageClassifier, forward_passes_per_image, plain
@@ -24,13 +24,8 @@ from cifar_lightning.store.checkpoints import load_model, write_temperature
 from cifar_lightning.store.locate import resolve
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
+from cifar_lightning.tasks.coverage import COVERAGE_OPTION, conformal_sets, coverage_levels
 
-# null: 0.9 and 0.95 when the checkpoint has conformal scores; [] none
-COVERAGE_OPTION = Annotated[
-    list[conformal.LEVEL] | conformal.LEVEL | None,
-    "must be a coverage level in (0, 1) or a list of them, e.g. [0.9, 0.95]",
-]
-DEFAULT_COVERAGE = [0.9, 0.95]
 # null: the checkpoint's own level; true is 1, false 0
 TTA_OPTION = Annotated[bool | Literal[0, 1, 2] | None, "must be one of null, 0, 1, 2"]
 # null: no out-of-distribution report
@@ -233,68 +228,6 @@ def out_of_distribution(result: Result, choice: str | None, sets: Iterable | Non
     eval_batch_size = result.data.eval_batch_size
     result.ood_logits = ood.set_logits(model, sets, result.tta, result.tta_fraction, eval_batch_size)
     result.ood = ood.report(choice, result.logits, result.ood_logits, result.temperature)
-
-
-def coverage_levels(
-    coverage: Any,
-    model: ImageClassifier,
-    checkpoint: Path,
-    as_fitted: bool = True,
-    calibration_split: bool = False,
-    randomized: bool = False,
-) -> list[float]:
-    """The coverage levels to report (coverage=: one, a list, or null for DEFAULT_COVERAGE when the checkpoint has
-    conformal scores, the logits are those the scores were fitted on (`as_fitted`: the checkpoint's own TTA) and the
-    split is not the one they were fitted on (`calibration_split`: there the coverage is in-sample).
-
-    Raises:
-        UserError: levels asked of a checkpoint without scores, or of logits other than those they were fitted on;
-            randomised sets of scores kept without their probabilities."""
-    levels = plain(coverage)
-    has_scores = len(model.conformal_scores) > 0
-    if levels is None:
-        levels = DEFAULT_COVERAGE if has_scores and as_fitted and not calibration_split else []
-    levels = [levels] if isinstance(levels, (int, float)) else list(levels)
-    if levels and not has_scores:
-        raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
-    if levels and not as_fitted:
-        raise UserError(
-            f"coverage={coverage}: {checkpoint}'s conformal scores were fitted at its own test-time augmentation "
-            f"(tta={model.hparams['tta']}, tta_fraction={model.hparams['tta_fraction']}), and their guarantee holds "
-            "for those logits only: drop tta= and tta_fraction="
-        )
-    if randomized and levels:
-        check_randomizable(model, checkpoint)
-    return [float(level) for level in levels]
-
-
-def check_randomizable(model: ImageClassifier, checkpoint: Path) -> None:
-    """Raises UserError for randomised sets of a checkpoint whose scores were kept without their probabilities."""
-    if model.conformal_scores.dim() == 1:
-        raise UserError(
-            f"randomized_sets=true: {checkpoint}'s conformal scores were kept without the probabilities randomised "
-            f"sets add: python evaluate.py ckpt={checkpoint} calibrate=true fits them again"
-        )
-
-
-def no_conformal_scores(asked: str, checkpoint: Path) -> str:
-    """The one line refusing a coverage level of a checkpoint without conformal scores."""
-    return (
-        f"{asked}: {checkpoint} holds no conformal scores (it was trained without a validation split, "
-        f"data.val_size=0, or before they were kept): python evaluate.py ckpt={checkpoint} calibrate=true fits them "
-        "on a validation split"
-    )
-
-
-def conformal_sets(
-    levels: list[float], model: ImageClassifier, logits: torch.Tensor, split: InMemoryImages, randomized: bool
-) -> dict | None:
-    """metrics.json's `conformal` (conformal.coverage_report) of the calibrated logits of the split's images,
-    `randomized` or not; None without levels."""
-    if not levels:
-        return None
-    draws = conformal.image_draws(split.images) if randomized else None
-    return conformal.coverage_report(logits.softmax(dim=1), split.labels, model.conformal_scores.cpu(), levels, draws)
 
 
 def write(result: Result, misclassified: int) -> dict:

@@ -26,7 +26,8 @@ from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
-from cifar_lightning.tasks.evaluate import TTA_OPTION, check_randomizable, no_conformal_scores, whole_at_least
+from cifar_lightning.tasks.coverage import check_coverage
+from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
 
 
 def find_images(pattern: str) -> list[Path]:
@@ -87,12 +88,7 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise UserError(f"csv={cfg.csv} would write over {out}, a file of a member's run: name another")
     models = load_members(checkpoints, cfg.get("trusted_modules") or ())
     model = models[0]
-    if cfg.coverage is not None:
-        check_coverage(str(cfg.coverage), models, checkpoints[0], cfg.tta)
-        if cfg.randomized_sets:
-            check_randomizable(models[0], checkpoints[0])
-    elif cfg.randomized_sets:
-        raise UserError("randomized_sets=true randomises the sets of coverage=: add a level, e.g. coverage=0.9")
+    check_coverage(cfg.coverage, models, checkpoints[0], cfg.tta, cfg.randomized_sets)
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in found:
@@ -156,23 +152,6 @@ def load_members(checkpoints: list[Path], trusted: Sequence[str]) -> list[ImageC
             )
         models.append(model)
     return models
-
-
-def check_coverage(coverage: str, models: list[ImageClassifier], checkpoint: Path, tta: Any = None) -> None:
-    """coverage= needs one model with conformal scores, at the test-time augmentation they were fitted with (the
-    checkpoint's). Raises UserError for an ensemble, a model without scores, or another `tta`."""
-    if len(models) > 1:
-        raise UserError(
-            f"coverage={coverage}: an ensemble has no conformal scores of its own (evaluate.py reports its sets): "
-            "predict with one run for sets"
-        )
-    if len(models[0].conformal_scores) == 0:
-        raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
-    if tta is not None and int(tta) != models[0].hparams["tta"]:
-        raise UserError(
-            f"coverage={coverage} with tta={tta}: {checkpoint}'s conformal scores were fitted at its own test-time "
-            f"augmentation (tta={models[0].hparams['tta']}), and their guarantee holds for those logits only: drop tta="
-        )
 
 
 def line(row: dict, coverage: float | None = None) -> str:

@@ -1,0 +1,108 @@
+"""The conformal options of evaluate.py, predict.py and ensembles (coverage=, randomized_sets=), checked against what a
+checkpoint holds: its conformal scores (blocks/conformal.py), the test-time augmentation they were fitted at, and the
+probabilities randomised sets need. Every refusal is one UserError line."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+
+from cifar_lightning.blocks import conformal
+from cifar_lightning.blocks.data import InMemoryImages
+from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import ImageClassifier, plain
+
+# null: 0.9 and 0.95 when the checkpoint has conformal scores; [] none
+COVERAGE_OPTION = Annotated[
+    list[conformal.LEVEL] | conformal.LEVEL | None,
+    "must be a coverage level in (0, 1) or a list of them, e.g. [0.9, 0.95]",
+]
+DEFAULT_COVERAGE = [0.9, 0.95]
+
+
+def coverage_levels(
+    coverage: Any,
+    model: ImageClassifier,
+    checkpoint: Path,
+    as_fitted: bool = True,
+    calibration_split: bool = False,
+    randomized: bool = False,
+) -> list[float]:
+    """The coverage levels to report (coverage=: one, a list, or null for DEFAULT_COVERAGE when the checkpoint has
+    conformal scores, the logits are those the scores were fitted on (`as_fitted`: the checkpoint's own TTA) and the
+    split is not the one they were fitted on (`calibration_split`: there the coverage is in-sample).
+
+    Raises:
+        UserError: levels asked of a checkpoint without scores, or of logits other than those they were fitted on;
+            randomised sets of scores kept without their probabilities."""
+    levels = plain(coverage)
+    has_scores = len(model.conformal_scores) > 0
+    if levels is None:
+        levels = DEFAULT_COVERAGE if has_scores and as_fitted and not calibration_split else []
+    levels = [levels] if isinstance(levels, (int, float)) else list(levels)
+    if levels and not has_scores:
+        raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
+    if levels and not as_fitted:
+        raise UserError(
+            f"coverage={coverage}: {checkpoint}'s conformal scores were fitted at its own test-time augmentation "
+            f"(tta={model.hparams['tta']}, tta_fraction={model.hparams['tta_fraction']}), and their guarantee holds "
+            "for those logits only: drop tta= and tta_fraction="
+        )
+    if randomized and levels:
+        check_randomizable(model, checkpoint)
+    return [float(level) for level in levels]
+
+
+def check_randomizable(model: ImageClassifier, checkpoint: Path) -> None:
+    """Raises UserError for randomised sets of a checkpoint whose scores were kept without their probabilities."""
+    if model.conformal_scores.dim() == 1:
+        raise UserError(
+            f"randomized_sets=true: {checkpoint}'s conformal scores were kept without the probabilities randomised "
+            f"sets add: python evaluate.py ckpt={checkpoint} calibrate=true fits them again"
+        )
+
+
+def no_conformal_scores(asked: str, checkpoint: Path) -> str:
+    """The one line refusing a coverage level of a checkpoint without conformal scores."""
+    return (
+        f"{asked}: {checkpoint} holds no conformal scores (it was trained without a validation split, "
+        f"data.val_size=0, or before they were kept): python evaluate.py ckpt={checkpoint} calibrate=true fits them "
+        "on a validation split"
+    )
+
+
+def conformal_sets(
+    levels: list[float], model: ImageClassifier, logits: torch.Tensor, split: InMemoryImages, randomized: bool
+) -> dict | None:
+    """metrics.json's `conformal` (conformal.coverage_report) of the calibrated logits of the split's images,
+    `randomized` or not; None without levels."""
+    if not levels:
+        return None
+    draws = conformal.image_draws(split.images) if randomized else None
+    return conformal.coverage_report(logits.softmax(dim=1), split.labels, model.conformal_scores.cpu(), levels, draws)
+
+
+def check_coverage(
+    coverage: Any, models: list[ImageClassifier], checkpoint: Path, tta: Any = None, randomized: bool = False
+) -> None:
+    """predict.py's coverage= (None: no sets) needs one model with conformal scores, at the test-time augmentation
+    they were fitted with (the checkpoint's); `randomized` sets need coverage= and the scores' probabilities.
+    Raises UserError for an ensemble, a model without scores, another `tta`, or randomized without coverage=."""
+    if coverage is None:
+        if randomized:
+            raise UserError("randomized_sets=true randomises the sets of coverage=: add a level, e.g. coverage=0.9")
+        return
+    if len(models) > 1:
+        raise UserError(
+            f"coverage={coverage}: an ensemble has no conformal scores of its own (evaluate.py reports its sets): "
+            "predict with one run for sets"
+        )
+    if len(models[0].conformal_scores) == 0:
+        raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
+    if tta is not None and int(tta) != models[0].hparams["tta"]:
+        raise UserError(
+            f"coverage={coverage} with tta={tta}: {checkpoint}'s conformal scores were fitted at its own test-time "
+            f"augmentation (tta={models[0].hparams['tta']}), and their guarantee holds for those logits only: drop tta="
+        )
+    if randomized:
+        check_randomizable(models[0], checkpoint)
