@@ -249,3 +249,4 @@ def test_a_callback_at_every_step_ends_a_fractional_epoch_and_whole_epochs_do_wi
     _, _, trainer = build(cfg)
     assert any(isinstance(c, StopAtMaxSteps) for c in trainer.callbacks) is stops_inside
     assert trainer.max_steps == (round(1.5 * (1960 // 64)) if stops_inside else -1)
+    assert trainer.max_epochs == (2 if stops_inside else 1)  # epochs, set in train.yaml alone, rounded up

@@ -137,8 +137,8 @@ def typing_any():
 
 def test_epochs_written_as_a_whole_float_trains_and_max_epochs_apart_from_epochs_is_refused(tmp_path):
     assert train_run(["data=synthetic", *FAST, "epochs=1.0"], tmp_path / "a")["epochs"] == 1
-    with pytest.raises(UserError, match=re.escape("trainer.max_epochs=5 differs from epochs=1: set epochs instead")):
-        train(quick(tmp_path, "trainer.max_epochs=5"))
+    with pytest.raises(UserError, match=re.escape("trainer.max_epochs=5: the run's length is set by epochs alone")):
+        train(quick(tmp_path, "+trainer.max_epochs=5"))
 
 
 def test_a_run_under_a_symlinked_folder_trains(tmp_path):

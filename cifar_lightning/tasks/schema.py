@@ -60,17 +60,16 @@ def check_train_config(cfg: Any, options: type) -> None:
     trainer = {
         k: v
         for k, v in plain(cfg.trainer).items()
-        # plugins and objects given as configs (a profiler) are built by Hydra, which names what it refuses;
-        # max_epochs is ${epochs} (maybe 9.9 or 2.0): the run's length, which train.build hands to the Trainer
-        if k != "plugins"
-        and not (isinstance(v, dict) and "_target_" in v)
-        and not (k == "max_epochs" and v == cfg.epochs)
+        # plugins and objects given as configs (a profiler) are built by Hydra, which names what it refuses
+        if k != "plugins" and not (isinstance(v, dict) and "_target_" in v)
     }
-    check_target(trainer, "trainer")
-    if "max_epochs" in trainer:  # set apart from epochs, it would be ignored
+    if "max_epochs" in trainer or "max_steps" in trainer:  # train.build sets both from epochs: these would be ignored
+        key = "max_epochs" if "max_epochs" in trainer else "max_steps"
         raise UserError(
-            f"trainer.max_epochs={trainer['max_epochs']!r} differs from epochs={cfg.epochs}: set epochs instead"
+            f"trainer.{key}={trainer[key]!r}: the run's length is set by epochs alone (epochs={cfg.epochs}): remove "
+            f"trainer.{key} (from the run's .hydra/config.yaml, when resuming) and set epochs"
         )
+    check_target(trainer, "trainer")
     # Lightning divides by it unchecked
     check_value("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), ACCUMULATE)
     for group in ("callbacks", "logger"):
