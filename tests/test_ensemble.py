@@ -4,6 +4,7 @@ and pruned jobs, and every refusal in one line."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,30 @@ def test_randomised_sets_of_an_ensemble_leave_out_a_member_whose_scores_lack_pro
     again = evaluate(f"ckpt=[{runs / '0'},{runs / '1'}]", f"out={tmp_path / 'again'}", "randomized_sets=true")
     assert "conformal" in again["members"][0] and "conformal" not in again["members"][1]
     assert again["conformal"] == drawn["conformal"]  # the ensemble's own sets, calibrated afresh, are the same
+
+
+def test_the_ensemble_is_calibrated_as_one_model_on_the_validation_split():
+    """Pool then calibrate: softmax(log(mean of the members' probabilities) / T), T fitted on the validation split."""
+    from types import SimpleNamespace
+
+    from cifar_lightning.blocks.calibration import fit_temperature
+    from cifar_lightning.tasks.ensemble import Member, compute
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3000, 10, generator=g) * 3  # two members' views of 1,000 val and 2,000 test images
+    labels = torch.multinomial(logits.mean(0).softmax(1), 1, generator=g).squeeze(1)
+    shown = (logits * 0.5).softmax(2)  # each member underconfident: the mean, more so
+    members = [Member(Path(f"m{i}"), 0, 1.0, 1.0, shown[i, 1000:], shown[i, :1000], torch.empty(0)) for i in range(2)]
+    split = SimpleNamespace(labels=labels[1000:], images=torch.zeros(2000, 3, 2, 2, dtype=torch.uint8))
+    data = SimpleNamespace(
+        splits={"test": split, "val": SimpleNamespace(labels=labels[:1000])}, class_names=list("abcdefghij"), root="d"
+    )
+    _, metrics, probabilities = compute(members, data, "test", [0.9])
+    pooled_val, pooled = (((shown[0] + shown[1]) / 2).log()[s] for s in (slice(0, 1000), slice(1000, None)))
+    temperature = fit_temperature(pooled_val, labels[:1000])
+    assert temperature < 0.9 and metrics["calibration"]["temperature"] == pytest.approx(temperature)
+    expected = (pooled / temperature).softmax(1)
+    assert torch.allclose(probabilities, expected, atol=1e-6)
+    nll = float(-expected[torch.arange(2000), labels[1000:]].log().mean())
+    assert metrics["ensemble"]["nll"] == pytest.approx(nll, rel=1e-4)
+    assert metrics["calibration"]["after"]["ece"] < metrics["calibration"]["before"]["ece"]

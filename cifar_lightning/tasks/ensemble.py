@@ -1,6 +1,9 @@
 """evaluate.py of an ensemble: ckpt= names a sweep folder (its finished, unpruned jobs) or a list of runs
 (ckpt=[RUN1,RUN2]); the ensemble's probabilities are the mean of its members' calibrated ones, softmax(logits / T),
-each member with its own checkpoint's TTA level and temperature (tta= and tta_fraction= override them for all).
+each member with its own checkpoint's TTA level and temperature (tta= and tta_fraction= override them for all), then
+calibrated as one model: the log of that mean divided by a temperature of the ensemble's own, fitted on the
+validation split ("pool then calibrate", Rahaman & Thiery, NeurIPS 2021: a mean of calibrated members is
+underconfident). Data without a validation split keeps the plain mean (temperature 1).
 
 Written to <sweep>/eval/<split>/ for a sweep folder (other data, data=...: eval/<split>_<its folder>/), and to out=DIR
 for a list of runs (required there: no member's folder owns the ensemble). metrics.json holds the ensemble's metrics
@@ -21,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks import conformal, ensemble, figures, selective
+from cifar_lightning.blocks.calibration import fit_temperature
 from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
@@ -115,7 +119,7 @@ def out_folder(value: str, checkpoints: list[Path]) -> Path:
 def predict_members(
     cfg: DictConfig, checkpoints: list[Path], levels: list[float]
 ) -> tuple[list[Member], ImageDataModule]:
-    """Each member's calibrated probabilities on the split (and, with coverage levels, the validation split), and
+    """Each member's calibrated probabilities on the split and the validation split (if the data has one), and
     the data, the first member's. Raises UserError (check_alike) before a member unlike the first predicts, and for
     coverage levels asked of data without a validation split."""
     device = inference_device(cfg.trainer.accelerator)
@@ -134,23 +138,22 @@ def predict_members(
                 f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on the validation split, and "
                 f"the data in {data.root} has none (data.val_size=0): coverage=[] leaves them out"
             )
-        members.append(predict_member(cfg, checkpoint, model.to(device), data, bool(levels)))
+        members.append(predict_member(cfg, checkpoint, model.to(device), data))
     assert first is not None  # group_checkpoints finds one at least
     return members, first[3]
 
 
-def predict_member(
-    cfg: DictConfig, checkpoint: Path, model: ImageClassifier, data: ImageDataModule, with_val: bool
-) -> Member:
-    """One member's calibrated probabilities on the split (and, `with_val`, on the validation split if there is
-    one), with its checkpoint's TTA level unless tta= / tta_fraction= say otherwise."""
+def predict_member(cfg: DictConfig, checkpoint: Path, model: ImageClassifier, data: ImageDataModule) -> Member:
+    """One member's calibrated probabilities on the split and on the validation split if there is one (the
+    ensemble's temperature is fitted there), with its checkpoint's TTA level unless tta= / tta_fraction= say
+    otherwise."""
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     temperature = float(model.temperature)
     found = {
         split: (model.predict_logits(data.splits[split].images, tta, data.eval_batch_size, tta_fraction=fraction)
                 / temperature).softmax(dim=1)
-        for split in {cfg.split, *(["val"] if with_val and "val" in data.splits else [])}
+        for split in {cfg.split, *(["val"] if "val" in data.splits else [])}
     }  # fmt: skip
     scores = model.conformal_scores.cpu()
     if cfg.randomized_sets and scores.dim() == 1:  # kept without their probabilities: its own sets are left out
@@ -201,18 +204,21 @@ def compute(
     the ensemble's probabilities; conformal sets `randomized` (conformal.py) or not."""
     labels = data.splits[split].labels
     draws = conformal.image_draws(data.splits[split].images) if randomized else None
-    probabilities = ensemble.average([m.probabilities for m in members])
-    evaluation = evaluate_predictions(ensemble.as_logits(probabilities), labels, data.class_names, 1.0)
-    scores = None
-    if members[0].validation is not None:  # calibrated afresh: the ensemble's own probabilities on the val split
-        val = ensemble.average([m.validation for m in members if m.validation is not None])
-        scores = conformal.calibration_scores(val, data.splits["val"].labels)
+    pooled = ensemble.as_logits(ensemble.average([m.probabilities for m in members]))
+    temperature, scores = 1.0, None
+    if members[0].validation is not None:  # the ensemble's own temperature and conformal scores, on the val split
+        validation = ensemble.as_logits(ensemble.average([m.validation for m in members if m.validation is not None]))
+        temperature = fit_temperature(validation, data.splits["val"].labels)
+        scores = conformal.calibration_scores((validation / temperature).softmax(dim=1), data.splits["val"].labels)
+    evaluation = evaluate_predictions(pooled, labels, data.class_names, temperature)
+    probabilities = (pooled / temperature).softmax(dim=1)
     mine = ensemble.figures(probabilities, labels, scores, levels, draws)
     metrics = {
         **evaluation.metrics,
         "split": split,
         "data_root": str(data.root),
-        "probabilities": "mean of the members' softmax(logits / T_member), each with its own TTA",
+        "probabilities": "softmax(log(mean of the members' softmax(logits / T_member)) / T), each member with its own "
+        "TTA, T the ensemble's temperature (calibration.temperature)",
         "ensemble": {k: v for k, v in mine.items() if k != "conformal"},
         "members": [
             {
