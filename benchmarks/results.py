@@ -172,8 +172,8 @@ def eval_row(m: dict, folder: Path, run_id: str, data_group: str, chosen: dict) 
         command.append(f"'data.classes={chosen['data.classes']}'")
     if m.get("ood"):
         command.append(f"ood={m['ood'].get('protocol')}")
-    if (m.get("conformal") or {}).get("randomized"):
-        command.append("randomized_sets=true")
+    if (m.get("conformal") or {}).get("score", "raps") != "raps":
+        command.append(f"conformal_score={m['conformal']['score']}")
     if corruptions:
         command.append(
             f"corruptions=all corruptions.images={corruptions.get('images')} corruptions.seed={corruptions.get('seed')}"
@@ -218,7 +218,7 @@ def prediction_cells(m: dict) -> dict:
 
     return {
         "aurc": number((m.get("selective") or {}).get("aurc"), 3),
-        "sets": ("randomised" if conformal.get("randomized") else "deterministic") if conformal else "",
+        "sets": conformal.get("score", "raps") if conformal else "",
         **{
             f"{what}_{int(100 * level)}": size((levels.get(level) or {}).get(key))
             if what == "set_size"
@@ -250,8 +250,8 @@ def ensemble_row(folder: Path, m: dict, recipe: str | None) -> dict:
     command = f"python evaluate.py ckpt=[{','.join(runs)}] out={relative(folder)} split={m.get('split', 'test')}"
     if data.name and data.name != "data":
         command += f" data=cifar10 data.root={data.name} data.verify=false"
-    if (m.get("conformal") or {}).get("randomized"):
-        command += " randomized_sets=true"
+    if (m.get("conformal") or {}).get("score", "raps") != "raps":
+        command += f" conformal_score={m['conformal']['score']}"
     summary = read_json(first / "summary.json") if (first / "summary.json").is_file() else {}
     return {
         "id": relative(folder),
@@ -446,8 +446,8 @@ def predictions_section(rows: list[dict]) -> list[str]:
         "95%: coverage / size", "out-of-distribution", "AUROC: MSP / MaxLogit / Energy", "command", "note",
     ]  # fmt: skip
     intro = (
-        "Acting on predictions (docs/predictions.md): AURC of the calibrated top probability; conformal sets (RAPS) "
-        "at 90% and 95%, their empirical coverage (%) and mean size; out-of-distribution AUROCs; ensembles with "
+        "Acting on predictions (docs/predictions.md): AURC of the calibrated top probability; conformal sets (`sets`: "
+        "their conformal_score) at 90% and 95%, their empirical coverage (%) and mean size; out-of-distribution AUROCs; ensembles with "
         "their members' mean accuracy."
     )
     return ["## Predictions a user can act on", "", intro, ""] + table(header, body)

@@ -154,13 +154,28 @@ def test_randomized_threshold_and_sets_equal_a_direct_computation(alpha):
         direct_randomized(CALIBRATION[i], CALIBRATION_LABELS[i], u) for i, u in zip(order, u_calibration, strict=True)
     ]
     q = direct_threshold(np.array(randomized), alpha)
-    assert conformal.threshold(scores, 1 - alpha, randomized=True) == pytest.approx(q, abs=1e-12)
+    assert conformal.threshold(scores, 1 - alpha, "raps_randomized") == pytest.approx(q, abs=1e-12)
     u_new = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
-    sets = conformal.prediction_sets(torch.tensor(NEW), q, u_new).numpy()
+    sets = conformal.prediction_sets(torch.tensor(NEW), q, "raps_randomized", u_new).numpy()
     for row, u, chosen in zip(NEW, u_new.tolist(), sets):
         assert set(np.flatnonzero(chosen)) == {y for y in range(7) if direct_randomized(row, y, u) <= q}
-    with pytest.raises(ValueError, match="randomised sets need the calibration images' probabilities"):
-        conformal.threshold(scores[:, 0], 1 - alpha, randomized=True)
+    with pytest.raises(ValueError, match="raps_randomized needs the calibration images' probabilities"):
+        conformal.threshold(scores[:, 0], 1 - alpha, "raps_randomized")
+    with pytest.raises(ValueError, match="need each image's draw"):
+        conformal.prediction_sets(torch.tensor(NEW), q, "raps_randomized")
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.2, 0.5, 0.8])
+def test_thr_threshold_and_sets_equal_a_direct_computation(alpha):
+    """THR (Sadinle, Lei and Wasserman, 2019): a class's score is 1 minus its probability."""
+    scores = conformal.calibration_scores(torch.tensor(CALIBRATION), torch.tensor(CALIBRATION_LABELS))
+    q = direct_threshold(np.array([1 - r[y] for r, y in zip(CALIBRATION, CALIBRATION_LABELS)]), alpha)
+    assert conformal.threshold(scores, 1 - alpha, "thr") == pytest.approx(q, abs=1e-12)
+    sets = conformal.prediction_sets(torch.tensor(NEW), q, "thr").numpy()
+    for row, chosen in zip(NEW, sets):
+        assert set(np.flatnonzero(chosen)) == {y for y in range(7) if 1 - row[y] <= q + 1e-12}
+    if alpha == 0.8:
+        assert sets.sum(1).tolist() == [1, 0, 1]  # a set holds nothing when no class is probable enough
 
 
 def test_an_images_draw_depends_on_its_pixels_only():
@@ -190,13 +205,19 @@ def test_randomized_coverage_is_the_level_for_a_model_more_accurate_than_it():
     scores = conformal.calibration_scores(p[:10000], labels[:10000])
     fixed = conformal.coverage_report(p[10000:], labels[10000:], scores, [0.8, 0.9])
     images = torch.randint(0, 256, (10000, 3, 4, 4), dtype=torch.uint8, generator=g)
-    drawn = conformal.coverage_report(p[10000:], labels[10000:], scores, [0.8, 0.9], conformal.image_draws(images))
+    draws = conformal.image_draws(images)
+    drawn = conformal.coverage_report(p[10000:], labels[10000:], scores, [0.8, 0.9], "raps_randomized", draws)
     assert accuracy > 0.92 and drawn["randomized"] is True and fixed["randomized"] is False
     for deterministic, randomized in zip(fixed["levels"], drawn["levels"]):
         assert deterministic["empirical_coverage"] >= accuracy and deterministic["empty_sets"] == 0
         assert abs(randomized["empirical_coverage"] - randomized["coverage"]) < 0.015, randomized  # ~3.5 sd
         assert 0 < randomized["empty_sets"] < 1 - randomized["coverage"] + 0.01
     assert "empty" in conformal.console_line(drawn) and "randomised" in conformal.markdown(drawn)
+    thr = conformal.coverage_report(p[10000:], labels[10000:], scores, [0.8, 0.9], "thr")
+    assert thr["method"] == "THR" and "THR" in conformal.markdown(thr) and "empty" in conformal.console_line(thr)
+    for row, randomized in zip(thr["levels"], drawn["levels"]):
+        assert abs(row["empirical_coverage"] - row["coverage"]) < 0.015, row
+        assert row["mean_set_size"] < randomized["mean_set_size"]  # the smallest sets of the three
 
 
 def test_a_checkpoint_keeps_scores_of_any_length_and_one_without_them_has_none(synthetic_run, tmp_path):
@@ -249,8 +270,9 @@ def test_training_keeps_the_validation_scores_in_every_checkpoint(runs):
 def test_evaluate_reports_coverage_and_set_size_at_each_level(synthetic_run):
     metrics = evaluate(compose_config("evaluate", [f"ckpt={synthetic_run}"]))
     report = metrics["conformal"]
-    assert {k: report[k] for k in ("method", "lambda", "k_reg", "randomized", "calibration_images")} == {
+    assert {k: report[k] for k in ("method", "score", "lambda", "k_reg", "randomized", "calibration_images")} == {
         "method": "RAPS",
+        "score": "raps",
         "lambda": LAMBDA,
         "k_reg": K_REG,
         "randomized": False,
@@ -345,27 +367,24 @@ def test_levels_hold_for_the_logits_the_scores_were_fitted_on_only(runs):
         )
 
 
-def test_randomized_sets_in_evaluate_and_predict_and_scores_kept_without_probabilities_refused(runs, tmp_path):
+def test_randomised_sets_in_evaluate_and_predict_and_scores_kept_without_probabilities_refused(runs, tmp_path):
     validated = runs["validated"]
-    metrics = evaluate(compose_config("evaluate", [f"ckpt={validated}", "randomized_sets=true", "coverage=[0.8]"]))
+    drawn = "conformal_score=raps_randomized"
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={validated}", drawn, "coverage=[0.8]"]))
     model = load_model(validated / "checkpoints" / "best.ckpt")
     split = model_and_data(compose_config("evaluate", [f"ckpt={validated}"]), "test")[2].splits["test"]
     p = model.predict_logits(split.images, calibrated=True).softmax(1)
-    q = conformal.threshold(model.conformal_scores, 0.8, randomized=True)
-    sets = conformal.prediction_sets(p, q, conformal.image_draws(split.images))
+    q = conformal.threshold(model.conformal_scores, 0.8, "raps_randomized")
+    sets = conformal.prediction_sets(p, q, "raps_randomized", conformal.image_draws(split.images))
     row = metrics["conformal"]["levels"][0]
     assert metrics["conformal"]["randomized"] is True and row["threshold"] == pytest.approx(q)
     assert row["empirical_coverage"] == pytest.approx(float(sets[torch.arange(len(p)), split.labels].float().mean()))
-    rows = predict(
-        compose_config(
-            "predict", [f"ckpt={validated}", f"images={runs['images']}", "coverage=0.8", "randomized_sets=true"]
-        )
-    )
+    rows = predict(compose_config("predict", [f"ckpt={validated}", f"images={runs['images']}", "coverage=0.8", drawn]))
     images = torch.stack(
         [torch.from_numpy(np.array(Image.open(runs["images"] / f"{i}.png"))).permute(2, 0, 1) for i in range(3)]
     )
     probabilities = model.predict_logits(images, calibrated=True).softmax(1)
-    expected = conformal.prediction_sets(probabilities, q, conformal.image_draws(images))
+    expected = conformal.prediction_sets(probabilities, q, "raps_randomized", conformal.image_draws(images))
     names = model.hparams["class_names"]
     assert [set(r["set"]) for r in rows] == [{names[i] for i in s.nonzero().flatten().tolist()} for s in expected]
     # scores kept before their probabilities were (a list of numbers): refused in one line, until refitted
@@ -376,10 +395,26 @@ def test_randomized_sets_in_evaluate_and_predict_and_scores_kept_without_probabi
     best = run / "checkpoints" / "best.ckpt"
     best.write_bytes((validated / "checkpoints" / "best.ckpt").read_bytes())
     write_temperature(best, 1.0, model.conformal_scores[:, 0])
-    asked = [f"ckpt={run}", "randomized_sets=true"]
-    with pytest.raises(UserError, match=r"^randomized_sets=true: .* kept without the probabilities .*calibrate=true"):
+    asked = [f"ckpt={run}", drawn]
+    with pytest.raises(UserError, match=r"^conformal_score=raps_randomized: .* without the probabilities .*calibrate"):
         evaluate(compose_config("evaluate", asked))
-    with pytest.raises(UserError, match=r"^randomized_sets=true: .* kept without the probabilities"):
+    with pytest.raises(UserError, match=r"^conformal_score=raps_randomized: .* kept without the probabilities"):
         predict(compose_config("predict", [*asked, f"images={runs['images']}", "coverage=0.8"]))
     assert evaluate(compose_config("evaluate", [*asked, "calibrate=true"]))["conformal"]["randomized"] is True
     assert load_model(best).conformal_scores.shape == (40, 2)
+
+
+def test_thr_sets_in_evaluate_and_predict_and_refused_without_a_level(runs):
+    validated = runs["validated"]
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={validated}", "conformal_score=thr", "coverage=[0.8]"]))
+    model = load_model(validated / "checkpoints" / "best.ckpt")
+    q = conformal.threshold(model.conformal_scores, 0.8, "thr")
+    assert metrics["conformal"]["method"] == "THR"
+    assert metrics["conformal"]["levels"][0]["threshold"] == pytest.approx(q)
+    options = [f"ckpt={validated}", f"images={runs['images']}", "conformal_score=thr"]
+    rows = predict(compose_config("predict", [*options, "coverage=0.8"]))
+    for row in rows:
+        kept = {name for name, p in row["top"] if 1 - p <= q}  # top_k=3 covers every class above 1 - q here
+        assert set(row["set"]) == kept
+    with pytest.raises(UserError, match=r"^conformal_score=thr chooses how the sets of coverage= are made"):
+        predict(compose_config("predict", options))

@@ -206,13 +206,14 @@ def test_randomised_sets_of_an_ensemble_leave_out_a_member_whose_scores_lack_pro
     runs = tmp_path / "runs"
     for seed in ("0", "1"):
         shutil.copytree(sweep / "sweep" / seed, runs / seed)
-    drawn = evaluate(f"ckpt=[{runs / '0'},{runs / '1'}]", f"out={tmp_path / 'drawn'}", "randomized_sets=true")
+    both, randomised = f"ckpt=[{runs / '0'},{runs / '1'}]", "conformal_score=raps_randomized"
+    drawn = evaluate(both, f"out={tmp_path / 'drawn'}", randomised)
     assert drawn["conformal"]["randomized"] is True
     assert all(member["conformal"]["randomized"] is True for member in drawn["members"])
     assert all("empty_sets" in row for row in drawn["conformal"]["levels"])
     best = runs / "1" / "checkpoints" / "best.ckpt"
     write_temperature(best, float(load_model(best).temperature), load_model(best).conformal_scores[:, 0])
-    again = evaluate(f"ckpt=[{runs / '0'},{runs / '1'}]", f"out={tmp_path / 'again'}", "randomized_sets=true")
+    again = evaluate(both, f"out={tmp_path / 'again'}", randomised)
     assert "conformal" in again["members"][0] and "conformal" not in again["members"][1]
     assert again["conformal"] == drawn["conformal"]  # the ensemble's own sets, calibrated afresh, are the same
 

@@ -129,7 +129,7 @@ def test_predictions_of_an_evaluation_and_an_ensemble_become_columns_and_a_table
     metrics = json.loads(metrics_file.read_text()) | {
         "selective": {"aurc": 0.0123},
         "conformal": {
-            "randomized": True,
+            "score": "raps_randomized",
             "levels": [
                 {"coverage": 0.9, "empirical_coverage": 0.901, "mean_set_size": 1.234},
                 {"coverage": 0.95, "empirical_coverage": 0.9512, "mean_set_size": 1.5},
@@ -153,11 +153,11 @@ def test_predictions_of_an_evaluation_and_an_ensemble_become_columns_and_a_table
     rows = {r["kind"]: r for r in rows_of(table)}
     evaluation, together = rows["eval"], rows["ensemble"]
     assert (evaluation["aurc"], evaluation["sets"], evaluation["coverage_90"], evaluation["set_size_90"]) == (
-        "0.0123", "randomised", "90.10", "1.23"
+        "0.0123", "raps_randomized", "90.10", "1.23"
     )  # fmt: skip
     assert (evaluation["coverage_95"], evaluation["set_size_95"]) == ("95.12", "1.50")
     assert evaluation["ood"] == "heldout: held_out_classes" and evaluation["auroc_energy"] == "0.73"
-    assert evaluation["command"].endswith("ood=heldout randomized_sets=true")
+    assert evaluation["command"].endswith("ood=heldout conformal_score=raps_randomized")
     assert together["accuracy"] == "83.12" and together["ece_after"] == "0.91" and together["members"] == "2"
     assert together["members_accuracy"] == "81.00" and together["data"] == "data-exact"
     assert together["command"].startswith("python evaluate.py ckpt=[") and f"out={ensemble}" in together["command"]

@@ -29,6 +29,10 @@ of that class (which randomised scores add u times): any level can be computed f
 finite-sample quantile ceil((n + 1)(1 - alpha)) / n), and an image's set is every class whose score is at most q.
 Then P(y in set) = P(s(x, y) <= q) >= 1 - alpha (split conformal prediction).
 
+THR (Sadinle, Lei and Wasserman, "Least Ambiguous Set-Valued Classifiers with Bounded Error Levels", JASA 2019) scores
+a class by 1 minus its probability: the smallest sets on average, deterministic, empty when no class is probable
+enough; it is computed from the probabilities kept beside the RAPS scores.
+
 Changing LAMBDA or K_REG changes the scores, and randomised sets need the probabilities kept beside them: checkpoints
 fitted before must be refitted (evaluate.py calibrate=true). All functions take probabilities float (N, classes),
 e.g. softmax(logits / temperature).
@@ -37,13 +41,17 @@ e.g. softmax(logits / temperature).
 import hashlib
 import math
 from fractions import Fraction
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from annotated_types import Interval
 
 LAMBDA = 0.01  # RAPS' penalty per rank beyond K_REG (the paper's default)
 SEED = 0  # the draws of u of the calibration images in randomised sets
+# the conformity score: raps (u = 0), raps_randomized (the paper's randomised RAPS), thr (1 - the class's probability)
+SCORE = Annotated[
+    Literal["raps", "raps_randomized", "thr"], "must be raps, raps_randomized or thr (docs/predictions.md)"
+]
 K_REG = 5  # the ranks that are not penalised
 # a coverage level 1 - alpha
 LEVEL = Annotated[float, Interval(gt=0, lt=1), "must be a coverage level in (0, 1), e.g. 0.9"]
@@ -83,36 +91,58 @@ def image_draws(images: torch.Tensor) -> torch.Tensor:
     return torch.tensor([int.from_bytes(d, "big") / 2**64 for d in digests], dtype=torch.float64)
 
 
-def threshold(scores: torch.Tensor, coverage: float, randomized: bool = False) -> float:
-    """The threshold q for a coverage level: the k-th smallest of the n calibration `scores` (calibration_scores'
-    (N, 2), or plain scores (N,), in any order), k = ceil((n + 1) * coverage), counted exactly on the level as the
-    decimal it was written as (0.55, not 0.55000000000000004: 100 x 0.55 is 55.00000000000001 in floats). inf
-    when k > n: too few calibration images for that level, and every class is in every set. `randomized`: of the
-    scores with u drawn for each calibration image (seed SEED).
+def calibration_values(scores: torch.Tensor, score: str = "raps") -> torch.Tensor:
+    """The calibration images' conformity scores under `score`, float64 (N,), from calibration_scores' (N, 2) or
+    plain RAPS scores (N,): raps, column 0; raps_randomized, column 0 plus u times column 1 (u drawn for each image,
+    seed SEED); thr, 1 minus column 1.
 
     Raises:
-        ValueError: `scores` is empty (nothing was calibrated), `coverage` is not in (0, 1), or `randomized` with
-            plain scores (they lack the probabilities it adds)."""
+        ValueError: a score other than raps of plain scores (they lack the probabilities it needs)."""
+    if scores.dim() == 1:
+        if score != "raps":
+            raise ValueError(f"{score} needs the calibration images' probabilities, which these scores lack")
+        return scores.double()
+    own = scores[:, 1].double()
+    if score == "thr":
+        return 1 - own
+    u = uniform(len(scores), SEED).to(scores.device) if score == "raps_randomized" else 0
+    return scores[:, 0].double() + u * own
+
+
+def threshold(scores: torch.Tensor, coverage: float, score: str = "raps") -> float:
+    """The threshold q for a coverage level: the k-th smallest of the n calibration values (calibration_values of
+    `scores` and `score`, in any order), k = ceil((n + 1) * coverage), counted exactly on the level as the decimal it
+    was written as (0.55, not 0.55000000000000004: 100 x 0.55 is 55.00000000000001 in floats). inf when k > n: too
+    few calibration images for that level, and every class is in every set.
+
+    Raises:
+        ValueError: `scores` is empty (nothing was calibrated), `coverage` is not in (0, 1), or as
+            calibration_values."""
     if not 0 < coverage < 1:
         raise ValueError(f"coverage {coverage} is not in (0, 1)")
     if len(scores) == 0:
         raise ValueError("no calibration scores")
-    if randomized and scores.dim() != 2:
-        raise ValueError("randomised sets need the calibration images' probabilities, which these scores lack")
-    if scores.dim() == 2:
-        u = uniform(len(scores), SEED).to(scores.device)
-        scores = scores[:, 0] + (u * scores[:, 1].double() if randomized else 0)
-    k = math.ceil((len(scores) + 1) * Fraction(repr(float(coverage))))
-    return math.inf if k > len(scores) else float(scores.kthvalue(k).values)
+    values = calibration_values(scores, score)
+    k = math.ceil((len(values) + 1) * Fraction(repr(float(coverage))))
+    return math.inf if k > len(values) else float(values.kthvalue(k).values)
 
 
-def prediction_sets(probabilities: torch.Tensor, threshold: float, draws: torch.Tensor | None = None) -> torch.Tensor:
-    """Each image's set for a threshold (>= 0): bool (N, classes), True for the classes whose score is at most
-    `threshold`. Not randomised, the most probable class (score 0) is always in it; randomised by `draws` (each
-    image's u, float (N,), from image_draws; with the threshold of threshold(..., randomized=True)), a set may be
-    empty."""
+def prediction_sets(
+    probabilities: torch.Tensor, threshold: float, score: str = "raps", draws: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each image's set for a threshold (>= 0, of threshold() with the same `score`): bool (N, classes), True for
+    the classes whose score is at most `threshold`. raps: the most probable class (score 0) is always in it;
+    raps_randomized (each image's u in `draws`, float (N,), from image_draws) and thr (1 - the class's probability,
+    in float64): a set may be empty.
+
+    Raises:
+        ValueError: raps_randomized without draws."""
+    if score == "thr":
+        return 1 - probabilities.double() <= threshold
     scores = class_scores(probabilities)
-    if draws is not None:
+    if score == "raps_randomized":
+        if draws is None:
+            raise ValueError("raps_randomized sets need each image's draw u (image_draws)")
         scores = scores.double() + draws.to(probabilities.device, torch.float64)[:, None] * probabilities.double()
     return scores <= threshold
 
@@ -122,16 +152,16 @@ def coverage_report(
     labels: torch.Tensor,
     scores: torch.Tensor,
     levels: list[float],
+    score: str = "raps",
     draws: torch.Tensor | None = None,
 ) -> dict:
     """What the sets do on labelled images at each level: the share holding the true class (`empirical_coverage`),
     the mean number of classes (`mean_set_size`) and the share of empty sets, with the threshold (null: every
-    class). For metrics.json. Randomised with `draws` (the images' u, image_draws), else not."""
-    randomized = draws is not None
+    class), under `score` (raps_randomized: with the images' `draws`, image_draws). For metrics.json."""
     rows = []
     for level in levels:
-        q = threshold(scores, level, randomized)
-        sets = prediction_sets(probabilities, q, draws)
+        q = threshold(scores, level, score)
+        sets = prediction_sets(probabilities, q, score, draws)
         rows.append(
             {
                 "coverage": level,
@@ -141,30 +171,41 @@ def coverage_report(
                 "empty_sets": float((sets.sum(dim=1) == 0).float().mean()),
             }
         )
+    randomized = score == "raps_randomized"
     u = f"uniform: calibration images seed {SEED}, the others a hash of their pixels" if randomized else 0
-    method = {"method": "RAPS", "lambda": LAMBDA, "k_reg": K_REG, "randomized": randomized, "u": u}
+    method = (
+        {"method": "THR", "score": score, "randomized": False}
+        if score == "thr"
+        else {"method": "RAPS", "score": score, "lambda": LAMBDA, "k_reg": K_REG, "randomized": randomized, "u": u}
+    )
     return {**method, "calibration_images": len(scores), "images": len(labels), "levels": rows}
+
+
+def describe(report: dict) -> str:
+    """The method of a `coverage_report` in a few words."""
+    if report["method"] == "THR":
+        return "THR: a class's score is 1 minus its probability (Sadinle et al., 2019), empty sets allowed"
+    kind = "randomised, empty sets allowed" if report["randomized"] else "not randomised: u = 0"
+    return f"RAPS (lambda {report['lambda']}, k_reg {report['k_reg']}, {kind})"
 
 
 def markdown(report: dict) -> str:
     """report.md's section on the sets of `coverage_report`."""
-    randomized = report["randomized"]
+    empty = report["score"] != "raps"  # the others' sets may be empty
     rows = [
         f"| {r['coverage']:.1%} | {r['empirical_coverage']:.2%} | {r['mean_set_size']:.2f} |"
-        + (f" {r['empty_sets']:.2%} |" if randomized else "")
+        + (f" {r['empty_sets']:.2%} |" if empty else "")
         for r in report["levels"]
     ]
     return "\n".join(
         [
             "## Conformal prediction sets",
             "",
-            f"RAPS (lambda {report['lambda']}, k_reg {report['k_reg']}, "
-            f"{'randomised, empty sets allowed' if report['randomized'] else 'not randomised: u = 0'}), calibrated on "
-            f"{report['calibration_images']:,} validation images; the guarantee holds when those and these images "
-            "are exchangeable.",
+            f"{describe(report)}, calibrated on {report['calibration_images']:,} validation images; the guarantee "
+            "holds when those and these images are exchangeable.",
             "",
-            "| level | empirical coverage | mean set size |" + (" empty sets |" if randomized else ""),
-            "|---|---|---|" + ("---|" if randomized else ""),
+            "| level | empirical coverage | mean set size |" + (" empty sets |" if empty else ""),
+            "|---|---|---|" + ("---|" if empty else ""),
             *rows,
             "",
         ]
@@ -175,8 +216,8 @@ def console_line(report: dict) -> str:
     """The console's one line on the sets of `coverage_report`."""
     levels = "; ".join(
         f"{r['coverage']:.1%}: coverage {r['empirical_coverage']:.2%}, mean size {r['mean_set_size']:.2f}"
-        + (f", {r['empty_sets']:.1%} empty" if report["randomized"] else "")
+        + (f", {r['empty_sets']:.1%} empty" if report["score"] != "raps" else "")
         for r in report["levels"]
     )
-    kind = "randomised RAPS" if report["randomized"] else "RAPS"
+    kind = {"raps": "RAPS", "raps_randomized": "randomised RAPS", "thr": "THR"}[report["score"]]
     return f"conformal sets ({kind}, {report['calibration_images']:,} calibration images) {levels}"

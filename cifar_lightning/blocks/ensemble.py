@@ -34,17 +34,18 @@ def figures(
     labels: torch.Tensor,
     scores: torch.Tensor | None = None,
     levels: Sequence[float] = (),
+    score: str = "raps",
     draws: torch.Tensor | None = None,
 ) -> dict:
     """A member's or the ensemble's figures for metrics.json: accuracy, ECE, MCE, NLL and Brier
     (metrics.calibration), `selective` (selective.summary) and, with calibration `scores` and `levels`, `conformal`
-    (conformal.coverage_report, randomised by the images' `draws` or not). Accuracy and the errors are shares; NLL
-    in nats per image."""
+    (conformal.coverage_report under `score`, with the images' `draws` for raps_randomized). Accuracy and the errors
+    are shares; NLL in nats per image."""
     found = {
         "accuracy": float((probabilities.argmax(dim=1) == labels).float().mean()),
         **calibration(as_logits(probabilities), labels, 1.0),
         "selective": selective.summary(probabilities, labels),
     }
     if scores is not None and len(scores) and levels:
-        found["conformal"] = conformal.coverage_report(probabilities, labels, scores, list(levels), draws)
+        found["conformal"] = conformal.coverage_report(probabilities, labels, scores, list(levels), score, draws)
     return found

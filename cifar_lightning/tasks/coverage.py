@@ -1,4 +1,4 @@
-"""The conformal options of evaluate.py, predict.py and ensembles (coverage=, randomized_sets=), checked against what a
+"""The conformal options of evaluate.py, predict.py and ensembles (coverage=, conformal_score=), checked against what a
 checkpoint holds: its conformal scores (blocks/conformal.py), the test-time augmentation they were fitted at, and the
 probabilities randomised sets need. Every refusal is one UserError line."""
 
@@ -26,7 +26,7 @@ def coverage_levels(
     checkpoint: Path,
     as_fitted: bool = True,
     calibration_split: bool = False,
-    randomized: bool = False,
+    score: str = "raps",
 ) -> list[float]:
     """The coverage levels to report (coverage=: one, a list, or null for DEFAULT_COVERAGE when the checkpoint has
     conformal scores, the logits are those the scores were fitted on (`as_fitted`: the checkpoint's own TTA) and the
@@ -34,7 +34,7 @@ def coverage_levels(
 
     Raises:
         UserError: levels asked of a checkpoint without scores, or of logits other than those they were fitted on;
-            randomised sets of scores kept without their probabilities."""
+            a `score` other than raps of scores kept without their probabilities."""
     levels = plain(coverage)
     has_scores = len(model.conformal_scores) > 0
     if levels is None:
@@ -48,17 +48,18 @@ def coverage_levels(
             f"(tta={model.hparams['tta']}, tta_fraction={model.hparams['tta_fraction']}), and their guarantee holds "
             "for those logits only: drop tta= and tta_fraction="
         )
-    if randomized and levels:
-        check_randomizable(model, checkpoint)
+    if levels:
+        check_score(score, model, checkpoint)
     return [float(level) for level in levels]
 
 
-def check_randomizable(model: ImageClassifier, checkpoint: Path) -> None:
-    """Raises UserError for randomised sets of a checkpoint whose scores were kept without their probabilities."""
-    if model.conformal_scores.dim() == 1:
+def check_score(score: str, model: ImageClassifier, checkpoint: Path) -> None:
+    """Raises UserError for a conformal score other than raps of a checkpoint whose scores were kept without their
+    probabilities (conformal.calibration_values)."""
+    if score != "raps" and model.conformal_scores.dim() == 1:
         raise UserError(
-            f"randomized_sets=true: {checkpoint}'s conformal scores were kept without the probabilities randomised "
-            f"sets add: python evaluate.py ckpt={checkpoint} calibrate=true fits them again"
+            f"conformal_score={score}: {checkpoint}'s conformal scores were kept without the probabilities it needs: "
+            f"python evaluate.py ckpt={checkpoint} calibrate=true fits them again"
         )
 
 
@@ -71,26 +72,34 @@ def no_conformal_scores(asked: str, checkpoint: Path) -> str:
     )
 
 
+def draws(score: str, images: torch.Tensor) -> torch.Tensor | None:
+    """The images' draws of u for raps_randomized sets (conformal.image_draws); None for the other scores."""
+    return conformal.image_draws(images) if score == "raps_randomized" else None
+
+
 def conformal_sets(
-    levels: list[float], model: ImageClassifier, logits: torch.Tensor, split: InMemoryImages, randomized: bool
+    levels: list[float], model: ImageClassifier, logits: torch.Tensor, split: InMemoryImages, score: str
 ) -> dict | None:
-    """metrics.json's `conformal` (conformal.coverage_report) of the calibrated logits of the split's images,
-    `randomized` or not; None without levels."""
+    """metrics.json's `conformal` (conformal.coverage_report) of the calibrated logits of the split's images under
+    `score`; None without levels."""
     if not levels:
         return None
-    draws = conformal.image_draws(split.images) if randomized else None
-    return conformal.coverage_report(logits.softmax(dim=1), split.labels, model.conformal_scores.cpu(), levels, draws)
+    scores = model.conformal_scores.cpu()
+    return conformal.coverage_report(
+        logits.softmax(dim=1), split.labels, scores, levels, score, draws(score, split.images)
+    )
 
 
 def check_coverage(
-    coverage: Any, models: list[ImageClassifier], checkpoint: Path, tta: Any = None, randomized: bool = False
+    coverage: Any, models: list[ImageClassifier], checkpoint: Path, tta: Any = None, score: str = "raps"
 ) -> None:
     """predict.py's coverage= (None: no sets) needs one model with conformal scores, at the test-time augmentation
-    they were fitted with (the checkpoint's); `randomized` sets need coverage= and the scores' probabilities.
-    Raises UserError for an ensemble, a model without scores, another `tta`, or randomized without coverage=."""
+    they were fitted with (the checkpoint's), and for a `score` other than raps their probabilities. Raises
+    UserError for an ensemble, a model without scores, another `tta`, or such a score without coverage=."""
     if coverage is None:
-        if randomized:
-            raise UserError("randomized_sets=true randomises the sets of coverage=: add a level, e.g. coverage=0.9")
+        if score != "raps":
+            raise UserError(f"conformal_score={score} chooses how the sets of coverage= are made: add a level, "
+                            "e.g. coverage=0.9")  # fmt: skip
         return
     if len(models) > 1:
         raise UserError(
@@ -104,5 +113,4 @@ def check_coverage(
             f"coverage={coverage} with tta={tta}: {checkpoint}'s conformal scores were fitted at its own test-time "
             f"augmentation (tta={models[0].hparams['tta']}), and their guarantee holds for those logits only: drop tta="
         )
-    if randomized:
-        check_randomizable(models[0], checkpoint)
+    check_score(score, models[0], checkpoint)

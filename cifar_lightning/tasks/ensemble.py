@@ -34,7 +34,7 @@ from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.store.locate import group_checkpoints, is_group
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
-from cifar_lightning.tasks.coverage import DEFAULT_COVERAGE
+from cifar_lightning.tasks.coverage import DEFAULT_COVERAGE, draws
 from cifar_lightning.tasks.evaluate import check_options, evaluate, model_and_data
 
 IGNORED = (*ImageDataModule.NOT_FOR_EVALUATION, "eval_batch_size", "num_workers")  # change no image
@@ -84,7 +84,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     members, data = predict_members(cfg, checkpoints, levels)
     if out is None:
         out = RunFolder(user_path(ckpt)).eval_dir(cfg.split, None if cfg.get("data") is None else data.root)
-    evaluation, metrics, probabilities = compute(members, data, cfg.split, levels, cfg.randomized_sets)
+    evaluation, metrics, probabilities = compute(members, data, cfg.split, levels, cfg.conformal_score)
     write(out, evaluation, metrics, probabilities, data.splits[cfg.split].labels)
     print(classification_report(evaluation))
     print(selective.describe(metrics["selective"]))
@@ -156,7 +156,7 @@ def predict_member(cfg: DictConfig, checkpoint: Path, model: ImageClassifier, da
         for split in {cfg.split, *(["val"] if "val" in data.splits else [])}
     }  # fmt: skip
     scores = model.conformal_scores.cpu()
-    if cfg.randomized_sets and scores.dim() == 1:  # kept without their probabilities: its own sets are left out
+    if cfg.conformal_score != "raps" and scores.dim() == 1:  # kept without their probabilities: no sets of its own
         scores = scores[:0]
     return Member(checkpoint, tta, fraction, temperature, found[cfg.split], found.get("val"), scores)
 
@@ -198,12 +198,12 @@ def describe(classes: list[str]) -> str:
 
 
 def compute(
-    members: list[Member], data: ImageDataModule, split: str, levels: list[float], randomized: bool = False
+    members: list[Member], data: ImageDataModule, split: str, levels: list[float], score: str = "raps"
 ) -> tuple[Evaluation, dict, torch.Tensor]:
     """The ensemble's Evaluation (metrics.evaluate_predictions of its probabilities), metrics.json's content and
-    the ensemble's probabilities; conformal sets `randomized` (conformal.py) or not."""
+    the ensemble's probabilities; conformal sets of `score` (conformal.py)."""
     labels = data.splits[split].labels
-    draws = conformal.image_draws(data.splits[split].images) if randomized else None
+    drawn = draws(score, data.splits[split].images)
     pooled = ensemble.as_logits(ensemble.average([m.probabilities for m in members]))
     temperature, scores = 1.0, None
     if members[0].validation is not None:  # the ensemble's own temperature and conformal scores, on the val split
@@ -212,7 +212,7 @@ def compute(
         scores = conformal.calibration_scores((validation / temperature).softmax(dim=1), data.splits["val"].labels)
     evaluation = evaluate_predictions(pooled, labels, data.class_names, temperature)
     probabilities = (pooled / temperature).softmax(dim=1)
-    mine = ensemble.figures(probabilities, labels, scores, levels, draws)
+    mine = ensemble.figures(probabilities, labels, scores, levels, score, drawn)
     metrics = {
         **evaluation.metrics,
         "split": split,
@@ -226,7 +226,7 @@ def compute(
                 "tta": m.tta,
                 "tta_fraction": m.tta_fraction,
                 "temperature": m.temperature,
-                **ensemble.figures(m.probabilities, labels, m.scores, levels, draws),
+                **ensemble.figures(m.probabilities, labels, m.scores, levels, score, drawn),
             }
             for m in members
         ],  # fmt: skip

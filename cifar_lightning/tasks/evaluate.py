@@ -49,7 +49,7 @@ class EvaluateOptions:
     misclassified: whole_at_least(0) = 36  # type: ignore[valid-type]
     calibrate: bool = False
     coverage: COVERAGE_OPTION = None
-    randomized_sets: bool = False
+    conformal_score: conformal.SCORE = "raps"
     ood: OOD_OPTION = None
     trusted_modules: list[str] | None = None
     out: str | None = None  # an ensemble's folder (tasks/ensemble.py)
@@ -174,7 +174,7 @@ def compute(cfg: DictConfig) -> Result:
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     # the scores were fitted on the validation split's logits at the checkpoint's own test-time augmentation
     as_fitted = (tta, fraction) == (model.hparams["tta"], model.hparams["tta_fraction"])
-    levels = coverage_levels(cfg.coverage, model, checkpoint, as_fitted, cfg.split == "val", cfg.randomized_sets)
+    levels = coverage_levels(cfg.coverage, model, checkpoint, as_fitted, cfg.split == "val", cfg.conformal_score)
     split = data.splits[cfg.split]
     logits = model.predict_logits(split.images, tta, data.eval_batch_size, tta_fraction=fraction)
     temperature = float(model.temperature)
@@ -191,7 +191,7 @@ def compute(cfg: DictConfig) -> Result:
         labels=split.labels,
         evaluation=evaluate_predictions(logits, split.labels, list(model.hparams["class_names"]), temperature),
         temperature=temperature,
-        conformal=conformal_sets(levels, model, logits / temperature, split, cfg.randomized_sets),
+        conformal=conformal_sets(levels, model, logits / temperature, split, cfg.conformal_score),
         conformal_scores=model.conformal_scores,
     )
     if corruptions:

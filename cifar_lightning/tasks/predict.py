@@ -26,7 +26,7 @@ from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
-from cifar_lightning.tasks.coverage import check_coverage
+from cifar_lightning.tasks.coverage import check_coverage, draws
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
 
 
@@ -72,7 +72,7 @@ class PredictOptions:
     batch_size: whole_at_least(1) = 256  # type: ignore[valid-type]
     abstain_below: SHARE_OR_NULL = None
     coverage: Annotated[conformal.LEVEL | None, "must be a coverage level in (0, 1), e.g. 0.9, or null"] = None
-    randomized_sets: bool = False
+    conformal_score: conformal.SCORE = "raps"
     trusted_modules: list[str] | None = None
 
 
@@ -88,7 +88,7 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise UserError(f"csv={cfg.csv} would write over {out}, a file of a member's run: name another")
     models = load_members(checkpoints, cfg.get("trusted_modules") or ())
     model = models[0]
-    check_coverage(cfg.coverage, models, checkpoints[0], cfg.tta, cfg.randomized_sets)
+    check_coverage(cfg.coverage, models, checkpoints[0], cfg.tta, cfg.conformal_score)
     size, class_names = model.hparams["image_size"], model.hparams["class_names"]
     readable, images = [], []
     for path in found:
@@ -114,8 +114,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         for path, values, indices, no in zip(readable, top.values.tolist(), top.indices.tolist(), abstained)
     ]
     if cfg.coverage is not None:
-        draws = conformal.image_draws(torch.stack(images)) if cfg.randomized_sets else None
-        add_sets(rows, probs, model, float(cfg.coverage), draws)
+        drawn = draws(cfg.conformal_score, torch.stack(images))
+        add_sets(rows, probs, model, float(cfg.coverage), cfg.conformal_score, drawn)
     for row in rows:
         print(line(row, cfg.coverage))
     if out is not None:
@@ -181,13 +181,18 @@ def write_csv(path: Path, rows: list[dict], sets: bool = False) -> None:
 
 
 def add_sets(
-    rows: list[dict], probabilities: torch.Tensor, model: ImageClassifier, coverage: float, draws: Any = None
+    rows: list[dict],
+    probabilities: torch.Tensor,
+    model: ImageClassifier,
+    coverage: float,
+    score: str = "raps",
+    draws: torch.Tensor | None = None,
 ) -> None:
-    """Each row's conformal prediction set at the `coverage` level (conformal.py, the checkpoint's scores;
-    randomised by the images' `draws`, conformal.image_draws, or not) as row["set"]: its class names, most probable
-    first (empty: no class is likely enough, randomised sets only)."""
-    q = conformal.threshold(model.conformal_scores.cpu(), coverage, randomized=draws is not None)
-    sets = conformal.prediction_sets(probabilities, q, draws)
+    """Each row's conformal prediction set at the `coverage` level (conformal.py, the checkpoint's scores, under
+    `score`; raps_randomized with the images' `draws`) as row["set"]: its class names, most probable first (empty:
+    no class is likely enough; raps_randomized and thr only)."""
+    q = conformal.threshold(model.conformal_scores.cpu(), coverage, score)
+    sets = conformal.prediction_sets(probabilities, q, score, draws)
     class_names = model.hparams["class_names"]
     for row, chosen, p in zip(rows, sets, probabilities):
         row["set"] = [class_names[i] for i in sorted(chosen.nonzero().flatten().tolist(), key=lambda i: -p[i])]
