@@ -446,9 +446,9 @@ def predictions_section(rows: list[dict]) -> list[str]:
         "95%: coverage / size", "out-of-distribution", "AUROC: MSP / MaxLogit / Energy", "command", "note",
     ]  # fmt: skip
     intro = (
-        "Acting on predictions (docs/predictions.md): AURC of the calibrated top probability; conformal sets (`sets`: "
-        "their conformal_score) at 90% and 95%, their empirical coverage (%) and mean size; out-of-distribution AUROCs; ensembles with "
-        "their members' mean accuracy."
+        "Acting on predictions (docs/predictions.md): AURC of the calibrated top probability; conformal sets at 90% "
+        "and 95% (`sets`: their conformal_score), their empirical coverage (%) and mean size; out-of-distribution "
+        "AUROCs; ensembles with their members' mean accuracy."
     )
     return ["## Predictions a user can act on", "", intro, ""] + table(header, body)
 
