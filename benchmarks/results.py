@@ -20,6 +20,7 @@ ratios, which compare two configurations rather than describe a run, are rows of
 import argparse
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def run_rows(run_dir: Path, recipe: str | None = None) -> list[dict]:
             "epochs": str(summary.get("epochs", "")),
             "fit_seconds": number(summary.get("fit_seconds"), 6),
             "temperature": number(summary.get("temperature")),
-            "command": " ".join(["python train.py", *overrides]),
+            "command": " ".join(["python train.py", *map(shlex.quote, overrides)]),
         }
     ]
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
