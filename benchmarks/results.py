@@ -262,6 +262,8 @@ def ensemble_row(folder: Path, m: dict, recipe: str | None) -> dict:
         "split": m.get("split", ""),
         "data": data.name,
         "accuracy": pct(mine.get("accuracy")),
+        "temperature": number((m.get("calibration") or {}).get("temperature")),
+        "ece_before": pct(((m.get("calibration") or {}).get("before") or {}).get("ece")),
         "ece_after": pct(mine.get("ece")),
         "nll_after": number(mine.get("nll")),
         "brier_after": number(mine.get("brier")),

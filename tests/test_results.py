@@ -146,7 +146,8 @@ def test_predictions_of_an_evaluation_and_an_ensemble_become_columns_and_a_table
     ]
     (ensemble / "metrics.json").write_text(
         json.dumps({"split": "test", "data_root": str(tmp_path / "data-exact"), "members": members,
-                    "ensemble": {"accuracy": 0.8312, "ece": 0.0091, "nll": 0.5, "brier": 0.25}})
+                    "ensemble": {"accuracy": 0.8312, "ece": 0.0091, "nll": 0.5, "brier": 0.25},
+                    "calibration": {"temperature": 0.8, "before": {"ece": 0.015}, "after": {"ece": 0.0091}}})
     )  # fmt: skip
     table, out = tmp_path / "results.csv", tmp_path / "results.md"
     results.main(["add", str(run), str(ensemble), "--csv", str(table)])
@@ -159,6 +160,7 @@ def test_predictions_of_an_evaluation_and_an_ensemble_become_columns_and_a_table
     assert evaluation["ood"] == "heldout: held_out_classes" and evaluation["auroc_energy"] == "0.73"
     assert evaluation["command"].endswith("ood=heldout conformal_score=raps_randomized")
     assert together["accuracy"] == "83.12" and together["ece_after"] == "0.91" and together["members"] == "2"
+    assert together["temperature"] == "0.8" and together["ece_before"] == "1.50"
     assert together["members_accuracy"] == "81.00" and together["data"] == "data-exact"
     assert together["command"].startswith("python evaluate.py ckpt=[") and f"out={ensemble}" in together["command"]
     results.main(["--csv", str(table), "--speed-csv", str(tmp_path / "none.csv"), "--out", str(out)])
