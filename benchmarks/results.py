@@ -409,7 +409,7 @@ def headline(rows: list[dict]) -> list[str]:
     means = [r for r in rows if r["kind"] == "run" and r["recipe"] in RECIPES and "mean" in r["seed"]]
     exact = {r["run"]: r["accuracy"] for r in rows if r["kind"] == "eval" and r["data"] == "data-exact"}
     body = [
-        [f"`{r['recipe']}`", r["precision"], r["seed"].split(" ")[0], r["best_val_acc"], exact.get(r["id"], ""),
+        [f"`{r['recipe']}`", r["precision"], r["seed"].split(" (")[0], r["best_val_acc"], exact.get(r["id"], ""),
          r["training_pflop"], code(r["command"])]
         for r in sorted(means, key=lambda r: (order(r["recipe"]), r["precision"]))
     ]  # fmt: skip
