@@ -29,6 +29,16 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
     return float(log_t.detach().exp())
 
 
+def fit_on_logits(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float | None = None
+) -> tuple[float, torch.Tensor]:
+    """The temperature (fitted to validation `logits` (N, C) and int64 `labels` (N,), unless a `temperature` is
+    given) and the conformal scores of softmax(logits / temperature) (conformal.calibration_scores): one model's or
+    an ensemble's calibration, from the same validation logits."""
+    fitted = fit_temperature(logits, labels) if temperature is None else temperature
+    return fitted, calibration_scores((logits / fitted).softmax(dim=1), labels)
+
+
 def fit_on_validation(
     model: ImageClassifier, validation: InMemoryImages, batch_size: int = 500, temperature: bool = True
 ) -> float:
@@ -36,8 +46,7 @@ def fit_on_validation(
     in `model`: its temperature (when `temperature`; else it keeps its own) and its conformal scores
     (conformal.py), those of softmax(logits / temperature). Returns the temperature."""
     logits = model.predict_logits(validation.images, batch_size=batch_size)
-    if temperature:
-        model.temperature.fill_(fit_temperature(logits, validation.labels))
-    probabilities = (logits / float(model.temperature)).softmax(dim=1)
-    model.conformal_scores = calibration_scores(probabilities, validation.labels).to(model.conformal_scores.device)
-    return float(model.temperature)
+    fitted, scores = fit_on_logits(logits, validation.labels, None if temperature else float(model.temperature))
+    model.temperature.fill_(fitted)
+    model.conformal_scores = scores.to(model.conformal_scores.device)
+    return fitted

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks import conformal, ensemble, figures, selective
-from cifar_lightning.blocks.calibration import fit_temperature
+from cifar_lightning.blocks.calibration import fit_on_logits
 from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
@@ -208,8 +208,7 @@ def compute(
     temperature, scores = 1.0, None
     if members[0].validation is not None:  # the ensemble's own temperature and conformal scores, on the val split
         validation = ensemble.as_logits(ensemble.average([m.validation for m in members if m.validation is not None]))
-        temperature = fit_temperature(validation, data.splits["val"].labels)
-        scores = conformal.calibration_scores((validation / temperature).softmax(dim=1), data.splits["val"].labels)
+        temperature, scores = fit_on_logits(validation, data.splits["val"].labels)
     evaluation = evaluate_predictions(pooled, labels, data.class_names, temperature)
     probabilities = (pooled / temperature).softmax(dim=1)
     mine = ensemble.figures(probabilities, labels, scores, levels, score, drawn)
