@@ -50,20 +50,21 @@ class DivergenceGuard(L.Callback):
         if module.device.type == "cpu" or asked or self.steps_before == 0:  # the first batch: data or net at fault?
             value = float(loss)
             if not math.isfinite(value):
-                raise TrainingDiverged(self.message(trainer, f"the loss was {value} at epoch {trainer.current_epoch}, "
-                                                             f"step {batch_idx}"))  # fmt: skip
+                where = f"the loss was {value} at epoch {trainer.current_epoch}, step {batch_idx}"
+                raise TrainingDiverged(self.message(trainer, where, first_batch=self.steps_before == 0))
         else:
             finite = torch.isfinite(loss)
             self.finite = finite if self.finite is None else self.finite & finite
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         finite, self.finite = self.finite, None
-        if finite is not None and not bool(finite):  # read once an epoch
-            self.steps_before = max(self.steps_before, 1)  # which step failed is not known: not blamed on the data
-            raise TrainingDiverged(self.message(trainer, f"the loss was not finite in epoch {trainer.current_epoch}"))
+        if finite is not None and not bool(finite):  # read once an epoch; the first batch was read on its own
+            where = f"the loss was not finite in epoch {trainer.current_epoch}"
+            raise TrainingDiverged(self.message(trainer, where, first_batch=False))
 
-    def message(self, trainer: L.Trainer, where: str) -> str:
-        """What went wrong (`where`), the likely cause, and what is kept: one line."""
+    def message(self, trainer: L.Trainer, where: str, first_batch: bool) -> str:
+        """What went wrong (`where`), the likely cause (`first_batch`: before any optimizer step, so not the learning
+        rate), and what is kept: one line."""
         saved = sorted(
             {
                 path
@@ -73,7 +74,7 @@ class DivergenceGuard(L.Callback):
             }
         )
         kept = f"the checkpoints saved so far are kept ({', '.join(saved)})" if saved else "no checkpoint was saved"
-        if self.steps_before == 0:
+        if first_batch:
             return (
                 f"training failed: {where}, the first batch, before any optimizer step, so the learning rate is not "
                 f"the cause: the net's output on these images is not finite (debug=default turns on anomaly "
