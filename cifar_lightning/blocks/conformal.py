@@ -91,6 +91,12 @@ def image_draws(images: torch.Tensor) -> torch.Tensor:
     return torch.tensor([int.from_bytes(d, "big") / 2**64 for d in digests], dtype=torch.float64)
 
 
+def supports(scores: torch.Tensor, score: str) -> bool:
+    """Whether kept calibration `scores` can give `score`: raps from any, the others only from calibration_scores'
+    (N, 2), which keep each class's probability (plain RAPS scores (N,) were kept without it)."""
+    return score == "raps" or scores.dim() == 2
+
+
 def calibration_values(scores: torch.Tensor, score: str = "raps") -> torch.Tensor:
     """The calibration images' conformity scores under `score`, float64 (N,), from calibration_scores' (N, 2) or
     plain RAPS scores (N,): raps, column 0; raps_randomized, column 0 plus u times column 1 (u drawn for each image,
@@ -98,9 +104,9 @@ def calibration_values(scores: torch.Tensor, score: str = "raps") -> torch.Tenso
 
     Raises:
         ValueError: a score other than raps of plain scores (they lack the probabilities it needs)."""
+    if not supports(scores, score):
+        raise ValueError(f"{score} needs the calibration images' probabilities, which these scores lack")
     if scores.dim() == 1:
-        if score != "raps":
-            raise ValueError(f"{score} needs the calibration images' probabilities, which these scores lack")
         return scores.double()
     own = scores[:, 1].double()
     if score == "thr":

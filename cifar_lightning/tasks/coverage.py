@@ -56,7 +56,7 @@ def coverage_levels(
 def check_score(score: str, model: ImageClassifier, checkpoint: Path) -> None:
     """Raises UserError for a conformal score other than raps of a checkpoint whose scores were kept without their
     probabilities (conformal.calibration_values)."""
-    if score != "raps" and model.conformal_scores.dim() == 1:
+    if not conformal.supports(model.conformal_scores, score):
         raise UserError(
             f"conformal_score={score}: {checkpoint}'s conformal scores were kept without the probabilities it needs: "
             f"python evaluate.py ckpt={checkpoint} calibrate=true fits them again"

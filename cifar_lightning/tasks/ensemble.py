@@ -156,7 +156,7 @@ def predict_member(cfg: DictConfig, checkpoint: Path, model: ImageClassifier, da
         for split in {cfg.split, *(["val"] if "val" in data.splits else [])}
     }  # fmt: skip
     scores = model.conformal_scores.cpu()
-    if cfg.conformal_score != "raps" and scores.dim() == 1:  # kept without their probabilities: no sets of its own
+    if not conformal.supports(scores, cfg.conformal_score):  # kept without their probabilities: no sets of its own
         scores = scores[:0]
     return Member(checkpoint, tta, fraction, temperature, found[cfg.split], found.get("val"), scores)
 
