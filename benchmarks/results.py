@@ -94,6 +94,17 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def recorded_overrides(run_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """A run folder's command-line overrides (.hydra/overrides.yaml; none if it is missing), and them as key ->
+    value. Raises UserError for a file that is not a list."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    if not isinstance(overrides, list):
+        raise UserError(f"{overrides_file} is not a list of overrides")
+    overrides = [str(o) for o in overrides]
+    return overrides, dict(o.split("=", 1) for o in overrides if "=" in o)
+
+
 def run_rows(run_dir: Path, recipe: str | None = None) -> list[dict]:
     """The row of one finished run folder and the rows of its evaluations."""
     from cifar_lightning.blocks.run_plots import counted  # here: it loads matplotlib, which rendering needs not
@@ -103,12 +114,7 @@ def run_rows(run_dir: Path, recipe: str | None = None) -> list[dict]:
     if not (run_dir / "summary.json").is_file():
         raise UserError(f"{run_dir} has no summary.json: not a finished run (train.py writes it at the end)")
     summary = read_json(run_dir / "summary.json")
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    if not isinstance(overrides, list):
-        raise UserError(f"{overrides_file} is not a list of overrides")
-    overrides = [str(o) for o in overrides]
-    chosen = dict(o.split("=", 1) for o in overrides if "=" in o)
+    overrides, chosen = recorded_overrides(run_dir)
     config_file = run_dir / ".hydra" / "config.yaml"
     config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
     hw = summary.get("hardware") or {}
@@ -242,9 +248,7 @@ def ensemble_row(folder: Path, m: dict, recipe: str | None) -> dict:
     members = [Path(member["checkpoint"]) for member in m["members"]]
     runs = [relative(c.parents[1]) if c.parent.name == "checkpoints" else relative(c) for c in members]
     first = Path(runs[0])
-    overrides_file = first / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    chosen = dict(str(o).split("=", 1) for o in overrides or [] if "=" in str(o))
+    _, chosen = recorded_overrides(first)
     accuracies = [float(member["accuracy"]) for member in m["members"]]
     mine = m.get("ensemble") or {}
     data = Path(str(m.get("data_root", "")))
