@@ -418,3 +418,11 @@ def test_thr_sets_in_evaluate_and_predict_and_refused_without_a_level(runs):
         assert set(row["set"]) == kept
     with pytest.raises(UserError, match=r"^conformal_score=thr chooses how the sets of coverage= are made"):
         predict(compose_config("predict", options))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_an_unknown_conformal_score_is_refused_in_one_line(runs, command):
+    options = [f"ckpt={runs['validated']}", "conformal_score=aps", "coverage=0.9"]
+    options += [f"images={runs['images']}"] if command == "predict" else []
+    with pytest.raises(UserError, match=r"^conformal_score='aps' must be raps, raps_randomized or thr"):
+        (evaluate if command == "evaluate" else predict)(compose_config(command, options))
