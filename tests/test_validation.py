@@ -10,6 +10,7 @@ from conftest import FAST, compose_train, run_script, train_run
 
 from cifar_lightning.blocks.checks import check_arguments, check_value, fits
 from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.module import TTA
 from cifar_lightning.tasks.train import train
 
 
@@ -38,7 +39,8 @@ def test_a_signature_with_ranges_refuses_in_one_line_naming_the_key(kwargs, mess
 def test_a_phrase_in_the_annotation_is_the_message_and_literals_are_exact():
     with pytest.raises(UserError, match=r"^mode='max' must be mean or sum$"):
         check_value("mode", "max", Annotated[Literal["mean", "sum"], "must be mean or sum"])
-    assert fits(1, Literal[0, 1, 2]) and not fits(True, Literal[0, 1, 2]) and not fits(1.0, Literal[0, 1, 2])
+    assert fits("sum", Literal["mean", "sum"]) and not fits("Sum", Literal["mean", "sum"])
+    assert fits(1, TTA) and not fits(True, TTA) and not fits(1.0, TTA) and not fits(3, TTA)
     check_arguments(ranged, {"count": 3, "share": 1}, "x")  # an int is a number
 
 

@@ -1,15 +1,17 @@
 """The one checker: values against the signature of what they will build, before anything is built.
 
 A constructor declares what it accepts in its annotations: the type, `Literal` choices, and ranges as
-`annotated_types` constraints (`Annotated[int, Ge(1)]`). A plain string in `Annotated` is the phrase an error
-uses instead of the generated one (`Annotated[float, Gt(0), "must be a positive number"]`). `check_arguments`
-holds a mapping of keyword arguments against such a signature; `check_target` does so for a config that names
-its `_target_` (any importable object on the command line; what comes from disk passes `trust.py` first).
+`annotated_types` constraints (`Annotated[int, Ge(1)]`), which pydantic validates. A plain string in `Annotated`
+is the phrase an error uses instead of the generated one (`Annotated[float, Gt(0), "must be a positive number"]`).
+`check_arguments` holds a mapping of keyword arguments against such a signature; `check_target` does so for a
+config that names its `_target_` (any importable object on the command line; what comes from disk passes
+`trust.py` first).
 Every refusal is a `UserError` whose one-line message names the key (`data.batch_size=0 must be at least 1`).
 """
 
+import functools
 import inspect
-import math
+import json
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -17,14 +19,20 @@ from typing import Annotated, Any
 
 import annotated_types as at
 from hydra.utils import get_object
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from typing_extensions import TypeAliasType
 
 from cifar_lightning.blocks.errors import UserError
 
 SCALARS = (bool, int, float, str, type(None))
+# what an argument without annotation or default takes: plain scalars and (nested) lists of them
+PLAIN = TypeAliasType("PLAIN", "bool | int | float | str | None | list[PLAIN]")  # type: ignore[misc]
 # Keys a config of these groups holds beside its target's keywords: read by the module, not passed on
 SCHEDULER_KEYS = {"interval": Annotated[typing.Literal["epoch", "step"], "must be epoch or step"]}
 # torch's optimizers accept lr=0 (a run that learns nothing); every optimizer this project builds needs lr > 0
 OPTIMIZER_KEYS = {"lr": Annotated[float, at.Gt(0), "must be a positive number"]}
+# pydantic's errors of a value of the right kind outside its range (annotated_types constraints)
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "too_short"}
 ACCUMULATE = Annotated[int, at.Ge(1), "must be a whole number of at least 1"]
 
 
@@ -55,11 +63,14 @@ def check_arguments(target: Callable, kwargs: dict, where: str) -> None:
 def check_value(name: str, value: Any, expected: Any) -> None:
     """Raises UserError `name=value is not <kind>` or `name=value must be <range>` unless `value` fits."""
     base, constraints, phrase = _unpack(expected)
-    if not fits(value, base):
-        raise UserError(f"{name}={value!r} {phrase or 'is not ' + describe(base)}")
-    broken = [c for c in constraints if not _holds(c, value)]
-    if broken:
-        raise UserError(f"{name}={value!r} {phrase or 'must be ' + ' and '.join(map(_describe_constraint, broken))}")
+    problems = _problems(value, expected)
+    if not problems:
+        return
+    if phrase:
+        raise UserError(f"{name}={value!r} {phrase}")
+    if constraints and problems <= RANGE_ERRORS:
+        raise UserError(f"{name}={value!r} must be {' and '.join(map(_describe_constraint, constraints))}")
+    raise UserError(f"{name}={value!r} is not {describe(base)}")
 
 
 def check_target(
@@ -106,36 +117,28 @@ def _importable(target: Any, where: str) -> Any:
 def fits(value: Any, expected: Any) -> bool:
     """Whether a plain value (from YAML, a command line or a checkpoint) is of the kind `expected` describes,
     constraints included."""
+    return not _problems(value, expected)
+
+
+def _problems(value: Any, expected: Any) -> set[str]:
+    """pydantic's error types for `value` as `expected`, empty when it fits: strict validation of its JSON form
+    (a list where a tuple is expected and an int where a float is, never a bool or a string for a number, nor
+    inf or nan; a class no config value is, such as a tensor, takes nothing)."""
     if isinstance(value, str) and "${" in value:  # an interpolation would be resolved, and so run, when built
-        return False
-    expected, constraints, _ = _unpack(expected)
-    if constraints:
-        return fits(value, expected) and all(_holds(c, value) for c in constraints)
-    origin, args = typing.get_origin(expected), typing.get_args(expected)
-    if expected is bool:
-        return isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is str:
-        return isinstance(value, str)
-    if expected is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(fits(value, arg) for arg in args)
-    if origin in (tuple, list, Sequence) or expected in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args))
-        return all(fits(v, args[0] if args else typing.Any) for v in value)
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if expected is not typing.Any and inspect.isclass(expected):  # a tensor, a module, ...: not in a config
-        return False
-    # Any, or an unannotated argument without a default: plain scalars and lists of them
-    return isinstance(value, SCALARS) or (isinstance(value, (list, tuple)) and all(fits(v, typing.Any) for v in value))
+        return {"interpolation"}
+    adapter = _adapter(PLAIN if expected is typing.Any else expected)
+    try:
+        adapter.validate_json(json.dumps(value), strict=True)
+    except ValidationError as e:
+        return {error["type"] for error in e.errors()}
+    except (TypeError, ValueError):  # not JSON: a tensor, an object
+        return {"not_json"}
+    return set()
+
+
+@functools.cache
+def _adapter(expected: Any) -> TypeAdapter:
+    return TypeAdapter(expected, config=ConfigDict(allow_inf_nan=False, arbitrary_types_allowed=True))
 
 
 def describe(expected: Any) -> str:
@@ -180,26 +183,6 @@ def _unpack(expected: Any) -> tuple[Any, list, str | None]:
     base, *metadata = typing.get_args(expected)
     phrases = [m for m in metadata if isinstance(m, str)]
     return base, [m for m in metadata if not isinstance(m, str)], phrases[0] if phrases else None
-
-
-def _holds(constraint: Any, value: Any) -> bool:
-    if isinstance(value, float) and not math.isfinite(value):
-        return False
-    if isinstance(constraint, at.Interval):
-        return all(_holds(c, value) for c in _parts(constraint))
-    if isinstance(constraint, at.Gt):
-        return value > constraint.gt
-    if isinstance(constraint, at.Ge):
-        return value >= constraint.ge
-    if isinstance(constraint, at.Lt):
-        return value < constraint.lt
-    if isinstance(constraint, at.Le):
-        return value <= constraint.le
-    if isinstance(constraint, at.MinLen):
-        return len(value) >= constraint.min_length
-    if isinstance(constraint, at.Predicate):
-        return bool(constraint.func(value))
-    raise TypeError(f"unsupported constraint {constraint!r}")
 
 
 def _parts(interval: at.Interval) -> list:

@@ -25,7 +25,8 @@ from cifar_lightning.blocks.data import Batch
 
 # 0: the image alone; 1: the mean with its mirror image; 2 (airbench): half that, half the same over the image
 # shifted 1 px up-left and 1 px down-right (six views)
-TTA = Annotated[Literal[0, 1, 2], "must be 0 (off), 1 (mirror) or 2 (six views)"]
+# a range, not Literal[0, 1, 2]: pydantic matches a Literal number by equality, and True == 1
+TTA = Annotated[int, Interval(ge=0, le=2), "must be 0 (off), 1 (mirror) or 2 (six views)"]
 VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image of each TTA level
 TTA_FRACTION = Annotated[float, Interval(gt=0, le=1), "must be a share in (0, 1]: 1 gives every image the TTA views"]
 # the normalisation (the training split's channel statistics, data.channel_stats): images are divided by the std

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from annotated_types import Ge, MinLen
+from annotated_types import Ge, Interval, MinLen
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks import conformal, figures, ood, robustness, selective
@@ -27,7 +27,7 @@ from cifar_lightning.store.trust import run_data_config
 from cifar_lightning.tasks.coverage import COVERAGE_OPTION, conformal_sets, coverage_levels
 
 # null: the checkpoint's own level; true is 1, false 0
-TTA_OPTION = Annotated[bool | Literal[0, 1, 2] | None, "must be one of null, 0, 1, 2"]
+TTA_OPTION = Annotated[bool | Annotated[int, Interval(ge=0, le=2)] | None, "must be one of null, 0, 1, 2"]
 # null: no out-of-distribution report
 OOD_OPTION = Annotated[Literal["heldout", "generated"] | None, "must be one of null, heldout, generated"]
 
@@ -60,7 +60,7 @@ class CorruptionOptions:
     """configs/corruptions/all.yaml: which corruptions of which severities on how many images."""
 
     names: Annotated[list[str], MinLen(1), "must list at least one corruption"]
-    severities: Annotated[list[Literal[1, 2, 3, 4, 5]], MinLen(1), "must list severities from 1 to 5"]
+    severities: Annotated[list[Annotated[int, Interval(ge=1, le=5)]], MinLen(1), "must list severities from 1 to 5"]
     images: whole_at_least(1)  # type: ignore[valid-type]
     seed: whole_at_least(0)  # type: ignore[valid-type]
     tta: TTA_OPTION
