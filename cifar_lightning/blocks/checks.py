@@ -26,7 +26,7 @@ from cifar_lightning.blocks.errors import UserError
 
 SCALARS = (bool, int, float, str, type(None))
 # what an argument without annotation or default takes: plain scalars and (nested) lists of them
-PLAIN = TypeAliasType("PLAIN", "bool | int | float | str | None | list[PLAIN]")  # type: ignore[misc]
+PLAIN = TypeAliasType("PLAIN", "bool | int | float | str | None | list[PLAIN]")
 # Keys a config of these groups holds beside its target's keywords: read by the module, not passed on
 SCHEDULER_KEYS = {"interval": Annotated[typing.Literal["epoch", "step"], "must be epoch or step"]}
 # torch's optimizers accept lr=0 (a run that learns nothing); every optimizer this project builds needs lr > 0
