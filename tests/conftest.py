@@ -92,10 +92,12 @@ def compose_train(overrides=(), output_dir: Path | str = "unused"):
 
 
 def train_run(overrides, run_dir: Path) -> dict:
-    """train() in-process on a composed config, with the .hydra/config.yaml that train.py would leave."""
+    """train() in-process on a composed config, with the .hydra/config.yaml and overrides.yaml that train.py would
+    leave."""
     cfg = compose_train(overrides, output_dir=run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
     return train(cfg)
 
 

@@ -1,4 +1,4 @@
-"""resume= when the run's record changed after it stopped: its .hydra/config.yaml edited (what last.ckpt restores
+"""resume= when the run's record changed after it stopped: its .hydra/overrides.yaml edited (what last.ckpt restores
 must fit what the config builds), its MLflow run or experiment deleted (one line saying how to restore it)."""
 
 import json
@@ -48,14 +48,21 @@ def base(tmp_path_factory) -> Path:
     return stopped_run(tmp_path_factory.mktemp("base") / "run")
 
 
-def edited(base: Path, tmp_path: Path, edit) -> Path:
-    """A copy of `base` in a runs root under tmp_path, its .hydra/config.yaml edited by `edit(config)`."""
+def edited(base: Path, tmp_path: Path, *changes: str) -> Path:
+    """A copy of `base` in a runs root under tmp_path, `changes` appended to its .hydra/overrides.yaml (the last
+    override of a key wins)."""
     run = tmp_path / "outputs" / "runs" / "run"
     shutil.copytree(base, run)
-    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-    edit(config)
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    record_overrides(run, [*recorded(run), *changes])
     return run
+
+
+def recorded(run: Path) -> list[str]:
+    return yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+
+
+def record_overrides(run: Path, overrides: list[str]) -> None:
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
 
 def resume(run: Path) -> float | None:
@@ -74,34 +81,20 @@ def steps_of(run: Path) -> int:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["total_steps"]
 
 
-def assign(key: str, value):
-    def edit(config: dict) -> None:
-        *parents, last = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[last] = value
-
-    return edit
-
-
 CHANGES = {
-    "epochs": (assign("epochs", 4), "the run's length changed from {steps} to {twice} optimizer steps"),
-    "batch_size": (assign("batch_size", 16), "the run's length changed from {steps} to {twice} optimizer steps"),
-    "lr": (assign("optimizer.lr", 0.01), "optimizer.lr 0.003 -> 0.01"),
-    "optimizer": (
-        assign("optimizer", {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.003, "momentum": 0.9}),
-        "optimizer._target_ 'torch.optim.AdamW' -> 'torch.optim.SGD'",
-    ),
+    "epochs": ("epochs=4", "the run's length changed from {steps} to {twice} optimizer steps"),
+    "batch_size": ("batch_size=16", "the run's length changed from {steps} to {twice} optimizer steps"),
+    "lr": ("optimizer.lr=0.01", "optimizer.lr 0.003 -> 0.01"),
+    "optimizer": ("optimizer=sgd", "optimizer._target_ 'torch.optim.AdamW' -> 'torch.optim.SGD'"),
     "scheduler": (
-        assign("scheduler", {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1}),
+        "scheduler=step",
         "scheduler._target_ 'cifar_lightning.blocks.schedules.OneCycle' -> 'torch.optim.lr_scheduler.StepLR'",
     ),
-    "no scheduler": (assign("scheduler", None), "scheduler {{'_target_'"),
-    "model": (assign("model.widths", [16, 32, 64]), "model.widths [32, 64, 128] -> [16, 32, 64]"),
-    "augmentation": (assign("augmentation", None), "augmentation {{'_target_'"),
-    "label smoothing": (assign("module.label_smoothing", 0.2), "module.label_smoothing 0.1 -> 0.2"),
-    "data": (assign("data.val_size", 400), "the data's mean"),  # another training split
+    "no scheduler": ("scheduler=none", "scheduler {{'_target_'"),
+    "model": ("model.widths=[16,32,64]", "model.widths [32, 64, 128] -> [16, 32, 64]"),
+    "augmentation": ("augmentation=none", "augmentation {{'_target_'"),
+    "label smoothing": ("module.label_smoothing=0.2", "module.label_smoothing 0.1 -> 0.2"),
+    "data": ("data.val_size=400", "the data's mean"),  # another training split
 }
 
 
@@ -120,15 +113,14 @@ def test_a_config_edited_after_the_run_stopped_is_refused_before_training(base, 
 
 
 def test_the_refusal_is_one_line_and_putting_the_value_back_resumes(base, tmp_path):
-    run = edited(base, tmp_path, assign("epochs", 4))
+    run = edited(base, tmp_path, "epochs=4")
     refused = run_script("train.py", f"resume={run}", TRUSTED, env=ENV)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith("error: cannot resume") and "a resumed run keeps its schedule" in line
     assert f"changed from {steps_of(base)} to {2 * steps_of(base)} optimizer steps" in line
 
-    assign("epochs", 2)(config := yaml.safe_load((run / ".hydra" / "config.yaml").read_text()))
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    record_overrides(run, recorded(run)[:-1])
     resume(run)
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
 
@@ -137,9 +129,7 @@ def test_a_run_whose_schedule_ignores_its_length_may_be_extended(tmp_path):
     """A constant learning rate restores nothing that depends on the run's length; how the module runs (its memory
     layout, compiling) is not what it learns."""
     run = stopped_run(tmp_path / "outputs" / "runs" / "run", "scheduler=none")
-    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-    config["epochs"], config["module"]["channels_last"] = 3, False
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    record_overrides(run, [*recorded(run), "epochs=3", "module.channels_last=false"])
     resume(run)
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
 

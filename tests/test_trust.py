@@ -76,7 +76,8 @@ def test_resume_from_a_damaged_last_checkpoint_is_one_line(finished, tmp_path, d
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / ".hydra").mkdir()
-    (run / ".hydra" / "config.yaml").write_bytes((finished / ".hydra" / "config.yaml").read_bytes())
+    for record in ("config.yaml", "overrides.yaml"):
+        (run / ".hydra" / record).write_bytes((finished / ".hydra" / record).read_bytes())
     last, marker = run / "checkpoints" / "last.ckpt", tmp_path / "marker"
     good = (finished / "checkpoints" / "last.ckpt").read_bytes()
     if damage == "truncated":
@@ -150,74 +151,97 @@ def test_a_crafted_run_config_is_refused_before_anything_is_built(finished, tmp_
 OUTSIDE = "would make the resumed run write outside its folder"
 
 
-def crafted_for_resume(finished, tmp_path, edit) -> tuple:
-    """A copy of the finished run to resume (its last.ckpt, its config changed by `edit`, "{marker}" in a value
-    standing for a path that must never be made); returns (run, marker)."""
+def crafted_for_resume(finished, tmp_path, *changes: str) -> tuple:
+    """A copy of the finished run to resume (its last.ckpt), `changes` appended to its recorded overrides
+    ("{marker}" in one standing for a path that must never be made); returns (run, marker)."""
     import yaml
 
     run, marker = tmp_path / "run", tmp_path / "marker"
     (run / "checkpoints").mkdir(parents=True)
     (run / ".hydra").mkdir()
     (run / "checkpoints" / "last.ckpt").write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
-    config = yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())
-    edit(config)
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config).replace("{marker}", str(marker)))
+    overrides = yaml.safe_load((finished / ".hydra" / "overrides.yaml").read_text())
+    overrides += [change.replace("{marker}", str(marker)) for change in changes]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     return run, marker
 
 
 @pytest.mark.parametrize(
-    "edit, message",
+    "changes, message",
     [
         (  # a callback that would write a file: allowed on the command line, not from a run folder on disk
-            lambda c: c["callbacks"].update(
-                x={"_target_": "pathlib.Path.touch", "self": "{marker}"},
-            ),
+            ["+callbacks.x._target_=pathlib.Path.touch", "+callbacks.x.self={marker}"],
             "callbacks.x._target_='pathlib.Path.touch' is not one of the classes a resumed run may build",
         ),
-        (lambda c: c["model"].update(_target_="os.system", command="touch {marker}"), "is not one of the nets"),
-        (lambda c: c["data"].update(root="${oc.env:HOME}"), "data.root='${oc.env:HOME}' calls a resolver"),
-        (lambda c: c["callbacks"]["model_checkpoint"].update(dirpath="${new_dir:{marker}}"), "calls a resolver"),
+        (["model._target_=os.system", "+model.command='touch {marker}'"], "is not one of the nets"),
+        (["data.root=${oc.env:HOME}"], "data.root='${oc.env:HOME}' calls a resolver"),
+        (["callbacks.model_checkpoint.dirpath=${new_dir:{marker}}"], "calls a resolver"),
         # plain values that would send the resumed run's files elsewhere
-        (lambda c: c["callbacks"]["model_checkpoint"].update(dirpath="{marker}"), OUTSIDE),
-        (lambda c: c["logger"]["csv"].update(save_dir="{marker}"), OUTSIDE),
-        (lambda c: c["trainer"].update(default_root_dir="{marker}/.."), OUTSIDE),
-        (lambda c: c["callbacks"]["last_checkpoint"].update(filename="../../last"), OUTSIDE),
-        (lambda c: c["logger"]["csv"].update(name="../../elsewhere"), OUTSIDE),
-        (lambda c: c["trainer"].update(default_root_dir=None), "would write into the working folder"),
+        (["callbacks.model_checkpoint.dirpath={marker}"], OUTSIDE),
+        (["logger.csv.save_dir={marker}"], OUTSIDE),
+        (["trainer.default_root_dir={marker}/.."], OUTSIDE),
+        (["callbacks.last_checkpoint.filename=../../last"], OUTSIDE),
+        (["logger.csv.name=../../elsewhere"], OUTSIDE),
+        (["trainer.default_root_dir=null"], "would write into the working folder"),
         # a class imported into a module of ours, not defined there: torchvision's CIFAR10 downloads anywhere
         (
-            lambda c: c["data"].update(_target_="cifar_lightning.blocks.data.CIFAR10", root="{marker}", download=True),
+            ["data._target_=cifar_lightning.blocks.data.CIFAR10", "data.root={marker}", "++data.download=true"],
             "its data is not a cifar_lightning.blocks.data.ImageDataModule config",
         ),
         (
-            lambda c: c["callbacks"].update(x={"_target_": "cifar_lightning.blocks.callbacks.FlopCounterMode"}),
+            ["+callbacks.x._target_=cifar_lightning.blocks.callbacks.FlopCounterMode"],
             "callbacks.x._target_='cifar_lightning.blocks.callbacks.FlopCounterMode' is not one of the classes",
         ),
         # a run of the layout before blocks/store/tasks
+        (["model._target_=cifar_lightning.models.cnn.CNN"], "names a module of an earlier layout of this package"),
         (
-            lambda c: c["model"].update(_target_="cifar_lightning.models.cnn.CNN"),
-            "names a module of an earlier layout of this package",
-        ),
-        (
-            lambda c: c["logger"].update(
-                mlflow={"_target_": "lightning.pytorch.loggers.MLFlowLogger", "tracking_uri": "sqlite:///{marker}"}
-            ),
+            [
+                "+logger.mlflow._target_=lightning.pytorch.loggers.MLFlowLogger",
+                "+logger.mlflow.tracking_uri='sqlite:///{marker}'",
+            ],
             OUTSIDE,
         ),
+        # what the configs cannot compose is refused too, before anything is built
+        (["model=no_such_net"], "Could not find 'model/no_such_net'"),
+        (["not an override ["], "was refused"),
     ],
 )
-def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tmp_path, edit, message):
-    run, marker = crafted_for_resume(finished, tmp_path, edit)
+def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tmp_path, changes, message):
+    run, marker = crafted_for_resume(finished, tmp_path, *changes)
     result = run_script("train.py", f"resume={run}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {run / '.hydra' / 'config.yaml'} was refused") and message in line, line
+    assert line.startswith(f"error: {run / '.hydra' / 'overrides.yaml'} was refused") and message in line, line
     assert not marker.exists() and not (run / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (None, "cannot be read (FileNotFoundError), so the run's config is unknown"),
+        ("{epochs: 2}", "is not a list of overrides"),
+        ("- 1\n- 2\n", "is not a list of overrides"),
+        ("[unclosed", "cannot be read (ParserError)"),
+        (b"\xff\xfe", "cannot be read (UnicodeDecodeError)"),
+    ],
+)
+def test_a_missing_or_damaged_record_of_overrides_is_one_line_on_resume(finished, tmp_path, record, message):
+    run, _ = crafted_for_resume(finished, tmp_path)
+    overrides = run / ".hydra" / "overrides.yaml"
+    if record is None:
+        overrides.unlink()
+    else:
+        overrides.write_bytes(record if isinstance(record, bytes) else record.encode())
+    result = run_script("train.py", f"resume={run}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line == f"error: {overrides} {message}" or line.startswith(f"error: {overrides} {message}"), line
+    assert not (run / "summary.json").exists()
 
 
 def test_a_resumed_run_reads_its_data_where_its_config_says_and_never_downloads_there(finished, tmp_path):
     run, marker = crafted_for_resume(
-        finished, tmp_path, lambda c: c["data"].update(source="cifar10", root="{marker}", download=True)
+        finished, tmp_path, "data.source=cifar10", "data.root={marker}", "++data.download=true"
     )
     result = run_script("train.py", f"resume={run}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -227,16 +251,8 @@ def test_a_resumed_run_reads_its_data_where_its_config_says_and_never_downloads_
 
 def test_a_run_configs_own_paths_root_is_not_where_the_resume_writes(finished, tmp_path):
     """paths.root decides where MLflow's store goes: a resumed run takes the command's, not the folder's."""
-    import yaml
-
-    run, marker, root = tmp_path / "run", tmp_path / "marker", tmp_path / "root"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / ".hydra").mkdir()
-    (run / "checkpoints" / "last.ckpt").write_bytes((finished / "checkpoints" / "last.ckpt").read_bytes())
-    config = yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())
-    config["paths"]["root"] = str(marker)
-    config["logger"] = {"mlflow": {"_target_": "lightning.pytorch.loggers.MLFlowLogger", "experiment_name": "x"}}
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    root = tmp_path / "root"
+    run, marker = crafted_for_resume(finished, tmp_path, "paths.root={marker}", "logger=mlflow")
     result = run_script("train.py", f"resume={run}", f"paths.root={root}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (root / "mlflow.db").is_file() and not marker.exists() and (run / "summary.json").is_file()

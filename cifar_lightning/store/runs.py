@@ -156,13 +156,24 @@ class RunFolder:
     def config(self) -> Path:
         return self.path / ".hydra" / "config.yaml"
 
+    @property
+    def overrides(self) -> Path:
+        return self.path / ".hydra" / "overrides.yaml"
+
     def recorded_overrides(self) -> list[str]:
-        """The command-line overrides the run was started with (.hydra/overrides.yaml; [] if unreadable)."""
-        with contextlib.suppress(OSError, ValueError, yaml.YAMLError, UnicodeDecodeError):
-            overrides = yaml.safe_load((self.path / ".hydra" / "overrides.yaml").read_text())
-            if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
-                return overrides
-        return []
+        """The command-line overrides the run was started with (.hydra/overrides.yaml), read as plain YAML.
+
+        Raises:
+            UserError: the file is missing or is not a list of strings (one line naming it)."""
+        try:
+            overrides = yaml.safe_load(self.overrides.read_text())
+        except (OSError, ValueError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
+            raise UserError(
+                f"{self.overrides} cannot be read ({type(e).__name__}), so the run's config is unknown"
+            ) from None
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise UserError(f"{self.overrides} is not a list of overrides, so the run's config is unknown")
+        return overrides
 
     def export_file(self, format: str) -> Path:
         """<run>/model.<format>: what export.py writes by default."""

@@ -183,46 +183,43 @@ def _check_targets(resolved: dict, config_file: Path, trusted_modules: Sequence[
 
 
 def run_config(
-    config_file: Path,
+    composed: DictConfig,
+    record: Path,
     output_dir: Path,
     paths_root: str | Path,
     trusted_modules: Sequence[str] = (),
-    text: str | None = None,
 ) -> DictConfig:
-    """A run folder's .hydra/config.yaml, for resume=: read as plain YAML, its interpolations only references
-    to its own keys (no resolver that reads the environment, the disk or the clock, but the precision's), every
-    `_target_` on an allow-list (nets, augmentations, optimizers and schedules as in checkpoints; the trainer,
-    callbacks, loggers, profilers, strategies of Lightning and this package; `trusted_modules`), and nothing it
-    builds writing outside `output_dir` (see `_check_writes`). Its `paths` are not trusted: paths.output_dir
-    becomes `output_dir`, the run being resumed, and paths.root `paths_root`, the caller's. `text`, if given, is
-    the config (composed from what `config_file` recorded, which the messages name).
+    """A resumed run's (or a resumed sweep's job's) config, `composed` from the overrides `record` holds, which the
+    messages name: its interpolations only references to its own keys (no resolver that reads the environment,
+    the disk or the clock, but the precision's), every `_target_` on an allow-list (nets, augmentations,
+    optimizers and schedules as in checkpoints; the trainer, callbacks, loggers, profilers, strategies of
+    Lightning and this package; `trusted_modules`), and nothing it builds writing outside `output_dir` (see
+    `_check_writes`). Its `paths` are not trusted: paths.output_dir becomes `output_dir`, the run being resumed,
+    and paths.root `paths_root`, the caller's.
 
     Raises:
-        UserError: one line naming the file and the key refused."""
-    try:
-        raw = yaml.safe_load(config_file.read_text() if text is None else text)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{config_file} is not a readable run config ({type(e).__name__})") from None
+        UserError: one line naming the record and the key refused."""
+    raw = OmegaConf.to_container(composed, resolve=False)
     if not isinstance(raw, dict) or not isinstance(raw.get("paths"), dict):
-        raise UserError(f"{config_file} was refused: it is not a train config (no paths)")
+        raise UserError(f"{record} was refused: it is not a train config (no paths)")
     saved_root = raw["paths"].get("root")
     same_root = isinstance(saved_root, str) and user_path(saved_root).resolve() == user_path(paths_root).resolve()
     # the saved spelling when it names the same folder: MLflow refuses a logged parameter that changes
     raw["paths"].update(root=saved_root if same_root else str(paths_root), output_dir=str(output_dir))
-    _check_interpolations(raw, config_file)
+    _check_interpolations(raw, record)
     config = OmegaConf.create(raw)
     try:
         resolved = OmegaConf.to_container(config, resolve=True)
     except Exception as e:  # a reference to a key that is not there
-        raise UserError(f"{config_file} was refused: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{record} was refused: {str(e).splitlines()[0]}") from None
     assert isinstance(resolved, dict)
     for kind, group in (("net", "model"), *((g, g) for g in ("augmentation", "optimizer", "scheduler"))):
         if resolved.get(group) is not None or kind == "net":
-            _refused_in(config_file, check_model_config, resolved.get(group), kind, group, trusted_modules)
+            _refused_in(record, check_model_config, resolved.get(group), kind, group, trusted_modules)
     if not isinstance(resolved.get("data"), dict) or resolved["data"].get("_target_") != DATA_TARGET:
-        raise UserError(f"{config_file} was refused: its data is not a {DATA_TARGET} config")
-    _check_targets(resolved, config_file, trusted_modules)
-    _check_writes(resolved, output_dir, config_file)
+        raise UserError(f"{record} was refused: its data is not a {DATA_TARGET} config")
+    _check_targets(resolved, record, trusted_modules)
+    _check_writes(resolved, output_dir, record)
     return config
 
 

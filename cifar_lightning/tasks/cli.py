@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException, HydraException
@@ -239,9 +240,12 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """A config composed as `python NAME.py OVERRIDES` would, outside a Hydra app (tests, benchmarks);
-    a train config then needs paths.output_dir set, which Hydra would have filled in."""
+    """A config composed as `python NAME.py OVERRIDES` would, inside a Hydra app (with its search path: a resumed
+    run's config) or outside one (tests, benchmarks); a train config then needs paths.output_dir set, which Hydra
+    would have filled in."""
     precision.register_resolver()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
 

@@ -1,11 +1,12 @@
 """`python train.py resume=RUN|mlflow:RUN_ID|latest`: continue an interrupted run in its own folder, from its last.ckpt,
-with the config it was started with, appending to its metrics.csv."""
+with the config composed again from the overrides it was started with, appending to its metrics.csv."""
 
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks.errors import UserError
@@ -15,27 +16,35 @@ from cifar_lightning.store.checkpoints import load_checkpoint
 from cifar_lightning.store.locate import nothing_to_resume
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_config
+from cifar_lightning.tasks.cli import compose_config
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path | None]:
-    """The resumed run's own config (its folder as output_dir) and its last checkpoint; None for a run that
-    finished, which is left as it is. Hydra's run folder is already the run to resume (locate.run_dir)."""
+    """The resumed run's config, composed again from the overrides it was started with (as a resumed sweep's jobs
+    are) and passed through the gate of what comes from disk (trust.run_config), with its folder as output_dir;
+    and its last checkpoint, None for a run that finished, which is left as it is. Hydra's run folder is already
+    the run to resume (locate.run_dir)."""
     run = RunFolder(cfg.paths.output_dir)
-    # the run's own overrides may be repeated (a resumed sweep does); trial= is set by an Optuna sweeper resuming
-    # the run as one of its trials
-    allowed = ("resume=", "paths.root=", "trusted_modules=", "trial=")
-    others = [o for o in overrides if not o.startswith(allowed) and o not in run.recorded_overrides()]
-    if others:
-        raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
     last = run.checkpoint("last")
     if not last.is_file():  # Hydra's run folder is a new one: locate.to_resume found no run to resume
         raise UserError(f"resume={cfg.resume}: {nothing_to_resume(cfg.resume, user_path(cfg.paths.root))}")
-    if not run.config.is_file():
-        raise UserError(f"resume={cfg.resume}: {run.config} does not exist, so the run's config is unknown")
+    recorded = run.recorded_overrides()
+    # the run's own overrides may be repeated (a resumed sweep does); trial= is set by an Optuna sweeper resuming
+    # the run as one of its trials
+    allowed = ("resume=", "paths.root=", "trusted_modules=", "trial=")
+    others = [o for o in overrides if not o.startswith(allowed) and o not in recorded]
+    if others:
+        raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
+    own = [o for o in recorded if not o.startswith(("resume=", "trusted_modules=", "trial="))]  # those: the command's
     trusted = list(cfg.get("trusted_modules") or ())
     # the runs root (MLflow's store) is the command's or the one the folder lies in, never what its config says
     root = cfg.paths.root if any(o.startswith("paths.root=") for o in overrides) else run.root or cfg.paths.root
-    config = run_config(run.config, run.path, root, trusted)  # from disk: checked before anything is built from it
+    try:
+        composed = compose_config("train", own)
+    except HydraException as e:  # an override the configs no longer have, or not an override at all
+        raise UserError(f"{run.overrides} was refused: {str(e).strip().splitlines()[0]}") from None
+    # from disk: checked before anything is built from it
+    config = run_config(composed, run.overrides, run.path, root, trusted)
     config.resume = None
     config.trusted_modules = trusted
     config.trial = cfg.get("trial")  # the trial the resumed run now reports to, if a sweeper gave one; else none
@@ -79,7 +88,7 @@ def check_resumable(checkpoint: dict, hparams: dict, steps: int, cfg: DictConfig
     ]
     if changed:
         raise UserError(
-            f"{cannot}: what {run.config} builds differs from what {run.checkpoint('last').name} was saved with "
+            f"{cannot}: what {run.overrides} composes differs from what {run.checkpoint('last').name} was saved with "
             f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); a resumed run continues the run its "
             f"checkpoint holds: undo the edit, or start a new run with the new values"
         )
@@ -88,9 +97,9 @@ def check_resumable(checkpoint: dict, hparams: dict, steps: int, cfg: DictConfig
     if ImageClassifier.takes_run_length(saved) and saved_steps is not None and saved_steps != steps:
         raise UserError(
             f"{cannot}: the run's length changed from {saved_steps} to {steps} optimizer steps since "
-            f"{run.checkpoint('last').name} was saved (now epochs={cfg.epochs}, batch_size={cfg.batch_size} in "
-            f"{run.config}; the training split and the devices count too); a resumed run keeps its schedule: put "
-            f"back the values it was started with, or start a new run for the longer or shorter schedule"
+            f"{run.checkpoint('last').name} was saved (now epochs={cfg.epochs}, batch_size={cfg.batch_size} as "
+            f"composed from {run.overrides}; the training split and the devices count too); a resumed run keeps its "
+            f"schedule: put back the values it was started with, or start a new run for the longer or shorter schedule"
         )
 
 

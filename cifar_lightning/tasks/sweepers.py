@@ -31,7 +31,7 @@ import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, RunMode, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
@@ -195,7 +195,7 @@ class ResumableSweep:
             del config["hydra"]
         record = Path(self.config.hydra.sweep.dir) / "multirun.yaml"
         trusted = list(config.get("trusted_modules") or ())
-        run_config(record, run.path, config.paths.root, trusted, text=OmegaConf.to_yaml(config))
+        run_config(config, record, run.path, config.paths.root, trusted)
 
 
 class GridSweeper(ResumableSweep, BasicSweeper):
