@@ -22,15 +22,17 @@ class RecordIndices(L.Callback):
 
 
 class SlowSteps(L.Callback):
-    """Makes each training step take at least `seconds`, so that a test can kill a run mid-epoch."""
+    """Makes each training step take at least `seconds`, so that a test can kill a run mid-epoch; once the file
+    `until` exists (if given), steps run at full speed again: the test has seen what it waited for."""
 
-    def __init__(self, seconds: float = 0.03):
-        self.seconds = seconds
+    def __init__(self, seconds: float = 0.03, until: str | None = None):
+        self.seconds, self.until = seconds, until
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         import time
 
-        time.sleep(self.seconds)
+        if self.until is None or not Path(self.until).exists():
+            time.sleep(self.seconds)
 
 
 class StopAfterEpoch(L.Callback):

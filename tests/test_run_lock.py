@@ -125,7 +125,8 @@ def test_a_refusal_after_the_lock_was_taken_leaves_no_folder(tmp_path):
 def test_resume_while_a_real_run_trains_leaves_it_alone(tmp_path):
     root = tmp_path / "outputs"
     run = root / "runs" / "live"
-    slow = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.15"]
+    go = tmp_path / "go"  # made once both resumes were refused: the live run then ends at full speed
+    slow = ["+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.15", f"+callbacks.slow.until={go}"]
     three = [o for o in STOPPED if not o.startswith("epochs=")] + ["epochs=3"]
     process = start_script("train.py", *three, *slow, f"hydra.run.dir={run}", env=ENV)
     deadline = time.time() + 240
@@ -136,6 +137,7 @@ def test_resume_while_a_real_run_trains_leaves_it_alone(tmp_path):
         line = one_line(run_script("train.py", *args, TRUSTED, env=ENV))
         assert f"by process {process.pid}" in line
     assert process.poll() is None, "the run ended before both resumes were refused: slow it down"
+    go.touch()
     assert process.wait(timeout=300) == 0, process.stderr[-3000:]
     assert epochs_logged(run) == [0, 1, 2]  # each epoch once, in its own columns
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3

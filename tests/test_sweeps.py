@@ -211,11 +211,13 @@ GRID = ["optimizer.lr=3e-3", "seed=1,2,3", *TINY, "epochs=2", "callbacks.early_s
 
 @pytest.mark.slow
 def test_a_killed_grid_sweep_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path):
-    sweep = tmp_path / "killed"
+    sweep, go = tmp_path / "killed", tmp_path / "go"  # go: made once killed, the resumed jobs run at full speed
+    slow = [*SLOW, f"+callbacks.slow.until={go}"]
     process = start_script(
-        "train.py", "-m", *GRID, *SLOW, f"hydra.sweep.dir={sweep}", f"paths.root={tmp_path}", env=HELPERS_ENV
+        "train.py", "-m", *GRID, *slow, f"hydra.sweep.dir={sweep}", f"paths.root={tmp_path}", env=HELPERS_ENV
     )
     kill_mid_epoch(process, sweep / "1" / "checkpoints" / "last.ckpt", epoch=0)  # job 0 done, job 2 not started
+    go.touch()
     assert process.returncode == -signal.SIGKILL
     assert not (sweep / "1" / "summary.json").exists() and not (sweep / "2").exists()
     first_summary = (sweep / "0" / "summary.json").read_text()
@@ -233,12 +235,12 @@ def test_a_killed_grid_sweep_resumes_to_the_rows_of_an_uninterrupted_one(tmp_pat
     uninterrupted = tmp_path / "uninterrupted"
     result = run_script("train.py", "-m", *GRID, f"hydra.sweep.dir={uninterrupted}", f"paths.root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert summary_rows(sweep, ignore=SLOW) == summary_rows(uninterrupted)
+    assert summary_rows(sweep, ignore=slow) == summary_rows(uninterrupted)
 
 
 @pytest.mark.slow
 def test_a_killed_optuna_search_retries_the_interrupted_trial_in_its_folder(tmp_path):
-    sweep = tmp_path / "search"
+    sweep, go = tmp_path / "search", tmp_path / "go"  # go: made once killed, the retried trial runs at full speed
     process = start_script(
         "train.py",
         "-m",
@@ -247,6 +249,7 @@ def test_a_killed_optuna_search_retries_the_interrupted_trial_in_its_folder(tmp_
         "epochs=2",
         "callbacks.early_stopping=null",
         *SLOW,
+        f"+callbacks.slow.until={go}",
         "optimizer.lr=choice(3e-3,5e-3)",
         "hydra.sweeper.n_trials=2",
         *GRID_SEARCH,
@@ -255,7 +258,7 @@ def test_a_killed_optuna_search_retries_the_interrupted_trial_in_its_folder(tmp_
         env=HELPERS_ENV,
     )
     kill_mid_epoch(process, sweep / "1" / "checkpoints" / "last.ckpt", epoch=0)
-
+    go.touch()
     resumed = run_script(
         "train.py", "-m", f"resume={sweep}", f"paths.root={tmp_path}", "trusted_modules=[helpers]", env=HELPERS_ENV
     )
