@@ -86,9 +86,9 @@ def test_every_metric_the_module_logs_may_be_watched(tmp_path, monitor):
 
 
 def test_the_command_line_may_name_any_importable_net(tmp_path):
-    """A Hydra user's own class (here torchvision's ResNet-18 factory) trains; only what comes from disk is gated."""
+    """A Hydra user's own class (here torchvision's SqueezeNet 1.1) trains; only what comes from disk is gated."""
     summary = train_run(
-        ["data=synthetic", *FAST, "model._target_=torchvision.models.resnet18", "~model.widths"],
+        ["data=synthetic", *FAST, "model._target_=torchvision.models.squeezenet1_1", "~model.widths"],
         tmp_path / "run",
     )
     assert summary["epochs"] == 1
