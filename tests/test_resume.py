@@ -44,15 +44,16 @@ def epochs_logged(run) -> list[int]:
 
 @pytest.mark.parametrize("kills", [2])  # one kill mid-epoch: test_a_run_killed_at_any_point...[train_step]
 def test_killed_run_resumes_without_losing_or_repeating_an_epoch(tmp_path, kills):
-    run = tmp_path / "run"
+    run, go = tmp_path / "run", tmp_path / "go"  # go: made before the last resume, which runs at full speed
     last = run / "checkpoints" / "last.ckpt"
-    process = start("data=synthetic", *FAST, f"epochs={kills + 1}", *SLOW, f"hydra.run.dir={run}")
+    slow = [*SLOW, f"+callbacks.slow.until={go}"]
+    process = start("data=synthetic", *FAST, f"epochs={kills + 1}", *slow, f"hydra.run.dir={run}")
     kill_mid_epoch(process, last, epoch=0)
     for kill in range(1, kills):
         process = start(f"resume={run}", "trusted_modules=[helpers]")
         kill_mid_epoch(process, last, epoch=kill)
     best_before = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
-
+    go.touch()
     result = run_script("train.py", f"resume={run}", "trusted_modules=[helpers]", env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert epochs_logged(run) == list(range(kills + 1))
