@@ -5,6 +5,7 @@ every refusal."""
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -267,8 +268,9 @@ def test_training_keeps_the_validation_scores_in_every_checkpoint(runs):
         )
 
 
-def test_evaluate_reports_coverage_and_set_size_at_each_level(synthetic_run):
-    metrics = evaluate(compose_config("evaluate", [f"ckpt={synthetic_run}"]))
+def test_evaluate_reports_coverage_and_set_size_at_each_level(synthetic_run, tmp_path):
+    run = shutil.copytree(synthetic_run, tmp_path / "run")  # its eval folder is written: the shared run stays as it is
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={run}"]))
     report = metrics["conformal"]
     assert {k: report[k] for k in ("method", "score", "lambda", "k_reg", "randomized", "calibration_images")} == {
         "method": "RAPS",
@@ -283,14 +285,14 @@ def test_evaluate_reports_coverage_and_set_size_at_each_level(synthetic_run):
         assert set(row) == {"coverage", "threshold", "empirical_coverage", "mean_set_size", "empty_sets"}
         assert row["empty_sets"] == 0  # not randomised: the top class is always in
         assert 0 <= row["empirical_coverage"] <= 1 and 1 <= row["mean_set_size"] <= 10
-    out = synthetic_run / "eval" / "test"
+    out = run / "eval" / "test"
     assert json.loads((out / "metrics.json").read_text())["conformal"] == report
     assert "## Conformal prediction sets" in (out / "report.md").read_text()
     # on the calibration images themselves at least ceil(41 x level) / 40 of the true classes are in their sets
-    on_val = evaluate(compose_config("evaluate", [f"ckpt={synthetic_run}", "split=val", "coverage=[0.5,0.8]"]))
+    on_val = evaluate(compose_config("evaluate", [f"ckpt={run}", "split=val", "coverage=[0.5,0.8]"]))
     for row in on_val["conformal"]["levels"]:
         assert row["empirical_coverage"] >= math.ceil(41 * row["coverage"]) / 40
-    none = evaluate(compose_config("evaluate", [f"ckpt={synthetic_run}", "coverage=[]"]))
+    none = evaluate(compose_config("evaluate", [f"ckpt={run}", "coverage=[]"]))
     assert "conformal" not in none
 
 
