@@ -8,7 +8,9 @@ import os
 # imported, and inherited by every script the tests start.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import json
 import pickle
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -101,12 +103,36 @@ def train_run(overrides, run_dir: Path) -> dict:
     return train(cfg)
 
 
+class TrainedRuns:
+    """train_run once per list of overrides in this test process; each caller gets a copy of its own (tests that
+    train the same tiny run share its training, never its folder)."""
+
+    def __init__(self, root: Path):
+        self.root, self.runs = root, {}
+
+    def source(self, overrides) -> Path:
+        """The run of `overrides`, trained on first use: read it, never write into it."""
+        key = tuple(overrides)
+        if key not in self.runs:
+            self.runs[key] = self.root / str(len(self.runs))
+            train_run(list(overrides), self.runs[key])
+        return self.runs[key]
+
+    def __call__(self, overrides, run_dir: Path) -> dict:
+        """A copy of the run of `overrides` at `run_dir`; returns its summary."""
+        shutil.copytree(self.source(overrides), run_dir)
+        return json.loads((run_dir / "summary.json").read_text())
+
+
 @pytest.fixture(scope="session")
-def synthetic_run(tmp_path_factory):
+def trained(tmp_path_factory) -> TrainedRuns:
+    return TrainedRuns(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(trained):
     """One finished training run on synthetic data, shared read-only by the tests that need a checkpoint."""
-    run = tmp_path_factory.mktemp("synthetic") / "run"
-    train_run([*FAST, "data=synthetic"], run)
-    return run
+    return trained.source([*FAST, "data=synthetic"])
 
 
 # Overrides that make a training run take seconds: tiny data, no progress bar.

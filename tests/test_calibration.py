@@ -95,11 +95,11 @@ def test_predict_shows_calibrated_probabilities(calibrated, tmp_path):
     assert all(top[name] == pytest.approx(float(p), abs=1e-5) for name, p in zip(model.hparams.class_names, expected))
 
 
-def test_calibrate_true_refits_and_calibration_none_keeps_one(tmp_path, monkeypatch):
+def test_calibrate_true_refits_and_calibration_none_keeps_one(tmp_path, monkeypatch, trained):
     import cifar_lightning.tasks.evaluate as task
 
     run = tmp_path / "run"
-    summary = train_run([*FAST, "data=synthetic", "calibration=none"], run)
+    summary = trained([*FAST, "data=synthetic", "calibration=none"], run)
     assert summary["temperature"] == 1
     assert float(torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"]) == 1
 

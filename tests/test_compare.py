@@ -18,12 +18,12 @@ COMMAND = ("-m", "cifar_lightning.tasks.compare")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, trained):
     """Recipe A as a sweep of two seeds (sweep_a/0, sweep_a/1, and a pruned job 2), recipe B as two run folders
     holding out 60 validation images instead of 40; all on synthetic data, one epoch."""
     tmp = tmp_path_factory.mktemp("compare")
     for seed in (0, 1):
-        train_run([*FAST, "data=synthetic", f"seed={seed}"], tmp / "sweep_a" / str(seed))
+        trained([*FAST, "data=synthetic", f"seed={seed}"], tmp / "sweep_a" / str(seed))
         train_run([*FAST, "data=synthetic", "data.val_size=60", "optimizer.lr=0.003", f"seed={seed}"], tmp / f"b{seed}")
     pruned = tmp / "sweep_a" / "2"
     shutil.copytree(tmp / "sweep_a" / "0", pruned)

@@ -239,10 +239,10 @@ def test_a_checkpoint_keeps_scores_of_any_length_and_one_without_them_has_none(s
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, trained):
     """Two tiny runs: one without temperature (calibration=none) but with a validation split, one without."""
     tmp = tmp_path_factory.mktemp("conformal")
-    train_run([*FAST, "data=synthetic", "calibration=none"], tmp / "validated")
+    trained([*FAST, "data=synthetic", "calibration=none"], tmp / "validated")
     train_run([*FAST, "data=synthetic", "data.val_size=0"], tmp / "unvalidated")
     images = tmp / "images"
     images.mkdir()

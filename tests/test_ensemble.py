@@ -31,12 +31,12 @@ def fake_run(folder, summary):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, trained):
     """sweep/0 and sweep/1: two tiny runs on synthetic data (seeds 0, 1); sweep/2 pruned (a copy of 0 marked so);
     sweep/3 failed (no summary.json); and `three`, a run on three of the synthetic classes."""
     tmp = tmp_path_factory.mktemp("ensemble")
     for seed in (0, 1):
-        train_run([*FAST, "data=synthetic", f"seed={seed}"], tmp / "sweep" / str(seed))
+        trained([*FAST, "data=synthetic", f"seed={seed}"], tmp / "sweep" / str(seed))
     pruned = tmp / "sweep" / "2"
     shutil.copytree(tmp / "sweep" / "0", pruned)
     summary = json.loads((pruned / "summary.json").read_text())

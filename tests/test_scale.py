@@ -6,7 +6,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import FAST, HELPERS_ENV, run_script, train_run
+from conftest import FAST, HELPERS_ENV, run_script
 
 from cifar_lightning.store.checkpoints import load_model
 
@@ -78,9 +78,9 @@ def test_optuna_study_runs_and_records_a_failed_trial(tmp_path):
     }
 
 
-def test_onnx_export_matches_pytorch(tmp_path):
+def test_onnx_export_matches_pytorch(tmp_path, trained):
     run = tmp_path / "run"
-    train_run([*FAST, "data=synthetic"], run)
+    trained([*FAST, "data=synthetic"], run)
     result = run_script("export.py", f"ckpt={run}", "format=onnx")
     assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"] != 1
     assert result.returncode == 0, result.stderr[-3000:]

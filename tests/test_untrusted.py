@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FAST, compose_train, run_script, train_run
+from conftest import compose_train, run_script
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -94,10 +94,8 @@ CRAFTED = {
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    run = tmp_path_factory.mktemp("untrusted") / "run"
-    train_run([*FAST, "data=synthetic"], run)
-    return torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+def checkpoint(synthetic_run):
+    return torch.load(synthetic_run / "checkpoints" / "best.ckpt", weights_only=True)
 
 
 def craft(checkpoint, kind, tmp_path):
