@@ -104,8 +104,7 @@ def test_new_files_beside_the_inputs_and_the_runs_own_exports_may_be_written(run
         (run / name).write_text("written before")
         assert output_file(str(run / name), "csv", reads, RunFolder(run)) == run / name
     assert output_file(str(tmp_path / "p.csv"), "csv", reads, RunFolder(run)) == tmp_path / "p.csv"
-    # the two images beside the run folder (whose copy may hold an evaluation's images)
-    rows = predict(compose_config("predict", [f"ckpt={run}", f"images='{tmp_path}/*.png'", f"csv={tmp_path}/p.csv"]))
+    rows = predict(compose_config("predict", [f"ckpt={run}", f"images={tmp_path}", f"csv={tmp_path}/p.csv"]))
     assert len(rows) == 2 and (tmp_path / "p.csv").read_text().startswith("path,class_1,prob_1")
 
 

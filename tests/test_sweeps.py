@@ -113,6 +113,9 @@ def test_a_resumed_sweep_builds_nothing_its_record_names_outside_the_allow_list(
         (["hydra.job.env_set.PATH={marker}"], [], "records hydra.job.env_set.PATH="),
         (["hydra.job_logging.handlers.file.filename={marker}"], [], "records hydra.job_logging"),
         (["hydra.sweeper.storage=sqlite:///{marker}"], [], "records hydra.sweeper.storage="),
+        # task overrides that act while Hydra composes each job: a search path, a group chosen by a resolver
+        ([], ["hydra.searchpath=[pkg://this]"], "hydra.searchpath=[pkg://this] sets a key of Hydra's"),
+        ([], ["model=${{new_dir:{marker}}}"], "model='${new_dir:"),
     ],
 )
 def test_a_sweep_record_cannot_choose_where_files_go_or_what_is_trusted(tmp_path, hydra, task, message):

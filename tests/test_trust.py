@@ -202,8 +202,14 @@ def crafted_for_resume(finished, tmp_path, *changes: str) -> tuple:
             OUTSIDE,
         ),
         # what the configs cannot compose is refused too, before anything is built
-        (["model=no_such_net"], "Could not find 'model/no_such_net'"),
-        (["not an override ["], "was refused"),
+        (["model=no_such_net"], "does not compose with today's configs: In 'train': Could not find 'model/no_such"),
+        (["not an override ["], "does not compose with today's configs: LexerNoViableAltException"),
+        # what acts while Hydra composes: a search path imports a module, a group chosen by a resolver runs it
+        (["hydra.searchpath=[pkg://this]"], "hydra.searchpath=[pkg://this] sets a key of Hydra's"),
+        (["model=${new_dir:{marker}}"], "model='${new_dir:"),
+        # the module builds its own copies of the groups: only references to the groups the gate checks
+        (["module.net={_target_:pathlib.Path.touch,self:'{marker}'}"], "module.net must be ${model}"),
+        (["+optimizer.params=[{_target_:pathlib.Path.touch,self:'{marker}'}]"], "optimizer.params="),
     ],
 )
 def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tmp_path, changes, message):

@@ -77,6 +77,10 @@ CRAFTED = {
         "optimizer",
         lambda m: {"_target_": "torch.optim.SGD", "_partial_": True, "lr": [str(m)]},
     ),
+    "optimizer params holds a config": (  # params is Iterable: any list fits its annotation, but a mapping never
+        "optimizer",
+        lambda m: {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "params": [writes(m)]},
+    ),
     "scheduler target outside torch's schedulers": ("scheduler", lambda m: {**writes(m), "_partial_": True}),
     "scheduler factory imported, not defined, in schedules": (
         "scheduler",
@@ -118,6 +122,7 @@ def test_the_payloads_do_run_code_when_built_unchecked(tmp_path):
         "net target nested in a keyword",
         "augmentation part of Compose is hostile",
         "net _args_ injection",
+        "optimizer params holds a config",
     ):
         marker = tmp_path / "marker"
         config = CRAFTED[kind][1](marker)

@@ -40,6 +40,8 @@ def test_a_phrase_in_the_annotation_is_the_message_and_literals_are_exact():
     with pytest.raises(UserError, match=r"^mode='max' must be mean or sum$"):
         check_value("mode", "max", Annotated[Literal["mean", "sum"], "must be mean or sum"])
     assert fits("sum", Literal["mean", "sum"]) and not fits("Sum", Literal["mean", "sum"])
+    assert fits(1, Literal[0, 1, 2]) and not fits(True, Literal[0, 1, 2]) and not fits(1.0, Literal[0, 1, 2])
+    assert fits(True, bool | Literal[0, 1, 2]) and fits(2, bool | Literal[0, 1, 2]) and not fits(2.0, Literal[2, "2"])
     assert fits(1, TTA) and not fits(True, TTA) and not fits(1.0, TTA) and not fits(3, TTA)
     check_arguments(ranged, {"count": 3, "share": 1}, "x")  # an int is a number
 

@@ -33,6 +33,8 @@ SCHEDULER_KEYS = {"interval": Annotated[typing.Literal["epoch", "step"], "must b
 OPTIMIZER_KEYS = {"lr": Annotated[float, at.Gt(0), "must be a positive number"]}
 # pydantic's errors of a value of the right kind outside its range (annotated_types constraints)
 RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "too_short"}
+RANGE_ERRORS |= {"too_long", "multiple_of", "predicate_failed"}
+UNIONS = (typing.Union, types.UnionType)
 ACCUMULATE = Annotated[int, at.Ge(1), "must be a whole number of at least 1"]
 
 
@@ -123,22 +125,59 @@ def fits(value: Any, expected: Any) -> bool:
 def _problems(value: Any, expected: Any) -> set[str]:
     """pydantic's error types for `value` as `expected`, empty when it fits: strict validation of its JSON form
     (a list where a tuple is expected and an int where a float is, never a bool or a string for a number, nor
-    inf or nan; a class no config value is, such as a tensor, takes nothing)."""
-    if isinstance(value, str) and "${" in value:  # an interpolation would be resolved, and so run, when built
-        return {"interpolation"}
-    adapter = _adapter(PLAIN if expected is typing.Any else expected)
+    inf or nan where a range is declared; a class no config value is, such as a tensor, takes nothing). An error
+    inside a list is "nested". Before pydantic: no mapping at any depth (a nested config is checked by
+    check_target, never passed as a value: Hydra would build its _target_) and no interpolation, which would be
+    resolved, and so run, when built."""
+    refused = _not_plain(value)
+    if refused:
+        return {refused}
+    constraints = _unpack(expected)[1]
+    try:
+        adapter = _adapter(PLAIN if expected is typing.Any else expected, finite=bool(constraints))
+    except Exception:  # an annotation pydantic cannot read (a user's own class): no config value fits it
+        return {"unsupported"}
     try:
         adapter.validate_json(json.dumps(value), strict=True)
     except ValidationError as e:
-        return {error["type"] for error in e.errors()}
+        return {error["type"] if not error["loc"] else "nested" for error in e.errors()}
     except (TypeError, ValueError):  # not JSON: a tensor, an object
         return {"not_json"}
-    return set()
+    return {"literal_error"} if _inexact_literal(value, expected) else set()
+
+
+def _not_plain(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, str) and "${" in value:
+        return "interpolation"
+    if isinstance(value, (list, tuple)):
+        return next((problem for problem in map(_not_plain, value) if problem), None)
+    return None
+
+
+def _adapter(expected: Any, finite: bool) -> TypeAdapter:
+    config = ConfigDict(allow_inf_nan=not finite, arbitrary_types_allowed=True)
+    try:
+        return _cached_adapter(expected, config)
+    except TypeError:  # unhashable metadata in the annotation: built each time
+        return TypeAdapter(expected, config=config)
 
 
 @functools.cache
-def _adapter(expected: Any) -> TypeAdapter:
-    return TypeAdapter(expected, config=ConfigDict(allow_inf_nan=False, arbitrary_types_allowed=True))
+def _cached_adapter(expected: Any, config: ConfigDict) -> TypeAdapter:
+    return TypeAdapter(expected, config=config)
+
+
+def _inexact_literal(value: Any, expected: Any) -> bool:
+    """Whether `value` fits a Literal of `expected` (or of one of its union's members) only by equality, as pydantic
+    matches them (True == 1 == 1.0), and nothing else in `expected`."""
+    base = _unpack(expected)[0]
+    arms = [_unpack(a)[0] for a in (typing.get_args(base) if typing.get_origin(base) in UNIONS else (base,))]
+    members = [m for arm in arms if typing.get_origin(arm) is typing.Literal for m in typing.get_args(arm)]
+    if not members or any(value == m and type(value) is type(m) for m in members):
+        return False
+    return not any(fits(value, arm) for arm in arms if typing.get_origin(arm) is not typing.Literal)
 
 
 def describe(expected: Any) -> str:
@@ -150,14 +189,14 @@ def describe(expected: Any) -> str:
         return "a plain value (a number, a string, true/false, null or a list of them)"
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
     origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
+    if origin in UNIONS:
         return " or ".join(describe(arg) for arg in typing.get_args(expected))
     if origin in (tuple, list, Sequence) or expected in (tuple, list):
         items = {int: "whole numbers", float: "numbers", str: "strings", bool: "true/false values"}
         fixed = origin is tuple and Ellipsis not in typing.get_args(expected)
         args = [a for a in typing.get_args(expected) if a is not Ellipsis]
         count = f"{len(args)} " if fixed and len(args) > 1 else ""
-        return f"a list of {count}{items.get(args[0], 'plain values')}" if len(set(args)) == 1 else "a list"
+        return f"a list of {count}{items.get(_unpack(args[0])[0], 'plain values')}" if len(set(args)) == 1 else "a list"
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(expected)))
     return names.get(expected, f"of type {getattr(expected, '__name__', None) or str(expected).replace('typing.', '')}")
@@ -199,6 +238,8 @@ def _describe_constraint(constraint: Any) -> str:
             return f"{word} {getattr(constraint, key)}"
     if isinstance(constraint, at.MinLen):
         return f"at least {constraint.min_length} long"
+    if isinstance(constraint, at.MaxLen):
+        return f"at most {constraint.max_length} long"
     return repr(constraint)
 
 

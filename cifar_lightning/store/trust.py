@@ -149,7 +149,7 @@ def started_in(config_file: Path) -> Path | None:
     return None
 
 
-# A resumed run's saved config builds its trainer, callbacks and loggers too: their targets must come from here
+# A resumed run's config builds its trainer, callbacks and loggers too: their targets must come from here
 RUN_MODULES = (
     "lightning.pytorch",
     "lightning.pytorch.callbacks",
@@ -182,6 +182,32 @@ def _check_targets(resolved: dict, config_file: Path, trusted_modules: Sequence[
             )
 
 
+# A resolver call, ${name:...}: Hydra resolves one in a config group's choice while it composes, before any gate
+RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+
+
+def check_recorded_overrides(overrides: Sequence[str], record: Path) -> None:
+    """Refuses, before Hydra composes them, the recorded task overrides of a run or a sweep (from `record`, on
+    disk) that act while the config is composed: a key of Hydra's own (hydra.searchpath imports a module; Hydra
+    records its overrides elsewhere) and a resolver call (a config group chosen by one runs it). The config
+    composed from the rest passes run_config.
+
+    Raises:
+        UserError: one line naming the record and the override."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            raise UserError(
+                f"{record} was refused: {override} sets a key of Hydra's, which a run records elsewhere (a search "
+                f"path imports modules): start a new run"
+            )
+        if RESOLVER_CALL.search(override):  # the same words as _check_interpolations
+            raise UserError(
+                f"{record} was refused: {key}={value!r} calls a resolver; a run config may only refer to its own keys"
+            )
+
+
 def run_config(
     composed: DictConfig,
     record: Path,
@@ -207,6 +233,11 @@ def run_config(
     # the saved spelling when it names the same folder: MLflow refuses a logged parameter that changes
     raw["paths"].update(root=saved_root if same_root else str(paths_root), output_dir=str(output_dir))
     _check_interpolations(raw, record)
+    module = raw.get("module")
+    module = module if isinstance(module, dict) else {}
+    for key, group in zip(MODEL_CONFIGS, ("model", "augmentation", "optimizer", "scheduler")):
+        if module.get(key, f"${{{group}}}") != f"${{{group}}}":  # what the gate checks below is what gets built
+            raise UserError(f"{record} was refused: module.{key} must be ${{{group}}}, the {group} group's config")
     config = OmegaConf.create(raw)
     try:
         resolved = OmegaConf.to_container(config, resolve=True)

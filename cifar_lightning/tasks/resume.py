@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from cifar_lightning.blocks.errors import UserError
@@ -15,15 +14,15 @@ from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store.checkpoints import load_checkpoint
 from cifar_lightning.store.locate import nothing_to_resume
 from cifar_lightning.store.runs import RunFolder
-from cifar_lightning.store.trust import run_config
+from cifar_lightning.store.trust import check_recorded_overrides, run_config
 from cifar_lightning.tasks.cli import compose_config
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path | None]:
     """The resumed run's config, composed again from the overrides it was started with (as a resumed sweep's jobs
     are) and passed through the gate of what comes from disk (trust.run_config), with its folder as output_dir;
-    and its last checkpoint, None for a run that finished, which is left as it is. Hydra's run folder is already
-    the run to resume (locate.run_dir)."""
+    and its last checkpoint. A run that finished is left as it is: its config unread, None for its checkpoint.
+    Hydra's run folder is already the run to resume (locate.run_dir)."""
     run = RunFolder(cfg.paths.output_dir)
     last = run.checkpoint("last")
     if not last.is_file():  # Hydra's run folder is a new one: locate.to_resume found no run to resume
@@ -35,14 +34,18 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     others = [o for o in overrides if not o.startswith(allowed) and o not in recorded]
     if others:
         raise UserError(f"resume= continues a run with the config it was started with; drop {' '.join(others)}")
+    if run.finished:  # nothing is built: its recorded result stands
+        return cfg, None
     own = [o for o in recorded if not o.startswith(("resume=", "trusted_modules=", "trial="))]  # those: the command's
+    check_recorded_overrides(own, run.overrides)
     trusted = list(cfg.get("trusted_modules") or ())
     # the runs root (MLflow's store) is the command's or the one the folder lies in, never what its config says
     root = cfg.paths.root if any(o.startswith("paths.root=") for o in overrides) else run.root or cfg.paths.root
     try:
         composed = compose_config("train", own)
-    except HydraException as e:  # an override the configs no longer have, or not an override at all
-        raise UserError(f"{run.overrides} was refused: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:  # an override the configs no longer have (Hydra's errors), or one they cannot hold
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{run.overrides} was refused: it does not compose with today's configs: {cause}") from None
     # from disk: checked before anything is built from it
     config = run_config(composed, run.overrides, run.path, root, trusted)
     config.resume = None
@@ -90,7 +93,8 @@ def check_resumable(checkpoint: dict, hparams: dict, steps: int, cfg: DictConfig
         raise UserError(
             f"{cannot}: what {run.overrides} composes differs from what {run.checkpoint('last').name} was saved with "
             f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); a resumed run continues the run its "
-            f"checkpoint holds: undo the edit, or start a new run with the new values"
+            f"checkpoint holds: undo the edit (of its overrides or of the configs), or start a new run with the new "
+            f"values"
         )
     schedules = [s.get("total_steps") for s in checkpoint.get("lr_schedulers") or () if isinstance(s, dict)]
     saved_steps = checkpoint.get("total_steps") or next((s for s in schedules if isinstance(s, int)), None)

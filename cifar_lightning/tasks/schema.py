@@ -67,7 +67,7 @@ def check_train_config(cfg: Any, options: type) -> None:
         key = "max_epochs" if "max_epochs" in trainer else "max_steps"
         raise UserError(
             f"trainer.{key}={trainer[key]!r}: the run's length is set by epochs alone (epochs={cfg.epochs}): remove "
-            f"trainer.{key} (from the run's .hydra/overrides.yaml, when resuming) and set epochs"
+            f"trainer.{key} (from the run's .hydra/overrides.yaml or the configs, when resuming) and set epochs"
         )
     check_target(trainer, "trainer")
     # Lightning divides by it unchecked

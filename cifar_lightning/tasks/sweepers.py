@@ -36,7 +36,7 @@ from omegaconf import DictConfig, open_dict
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
 from cifar_lightning.store.runs import RunFolder, sweep_root
-from cifar_lightning.store.trust import run_config
+from cifar_lightning.store.trust import check_recorded_overrides, run_config
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class ResumableSweep:
                 f"resume= continues a sweep with the overrides it was started with; drop {' '.join(others)}"
             )
         hydra_overrides, task = recorded_overrides(sweep)
+        check_recorded_overrides(task, sweep / "multirun.yaml")
         for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
             holder = RunFolder(job).trained_by()
             if holder:  # its sweep still runs: its jobs are that sweep's to train
