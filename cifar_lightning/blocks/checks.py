@@ -132,9 +132,8 @@ def _problems(value: Any, expected: Any) -> set[str]:
     refused = _not_plain(value)
     if refused:
         return {refused}
-    constraints = _unpack(expected)[1]
     try:
-        adapter = _adapter(PLAIN if expected is typing.Any else expected, finite=bool(constraints))
+        adapter = _adapter(PLAIN if expected is typing.Any else expected, finite=_ranged(expected))
     except Exception:  # an annotation pydantic cannot read (a user's own class): no config value fits it
         return {"unsupported"}
     try:
@@ -144,6 +143,13 @@ def _problems(value: Any, expected: Any) -> set[str]:
     except (TypeError, ValueError):  # not JSON: a tensor, an object
         return {"not_json"}
     return {"literal_error"} if _inexact_literal(value, expected) else set()
+
+
+def _ranged(expected: Any) -> bool:
+    """Whether `expected` declares a range anywhere in it: then inf and nan are outside it."""
+    if _unpack(expected)[1]:
+        return True
+    return any(_ranged(arg) for arg in typing.get_args(expected) if arg is not Ellipsis)
 
 
 def _not_plain(value: Any) -> str | None:
