@@ -116,6 +116,10 @@ def test_a_resumed_sweep_builds_nothing_its_record_names_outside_the_allow_list(
         # task overrides that act while Hydra composes each job: a search path, a group chosen by a resolver
         ([], ["hydra.searchpath=[pkg://this]"], "hydra.searchpath=[pkg://this] sets a key of Hydra's"),
         ([], ["model=${{new_dir:{marker}}}"], "model='${new_dir:"),
+        ([], ["+extras.a=$\\{{new_dir:{marker}\\}}", "~extras.a"], "calls a resolver"),
+        # Hydra overrides that build or read something while the sweeper is made
+        (["+hydra.sweeper.params.x={{_target_:os.makedirs,name:{marker}}}"], [], "records +hydra.sweeper.params.x="),
+        (["hydra/sweeper=../../../../x"], [], "records hydra/sweeper=../../../../x"),
     ],
 )
 def test_a_sweep_record_cannot_choose_where_files_go_or_what_is_trusted(tmp_path, hydra, task, message):

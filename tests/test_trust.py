@@ -202,13 +202,28 @@ def crafted_for_resume(finished, tmp_path, *changes: str) -> tuple:
             OUTSIDE,
         ),
         # what the configs cannot compose is refused too, before anything is built
-        (["model=no_such_net"], "does not compose with today's configs: In 'train': Could not find 'model/no_such"),
-        (["not an override ["], "does not compose with today's configs: LexerNoViableAltException"),
+        (["model=no_such_net"], "model=no_such_net chooses 'no_such_net', which is not a config of configs/model"),
+        (["experiment=../../../../x"], "chooses '../../../../x', which is not a config of configs/experiment"),
+        (["not an override ["], "was refused: LexerNoViableAltException"),
         # what acts while Hydra composes: a search path imports a module, a group chosen by a resolver runs it
         (["hydra.searchpath=[pkg://this]"], "hydra.searchpath=[pkg://this] sets a key of Hydra's"),
         (["model=${new_dir:{marker}}"], "model='${new_dir:"),
+        # as Hydra parses them: escaped braces, a resolver named by a key, a reference to Hydra's folders, all
+        # resolved by a deletion (~) while Hydra composes
+        (["model=$\\{new_dir:{marker}\\}"], "calls a resolver"),
+        (["+extras.a=$\\{new_dir:{marker}\\}", "~extras.a"], "calls a resolver"),
+        (["+extras.k=new_dir", "+extras.a='${${extras.k}:{marker}}'", "~extras.a"], "is an interpolation"),
+        (["paths.root={marker}", "+extras.a=${hydra.sweep.dir}", "~extras.a"], "is an interpolation"),
+        (["+model@hydra.job_logging=cnn"], "places a config elsewhere (@package)"),
+        (["+x={a:1}"], "holds a mapping"),
+        (["module=null"], "its module is not a config"),
+        (
+            ["+logger.x._target_=lightning.pytorch.loggers.MLFlowLogger", "+logger.x.experiment_name=e"],
+            "logger.x is an MLflow logger; only logger.mlflow may be one",
+        ),
         # the module builds its own copies of the groups: only references to the groups the gate checks
-        (["module.net={_target_:pathlib.Path.touch,self:'{marker}'}"], "module.net must be ${model}"),
+        (["module.net={_target_:pathlib.Path.touch,self:'{marker}'}"], "holds a mapping"),
+        (["~module.net", "+module.net._target_=pathlib.Path.touch", "+module.net.self={marker}"], "module.net must be"),
         (["+optimizer.params=[{_target_:pathlib.Path.touch,self:'{marker}'}]"], "optimizer.params="),
     ],
 )

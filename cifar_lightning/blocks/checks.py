@@ -163,16 +163,15 @@ def _not_plain(value: Any) -> str | None:
 
 
 def _adapter(expected: Any, finite: bool) -> TypeAdapter:
-    config = ConfigDict(allow_inf_nan=not finite, arbitrary_types_allowed=True)
     try:
-        return _cached_adapter(expected, config)
+        return _cached_adapter(expected, finite)
     except TypeError:  # unhashable metadata in the annotation: built each time
-        return TypeAdapter(expected, config=config)
+        return _cached_adapter.__wrapped__(expected, finite)
 
 
 @functools.cache
-def _cached_adapter(expected: Any, config: ConfigDict) -> TypeAdapter:
-    return TypeAdapter(expected, config=config)
+def _cached_adapter(expected: Any, finite: bool) -> TypeAdapter:
+    return TypeAdapter(expected, config=ConfigDict(allow_inf_nan=not finite, arbitrary_types_allowed=True))
 
 
 def _inexact_literal(value: Any, expected: Any) -> bool:

@@ -167,7 +167,7 @@ class RunFolder:
             UserError: the file is missing or is not a list of strings (one line naming it)."""
         try:
             overrides = yaml.safe_load(self.overrides.read_text())
-        except (OSError, ValueError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
+        except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
             raise UserError(
                 f"{self.overrides} cannot be read ({type(e).__name__}), so the run's config is unknown"
             ) from None

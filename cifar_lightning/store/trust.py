@@ -182,32 +182,6 @@ def _check_targets(resolved: dict, config_file: Path, trusted_modules: Sequence[
             )
 
 
-# A resolver call, ${name:...}: Hydra resolves one in a config group's choice while it composes, before any gate
-RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
-
-
-def check_recorded_overrides(overrides: Sequence[str], record: Path) -> None:
-    """Refuses, before Hydra composes them, the recorded task overrides of a run or a sweep (from `record`, on
-    disk) that act while the config is composed: a key of Hydra's own (hydra.searchpath imports a module; Hydra
-    records its overrides elsewhere) and a resolver call (a config group chosen by one runs it). The config
-    composed from the rest passes run_config.
-
-    Raises:
-        UserError: one line naming the record and the override."""
-    for override in overrides:
-        key, _, value = override.partition("=")
-        key = key.lstrip("+~")
-        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
-            raise UserError(
-                f"{record} was refused: {override} sets a key of Hydra's, which a run records elsewhere (a search "
-                f"path imports modules): start a new run"
-            )
-        if RESOLVER_CALL.search(override):  # the same words as _check_interpolations
-            raise UserError(
-                f"{record} was refused: {key}={value!r} calls a resolver; a run config may only refer to its own keys"
-            )
-
-
 def run_config(
     composed: DictConfig,
     record: Path,
@@ -234,7 +208,8 @@ def run_config(
     raw["paths"].update(root=saved_root if same_root else str(paths_root), output_dir=str(output_dir))
     _check_interpolations(raw, record)
     module = raw.get("module")
-    module = module if isinstance(module, dict) else {}
+    if not isinstance(module, dict):
+        raise UserError(f"{record} was refused: its module is not a config")
     for key, group in zip(MODEL_CONFIGS, ("model", "augmentation", "optimizer", "scheduler")):
         if module.get(key, f"${{{group}}}") != f"${{{group}}}":  # what the gate checks below is what gets built
             raise UserError(f"{record} was refused: module.{key} must be ${{{group}}}, the {group} group's config")
@@ -271,6 +246,9 @@ def _check_writes(resolved: dict, output_dir: Path, config_file: Path) -> None:
             f"{config_file} was refused: trainer.default_root_dir is not set, so the resumed run would write into "
             f"the working folder"
         )
+    for where, target in _targets(resolved.get("logger") or {}, "logger"):
+        if where != "logger.mlflow" and str(target).endswith("MLFlowLogger"):  # tracking.prepare sets its store
+            raise UserError(f"{config_file} was refused: {where} is an MLflow logger; only logger.mlflow may be one")
     for where, key, value in _leaves({k: resolved.get(k) for k in ("trainer", "callbacks", "logger")}):
         if value is None:
             continue

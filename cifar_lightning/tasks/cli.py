@@ -250,6 +250,16 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name=name, overrides=list(overrides))
 
 
+def composed_record(record: Path, compose: Callable[[], DictConfig]) -> DictConfig:
+    """`compose()`, Hydra composing what a run's or sweep's `record` holds; any failure (an override the configs no
+    longer have, one they cannot hold) is one line naming the record."""
+    try:
+        return compose()
+    except Exception as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{record} was refused: it does not compose with today's configs: {cause}") from None
+
+
 def config_tree(cfg: DictConfig, show: bool) -> str:
     """The composed config as a tree: the run's own values first, then one branch per group (model, optimizer,
     ...) in YAML, printed with rich when `show`; returns the same as plain text, for <run>/config_tree.txt. The

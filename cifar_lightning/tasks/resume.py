@@ -13,9 +13,10 @@ from cifar_lightning.blocks.module import ImageClassifier
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store.checkpoints import load_checkpoint
 from cifar_lightning.store.locate import nothing_to_resume
+from cifar_lightning.store.recorded import check_recorded_overrides
 from cifar_lightning.store.runs import RunFolder
-from cifar_lightning.store.trust import check_recorded_overrides, run_config
-from cifar_lightning.tasks.cli import compose_config
+from cifar_lightning.store.trust import run_config
+from cifar_lightning.tasks.cli import CONFIG_DIR, compose_config, composed_record
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path | None]:
@@ -37,15 +38,11 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     if run.finished:  # nothing is built: its recorded result stands
         return cfg, None
     own = [o for o in recorded if not o.startswith(("resume=", "trusted_modules=", "trial="))]  # those: the command's
-    check_recorded_overrides(own, run.overrides)
+    check_recorded_overrides(own, run.overrides, CONFIG_DIR)
     trusted = list(cfg.get("trusted_modules") or ())
     # the runs root (MLflow's store) is the command's or the one the folder lies in, never what its config says
     root = cfg.paths.root if any(o.startswith("paths.root=") for o in overrides) else run.root or cfg.paths.root
-    try:
-        composed = compose_config("train", own)
-    except Exception as e:  # an override the configs no longer have (Hydra's errors), or one they cannot hold
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{run.overrides} was refused: it does not compose with today's configs: {cause}") from None
+    composed = composed_record(run.overrides, lambda: compose_config("train", own))
     # from disk: checked before anything is built from it
     config = run_config(composed, run.overrides, run.path, root, trusted)
     config.resume = None

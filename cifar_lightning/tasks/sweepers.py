@@ -29,14 +29,17 @@ import yaml
 # review of BasicSweeper's params); #371 made the API plugins use public, not this class. Subclassed here rather than
 # rewritten, so grid sweeps stay exactly Hydra's
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
+from cifar_lightning.store.recorded import GROUP_OPTION, check_recorded_overrides, parsed_values
 from cifar_lightning.store.runs import RunFolder, sweep_root
-from cifar_lightning.store.trust import check_recorded_overrides, run_config
+from cifar_lightning.store.trust import run_config
+from cifar_lightning.tasks.cli import CONFIG_DIR, composed_record
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def recorded_overrides(sweep: Path) -> tuple[list[str], list[str]]:
     try:
         overrides = yaml.safe_load(record.read_text())["hydra"]["overrides"]
         hydra_overrides, task = list(overrides["hydra"]), list(overrides["task"])
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as e:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError, RecursionError) as e:
         raise UserError(
             f"{record} is not a readable sweep record ({type(e).__name__}): the sweep cannot resume"
         ) from None
@@ -90,6 +93,17 @@ def check_recorded_hydra_override(override: str, sweep: Path, root: Path | None)
         UserError: naming the record, the override and what to do."""
     key, _, value = override.lstrip("+~").partition("=")
     parts = key.split(".")
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+        values = list(parsed_values(parsed.value()))
+    except Exception:  # Hydra's grammar refuses it
+        values, parsed = [None], None
+    # what acts while Hydra composes or builds the sweeper: a package (@), a mapping (built with its _target_),
+    # an interpolation (resolved), a sweeper or launcher chosen by a path (any YAML on disk)
+    plain = parsed is not None and parsed.package is None and not any(isinstance(v, dict) for v in values)
+    plain = plain and not any(isinstance(v, str) and "${" in v for v in values)
+    if key in ("hydra/sweeper", "hydra/launcher"):
+        plain = plain and all(isinstance(v, str) and GROUP_OPTION.fullmatch(v) for v in values)
     allowed = (
         key in RECORDED_HYDRA
         or (parts[:2] == ["hydra", "sweeper"] and len(parts) > 2 and parts[2] in RECORDED_SWEEPER)
@@ -99,7 +113,7 @@ def check_recorded_hydra_override(override: str, sweep: Path, root: Path | None)
         scheme, _, path = value.strip("'\"").partition(":///")
         inside = scheme == "sqlite" and Path(path).resolve().is_relative_to((root or sweep).resolve())
         allowed = scheme.split("+")[0] in REMOTE_STORAGE or inside
-    if not allowed:
+    if not (allowed and plain):
         raise UserError(
             f"{sweep / 'multirun.yaml'} records {override}, which a resumed sweep does not take from disk: "
             f"start the sweep anew"
@@ -138,7 +152,7 @@ class ResumableSweep:
                 f"resume= continues a sweep with the overrides it was started with; drop {' '.join(others)}"
             )
         hydra_overrides, task = recorded_overrides(sweep)
-        check_recorded_overrides(task, sweep / "multirun.yaml")
+        check_recorded_overrides(task, sweep / "multirun.yaml", CONFIG_DIR)
         for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
             holder = RunFolder(job).trained_by()
             if holder:  # its sweep still runs: its jobs are that sweep's to train
@@ -160,11 +174,9 @@ class ResumableSweep:
         for override in hydra_overrides:
             check_recorded_hydra_override(override, sweep, root)
         hydra_overrides.append(f"hydra.sweep.dir={quoted(str(sweep))}")
-        config = self.hydra_context.config_loader.load_configuration(
-            config_name=self.config.hydra.job.config_name,
-            overrides=hydra_overrides + task,
-            run_mode=RunMode.MULTIRUN,
-        )
+        load = self.hydra_context.config_loader.load_configuration
+        name = self.config.hydra.job.config_name
+        config = composed_record(sweep / "multirun.yaml", lambda: load(name, hydra_overrides + task, RunMode.MULTIRUN))
         sweeper = Plugins.instance().instantiate_sweeper(
             config=config, hydra_context=self.hydra_context, task_function=self.task_function
         )
@@ -191,10 +203,11 @@ class ResumableSweep:
         """A job of a resumed sweep that runs fresh is built from overrides read from the sweep's multirun.yaml:
         its composed config passes the gate of a resumed run's config (trust.run_config) first."""
         assert self.config is not None and self.hydra_context is not None  # setup() ran
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        record = Path(self.config.hydra.sweep.dir) / "multirun.yaml"
+        load, sweep_config = self.hydra_context.config_loader.load_sweep_config, self.config
+        config = composed_record(record, lambda: load(sweep_config, list(overrides)))
         with open_dict(config):
             del config["hydra"]
-        record = Path(self.config.hydra.sweep.dir) / "multirun.yaml"
         trusted = list(config.get("trusted_modules") or ())
         run_config(config, record, run.path, config.paths.root, trusted)
 
