@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import FAST, run_script, start_script
+from conftest import FAST, compose_train, run_script, start_script
 from conftest import HELPERS_ENV as ENV
 
 from cifar_lightning.blocks.errors import UserError
@@ -12,6 +12,7 @@ from cifar_lightning.store.checkpoints import load_checkpoint
 from cifar_lightning.store.runs import claim
 from cifar_lightning.tasks.cli import compose_config
 from cifar_lightning.tasks.evaluate import evaluate
+from cifar_lightning.tasks.train import train_or_resume
 
 
 def test_new_folders_claimed_in_the_same_second_are_distinct_and_sort_by_time(tmp_path):
@@ -166,68 +167,80 @@ def crafted_for_resume(finished, tmp_path, *changes: str) -> tuple:
     return run, marker
 
 
-@pytest.mark.parametrize(
-    "changes, message",
-    [
-        (  # a callback that would write a file: allowed on the command line, not from a run folder on disk
-            ["+callbacks.x._target_=pathlib.Path.touch", "+callbacks.x.self={marker}"],
-            "callbacks.x._target_='pathlib.Path.touch' is not one of the classes a resumed run may build",
-        ),
-        (["model._target_=os.system", "+model.command='touch {marker}'"], "is not one of the nets"),
-        (["data.root=${oc.env:HOME}"], "data.root='${oc.env:HOME}' calls a resolver"),
-        (["callbacks.model_checkpoint.dirpath=${new_dir:{marker}}"], "calls a resolver"),
-        # plain values that would send the resumed run's files elsewhere
-        (["callbacks.model_checkpoint.dirpath={marker}"], OUTSIDE),
-        (["logger.csv.save_dir={marker}"], OUTSIDE),
-        (["trainer.default_root_dir={marker}/.."], OUTSIDE),
-        (["callbacks.last_checkpoint.filename=../../last"], OUTSIDE),
-        (["logger.csv.name=../../elsewhere"], OUTSIDE),
-        (["trainer.default_root_dir=null"], "would write into the working folder"),
-        # a class imported into a module of ours, not defined there: torchvision's CIFAR10 downloads anywhere
-        (
-            ["data._target_=cifar_lightning.blocks.data.CIFAR10", "data.root={marker}", "++data.download=true"],
-            "its data is not a cifar_lightning.blocks.data.ImageDataModule config",
-        ),
-        (
-            ["+callbacks.x._target_=cifar_lightning.blocks.callbacks.FlopCounterMode"],
-            "callbacks.x._target_='cifar_lightning.blocks.callbacks.FlopCounterMode' is not one of the classes",
-        ),
-        # a run of the layout before blocks/store/tasks
-        (["model._target_=cifar_lightning.models.cnn.CNN"], "names a module of an earlier layout of this package"),
-        (
-            [
-                "+logger.mlflow._target_=lightning.pytorch.loggers.MLFlowLogger",
-                "+logger.mlflow.tracking_uri='sqlite:///{marker}'",
-            ],
-            OUTSIDE,
-        ),
-        # what the configs cannot compose is refused too, before anything is built
-        (["model=no_such_net"], "model=no_such_net chooses 'no_such_net', which is not a config of configs/model"),
-        (["experiment=../../../../x"], "chooses '../../../../x', which is not a config of configs/experiment"),
-        (["not an override ["], "was refused: LexerNoViableAltException"),
-        # what acts while Hydra composes: a search path imports a module, a group chosen by a resolver runs it
-        (["hydra.searchpath=[pkg://this]"], "hydra.searchpath=[pkg://this] sets a key of Hydra's"),
-        (["model=${new_dir:{marker}}"], "model='${new_dir:"),
-        # as Hydra parses them: escaped braces, a resolver named by a key, a reference to Hydra's folders, all
-        # resolved by a deletion (~) while Hydra composes
-        (["model=$\\{new_dir:{marker}\\}"], "calls a resolver"),
-        (["+extras.a=$\\{new_dir:{marker}\\}", "~extras.a"], "calls a resolver"),
-        (["+extras.k=new_dir", "+extras.a='${${extras.k}:{marker}}'", "~extras.a"], "is an interpolation"),
-        (["paths.root={marker}", "+extras.a=${hydra.sweep.dir}", "~extras.a"], "is an interpolation"),
-        (["+model@hydra.job_logging=cnn"], "places a config elsewhere (@package)"),
-        (["+x={a:1}"], "holds a mapping"),
-        (["module=null"], "its module is not a config"),
-        (
-            ["+logger.x._target_=lightning.pytorch.loggers.MLFlowLogger", "+logger.x.experiment_name=e"],
-            "logger.x is an MLflow logger; only logger.mlflow may be one",
-        ),
-        # the module builds its own copies of the groups: only references to the groups the gate checks
-        (["module.net={_target_:pathlib.Path.touch,self:'{marker}'}"], "holds a mapping"),
-        (["~module.net", "+module.net._target_=pathlib.Path.touch", "+module.net.self={marker}"], "module.net must be"),
-        (["+optimizer.params=[{_target_:pathlib.Path.touch,self:'{marker}'}]"], "optimizer.params="),
-    ],
-)
+CRAFTED_OVERRIDES = [
+    (  # a callback that would write a file: allowed on the command line, not from a run folder on disk
+        ["+callbacks.x._target_=pathlib.Path.touch", "+callbacks.x.self={marker}"],
+        "callbacks.x._target_='pathlib.Path.touch' is not one of the classes a resumed run may build",
+    ),
+    (["model._target_=os.system", "+model.command='touch {marker}'"], "is not one of the nets"),
+    (["data.root=${oc.env:HOME}"], "data.root='${oc.env:HOME}' calls a resolver"),
+    (["callbacks.model_checkpoint.dirpath=${new_dir:{marker}}"], "calls a resolver"),
+    # plain values that would send the resumed run's files elsewhere
+    (["callbacks.model_checkpoint.dirpath={marker}"], OUTSIDE),
+    (["logger.csv.save_dir={marker}"], OUTSIDE),
+    (["trainer.default_root_dir={marker}/.."], OUTSIDE),
+    (["callbacks.last_checkpoint.filename=../../last"], OUTSIDE),
+    (["logger.csv.name=../../elsewhere"], OUTSIDE),
+    (["trainer.default_root_dir=null"], "would write into the working folder"),
+    # a class imported into a module of ours, not defined there: torchvision's CIFAR10 downloads anywhere
+    (
+        ["data._target_=cifar_lightning.blocks.data.CIFAR10", "data.root={marker}", "++data.download=true"],
+        "its data is not a cifar_lightning.blocks.data.ImageDataModule config",
+    ),
+    (
+        ["+callbacks.x._target_=cifar_lightning.blocks.callbacks.FlopCounterMode"],
+        "callbacks.x._target_='cifar_lightning.blocks.callbacks.FlopCounterMode' is not one of the classes",
+    ),
+    # a run of the layout before blocks/store/tasks
+    (["model._target_=cifar_lightning.models.cnn.CNN"], "names a module of an earlier layout of this package"),
+    (
+        [
+            "+logger.mlflow._target_=lightning.pytorch.loggers.MLFlowLogger",
+            "+logger.mlflow.tracking_uri='sqlite:///{marker}'",
+        ],
+        OUTSIDE,
+    ),
+    # what the configs cannot compose is refused too, before anything is built
+    (["model=no_such_net"], "model=no_such_net chooses 'no_such_net', which is not a config of configs/model"),
+    (["experiment=../../../../x"], "chooses '../../../../x', which is not a config of configs/experiment"),
+    (["not an override ["], "was refused: LexerNoViableAltException"),
+    # what acts while Hydra composes: a search path imports a module, a group chosen by a resolver runs it
+    (["hydra.searchpath=[pkg://this]"], "hydra.searchpath=[pkg://this] sets a key of Hydra's"),
+    (["model=${new_dir:{marker}}"], "model='${new_dir:"),
+    # as Hydra parses them: escaped braces, a resolver named by a key, a reference to Hydra's folders, all
+    # resolved by a deletion (~) while Hydra composes
+    (["model=$\\{new_dir:{marker}\\}"], "calls a resolver"),
+    (["+extras.a=$\\{new_dir:{marker}\\}", "~extras.a"], "calls a resolver"),
+    (["+extras.k=new_dir", "+extras.a='${${extras.k}:{marker}}'", "~extras.a"], "is an interpolation"),
+    (["paths.root={marker}", "+extras.a=${hydra.sweep.dir}", "~extras.a"], "is an interpolation"),
+    (["+model@hydra.job_logging=cnn"], "places a config elsewhere (@package)"),
+    (["+x={a:1}"], "holds a mapping"),
+    (["module=null"], "its module is not a config"),
+    (
+        ["+logger.x._target_=lightning.pytorch.loggers.MLFlowLogger", "+logger.x.experiment_name=e"],
+        "logger.x is an MLflow logger; only logger.mlflow may be one",
+    ),
+    # the module builds its own copies of the groups: only references to the groups the gate checks
+    (["module.net={_target_:pathlib.Path.touch,self:'{marker}'}"], "holds a mapping"),
+    (["~module.net", "+module.net._target_=pathlib.Path.touch", "+module.net.self={marker}"], "module.net must be"),
+    (["+optimizer.params=[{_target_:pathlib.Path.touch,self:'{marker}'}]"], "optimizer.params="),
+]
+
+
+@pytest.mark.parametrize("changes, message", CRAFTED_OVERRIDES)
 def test_a_crafted_run_config_is_refused_on_resume_and_runs_nothing(finished, tmp_path, changes, message):
+    """In this process, as train.py runs it (resume.resume_config and the gates), every variant."""
+    run, marker = crafted_for_resume(finished, tmp_path, *changes)
+    with pytest.raises(UserError) as refused:
+        train_or_resume(compose_train([f"resume={run}"], output_dir=run), [f"resume={run}"])
+    line = str(refused.value)
+    assert line.startswith(f"{run / '.hydra' / 'overrides.yaml'} was refused") and message in line, line
+    assert "\n" not in line and not marker.exists() and not (run / "summary.json").exists()
+
+
+@pytest.mark.parametrize("changes, message", CRAFTED_OVERRIDES[::6])
+def test_a_crafted_run_config_is_one_error_line_of_train_py(finished, tmp_path, changes, message):
+    """Every sixth variant through the command line: exit code 1, one error line, nothing run."""
     run, marker = crafted_for_resume(finished, tmp_path, *changes)
     result = run_script("train.py", f"resume={run}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
