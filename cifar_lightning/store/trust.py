@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning.blocks import models
 from cifar_lightning.blocks.checks import check_arguments, check_target
-from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.errors import UserError, first_line
 from cifar_lightning.blocks.module import ImageClassifier
 from cifar_lightning.blocks.paths import user_path
 
@@ -217,7 +217,7 @@ def run_config(
     try:
         resolved = OmegaConf.to_container(config, resolve=True)
     except Exception as e:  # a reference to a key that is not there
-        raise UserError(f"{record} was refused: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{record} was refused: {first_line(e)}") from None
     assert isinstance(resolved, dict)
     for kind, group in (("net", "model"), *((g, g) for g in ("augmentation", "optimizer", "scheduler"))):
         if resolved.get(group) is not None or kind == "net":

@@ -30,7 +30,7 @@ from rich.tree import Tree
 
 from cifar_lightning.blocks import precision
 from cifar_lightning.blocks.console import quiet
-from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.errors import UserError, first_line
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
 from cifar_lightning.store.checkpoints import saved_epoch
 from cifar_lightning.store.runs import RunFolder
@@ -256,8 +256,7 @@ def composed_record(record: Path, compose: Callable[[], DictConfig]) -> DictConf
     try:
         return compose()
     except Exception as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{record} was refused: it does not compose with today's configs: {cause}") from None
+        raise UserError(f"{record} was refused: it does not compose with today's configs: {first_line(e)}") from None
 
 
 def config_tree(cfg: DictConfig, show: bool) -> str:

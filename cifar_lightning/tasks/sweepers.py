@@ -29,14 +29,13 @@ import yaml
 # review of BasicSweeper's params); #371 made the API plugins use public, not this class. Subclassed here rather than
 # rewritten, so grid sweeps stay exactly Hydra's
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
-from cifar_lightning.store.recorded import GROUP_OPTION, check_recorded_overrides, parsed_values
+from cifar_lightning.store.recorded import check_recorded_hydra_override, check_recorded_overrides
 from cifar_lightning.store.runs import RunFolder, sweep_root
 from cifar_lightning.store.trust import run_config
 from cifar_lightning.tasks.cli import CONFIG_DIR, composed_record
@@ -74,52 +73,6 @@ def recorded_overrides(sweep: Path) -> tuple[list[str], list[str]]:
     return hydra_overrides, task
 
 
-# The Hydra overrides a resumed sweep takes from its multirun.yaml: which sweeper and launcher, and their search
-# and resource keys; nothing that moves files (sweep.subdir, job_logging), sets the environment or runs commands
-RECORDED_HYDRA = ("hydra.mode", "hydra/sweeper", "hydra/launcher")
-RECORDED_SWEEPER = ("sampler", "direction", "study_name", "n_trials", "n_jobs", "max_failure_rate", "params", "pruner")
-RECORDED_LAUNCHER = (
-    "partition", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
-    "nodes", "qos", "account", "constraint", "comment", "max_num_timeout", "n_jobs",
-)  # fmt: skip
-REMOTE_STORAGE = ("postgresql", "mysql", "oracle", "mssql")  # an RDB server: nothing written here
-
-
-def check_recorded_hydra_override(override: str, sweep: Path, root: Path | None) -> None:
-    """Refuses a Hydra override of a sweep's multirun.yaml that a resumed sweep does not take from disk (see
-    RECORDED_HYDRA); an Optuna storage must be a database server or a SQLite file under the sweep's runs root.
-
-    Raises:
-        UserError: naming the record, the override and what to do."""
-    key, _, value = override.lstrip("+~").partition("=")
-    parts = key.split(".")
-    try:
-        parsed = OverridesParser.create().parse_override(override)
-        values = list(parsed_values(parsed.value()))
-    except Exception:  # Hydra's grammar refuses it
-        values, parsed = [None], None
-    # what acts while Hydra composes or builds the sweeper: a package (@), a mapping (built with its _target_),
-    # an interpolation (resolved), a sweeper or launcher chosen by a path (any YAML on disk)
-    plain = parsed is not None and parsed.package is None and not any(isinstance(v, dict) for v in values)
-    plain = plain and not any(isinstance(v, str) and "${" in v for v in values)
-    if key in ("hydra/sweeper", "hydra/launcher"):
-        plain = plain and all(isinstance(v, str) and GROUP_OPTION.fullmatch(v) for v in values)
-    allowed = (
-        key in RECORDED_HYDRA
-        or (parts[:2] == ["hydra", "sweeper"] and len(parts) > 2 and parts[2] in RECORDED_SWEEPER)
-        or (parts[:2] == ["hydra", "launcher"] and len(parts) == 3 and parts[2] in RECORDED_LAUNCHER)
-    )
-    if key == "hydra.sweeper.storage":
-        scheme, _, path = value.strip("'\"").partition(":///")
-        inside = scheme == "sqlite" and Path(path).resolve().is_relative_to((root or sweep).resolve())
-        allowed = scheme.split("+")[0] in REMOTE_STORAGE or inside
-    if not (allowed and plain):
-        raise UserError(
-            f"{sweep / 'multirun.yaml'} records {override}, which a resumed sweep does not take from disk: "
-            f"start the sweep anew"
-        )
-
-
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -140,7 +93,7 @@ class ResumableSweep:
 
     def resume_sweep(self, folder: str, arguments: Sequence[str]) -> Any:
         """Composes the sweep in `folder` again from its recorded overrides (but paths.root= and trusted_modules=,
-        which are the command's, and Hydra overrides outside RECORDED_HYDRA, refused), instantiates its sweeper
+        which are the command's, and Hydra overrides outside recorded.RECORDED_HYDRA, refused), instantiates its sweeper
         (Hydra only builds plugin classes) and runs it in resume mode."""
         assert self.config is not None and self.hydra_context is not None  # setup() ran
         sweep = user_path(folder).resolve()
