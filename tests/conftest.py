@@ -135,6 +135,10 @@ def synthetic_run(trained):
     return trained.source([*FAST, "data=synthetic"])
 
 
+# The default CNN at half its widths: a quarter of its compute, for the tests that need a trained model, not its
+# accuracy. Tests of another net, or of the CNN's size or capacity, leave it out (WITHOUT_NARROW).
+NARROW = "model.widths=[16,32,64]"
+
 # Overrides that make a training run take seconds: tiny data, no progress bar.
 FAST = [
     "epochs=1",
@@ -143,7 +147,9 @@ FAST = [
     "data.eval_batch_size=64",
     "callbacks.progress_bar=null",
     "trainer.enable_model_summary=false",
+    NARROW,
 ]
+WITHOUT_NARROW = [o for o in FAST if o != NARROW]
 
 
 # for scripts that load test callbacks (+callbacks.x._target_=helpers.X): tests/ on their import path

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, compose_train, run_script, train_run, write_folder
+from conftest import FAST, WITHOUT_NARROW, compose_train, run_script, train_run, write_folder
 from PIL import Image
 
 import cifar_lightning.blocks.data as data
@@ -204,7 +204,7 @@ def test_degenerate_images_train_to_the_end(tmp_path, varying, per_class, overri
     root = write_channels(tmp_path / "data", varying, per_class)
     run = tmp_path / "run"
     summary = train_run(
-        [*FAST, "data=folder", f"data.root={root}", "data.image_size=8", "data.val_size=0", "batch_size=4",
+        [*WITHOUT_NARROW, "data=folder", f"data.root={root}", "data.image_size=8", "data.val_size=0", "batch_size=4",
          *overrides],
         run,
     )  # fmt: skip
@@ -220,7 +220,7 @@ def test_degenerate_images_train_to_the_end(tmp_path, varying, per_class, overri
 )
 def test_one_image_per_batch_is_refused_where_a_batch_norm_layer_sees_1x1(model, image_size, layer):
     def check(batch_size):
-        overrides = [*FAST, "data=synthetic", f"data.image_size={image_size}", f"model={model}"]
+        overrides = [*WITHOUT_NARROW, "data=synthetic", f"data.image_size={image_size}", f"model={model}"]
         check_train_config(compose_train([*overrides, f"batch_size={batch_size}"]), TrainOptions)
 
     check(2)  # two images always give two values per channel

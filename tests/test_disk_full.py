@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, ROOT, run_script
+from conftest import FAST, ROOT, WITHOUT_NARROW, run_script
 from conftest import HELPERS_ENV as ENV
 from PIL import Image
 
@@ -241,12 +241,13 @@ def test_a_full_disk_in_the_other_commands_is_one_line_and_keeps_the_old_file(
 
 # ------------------------------------------------------------------------------------------ a real full disk
 @pytest.fixture
-def small_disk(tmp_path, synthetic_run):
-    """A tmpfs of room for two checkpoints and a half (a run's best.ckpt and last.ckpt, not epoch 1's temporary
-    last.ckpt beside them); skipped where mounting is not permitted. Unmounted afterwards."""
+def small_disk(tmp_path, trained):
+    """A tmpfs of room for two checkpoints of the full-width CNN and a half (a run's best.ckpt and last.ckpt, not
+    epoch 1's temporary last.ckpt beside them); skipped where mounting is not permitted. Unmounted afterwards."""
     mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
-    size = int(2.5 * (synthetic_run / "checkpoints" / "last.ckpt").stat().st_size) + 256 * 1024
+    checkpoint = trained.source([*WITHOUT_NARROW, "data=synthetic"]) / "checkpoints" / "last.ckpt"
+    size = int(2.5 * checkpoint.stat().st_size) + 256 * 1024
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()[:200]}")
@@ -259,7 +260,12 @@ def small_disk(tmp_path, synthetic_run):
 def test_a_really_full_disk_stops_training_in_one_line_and_keeps_the_checkpoints(small_disk):
     run = small_disk / "run"
     result = run_script(
-        "train.py", "data=synthetic", *FAST, "epochs=3", "callbacks.early_stopping=null", f"hydra.run.dir={run}"
+        "train.py",
+        "data=synthetic",
+        *WITHOUT_NARROW,
+        "epochs=3",
+        "callbacks.early_stopping=null",
+        f"hydra.run.dir={run}",
     )
     line = the_error_line(result)
     assert line.startswith(f"error: could not write {run}/"), line

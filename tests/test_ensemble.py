@@ -13,6 +13,8 @@ import yaml
 from conftest import FAST, run_script, train_run
 from PIL import Image
 
+from cifar_lightning.blocks.calibration import fit_temperature
+from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.datasets import make_synthetic, read_image
 from cifar_lightning.blocks.ensemble import average
 from cifar_lightning.blocks.errors import UserError
@@ -68,10 +70,16 @@ def test_a_sweeps_ensemble_is_the_mean_of_its_finished_members(sweep, capsys):
     members = [sweep / "sweep" / s for s in ("0", "1")]  # not 2 (pruned), not 3 (failed)
     assert [m["checkpoint"] for m in metrics["members"]] == [str(m / "checkpoints" / "best.ckpt") for m in members]
 
-    data = make_synthetic()
-    labels = data.test_labels
-    each = [direct(m, data.test_images) for m in members]
-    mean = (each[0] + each[1]) / 2
+    data = ImageDataModule(source="synthetic", val_size=40)  # FAST's split of the synthetic images
+    data.setup("fit")
+    labels = make_synthetic().test_labels
+    each = [direct(m, make_synthetic().test_images) for m in members]
+    # pool, then calibrate: the log of the members' mean divided by the ensemble's own temperature, fitted here on
+    # the members' mean over the validation split
+    val = data.splits["val"]
+    temperature = fit_temperature(sum(direct(m, val.images) for m in members).div(2).log(), val.labels)
+    assert temperature != 1.0 and metrics["calibration"]["temperature"] == pytest.approx(temperature, rel=1e-4)
+    mean = ((each[0] + each[1]) / 2).log().div(temperature).softmax(1)
     right = mean[torch.arange(len(labels)), labels]
     assert metrics["accuracy"] == pytest.approx(float((mean.argmax(1) == labels).float().mean()), abs=1e-6)
     assert metrics["ensemble"]["nll"] == pytest.approx(float(-right.log().mean()), rel=1e-4)
@@ -222,7 +230,6 @@ def test_the_ensemble_is_calibrated_as_one_model_on_the_validation_split():
     """Pool then calibrate: softmax(log(mean of the members' probabilities) / T), T fitted on the validation split."""
     from types import SimpleNamespace
 
-    from cifar_lightning.blocks.calibration import fit_temperature
     from cifar_lightning.tasks.ensemble import Member, compute
 
     g = torch.Generator().manual_seed(0)

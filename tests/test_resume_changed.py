@@ -91,7 +91,7 @@ CHANGES = {
         "scheduler._target_ 'cifar_lightning.blocks.schedules.OneCycle' -> 'torch.optim.lr_scheduler.StepLR'",
     ),
     "no scheduler": ("scheduler=none", "scheduler {{'_target_'"),
-    "model": ("model.widths=[16,32,64]", "model.widths [32, 64, 128] -> [16, 32, 64]"),
+    "model": ("model.widths=[8,16,32]", "model.widths [16, 32, 64] -> [8, 16, 32]"),
     "augmentation": ("augmentation=none", "augmentation {{'_target_'"),
     "label smoothing": ("module.label_smoothing=0.2", "module.label_smoothing 0.1 -> 0.2"),
     "data": ("data.val_size=400", "the data's mean"),  # another training split

@@ -8,7 +8,7 @@ import signal
 import optuna
 import pytest
 import yaml
-from conftest import FAST, HELPERS_ENV, compose_train, run_script, start_script, write_folder
+from conftest import FAST, HELPERS_ENV, NARROW, compose_train, run_script, start_script, write_folder
 from test_resume import epochs_logged, kill_mid_epoch
 
 from cifar_lightning.blocks.errors import UserError
@@ -161,7 +161,7 @@ def search(tmp_path, name, pruner):
         "train.py",
         "-m",
         "hparams_search=optuna",
-        *TINY,
+        *(o for o in TINY if o != NARROW),
         "model=mlp",
         "epochs=3",
         "batch_size=200",

@@ -189,3 +189,21 @@ def test_a_compiled_run_loads_without_compiling(checkpoint, tmp_path):
     torch.save(crafted, tmp_path / "compiled.ckpt")
     model = load_model(tmp_path / "compiled.ckpt")
     assert model.hparams.compile is False and getattr(model.net, "_compiled_call_impl", None) is None
+
+
+@pytest.mark.parametrize("error", [KeyError(), RuntimeError(""), ValueError("  \n"), TypeError("first\nsecond")])
+def test_a_checkpoint_that_does_not_fit_is_one_line_whatever_the_errors_message(checkpoint, tmp_path, error):
+    """A refusal quotes the first line of its cause's message, or the cause's type where the message is empty."""
+    path = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save(checkpoint, path)
+
+    def fails(*args, **kwargs):
+        raise error
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("cifar_lightning.store.checkpoints.ImageClassifier.on_load_checkpoint", fails)
+        with pytest.raises(UserError) as refusal:
+            load_model(path)
+    cause = "first" if str(error).strip() else type(error).__name__
+    assert str(refusal.value) == f"{path} does not fit this version's model ({type(error).__name__}: {cause})"

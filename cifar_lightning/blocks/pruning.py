@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.errors import UserError, first_line
 
 
 def optuna_object(config: Any, module_name: str, base_name: str, where: str, **kwargs: Any) -> Any:
@@ -33,7 +33,7 @@ def optuna_object(config: Any, module_name: str, base_name: str, where: str, **k
     try:
         return cls(**arguments, **kwargs)
     except (TypeError, ValueError) as e:
-        raise UserError(f"{where}: {target} refused its arguments: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{where}: {target} refused its arguments: {first_line(e)}") from None
 
 
 def build_pruner(config: Any, where: str) -> Any:

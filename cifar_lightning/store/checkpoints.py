@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.errors import UserError, first_line
 from cifar_lightning.blocks.module import ImageClassifier
 from cifar_lightning.store.runs import write_atomic
 from cifar_lightning.store.trust import check_hyperparameters
@@ -170,7 +170,7 @@ def load_model(path: Path, trusted_modules: Sequence[str] = ()) -> ImageClassifi
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError, KeyError, ValueError) as e:
         raise UserError(
-            f"{path} does not fit this version's model ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            f"{path} does not fit this version's model ({type(e).__name__}: {first_line(e)[:200]})"
         ) from None
     if not (model.temperature.isfinite() and model.temperature > 0):
         raise UserError(f"{path} was refused: its temperature {float(model.temperature)} is not a positive number")

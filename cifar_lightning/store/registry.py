@@ -21,7 +21,7 @@ try:
 except ImportError:  # only log() and register() need MLflow, and they import it
     PythonModel = object  # type: ignore[assignment,misc]
 
-from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.errors import UserError, first_line
 from cifar_lightning.blocks.module import ImageClassifier
 from cifar_lightning.store.checkpoints import load_model
 
@@ -112,5 +112,5 @@ def register(model_uri: str, tracking_uri: str, name: str, alias: str) -> str:
         version = mlflow.register_model(model_uri, name)
         mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version.version)
     except mlflow.exceptions.MlflowException as e:
-        raise UserError(f"MLflow refused registered_model={name} alias={alias}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"MLflow refused registered_model={name} alias={alias}: {first_line(e)}") from None
     return f"models:/{name}@{alias}"

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.errors import UserError, first_line
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store.runs import write_atomic
 
@@ -198,7 +198,7 @@ def attach(run_dir: Path, folder: Path) -> str | None:
     try:
         MlflowClient(record["tracking_uri"]).log_artifacts(record["run_id"], str(folder), f"eval/{folder.name}")
     except Exception as e:  # a run deleted from the store, a server gone: the evaluation itself is written
-        log.warning("evaluation not attached to MLflow run %s: %s", record["run_id"], str(e).splitlines()[0])
+        log.warning("evaluation not attached to MLflow run %s: %s", record["run_id"], first_line(e))
         return None
     return f"MLflow run {record['run_id']} ({record['tracking_uri']})"
 
@@ -242,7 +242,7 @@ def run_folder(run_id: str, root: Path) -> Path:
             run = client.get_run(run_id)
             break
         except Exception as e:  # MlflowException for an unknown id; a server that does not answer raises others
-            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            why = first_line(e)[:200]
     if run is None:
         raise UserError(f"{PREFIX}{run_id}: no such MLflow run in {' or '.join(stores)} ({why}): check the run id")
     tag = run.data.tags.get("run_dir")

@@ -215,7 +215,7 @@ def one_line(error: CompactHydraException) -> str:
     if options:
         line += f" (options: {', '.join(options)})"
     if error.__cause__ is not None:
-        line += f" ({str(error.__cause__).splitlines()[0]})"
+        line += f" ({first_line(error.__cause__)})"
     return line
 
 
