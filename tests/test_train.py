@@ -102,7 +102,14 @@ def test_compiled_net_trains_and_its_checkpoint_loads_like_any_other(tmp_path):
 
     RecordTrainStart.seen.clear()
     summary = train_run(
-        [*FAST, "data=synthetic", "module.compile=true", "+callbacks.record._target_=helpers.RecordTrainStart"],
+        [
+            *WITHOUT_NARROW,
+            "data=synthetic",
+            "model=mlp",
+            "model.hidden=[]",
+            "module.compile=true",
+            "+callbacks.record._target_=helpers.RecordTrainStart",
+        ],  # few kernels for the C++ compiler
         tmp_path / "compiled",
     )
     assert RecordTrainStart.seen[0]["compiled"] and 0 <= summary["best_val_acc"] <= 1
