@@ -5,11 +5,11 @@ import re
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import NARROW, ROOT, run_script
 
 from cifar_lightning.blocks import precision
 
-TINY = ["data=synthetic", "batch_size=100", "data.eval_batch_size=200", "callbacks.progress_bar=null"]
+TINY = ["data=synthetic", "batch_size=100", "data.eval_batch_size=200", "callbacks.progress_bar=null", NARROW]
 # A measured number as printed: its value depends on the machine and its load, so a test checks only that it is one
 MEASURED = r"(\S+?)"
 

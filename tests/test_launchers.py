@@ -18,7 +18,7 @@ def test_a_parallel_local_sweep_gives_one_folder_and_one_mlflow_run_per_job(tmp_
         "train.py",
         "-m",
         "hydra/launcher=submitit_local",
-        "seed=1,2,3",
+        "seed=1,2",  # a process each: every job a fresh interpreter
         *TINY,
         "data.val_size=200",
         "logger=mlflow",
@@ -27,11 +27,11 @@ def test_a_parallel_local_sweep_gives_one_folder_and_one_mlflow_run_per_job(tmp_
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
-    assert jobs == ["0", "1", "2"]
-    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 3  # three processes, not one
+    assert jobs == ["0", "1"]
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # two processes, not one
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cifar-lightning").experiment_id])
-    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2", "3"]
+    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]
     assert {r.data.tags["run_dir"] for r in runs} == {str((sweep / j).resolve()) for j in jobs}
 
 
