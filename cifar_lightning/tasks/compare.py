@@ -11,7 +11,7 @@ checkpoint's calibrated probabilities (softmax(logits / T)) with its own test-ti
 
 Reports accuracy B - A (blocks/stats.py):
 1. over runs: each group's mean ± std of its runs' accuracies and the 95% Welch t interval of the difference of
-   the means (t quantile computed in blocks/stats.py, no scipy); omitted, with a note, when a group has one run;
+   the means (scipy's Welch test); omitted, with a note, when a group has one run;
 2. over images, paired: McNemar's exact test (McNemar 1947; recommended by Dietterich, "Approximate Statistical Tests
    for Comparing Supervised Classification Learning Algorithms", Neural Computation 1998) between the groups'
    ensembles (mean of the members' probabilities, argmax), and the percentile bootstrap 95% interval over images of
