@@ -136,7 +136,8 @@ def synthetic_run(trained):
 
 
 # The default CNN at half its widths: a quarter of its compute, for the tests that need a trained model, not its
-# accuracy. Tests of another net, or of the CNN's size or capacity, leave it out (WITHOUT_NARROW).
+# accuracy. Tests of a net without widths (mlp), of resnet18 (it would lose a stage) or of the CNN's size or capacity
+# leave it out (WITHOUT_NARROW); a test of airbench sets its own widths after it.
 NARROW = "model.widths=[16,32,64]"
 
 # Overrides that make a training run take seconds: tiny data, no progress bar.

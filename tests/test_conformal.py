@@ -107,6 +107,15 @@ def test_sets_equal_a_direct_computation(alpha):
         assert sets.sum(1).tolist() == [1, 1, 1]  # the threshold is 0: the top class alone
 
 
+def test_the_report_gives_exact_fractions_of_the_images():
+    # 40 images, the top class right on 33: at level 0.5 (threshold 0: the top class alone) the sets cover 33 of 40
+    probabilities = torch.full((40, 10), 0.01).index_fill_(1, torch.tensor([0]), 0.91)
+    labels = torch.tensor([0] * 33 + [1] * 7)
+    scores = conformal.calibration_scores(probabilities, torch.zeros(40, dtype=torch.long))  # all 0
+    (row,) = conformal.coverage_report(probabilities, labels, scores, [0.5])["levels"]
+    assert (row["empirical_coverage"], row["mean_set_size"], row["empty_sets"]) == (0.825, 1.0, 0.0)
+
+
 def test_set_sizes_grow_with_the_level_and_always_hold_the_top_class():
     g = torch.Generator().manual_seed(1)
     p = (torch.randn(2000, 10, generator=g) * 2).softmax(1)

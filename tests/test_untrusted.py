@@ -9,7 +9,7 @@ from conftest import compose_train, run_script
 from hydra.utils import instantiate
 from PIL import Image
 
-from cifar_lightning.blocks.errors import UserError
+from cifar_lightning.blocks.errors import UserError, first_line
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.trust import check_model_config
 from cifar_lightning.tasks.cli import compose_config
@@ -207,3 +207,8 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_whatever_the_errors_message(
             load_model(path)
     cause = "first" if str(error).strip() else type(error).__name__
     assert str(refusal.value) == f"{path} does not fit this version's model ({type(error).__name__}: {cause})"
+
+
+def test_first_line_of_an_error_is_its_message_or_its_type():
+    assert first_line(ValueError("  bad value\n  at line 2")) == "bad value"
+    assert first_line(KeyError()) == "KeyError" and first_line(RuntimeError(" \n ")) == "RuntimeError"
