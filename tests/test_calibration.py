@@ -121,12 +121,15 @@ def test_without_validation_the_temperature_stays_one(tmp_path, caplog):
     summary = train_run([*FAST, "data=synthetic", "data.val_size=0"], tmp_path / "run")
     assert summary["temperature"] == 1
     assert any("data.val_size=0 leaves no validation images" in r.getMessage() for r in caplog.records)
-    with pytest.raises(UserError, match="calibrate=true fits the temperature on a validation split"):
-        evaluate(
-            compose_config(
-                "evaluate", [f"ckpt={tmp_path / 'run'}", "calibrate=true", "data=synthetic", "data.val_size=0"]
-            )
-        )
+    run = tmp_path / "run"
+    with pytest.raises(
+        UserError, match=r"calibrate=true fits .* the run held out, .* held out none \(data.val_size=0\)"
+    ):
+        evaluate(compose_config("evaluate", [f"ckpt={run}", "calibrate=true"]))
+    # other data's validation split: here 200 of the very images the run trained on (it held none out)
+    with pytest.raises(UserError, match="calibrate=true fits on the validation split the run held out.*drop data="):
+        evaluate(compose_config("evaluate", [f"ckpt={run}", "calibrate=true", "data=synthetic"]))
+    assert float(torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"]) == 1
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])

@@ -356,12 +356,14 @@ def test_a_checkpoint_trained_without_validation_is_refused_when_a_coverage_is_a
     unvalidated = runs["unvalidated"]
     assert len(load_model(unvalidated / "checkpoints" / "best.ckpt").conformal_scores) == 0
     assert "conformal" not in evaluate(compose_config("evaluate", [f"ckpt={unvalidated}"]))  # null: when there are
-    with pytest.raises(UserError, match=r"^coverage=\[0.9\]: .* holds no conformal scores .*data.val_size=0"):
+    with pytest.raises(UserError, match=r"^coverage=\[0.9\]: .* holds no conformal scores: .*data.val_size=0"):
         evaluate(compose_config("evaluate", [f"ckpt={unvalidated}", "coverage=[0.9]"]))
     result = run_script("predict.py", f"ckpt={unvalidated}", f"images={runs['images']}", "coverage=0.9")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()
-    assert len(last) == 1 and last[0].startswith("error: coverage=0.9: ") and "calibrate=true" in last[0]
+    assert (
+        len(last) == 1 and last[0].startswith("error: coverage=0.9: ") and "train with data.val_size above 0" in last[0]
+    )
 
 
 def test_levels_hold_for_the_logits_the_scores_were_fitted_on_only(runs):

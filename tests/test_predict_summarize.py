@@ -90,6 +90,20 @@ def test_summary_groups_the_folds_of_a_cross_validation_like_seeds(tmp_path):
     assert group["best_val_acc"] == pytest.approx(0.72) and group["best_val_acc_std"] == pytest.approx(0.02)
 
 
+def test_summary_groups_jobs_whatever_bookkeeping_a_resumed_sweep_gave_them(tmp_path):
+    """A resumed sweep's command gives the jobs it starts fresh paths.root= and trusted_modules= (and an Optuna job
+    its trial=): where the runs live and what they may load, not settings of the run."""
+    done = {"best_val_acc": 0.70, "test_acc": 0.60, "epochs": 3, "fit_seconds": 10}
+    fake_run(tmp_path / "0", ["optimizer.lr=0.001", "seed=1"], done)
+    fresh = ["optimizer.lr=0.001", "seed=2", f"paths.root='{tmp_path}'", "trusted_modules=[helpers]"]
+    fake_run(tmp_path / "1", fresh, {**done, "best_val_acc": 0.80})
+    (group,) = summarize.group(summarize.read_runs(tmp_path))
+    assert group["group"] == "optimizer.lr=0.001" and group["runs"] == 2
+    assert group["best_val_acc"] == pytest.approx(0.75)
+    summarize.main([str(tmp_path)])
+    assert "paths.root" not in (tmp_path / "summary.md").read_text()
+
+
 def test_frontier_plots_runs_and_sweeps_and_refuses_unfinished_or_uncounted_runs(tmp_path):
     def summary(acc, seconds, pflop):
         return {"best_val_acc": acc, "fit_seconds": seconds, "training_pflop": pflop}

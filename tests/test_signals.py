@@ -77,14 +77,20 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_end(tmp_path):
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
 
 
-def test_a_sweep_stopped_by_sigterm_exits_nonzero_after_the_job_it_stopped(tmp_path):
+def test_a_sweep_stopped_by_sigterm_exits_nonzero_after_the_job_it_stopped_and_resumes_whole(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [*EPOCHS, *stopped_by(signal.SIGTERM, "train_step"), f"hydra.sweep.dir={sweep}"]
-    result = run_script("train.py", "-m", *args, "seed=0,1", env=ENV)
+    once = stopped_by(signal.SIGTERM, "train_step", once=tmp_path / "sent")  # the resumed sweep goes on
+    result = run_script("train.py", "-m", *EPOCHS, *once, f"hydra.sweep.dir={sweep}", "seed=0,1", env=ENV)
 
     assert result.returncode == 143
-    assert the_error_line(result).endswith(f"python train.py resume={sweep / '0'}")
+    line = the_error_line(result)
+    assert line.endswith(f"python train.py -m resume={sweep}")  # the sweep, not its job: job 1 has not started
     assert not (sweep / "1").exists()  # the sweep ended with the stopped job
+
+    command = line.split("resume it with ")[1].split()
+    resumed = run_script(*command[1:], "trusted_modules=[helpers]", env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [json.loads((sweep / job / "summary.json").read_text())["epochs"] for job in ("0", "1")] == [2, 2]
 
 
 EVALUATE_STOPPED_BY = """

@@ -9,6 +9,7 @@ import torch
 from conftest import FAST, compose_train, run_script, train_run
 
 from cifar_lightning.blocks.checks import check_arguments, check_value, fits
+from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import TTA
 from cifar_lightning.tasks.train import train
@@ -44,6 +45,15 @@ def test_a_phrase_in_the_annotation_is_the_message_and_literals_are_exact():
     assert fits(True, bool | Literal[0, 1, 2]) and fits(2, bool | Literal[0, 1, 2]) and not fits(2.0, Literal[2, "2"])
     assert fits(1, TTA) and not fits(True, TTA) and not fits(1.0, TTA) and not fits(3, TTA)
     check_arguments(ranged, {"count": 3, "share": 1}, "x")  # an int is a number
+
+
+@pytest.mark.parametrize("value", [1.5, 1.0, 4999.5, -1, -0.1, True, float("nan")])
+def test_val_size_is_a_whole_count_or_a_share_below_1(value):
+    """A fraction above 1 is neither a count nor a share: it was cut to a count (1.5 -> 1 image) before."""
+    with pytest.raises(UserError, match=r"^data.val_size=.* must be a whole number of images \(0: none\) or a share"):
+        check_arguments(ImageDataModule, {"val_size": value}, "data")
+    for fine in (0, 0.0, 0.1, 0.999, 1, 5000):
+        check_arguments(ImageDataModule, {"val_size": fine}, "data")
 
 
 def test_a_list_of_fixed_length_names_its_length():

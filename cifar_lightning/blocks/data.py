@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import lightning as L
 import torch
-from annotated_types import Ge
+from annotated_types import Ge, Interval
 from torch.utils.data import DataLoader
 
 from cifar_lightning.blocks.checks import check_arguments
@@ -76,7 +76,10 @@ class ImageDataModule(L.LightningDataModule):
         root: str = "data",
         verify: bool = True,
         download: bool = True,
-        val_size: Annotated[float, Ge(0)] = 5000,
+        val_size: Annotated[
+            Annotated[int, Ge(0)] | Annotated[float, Interval(ge=0, lt=1)],
+            "must be a whole number of images (0: none) or a share below 1 (e.g. 0.1)",
+        ] = 5000,
         split_seed: Annotated[int, Ge(0)] = 0,
         batch_size: Annotated[int, Ge(1)] = 128,
         eval_batch_size: Annotated[int, Ge(1)] = 1000,
@@ -92,7 +95,8 @@ class ImageDataModule(L.LightningDataModule):
             root: the folder holding them (CIFAR: its python-version batches; folder: train/<class>/...).
             verify: refuse CIFAR files whose md5 differs from the official release.
             download: fetch CIFAR into `root` when it is missing.
-            val_size: images held out of the training set for validation; a fraction below 1 is a share.
+            val_size: images held out of the training set for validation: a count, or a share if a fraction
+                below 1 (a fraction above 1 is refused: neither).
             split_seed: the train/validation split.
             batch_size, eval_batch_size: images per training / evaluation batch.
             image_size: height and width in pixels (folder images are resized to it; CIFAR's are 32).

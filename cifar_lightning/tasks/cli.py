@@ -121,10 +121,15 @@ def stop_signal(error: KeyboardInterrupt | SystemExit) -> signal.Signals | None:
 
 def resume_hint(signum: signal.Signals | None = None) -> str:
     """For a training run (Hydra's run folder): how to resume it from the last epoch its last.ckpt holds, after a
-    write error or, with `signum`, after that signal stopped it. Epochs are counted from 0, as Lightning does."""
-    run = RunFolder(HydraConfig.get().runtime.output_dir)
+    write error or, with `signum`, after that signal stopped it; a sweep's job, by resuming its sweep (which also
+    runs the jobs not started yet). Epochs are counted from 0, as Lightning does."""
+    hydra = HydraConfig.get()
+    run = RunFolder(hydra.runtime.output_dir)
     epoch = saved_epoch(run.checkpoint("last"))
-    command = f"python train.py {shlex.quote(f'resume={run.path}')}"
+    swept = hydra.mode == RunMode.MULTIRUN
+    command = (
+        f"python train.py {'-m ' if swept else ''}{shlex.quote(f'resume={hydra.sweep.dir if swept else run.path}')}"
+    )
     if signum is None:
         return "then start the run again" if epoch is None else f"then resume it from epoch {epoch}: {command}"
     stopped = f"training stopped by {signum.name}"

@@ -66,9 +66,9 @@ def check_score(score: str, model: ImageClassifier, checkpoint: Path) -> None:
 def no_conformal_scores(asked: str, checkpoint: Path) -> str:
     """The one line refusing a coverage level of a checkpoint without conformal scores."""
     return (
-        f"{asked}: {checkpoint} holds no conformal scores (it was trained without a validation split, "
-        f"data.val_size=0, or before they were kept): python evaluate.py ckpt={checkpoint} calibrate=true fits them "
-        "on a validation split"
+        f"{asked}: {checkpoint} holds no conformal scores: trained without a validation split (data.val_size=0), "
+        "it has no images it did not train on to fit them on (train with data.val_size above 0); saved before they "
+        f"were kept, python evaluate.py ckpt={checkpoint} calibrate=true fits them"
     )
 
 

@@ -146,18 +146,24 @@ def model_and_data(cfg: DictConfig, split: str) -> tuple[Path, ImageClassifier, 
     return checkpoint, model, data
 
 
-def calibrate_again(checkpoint: Path, model: ImageClassifier, data: ImageDataModule) -> None:
-    """calibrate=true: the temperature and conformal scores fitted again on the validation split, into the model.
-    Raises UserError while the run is being trained, or for data without a validation split."""
+def calibrate_again(checkpoint: Path, model: ImageClassifier, data: ImageDataModule, chosen: bool) -> None:
+    """calibrate=true: the temperature and conformal scores fitted again on the validation split the run held out,
+    into the model. Raises UserError while the run is being trained, for data chosen with data= (other data's
+    validation images may be ones the run trained on: a run trained on all of its images has none left), or for a
+    run that held out no validation split."""
     holder = RunFolder.of_checkpoint(checkpoint).trained_by()
     if holder:  # its checkpoints are rewritten with the temperature: never under a live trainer's saves
         raise UserError(
             f"calibrate=true rewrites {checkpoint}, whose run is being trained by {holder}: wait until it ends"
         )
+    if chosen:
+        raise UserError(
+            "calibrate=true fits on the validation split the run held out, images it never trained on: drop data="
+        )
     if "val" not in data.splits:
         raise UserError(
-            f"calibrate=true fits the temperature on a validation split, and the data in {data.root} has none "
-            f"(data.val_size=0): choose data with one"
+            f"calibrate=true fits the temperature on the validation split the run held out, and {checkpoint}'s run "
+            "held out none (data.val_size=0): every image was trained on; train with data.val_size above 0"
         )
     fit_on_validation(model, data.splits["val"], data.eval_batch_size)
 
@@ -169,7 +175,7 @@ def compute(cfg: DictConfig) -> Result:
     ood_sets = out_of_distribution_sets(cfg.ood, data, data.splits[cfg.split].images)
     model.to(inference_device(cfg.trainer.accelerator))
     if cfg.calibrate:
-        calibrate_again(checkpoint, model, data)
+        calibrate_again(checkpoint, model, data, chosen=cfg.get("data") is not None)
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     # the scores were fitted on the validation split's logits at the checkpoint's own test-time augmentation

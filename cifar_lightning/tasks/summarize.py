@@ -26,12 +26,13 @@ def read_runs(sweep: Path) -> list[dict]:
     runs = []
     for overrides_file in sorted(sweep.glob("**/.hydra/overrides.yaml")):
         run = overrides_file.parent.parent
-        # trial= (which Optuna trial the job reports to) and trusted_modules= (what it may load from disk; a resumed
-        # sweep's command gives it) are bookkeeping, not settings of the run
+        # trial= (which Optuna trial the job reports to), trusted_modules= (what it may load from disk) and
+        # paths.root= (where the runs live: a resumed sweep's command gives both to the jobs it starts) are
+        # bookkeeping, not settings of the run
         overrides = [
             o
             for o in yaml.safe_load(overrides_file.read_text()) or []
-            if not o.startswith(("trial=", "trusted_modules="))
+            if not o.startswith(("trial=", "trusted_modules=", "paths.root="))
         ]
         summary_file = run / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
