@@ -1,6 +1,10 @@
 """Evaluate a checkpoint: `python evaluate.py ckpt=best [split=val] [tta=true]`, or an ensemble (ckpt=SWEEP_DIR,
 ckpt=[RUN1,RUN2] out=DIR). See README.md."""
 
+from cifar_lightning.blocks.errors import stop_quietly_while_importing
+
+stop_quietly_while_importing()  # first: Ctrl-C during the imports below ends in one line
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,5 +1,9 @@
 """Export a checkpoint: `python export.py ckpt=best format=onnx`. See README.md."""
 
+from cifar_lightning.blocks.errors import stop_quietly_while_importing
+
+stop_quietly_while_importing()  # first: Ctrl-C during the imports below ends in one line
+
 import hydra
 from omegaconf import DictConfig
 

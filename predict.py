@@ -1,5 +1,9 @@
 """Classify image files: `python predict.py ckpt=best images='photos/*.png' [csv=predictions.csv]`."""
 
+from cifar_lightning.blocks.errors import stop_quietly_while_importing
+
+stop_quietly_while_importing()  # first: Ctrl-C during the imports below ends in one line
+
 import hydra
 from omegaconf import DictConfig
 

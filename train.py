@@ -1,5 +1,9 @@
 """Train a classifier: `python train.py model=cnn epochs=20`, sweeps with `-m`, `resume=RUN|latest`. See README.md."""
 
+from cifar_lightning.blocks.errors import stop_quietly_while_importing
+
+stop_quietly_while_importing()  # first: Ctrl-C during the imports below ends in one line
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf

@@ -113,6 +113,12 @@ def test_a_run_held_here_is_not_resumed_nor_trained_by_another(stopped, tmp_path
         assert files(newer.path) == before
     assert to_resume("latest", str(root)).path == newer.path  # free again
     assert "does not exist" in nothing_to_resume(str(tmp_path), root)
+    # a checkpoint file given for its run folder: the folder is named, not <file>/checkpoints/last.ckpt
+    last = str(newer.checkpoint("last"))
+    assert nothing_to_resume(last, root) == (
+        "that is a file, and resume= takes a run folder, which continues from its checkpoints/last.ckpt: "
+        f"resume={newer.path}"
+    )
 
 
 def test_a_refusal_after_the_lock_was_taken_leaves_no_folder(tmp_path):

@@ -116,6 +116,36 @@ def test_a_run_refused_before_it_started_leaves_no_folder_and_other_folders_stay
     assert again.returncode == 1 and (kept / "notes.txt").read_text() == "a file of the user's"
 
 
+def test_a_new_run_or_sweep_never_writes_into_a_used_folder(tmp_path):
+    """hydra.run.dir= or hydra.sweep.dir= naming an earlier run, sweep or any folder with files is refused in one
+    line before Hydra writes its .hydra/ or multirun.yaml there; an empty folder is a new run's."""
+    run = fake_run(tmp_path, "run")
+    (run.path / ".hydra").mkdir()
+    (run.path / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "0")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.png").write_bytes(b"x")
+    cases = [
+        (["train.py", f"hydra.run.dir={run.path}"], f"python train.py resume={run.path}"),
+        (["train.py", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}"], f"python train.py -m resume={sweep}"),
+        (["train.py", f"hydra.run.dir={photos}"], f"python train.py resume={photos}"),
+    ]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for args, resume in cases:
+        result = run_script(*args, "data=synthetic", *FAST)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert " already: a new run never writes over files" in line and line.endswith(resume)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "train.log"} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()  # taken: refused by its epochs, not by its folder
+    refused = run_script("train.py", "data=synthetic", "epochs=0", f"hydra.run.dir={empty}")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: epochs=0")
+
+
 def test_discard_keeps_a_folder_that_holds_anything_but_what_hydra_writes_first(tmp_path):
     empty = RunFolder(tmp_path / "a")
     (empty.path / ".hydra").mkdir(parents=True)

@@ -5,6 +5,9 @@ stopped and how to resume it; a sweep stops with it; evaluate.py stopped so leav
 import json
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +130,21 @@ def test_an_evaluation_stopped_midway_exits_nonzero_and_keeps_the_previous_repor
     assert {p.name: p.read_bytes() for p in report.iterdir()} == before
     assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 0
     assert Path(run / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "predict.py", "export.py"])
+def test_ctrl_c_while_a_command_imports_ends_in_one_line(tmp_path, script):
+    """A fresh interpreter (not the forked one of run_script, which has imported everything) spends its first
+    seconds importing torch, Lightning and Hydra: Ctrl-C then is one line and exit code 130, not a traceback."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / script), f"hydra.run.dir={tmp_path / 'run'}", "data=synthetic"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "SIGINT" in the_error_line(subprocess.CompletedProcess([], 130, "", stderr))

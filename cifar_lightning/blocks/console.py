@@ -71,3 +71,6 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     # bf16-mixed keeps fp32 weights, so the model summary's fallback to 32 bits gives the right size
     warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
+    # on any machine with Slurm's srun, every local run is told to start under srun; this project submits to Slurm
+    # through its launcher (hydra/launcher=slurm, docs/slurm.md), whose jobs srun starts
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")

@@ -4,6 +4,7 @@ mlflow:RUN_ID), and the resolvers through which Hydra chooses a run's folder (co
 import time
 from pathlib import Path
 
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from cifar_lightning.blocks.errors import UserError
@@ -158,6 +159,11 @@ def nothing_to_resume(resume: str, outputs: Path) -> str:
             )
         return f"no run under {outputs}/ has a checkpoints/last.ckpt, so there is nothing to resume{LAYOUT}"
     run = RunFolder(named(resume, outputs))
+    if run.path.is_file():
+        return (
+            "that is a file, and resume= takes a run folder, which continues from its checkpoints/last.ckpt: "
+            f"resume={RunFolder.of_checkpoint(run.path).path}"
+        )
     holder = run.trained_by()
     if holder:
         return (
@@ -174,10 +180,16 @@ def run_dir(resume: str | None, outputs: str) -> str:
     return str(run.path) if run else str(claim(user_path(outputs) / "runs").path)
 
 
-def config_subdir(resume: str | None, outputs: str = "outputs") -> str | None:
-    """.hydra for a new run; .hydra/resume_<time> beside it for a resuming call; none for a finished run, which
-    a resume leaves as it is."""
+def config_subdir(
+    resume: str | None, outputs: str = "outputs", run_dir: str | None = None, mode: RunMode | None = None
+) -> str | None:
+    """.hydra for a new run, which a single run (`mode` RUN) writes into a folder that holds nothing yet (`run_dir`,
+    Hydra's: RunFolder.check_new, before Hydra writes its .hydra/ there; a sweep's jobs are checked with their
+    sweep, and a resumed sweep runs a job that never saved a checkpoint afresh in its folder); .hydra/resume_<time>
+    beside it for a resuming call; none for a finished run, which a resume leaves as it is."""
     if not resume:
+        if run_dir is not None and mode == RunMode.RUN:
+            RunFolder(run_dir).check_new("hydra.run.dir", f"python train.py resume={run_dir}")
         return ".hydra"
     run = to_resume(resume, outputs)
     return None if run is not None and run.finished else f".hydra/resume_{time.strftime(STAMP)}"

@@ -150,6 +150,7 @@ def run(hydra_main: Callable) -> None:
     a bad override) end in one line too: Hydra would print them over several lines with a hint, so it is asked
     to raise them instead (HYDRA_FULL_ERROR) and they are printed here from the exception's parts. A user who
     sets HYDRA_FULL_ERROR=1 still gets Hydra's full report."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the imports are done (errors.stop_quietly_...)
     quiet()
     sys.argv[1:] = typed_paths(sys.argv[1:])
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -163,6 +164,14 @@ def run(hydra_main: Callable) -> None:
     except UserError as e:  # a job of a sweep failed, or the launcher refused the sweep
         if e not in REPORTED:  # a job in a process of its own (submitit, Slurm) printed it to its own log only
             print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OmegaConfBaseException as e:  # a resolver of Hydra's run folder refused it (store/locate.py)
+        refusal: BaseException | None = e
+        while refusal is not None and not isinstance(refusal, UserError):  # OmegaConf wraps it, more than once
+            refusal = refusal.__context__
+        if refusal is None:
+            raise
+        print(f"error: {refusal}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C outside a job (while Hydra composes, between a sweep's jobs)
         print("error: stopped by SIGINT", file=sys.stderr)

@@ -18,6 +18,7 @@ these classes the names configs/hydra/sweeper/ use.
 """
 
 import logging
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,10 @@ class GridSweeper(ResumableSweep, BasicSweeper):
         folder = resume_requested(arguments)
         if folder is not None and not self.resuming:
             return self.resume_sweep(folder, arguments)
+        if not self.resuming:  # before Hydra writes multirun.yaml and the jobs their folders over an earlier sweep
+            assert self.config is not None  # setup() ran
+            sweep = self.config.hydra.sweep.dir
+            RunFolder(sweep).check_new("hydra.sweep.dir", f"python train.py -m {shlex.quote(f'resume={sweep}')}")
         return super().sweep(arguments)
 
     def get_job_batch(self) -> Sequence[Sequence[str]]:
