@@ -35,6 +35,11 @@ def _check_labels(labels: torch.Tensor, classes: list[str], origin: str, fix: st
         raise UserError(f"{origin}: labels {unknown} name no class (there are {len(classes)}); {fix}")
 
 
+# a count of images, or a share of them: a fraction above 1 is neither
+VAL_SIZE = Annotated[
+    Annotated[int, Ge(0)] | Annotated[float, Interval(ge=0, lt=1)],
+    "must be a whole number of images (0: none) or a share below 1 (e.g. 0.1)",
+]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 images, labels, positions in the dataset
 
 
@@ -76,10 +81,7 @@ class ImageDataModule(L.LightningDataModule):
         root: str = "data",
         verify: bool = True,
         download: bool = True,
-        val_size: Annotated[
-            Annotated[int, Ge(0)] | Annotated[float, Interval(ge=0, lt=1)],
-            "must be a whole number of images (0: none) or a share below 1 (e.g. 0.1)",
-        ] = 5000,
+        val_size: VAL_SIZE = 5000,
         split_seed: Annotated[int, Ge(0)] = 0,
         batch_size: Annotated[int, Ge(1)] = 128,
         eval_batch_size: Annotated[int, Ge(1)] = 1000,
@@ -95,8 +97,7 @@ class ImageDataModule(L.LightningDataModule):
             root: the folder holding them (CIFAR: its python-version batches; folder: train/<class>/...).
             verify: refuse CIFAR files whose md5 differs from the official release.
             download: fetch CIFAR into `root` when it is missing.
-            val_size: images held out of the training set for validation: a count, or a share if a fraction
-                below 1 (a fraction above 1 is refused: neither).
+            val_size: images held out of the training set for validation: a count, or a share (a fraction below 1).
             split_seed: the train/validation split.
             batch_size, eval_batch_size: images per training / evaluation batch.
             image_size: height and width in pixels (folder images are resized to it; CIFAR's are 32).

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store import tracking
-from cifar_lightning.store.runs import STAMP, RunFolder, claim
+from cifar_lightning.store.runs import LOCK, STAMP, RunFolder, claim
 
 
 def newest(outputs: Path, name: str, idle: bool = False) -> RunFolder | None:
@@ -184,12 +184,24 @@ def config_subdir(
     resume: str | None, outputs: str = "outputs", run_dir: str | None = None, mode: RunMode | None = None
 ) -> str | None:
     """.hydra for a new run, which a single run (`mode` RUN) writes into a folder that holds nothing yet (`run_dir`,
-    Hydra's: RunFolder.check_new, before Hydra writes its .hydra/ there; a sweep's jobs are checked with their
+    Hydra's: check_unused, before Hydra writes its .hydra/ there; a sweep's jobs are checked with their
     sweep, and a resumed sweep runs a job that never saved a checkpoint afresh in its folder); .hydra/resume_<time>
     beside it for a resuming call; none for a finished run, which a resume leaves as it is."""
     if not resume:
         if run_dir is not None and mode == RunMode.RUN:
-            RunFolder(run_dir).check_new("hydra.run.dir", f"python train.py resume={run_dir}")
+            check_unused(Path(run_dir), "hydra.run.dir", f"python train.py resume={run_dir}")
         return ".hydra"
     run = to_resume(resume, outputs)
     return None if run is not None and run.finished else f".hydra/resume_{time.strftime(STAMP)}"
+
+
+def check_unused(folder: Path, option: str, resume: str) -> None:
+    """Raises UserError (one line) when `folder` holds anything but the log Hydra opened for this very command: a
+    new run or sweep (`option`: hydra.run.dir or hydra.sweep.dir) never writes over files; `resume` continues what
+    is there."""
+    held = sorted({p.name for p in folder.glob("*")} - {"train.log", LOCK})  # pathlib's * matches .hydra too
+    if held:
+        raise UserError(
+            f"{option}={folder} holds {', '.join(held[:3])}{', ...' * (len(held) > 3)} already: a new run never "
+            f"writes over files; choose a new or empty folder, or continue what is there with {resume}"
+        )

@@ -184,25 +184,6 @@ class RunFolder:
         return self.path / "eval" / (split if data_root is None else f"{split}_{Path(data_root).name}")
 
     # ------------------------------------------------------------------------------------- state
-    def check_new(self, option: str, resume: str) -> None:
-        """Refuses a folder that holds anything but the log Hydra opened for this very command (train.log): a new
-        run or sweep never writes over an earlier one, nor into a folder of the user's (`option`: hydra.run.dir or
-        hydra.sweep.dir, where the user chose it). `resume`: the command that continues what is there.
-
-        Raises:
-            UserError: one line naming the folder, what it holds and what to do."""
-        held = (
-            sorted(p.name for p in self.path.iterdir() if p.name not in ("train.log", LOCK))
-            if self.path.is_dir()
-            else []
-        )
-        if held:
-            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-            raise UserError(
-                f"{option}={self.path} holds {shown} already: a new run never writes over files; choose a new or "
-                f"empty folder, or continue what is there with {resume}"
-            )
-
     @property
     def finished(self) -> bool:
         """summary.json is the last file a run writes."""
