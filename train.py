@@ -2,7 +2,8 @@
 
 from cifar_lightning.blocks.errors import stop_quietly_while_importing
 
-stop_quietly_while_importing()  # first: Ctrl-C during the imports below ends in one line
+if __name__ == "__main__":  # not in a process spawned from it (a data loader's worker), which cli.run never resets
+    stop_quietly_while_importing()  # first: Ctrl-C during the imports below ends in one line
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

@@ -127,7 +127,7 @@ def test_without_validation_the_temperature_stays_one(tmp_path, caplog):
     ):
         evaluate(compose_config("evaluate", [f"ckpt={run}", "calibrate=true"]))
     # other data's validation split: here 200 of the very images the run trained on (it held none out)
-    with pytest.raises(UserError, match="calibrate=true fits on the validation split the run held out.*drop data="):
+    with pytest.raises(UserError, match="calibrate=true fits on the validation split the run held out, .*drop data="):
         evaluate(compose_config("evaluate", [f"ckpt={run}", "calibrate=true", "data=synthetic"]))
     assert float(torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["temperature"]) == 1
 

@@ -117,33 +117,45 @@ def test_a_run_refused_before_it_started_leaves_no_folder_and_other_folders_stay
 
 
 def test_a_new_run_or_sweep_never_writes_into_a_used_folder(tmp_path):
-    """hydra.run.dir= or hydra.sweep.dir= naming an earlier run, sweep or any folder with files is refused in one
-    line before Hydra writes its .hydra/ or multirun.yaml there; an empty folder is a new run's."""
+    """hydra.run.dir= or hydra.sweep.dir= naming an earlier run, sweep or any folder with files (hidden ones too) is
+    refused in one line before Hydra makes or writes anything there (tasks/cli.NewFolders): not its .hydra/, its
+    multirun.yaml nor its log; the line says how to continue a run or sweep found there. An empty folder is a new
+    run's, and so is the folder claimed for a run whatever its log is named."""
     run = fake_run(tmp_path, "run")
     (run.path / ".hydra").mkdir()
     (run.path / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
     sweep = tmp_path / "sweep"
     fake_run(sweep, "0")
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
-    photos = tmp_path / "photos"
-    photos.mkdir()
+    photos, hidden = tmp_path / "photos", tmp_path / "hidden"
+    (photos / "cat.png").parent.mkdir()
     (photos / "cat.png").write_bytes(b"x")
+    (hidden / ".notes").parent.mkdir()
+    (hidden / ".notes").write_text("mine")
+    continue_run, continue_sweep = f"python train.py resume={run.path}", f"python train.py -m resume={sweep}"
     cases = [
-        (["train.py", f"hydra.run.dir={run.path}"], f"python train.py resume={run.path}"),
-        (["train.py", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}"], f"python train.py -m resume={sweep}"),
-        (["train.py", f"hydra.run.dir={photos}"], f"python train.py resume={photos}"),
+        (["train.py", f"hydra.run.dir={run.path}"], continue_run),
+        (["train.py", f"hydra.run.dir={run.path}", "hydra.output_subdir=null"], continue_run),
+        (["train.py", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}"], continue_sweep),
+        (["train.py", "-m", "hparams_search=optuna", f"hydra.sweep.dir={sweep}"], continue_sweep),
+        (["train.py", f"hydra.run.dir={sweep}"], continue_sweep),
+        (["train.py", f"hydra.run.dir={photos}"], "choose a new or empty folder"),
+        (["train.py", f"hydra.run.dir={hidden}"], "choose a new or empty folder"),
     ]
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    for args, resume in cases:
+    for args, advice in cases:
         result = run_script(*args, "data=synthetic", *FAST)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
         (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert " already: a new run never writes over files" in line and line.endswith(resume)
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "train.log"} == before
+        assert " already: a new run or sweep never writes over files" in line and line.endswith(advice), line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # no log either
     empty = tmp_path / "empty"
     empty.mkdir()  # taken: refused by its epochs, not by its folder
     refused = run_script("train.py", "data=synthetic", "epochs=0", f"hydra.run.dir={empty}")
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: epochs=0")
+    named = run_script("train.py", "data=synthetic", "epochs=0", "hydra.job.name=mine", f"paths.root={tmp_path}")
+    assert named.stderr.strip().splitlines()[-1].startswith("error: epochs=0")
+    assert not list((tmp_path / "runs").iterdir())  # the folder claimed for it, with its mine.log, discarded
 
 
 def test_discard_keeps_a_folder_that_holds_anything_but_what_hydra_writes_first(tmp_path):

@@ -3,6 +3,7 @@ advertisement, a deprecation inside a library's own code, a warning about a choi
 Everything else a library prints stays, above all what a user can change with an override."""
 
 import logging
+import os
 import re
 import warnings
 
@@ -72,5 +73,7 @@ def quiet() -> None:
     # bf16-mixed keeps fp32 weights, so the model summary's fallback to 32 bits gives the right size
     warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
     # on any machine with Slurm's srun, every local run is told to start under srun; this project submits to Slurm
-    # through its launcher (hydra/launcher=slurm, docs/slurm.md), whose jobs srun starts
-    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
+    # through its launcher (hydra/launcher=slurm, docs/slurm.md), whose jobs srun starts. Inside an allocation the
+    # hint may be right, and stays
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")

@@ -1,16 +1,16 @@
 """Finding a run: `ckpt=` and `resume=` as a user names them (best, last, latest, a folder, a .ckpt file,
 mlflow:RUN_ID), and the resolvers through which Hydra chooses a run's folder (configs/hydra/default.yaml)."""
 
+import shlex
 import time
 from pathlib import Path
 
-from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store import tracking
-from cifar_lightning.store.runs import LOCK, STAMP, RunFolder, claim
+from cifar_lightning.store.runs import STAMP, RunFolder, claim
 
 
 def newest(outputs: Path, name: str, idle: bool = False) -> RunFolder | None:
@@ -160,10 +160,9 @@ def nothing_to_resume(resume: str, outputs: Path) -> str:
         return f"no run under {outputs}/ has a checkpoints/last.ckpt, so there is nothing to resume{LAYOUT}"
     run = RunFolder(named(resume, outputs))
     if run.path.is_file():
-        return (
-            "that is a file, and resume= takes a run folder, which continues from its checkpoints/last.ckpt: "
-            f"resume={RunFolder.of_checkpoint(run.path).path}"
-        )
+        folder = RunFolder.of_checkpoint(run.path)
+        hint = f": resume={folder.path}" if folder.checkpoint("last").is_file() else ""
+        return f"that is a file, and resume= takes a run folder, which continues from its checkpoints/last.ckpt{hint}"
     holder = run.trained_by()
     if holder:
         return (
@@ -180,28 +179,29 @@ def run_dir(resume: str | None, outputs: str) -> str:
     return str(run.path) if run else str(claim(user_path(outputs) / "runs").path)
 
 
-def config_subdir(
-    resume: str | None, outputs: str = "outputs", run_dir: str | None = None, mode: RunMode | None = None
-) -> str | None:
-    """.hydra for a new run, which a single run (`mode` RUN) writes into a folder that holds nothing yet (`run_dir`,
-    Hydra's: check_unused, before Hydra writes its .hydra/ there; a sweep's jobs are checked with their
-    sweep, and a resumed sweep runs a job that never saved a checkpoint afresh in its folder); .hydra/resume_<time>
-    beside it for a resuming call; none for a finished run, which a resume leaves as it is."""
+def config_subdir(resume: str | None, outputs: str = "outputs") -> str | None:
+    """.hydra for a new run; .hydra/resume_<time> beside it for a resuming call; none for a finished run, which
+    a resume leaves as it is."""
     if not resume:
-        if run_dir is not None and mode == RunMode.RUN:
-            check_unused(Path(run_dir), "hydra.run.dir", f"python train.py resume={run_dir}")
         return ".hydra"
     run = to_resume(resume, outputs)
     return None if run is not None and run.finished else f".hydra/resume_{time.strftime(STAMP)}"
 
 
-def check_unused(folder: Path, option: str, resume: str) -> None:
-    """Raises UserError (one line) when `folder` holds anything but the log Hydra opened for this very command: a
-    new run or sweep (`option`: hydra.run.dir or hydra.sweep.dir) never writes over files; `resume` continues what
-    is there."""
-    held = sorted({p.name for p in folder.glob("*")} - {"train.log", LOCK})  # pathlib's * matches .hydra too
-    if held:
-        raise UserError(
-            f"{option}={folder} holds {', '.join(held[:3])}{', ...' * (len(held) > 3)} already: a new run never "
-            f"writes over files; choose a new or empty folder, or continue what is there with {resume}"
-        )
+def check_unused(folder: Path, option: str) -> None:
+    """Raises UserError (one line) when `folder` holds anything: a new run or sweep (`option`: hydra.run.dir or
+    hydra.sweep.dir, as the user set it) never writes over files, an earlier run's, a sweep's or the user's. The
+    line says how to continue an earlier run or sweep found there."""
+    held = sorted(p.name for p in folder.glob("*"))  # pathlib's * matches .hydra too
+    if not held:
+        return
+    if (folder / "multirun.yaml").is_file():
+        what = f", or continue that sweep with python train.py -m {shlex.quote(f'resume={folder}')}"
+    elif RunFolder(folder).checkpoint("last").is_file():
+        what = f", or continue that run with python train.py {shlex.quote(f'resume={folder}')}"
+    else:
+        what = ""
+    raise UserError(
+        f"{option}={folder} holds {', '.join(held[:3])}{', ...' * (len(held) > 3)} already: a new run or sweep "
+        f"never writes over files; choose a new or empty folder{what}"
+    )

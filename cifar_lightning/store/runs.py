@@ -295,7 +295,8 @@ class RunFolder:
         if not self.path.is_dir() or (self.path / "run.json").exists():
             return False
         names = {p.name for p in self.path.iterdir()}
-        if ".hydra" not in names or not names <= {".hydra", "train.log", LOCK}:
+        logs = {n for n in names if n.endswith(".log")}  # Hydra's, named by hydra.job.name (train.log)
+        if ".hydra" not in names or not names <= {".hydra", LOCK, *logs}:
             return False
         shutil.rmtree(self.path, ignore_errors=True)
         return True

@@ -14,12 +14,14 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException, HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -30,9 +32,10 @@ from rich.tree import Tree
 
 from cifar_lightning.blocks import precision
 from cifar_lightning.blocks.console import quiet
-from cifar_lightning.blocks.errors import UserError, first_line
+from cifar_lightning.blocks.errors import UserError, first_line, stop_while_importing
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
 from cifar_lightning.store.checkpoints import saved_epoch
+from cifar_lightning.store.locate import check_unused
 from cifar_lightning.store.runs import RunFolder
 
 REPORTED: "weakref.WeakSet[UserError]" = weakref.WeakSet()  # the errors printed in this process already
@@ -150,7 +153,8 @@ def run(hydra_main: Callable) -> None:
     a bad override) end in one line too: Hydra would print them over several lines with a hint, so it is asked
     to raise them instead (HYDRA_FULL_ERROR) and they are printed here from the exception's parts. A user who
     sets HYDRA_FULL_ERROR=1 still gets Hydra's full report."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the imports are done (errors.stop_quietly_...)
+    if signal.getsignal(signal.SIGINT) is stop_while_importing:  # the imports are done: Python's own handler again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     quiet()
     sys.argv[1:] = typed_paths(sys.argv[1:])
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -165,17 +169,34 @@ def run(hydra_main: Callable) -> None:
         if e not in REPORTED:  # a job in a process of its own (submitit, Slurm) printed it to its own log only
             print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except OmegaConfBaseException as e:  # a resolver of Hydra's run folder refused it (store/locate.py)
-        refusal: BaseException | None = e
-        while refusal is not None and not isinstance(refusal, UserError):  # OmegaConf wraps it, more than once
-            refusal = refusal.__context__
-        if refusal is None:
-            raise
-        print(f"error: {refusal}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C outside a job (while Hydra composes, between a sweep's jobs)
         print("error: stopped by SIGINT", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+
+
+class NewFolders(Callback):
+    """Hydra's hooks before it makes a run's or a sweep's folder and writes into it (configs/hydra/default.yaml): a
+    new run or sweep never writes into a folder that holds files (store.locate.check_unused). Only a folder the
+    user chose is looked at: the project's own resolvers claim a new one, and resume= continues one on purpose."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # the processes Lightning's DDP starts after the first run in the first one's folder
+        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+            self.check(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.check(config, "sweep")
+
+    @staticmethod
+    def check(config: DictConfig, kind: str) -> None:
+        unresolved = OmegaConf.to_container(config.hydra[kind], resolve=False)
+        assert isinstance(unresolved, dict)  # of a DictConfig
+        if config.get("resume") or str(unresolved["dir"]).startswith(("${new_dir:", "${run_dir:")):
+            return
+        try:
+            check_unused(Path(config.hydra[kind].dir), f"hydra.{kind}.dir")
+        except UserError as e:
+            sys.exit(f"error: {e}")  # Hydra turns a callback's exception into a warning; it lets an exit through
 
 
 HYDRA_FOLDERS = ("hydra.run.dir", "hydra.sweep.dir")

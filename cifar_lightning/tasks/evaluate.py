@@ -110,6 +110,11 @@ def check_options(cfg: DictConfig) -> dict | None:
     """The task's options, checked before the checkpoint is read; returns the corruption options or None."""
     options = {k: plain(v) for k, v in cfg.items() if k not in ("data", "corruptions", "trainer")}
     check_arguments(EvaluateOptions, options, "")
+    if options.get("calibrate") and cfg.get("data") is not None:  # other data's may be images the run trained on
+        raise UserError(
+            "calibrate=true fits on the validation split the run held out, which its run folder names: drop data= "
+            "(a checkpoint outside its run folder cannot be calibrated again)"
+        )
     if options.get("tta_fraction") is not None:
         check_value("tta_fraction", options["tta_fraction"], TTA_FRACTION)
     corruptions = plain(cfg.get("corruptions"))
@@ -146,19 +151,14 @@ def model_and_data(cfg: DictConfig, split: str) -> tuple[Path, ImageClassifier, 
     return checkpoint, model, data
 
 
-def calibrate_again(checkpoint: Path, model: ImageClassifier, data: ImageDataModule, chosen: bool) -> None:
+def calibrate_again(checkpoint: Path, model: ImageClassifier, data: ImageDataModule) -> None:
     """calibrate=true: the temperature and conformal scores fitted again on the validation split the run held out,
-    into the model. Raises UserError while the run is being trained, for data chosen with data= (other data's
-    validation images may be ones the run trained on: a run trained on all of its images has none left), or for a
-    run that held out no validation split."""
+    into the model. Raises UserError while the run is being trained, or for a run that held out no validation
+    split (check_options refuses data=)."""
     holder = RunFolder.of_checkpoint(checkpoint).trained_by()
     if holder:  # its checkpoints are rewritten with the temperature: never under a live trainer's saves
         raise UserError(
             f"calibrate=true rewrites {checkpoint}, whose run is being trained by {holder}: wait until it ends"
-        )
-    if chosen:
-        raise UserError(
-            "calibrate=true fits on the validation split the run held out, images it never trained on: drop data="
         )
     if "val" not in data.splits:
         raise UserError(
@@ -175,7 +175,7 @@ def compute(cfg: DictConfig) -> Result:
     ood_sets = out_of_distribution_sets(cfg.ood, data, data.splits[cfg.split].images)
     model.to(inference_device(cfg.trainer.accelerator))
     if cfg.calibrate:
-        calibrate_again(checkpoint, model, data, chosen=cfg.get("data") is not None)
+        calibrate_again(checkpoint, model, data)
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
     # the scores were fitted on the validation split's logits at the checkpoint's own test-time augmentation

@@ -18,7 +18,6 @@ these classes the names configs/hydra/sweeper/ use.
 """
 
 import logging
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
-from cifar_lightning.store.locate import check_unused
 from cifar_lightning.store.recorded import check_recorded_hydra_override, check_recorded_overrides
 from cifar_lightning.store.runs import RunFolder, sweep_root
 from cifar_lightning.store.trust import run_config
@@ -179,10 +177,6 @@ class GridSweeper(ResumableSweep, BasicSweeper):
         folder = resume_requested(arguments)
         if folder is not None and not self.resuming:
             return self.resume_sweep(folder, arguments)
-        if not self.resuming:  # before Hydra writes multirun.yaml and the jobs their folders over an earlier sweep
-            assert self.config is not None  # setup() ran
-            sweep = self.config.hydra.sweep.dir
-            check_unused(Path(sweep), "hydra.sweep.dir", f"python train.py -m {shlex.quote(f'resume={sweep}')}")
         return super().sweep(arguments)
 
     def get_job_batch(self) -> Sequence[Sequence[str]]:
