@@ -146,3 +146,28 @@ def test_the_plain_loop_refuses_more_steps_than_the_data_holds():
     assert (
         result.stderr.strip().splitlines()[-1] == "error: --steps 40 x batch 100 is more than the 1800 training images"
     )
+
+
+def test_ece_floor_draws_labels_from_the_models_own_probabilities():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ece_floor import ece_floor
+
+    certain = torch.eye(10)[torch.arange(50) % 10]
+    assert ece_floor(certain, draws=3) == [0.0, 0.0, 0.0]  # every drawn label is the predicted class
+    # every image 90% sure of class 0: one bin, whose ECE is |share of labels drawn 0 - 0.9|
+    sure = torch.full((1000, 10), 0.1 / 9).index_fill_(1, torch.tensor([0]), 0.9)
+    generator = torch.Generator().manual_seed(0)
+    direct = [abs(float((torch.multinomial(sure, 1, generator=generator).squeeze(1) == 0).double().mean()) - 0.9)
+              for _ in range(4)]  # fmt: skip
+    assert ece_floor(sure, draws=4) == pytest.approx(direct, abs=2e-5)  # float32 probabilities: 0.9 to 1e-5
+    assert all(d > 0 for d in direct)
+
+
+def test_ece_floor_runs_on_an_evaluation(synthetic_run):
+    result = run_script("benchmarks/ece_floor.py", "--draws", "5", f"ckpt=[{synthetic_run}]", "coverage=[]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(rf"^1 member\(s\), \d+ test images: ECE {MEASURED}%$", result.stdout, re.MULTILINE)
+    line = re.search(rf"5 draws: ECE mean {MEASURED}%, median {MEASURED}%, 90th percentile {MEASURED}%", result.stdout)
+    assert line and all(measured(v) <= 100 for v in line.groups())
