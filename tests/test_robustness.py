@@ -36,8 +36,8 @@ from cifar_lightning.tasks.train import train
             "scheduler.pct_start=2",
             "optimizer or scheduler cannot be built from these values: ValueError: Expected float",
         ),
-        ("data.val_size=abc", "data.val_size='abc' is not a number"),
-        ("data.val_size=-5", "data.val_size=-5 must be at least 0"),
+        ("data.val_size=abc", "data.val_size='abc' must be a whole number of images (0: none) or a share below 1"),
+        ("data.val_size=-5", "data.val_size=-5 must be a whole number of images (0: none) or a share below 1"),
         ("data.eval_batch_size=0", "data.eval_batch_size=0 must be at least 1"),
         ("data.num_workers=-1", "data.num_workers=-1 must be at least 0"),
         ("data.split_seed=abc", "data.split_seed='abc' is not a whole number"),
@@ -117,13 +117,13 @@ def test_divergence_stops_within_the_epoch_and_keeps_the_best_checkpoint(tmp_pat
         "scheduler.step_size=1",
         "scheduler.gamma=1e12",
         "callbacks.divergence_guard.every_n_steps=1",
-        f"hydra.run.dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",  # a new folder: tmp_path holds the data
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training diverged") and "lower optimizer.lr" in last
     assert "at epoch 1, step" in last  # inside the epoch that blew up, not at its end
-    best = tmp_path / "checkpoints" / "best.ckpt"
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     assert f"the checkpoints saved so far are kept ({best}, " in last  # best.ckpt and last.ckpt, named
     assert torch.load(best, weights_only=True)["epoch"] == 0
     evaluated = run_script("evaluate.py", f"ckpt={best}", "split=val")

@@ -117,7 +117,7 @@ def test_resume_from_a_damaged_last_checkpoint_is_one_line(finished, tmp_path, d
         ),
         (
             {"_target_": "cifar_lightning.blocks.data.ImageDataModule", "source": "synthetic", "val_size": [1, 2]},
-            "data.val_size=[1, 2] is not",
+            "data.val_size=[1, 2] must be a whole number of images",
         ),
         ("just a string", "was refused: its data is not"),
         (  # a download would make its root and write the archive there
