@@ -196,12 +196,17 @@ def check_unused(folder: Path, option: str) -> None:
     if not held:
         return
     if (folder / "multirun.yaml").is_file():
-        what = f", or continue that sweep with python train.py -m {shlex.quote(f'resume={folder}')}"
+        what = f", or continue that sweep with {resume_command(folder, sweep=True)}"
     elif RunFolder(folder).checkpoint("last").is_file():
-        what = f", or continue that run with python train.py {shlex.quote(f'resume={folder}')}"
+        what = f", or continue that run with {resume_command(folder)}"
     else:
         what = ""
     raise UserError(
         f"{option}={folder} holds {', '.join(held[:3])}{', ...' * (len(held) > 3)} already: a new run or sweep "
         f"never writes over files; choose a new or empty folder{what}"
     )
+
+
+def resume_command(folder: str | Path, sweep: bool = False) -> str:
+    """The command that continues the run in `folder` (with `sweep`, the sweep), quoted for a shell."""
+    return f"python train.py {'-m ' if sweep else ''}{shlex.quote(f'resume={folder}')}"

@@ -8,7 +8,6 @@ import errno
 import io
 import logging
 import os
-import shlex
 import signal
 import sys
 import weakref
@@ -35,7 +34,7 @@ from cifar_lightning.blocks.console import quiet
 from cifar_lightning.blocks.errors import UserError, first_line, stop_while_importing
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
 from cifar_lightning.store.checkpoints import saved_epoch
-from cifar_lightning.store.locate import check_unused
+from cifar_lightning.store.locate import check_unused, resume_command
 from cifar_lightning.store.runs import RunFolder
 
 REPORTED: "weakref.WeakSet[UserError]" = weakref.WeakSet()  # the errors printed in this process already
@@ -130,9 +129,7 @@ def resume_hint(signum: signal.Signals | None = None) -> str:
     run = RunFolder(hydra.runtime.output_dir)
     epoch = saved_epoch(run.checkpoint("last"))
     swept = hydra.mode == RunMode.MULTIRUN
-    command = (
-        f"python train.py {'-m ' if swept else ''}{shlex.quote(f'resume={hydra.sweep.dir if swept else run.path}')}"
-    )
+    command = resume_command(hydra.sweep.dir if swept else run.path, sweep=swept)
     if signum is None:
         return "then start the run again" if epoch is None else f"then resume it from epoch {epoch}: {command}"
     stopped = f"training stopped by {signum.name}"
