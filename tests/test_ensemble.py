@@ -13,7 +13,9 @@ import yaml
 from conftest import FAST, run_script, train_run
 from PIL import Image
 
+from cifar_lightning.blocks import conformal
 from cifar_lightning.blocks.calibration import fit_temperature
+from cifar_lightning.blocks.conformal import calibration_scores
 from cifar_lightning.blocks.data import ImageDataModule
 from cifar_lightning.blocks.datasets import make_synthetic, read_image
 from cifar_lightning.blocks.ensemble import average
@@ -110,19 +112,55 @@ def test_an_ensemble_of_one_equals_its_member(sweep, tmp_path):
         )
 
 
-def test_predict_with_a_sweep_averages_the_members(sweep, tmp_path):
+def test_predict_with_a_sweep_gives_the_ensembles_calibrated_probabilities_and_sets(sweep, tmp_path, capsys):
     data = make_synthetic()
     for i in range(3):
         Image.fromarray(data.test_images[i].permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
-    rows = predict(compose_config("predict", [f"ckpt={sweep / 'sweep'}", f"images={tmp_path}", "top_k=2"]))
+    sweep_only = [f"ckpt={sweep / 'sweep'}", f"images={tmp_path}"]
+    rows = predict(compose_config("predict", [*sweep_only, "top_k=2", "coverage=0.9"]))
     images = torch.stack([read_image(tmp_path / f"{i}.png", 32) for i in range(3)])
-    mean = torch.stack([direct(sweep / "sweep" / s, images) for s in ("0", "1")]).mean(0)
+    # as evaluate.py computes it: the log of the members' mean, divided by the temperature fitted on that mean over
+    # the members' validation split (FAST: 40 images)
+    fit = ImageDataModule(source="synthetic", val_size=40)
+    fit.setup("fit")
+    val, members = fit.splits["val"], [sweep / "sweep" / s for s in ("0", "1")]
+    temperature = fit_temperature(sum(direct(m, val.images) for m in members).div(2).log(), val.labels)
+    assert f"ensemble temperature {temperature:.3f} (fitted on 40 validation images" in capsys.readouterr().out
+    mean = sum(direct(m, images) for m in members).div(2).log().div(temperature).softmax(1)
     top = mean.topk(2, dim=1)
     for row, values, indices in zip(rows, top.values, top.indices):
         assert [name for name, _ in row["top"]] == [f"class_{i}" for i in indices.tolist()]
         assert [p for _, p in row["top"]] == pytest.approx(values.tolist(), abs=1e-5)
+    # its sets at 90%: RAPS with the scores of the ensemble's own calibrated probabilities on that split
+    scores = calibration_scores(sum(direct(m, val.images) for m in members).div(2).log().div(temperature).softmax(1),
+                                val.labels)  # fmt: skip
+    sets = conformal.prediction_sets(mean, conformal.threshold(scores, 0.9, "raps"), "raps")
+    assert [set(row["set"]) for row in rows] == [{f"class_{i}" for i in s.nonzero().flatten().tolist()} for s in sets]
+    assert all(row["set"][0] == row["top"][0][0] for row in rows)  # raps keeps the top class, listed first
+    evaluated = evaluate(f"ckpt={sweep / 'sweep'}")  # the same temperature as evaluate.py's
+    assert evaluated["calibration"]["temperature"] == pytest.approx(temperature, rel=1e-4)
+    # an ensemble of one is that run: its temperature on top fits to 1
     one = predict(compose_config("predict", [f"ckpt=[{sweep / 'sweep' / '0'}]", f"images={tmp_path}"]))
-    assert one == predict(compose_config("predict", [f"ckpt={sweep / 'sweep' / '0'}", f"images={tmp_path}"]))
+    single = predict(compose_config("predict", [f"ckpt={sweep / 'sweep' / '0'}", f"images={tmp_path}"]))
+    assert [[name for name, _ in r["top"]] for r in one] == [[name for name, _ in r["top"]] for r in single]
+    assert [p for r in one for _, p in r["top"]] == pytest.approx([p for r in single for _, p in r["top"]], abs=1e-4)
+
+
+def test_predict_with_an_ensemble_without_a_validation_split_keeps_the_mean_and_refuses_sets(sweep, tmp_path):
+    runs = []
+    for seed in ("0", "1"):  # copies whose recorded data held nothing out
+        runs.append(shutil.copytree(sweep / "sweep" / seed, tmp_path / "runs" / seed))
+        config = yaml.safe_load((runs[-1] / ".hydra" / "config.yaml").read_text())
+        config["data"]["val_size"] = 0
+        (runs[-1] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    Image.fromarray(make_synthetic().test_images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
+    both = [f"ckpt=[{runs[0]},{runs[1]}]", f"images={tmp_path / '0.png'}"]
+    with pytest.raises(UserError, match="^[^\n]*has none \\(data.val_size=0\\): drop coverage=$"):
+        predict(compose_config("predict", [*both, "coverage=0.9"]))
+    (row,) = predict(compose_config("predict", [*both, "top_k=1"]))
+    image = read_image(tmp_path / "0.png", 32)[None]
+    mean = (direct(runs[0], image) + direct(runs[1], image)) / 2
+    assert row["top"][0] == (f"class_{int(mean.argmax())}", pytest.approx(float(mean.max()), abs=1e-5))
 
 
 def other_data(sweep, tmp_path):
@@ -196,9 +234,6 @@ def test_refusals_as_a_user_sees_them(sweep, tmp_path):
     ]
     with pytest.raises(UserError, match="export.py exports one run"):
         export(compose_config("export", [f"ckpt={sweep / 'sweep'}"]))
-    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "black.png")
-    with pytest.raises(UserError, match="an ensemble has no conformal scores of its own"):
-        predict(compose_config("predict", [f"ckpt={sweep / 'sweep'}", f"images={tmp_path}", "coverage=0.9"]))
     with pytest.raises(UserError, match="out= places an ensemble's evaluation"):
         evaluate(f"ckpt={sweep / 'sweep' / '0'}", f"out={tmp_path / 'out'}")
 

@@ -22,6 +22,12 @@ def average(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([p.float() for p in probabilities]).mean(dim=0)
 
 
+def pooled(probabilities: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """The ensemble's calibrated probabilities, float32 (N, classes): softmax(log(the members' mean) / temperature),
+    "pool then calibrate" (Rahaman & Thiery, NeurIPS 2021); a temperature of 1 keeps the mean. Raises as average."""
+    return (as_logits(average(probabilities)) / temperature).softmax(dim=1)
+
+
 def as_logits(probabilities: torch.Tensor) -> torch.Tensor:
     """log(p), whose softmax is p again: probabilities given to what takes logits (metrics.evaluate_predictions,
     metrics.calibration, with temperature 1). A probability of 0 becomes log of the smallest float32, so that the

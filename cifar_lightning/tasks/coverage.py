@@ -91,26 +91,24 @@ def conformal_sets(
 
 
 def check_coverage(
-    coverage: Any, models: list[ImageClassifier], checkpoint: Path, tta: Any = None, score: str = "raps"
+    coverage: Any, model: ImageClassifier | None, checkpoint: Path, tta: Any = None, score: str = "raps"
 ) -> None:
-    """predict.py's coverage= (None: no sets) needs one model with conformal scores, at the test-time augmentation
-    they were fitted with (the checkpoint's), and for a `score` other than raps their probabilities. Raises
-    UserError for an ensemble, a model without scores, another `tta`, or such a score without coverage=."""
+    """predict.py's coverage= (None: no sets) of one run's `model` (None: an ensemble, whose scores are fitted afresh
+    on its validation split at any TTA): the model needs conformal scores, at the test-time augmentation they were
+    fitted with (the checkpoint's), and for a `score` other than raps their probabilities. Raises UserError for a
+    model without scores, another `tta`, or such a score without coverage=."""
     if coverage is None:
         if score != "raps":
             raise UserError(f"conformal_score={score} chooses how the sets of coverage= are made: add a level, "
                             "e.g. coverage=0.9")  # fmt: skip
         return
-    if len(models) > 1:
-        raise UserError(
-            f"coverage={coverage}: an ensemble has no conformal scores of its own (evaluate.py reports its sets): "
-            "predict with one run for sets"
-        )
-    if len(models[0].conformal_scores) == 0:
+    if model is None:
+        return
+    if len(model.conformal_scores) == 0:
         raise UserError(no_conformal_scores(f"coverage={coverage}", checkpoint))
-    if tta is not None and int(tta) != models[0].hparams["tta"]:
+    if tta is not None and int(tta) != model.hparams["tta"]:
         raise UserError(
             f"coverage={coverage} with tta={tta}: {checkpoint}'s conformal scores were fitted at its own test-time "
-            f"augmentation (tta={models[0].hparams['tta']}), and their guarantee holds for those logits only: drop tta="
+            f"augmentation (tta={model.hparams['tta']}), and their guarantee holds for those logits only: drop tta="
         )
-    check_score(score, models[0], checkpoint)
+    check_score(score, model, checkpoint)

@@ -48,9 +48,17 @@ class Member:
     tta: int
     tta_fraction: float
     temperature: float
-    probabilities: torch.Tensor  # float32 (N, classes), softmax(logits / T)
+    probabilities: torch.Tensor  # float32 (N, classes), softmax(logits / T); empty: no split asked
     validation: torch.Tensor | None
     scores: torch.Tensor  # the checkpoint's conformal scores (may be empty)
+    model: ImageClassifier | None = None
+
+    def predict(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The member's calibrated probabilities of uint8 images (N, C, H, W): softmax(logits / T) at its TTA
+        level, float32 (N, classes) on the CPU."""
+        assert self.model is not None, "a member evaluated without its model"
+        logits = self.model.predict_logits(images, self.tta, batch_size, tta_fraction=self.tta_fraction)
+        return (logits / self.temperature).softmax(dim=1)
 
 
 def evaluate_any(cfg: DictConfig) -> dict:
@@ -81,7 +89,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
         raise UserError("ckpt=[...] names several runs: say where their ensemble's evaluation goes with out=DIR")
     levels = DEFAULT_COVERAGE if cfg.coverage is None else plain(cfg.coverage)
     levels = [float(v) for v in ([levels] if isinstance(levels, (int, float)) else levels)]
-    members, data = predict_members(cfg, checkpoints, levels)
+    members, data = predict_members(cfg, checkpoints, levels, cfg.split)
     if out is None:
         out = RunFolder(user_path(ckpt)).eval_dir(cfg.split, None if cfg.get("data") is None else data.root)
     evaluation, metrics, probabilities = compute(members, data, cfg.split, levels, cfg.conformal_score)
@@ -117,48 +125,48 @@ def out_folder(value: str, checkpoints: list[Path]) -> Path:
 
 
 def predict_members(
-    cfg: DictConfig, checkpoints: list[Path], levels: list[float]
+    cfg: DictConfig, checkpoints: list[Path], levels: list[float], split: str | None
 ) -> tuple[list[Member], ImageDataModule]:
-    """Each member's calibrated probabilities on the split and the validation split (if the data has one), and
-    the data, the first member's. Raises UserError (check_alike) before a member unlike the first predicts, and for
-    coverage levels asked of data without a validation split."""
+    """Each member's calibrated probabilities on `split` (None: none) and the validation split (if the data has one),
+    and the data, the first member's. Raises UserError (check_alike) before a member unlike the first predicts, and
+    for coverage levels asked of data without a validation split."""
     device = inference_device(cfg.trainer.accelerator)
     members: list[Member] = []
     first: tuple[Path, list[str], dict | None, ImageDataModule] | None = None
     for checkpoint in checkpoints:
         one = cfg.copy()
         one.ckpt = str(checkpoint)  # model_and_data's checks (classes vs data, the split), member by member
-        checkpoint, model, data = model_and_data(one, cfg.split)
+        checkpoint, model, data = model_and_data(one, split)
         config = None if cfg.get("data") is not None else data_config(checkpoint)
         this = (checkpoint, list(model.hparams["class_names"]), config, data)
-        check_alike(this, first or this, cfg.split)
+        check_alike(this, first or this, split)
         first = first or this
         if levels and "val" not in data.splits and cfg.coverage is not None:
             raise UserError(
                 f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on the validation split, and "
-                f"the data in {data.root} has none (data.val_size=0): coverage=[] leaves them out"
+                f"the data in {data.root} has none (data.val_size=0): drop coverage="
             )
-        members.append(predict_member(cfg, checkpoint, model.to(device), data))
+        members.append(predict_member(cfg, checkpoint, model.to(device), data, split))
     assert first is not None  # group_checkpoints finds one at least
     return members, first[3]
 
 
-def predict_member(cfg: DictConfig, checkpoint: Path, model: ImageClassifier, data: ImageDataModule) -> Member:
-    """One member's calibrated probabilities on the split and on the validation split if there is one (the
+def predict_member(
+    cfg: DictConfig, checkpoint: Path, model: ImageClassifier, data: ImageDataModule, split: str | None
+) -> Member:
+    """One member's calibrated probabilities on `split` and on the validation split if there is one (the
     ensemble's temperature is fitted there), with its checkpoint's TTA level unless tta= / tta_fraction= say
     otherwise."""
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
-    fraction = model.hparams["tta_fraction"] if cfg.tta_fraction is None else float(cfg.tta_fraction)
-    temperature = float(model.temperature)
-    found = {
-        split: (model.predict_logits(data.splits[split].images, tta, data.eval_batch_size, tta_fraction=fraction)
-                / temperature).softmax(dim=1)
-        for split in {cfg.split, *(["val"] if "val" in data.splits else [])}
-    }  # fmt: skip
+    fraction = model.hparams["tta_fraction"] if cfg.get("tta_fraction") is None else float(cfg.tta_fraction)
     scores = model.conformal_scores.cpu()
     if not conformal.supports(scores, cfg.conformal_score):  # kept without their probabilities: no sets of its own
         scores = scores[:0]
-    return Member(checkpoint, tta, fraction, temperature, found[cfg.split], found.get("val"), scores)
+    member = Member(checkpoint, tta, fraction, float(model.temperature), torch.empty(0), None, scores, model)
+    names = {"val", *([split] if split else [])} & data.splits.keys()
+    found = {name: member.predict(data.splits[name].images, data.eval_batch_size) for name in names}
+    member.probabilities, member.validation = found.get(split or "", member.probabilities), found.get("val")
+    return member
 
 
 def data_config(checkpoint: Path) -> dict:
@@ -170,10 +178,11 @@ def data_config(checkpoint: Path) -> dict:
 def check_alike(
     member: tuple[Path, list[str], dict | None, ImageDataModule],
     first: tuple[Path, list[str], dict | None, ImageDataModule],
-    split: str,
+    split: str | None,
 ) -> None:
     """A member (checkpoint, classes, data config or None for data=, data) can join the `first`: same classes, same
-    data config, same images and labels of `split`. Raises UserError: one line naming both and what differs."""
+    data config, same images and labels of `split` (None: of the validation split). Raises UserError: one line
+    naming both and what differs."""
     checkpoint, classes, config, data = member
     if classes != first[1]:
         raise UserError(
@@ -188,9 +197,11 @@ def check_alike(
             f"{checkpoint} was trained on other data than {first[0]} (data.{', data.'.join(keys)} differ): an "
             "ensemble's members are trained on the same data"
         )
-    mine, theirs = data.splits[split], first[3].splits[split]
-    if not (torch.equal(mine.images, theirs.images) and torch.equal(mine.labels, theirs.labels)):
-        raise UserError(f"{checkpoint} is evaluated on other {split} images than {first[0]}: the data changed on disk?")
+    compared = split or "val"  # data configs alike: both have it or neither
+    if compared in data.splits and compared in first[3].splits:
+        mine, theirs = data.splits[compared], first[3].splits[compared]
+        if not (torch.equal(mine.images, theirs.images) and torch.equal(mine.labels, theirs.labels)):
+            raise UserError(f"{checkpoint} is evaluated on other {compared} images than {first[0]}: the data changed?")
 
 
 def describe(classes: list[str]) -> str:
@@ -204,13 +215,10 @@ def compute(
     the ensemble's probabilities; conformal sets of `score` (conformal.py)."""
     labels = data.splits[split].labels
     drawn = draws(score, data.splits[split].images)
-    pooled = ensemble.as_logits(ensemble.average([m.probabilities for m in members]))
-    temperature, scores = 1.0, None
-    if members[0].validation is not None:  # the ensemble's own temperature and conformal scores, on the val split
-        validation = ensemble.as_logits(ensemble.average([m.validation for m in members if m.validation is not None]))
-        temperature, scores = fit_on_logits(validation, data.splits["val"].labels)
-    evaluation = evaluate_predictions(pooled, labels, data.class_names, temperature)
-    probabilities = (pooled / temperature).softmax(dim=1)
+    each = [m.probabilities for m in members]
+    temperature, scores = calibrate(members, data)
+    evaluation = evaluate_predictions(ensemble.as_logits(ensemble.average(each)), labels, data.class_names, temperature)
+    probabilities = ensemble.pooled(each, temperature)
     mine = ensemble.figures(probabilities, labels, scores, levels, score, drawn)
     metrics = {
         **evaluation.metrics,
@@ -234,6 +242,15 @@ def compute(
         **({"conformal": mine["conformal"]} if "conformal" in mine else {}),
     }
     return evaluation, metrics, probabilities
+
+
+def calibrate(members: list[Member], data: ImageDataModule) -> tuple[float, torch.Tensor | None]:
+    """The ensemble's own temperature and conformal scores (calibration.fit_on_logits), fitted on the mean of the
+    members' probabilities over the validation split; (1.0, None) for data without one."""
+    if members[0].validation is None:
+        return 1.0, None
+    validation = ensemble.as_logits(ensemble.average([m.validation for m in members if m.validation is not None]))
+    return fit_on_logits(validation, data.splits["val"].labels)
 
 
 def write(out: Path, evaluation: Evaluation, metrics: dict, probabilities: torch.Tensor, labels: torch.Tensor) -> None:

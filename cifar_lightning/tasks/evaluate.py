@@ -128,9 +128,9 @@ def check_options(cfg: DictConfig) -> dict | None:
     return corruptions
 
 
-def model_and_data(cfg: DictConfig, split: str) -> tuple[Path, ImageClassifier, ImageDataModule]:
+def model_and_data(cfg: DictConfig, split: str | None) -> tuple[Path, ImageClassifier, ImageDataModule]:
     """The checkpoint ckpt= names, its model, and the data it is evaluated on (the run's own unless data= is given),
-    set up, with the checkpoint's classes and the split."""
+    set up, with the checkpoint's classes and the split (None: any)."""
     checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
     model = load_model(checkpoint, cfg.get("trusted_modules") or ())
     chosen = cfg.get("data")
@@ -146,7 +146,7 @@ def model_and_data(cfg: DictConfig, split: str) -> tuple[Path, ImageClassifier, 
             f"the checkpoint's classes ({', '.join(class_names[:5])}, ...: {len(class_names)}) do not "
             f"match the data's ({', '.join(data.class_names[:5])}, ...: {data.num_classes})"
         )
-    if split not in data.splits:
+    if split is not None and split not in data.splits:
         raise UserError(f"the data in {data.root} has no {split} split")
     return checkpoint, model, data
 

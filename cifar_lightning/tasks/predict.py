@@ -4,7 +4,6 @@ written as CSV."""
 
 import csv
 import glob
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +16,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from cifar_lightning.blocks import conformal
 from cifar_lightning.blocks.checks import check_arguments
 from cifar_lightning.blocks.datasets import read_image
-from cifar_lightning.blocks.ensemble import average
+from cifar_lightning.blocks.ensemble import pooled
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.blocks.paths import user_path, user_pattern
@@ -27,6 +26,7 @@ from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
 from cifar_lightning.tasks.coverage import check_coverage, draws
+from cifar_lightning.tasks.ensemble import Member, calibrate, predict_members
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
 
 
@@ -86,10 +86,8 @@ def predict(cfg: DictConfig) -> list[dict]:
     out = output_file(cfg.csv, "csv", reads, RunFolder.of_checkpoint(checkpoints[0])) if cfg.csv else None
     if out is not None and any(RunFolder.of_checkpoint(c).holds(out) for c in checkpoints):
         raise UserError(f"csv={cfg.csv} would write over {out}, a file of a member's run: name another")
-    models = load_members(checkpoints, cfg.get("trusted_modules") or ())
-    model = models[0]
-    check_coverage(cfg.coverage, models, checkpoints[0], cfg.tta, cfg.conformal_score)
-    size, class_names = model.hparams["image_size"], model.hparams["class_names"]
+    model, members, temperature, scores = load(cfg, checkpoints)
+    size, class_names = model.hparams["image_size"], list(model.hparams["class_names"])
     readable, images = [], []
     for path in found:
         try:
@@ -100,13 +98,11 @@ def predict(cfg: DictConfig) -> list[dict]:
     if not readable:
         raise UserError(f"none of the files matched by images={cfg.images} is a readable image")
 
-    device, tta = inference_device(cfg.trainer.accelerator), None if cfg.tta is None else int(cfg.tta)
-    probs = average(
-        [
-            m.to(device).predict_logits(torch.stack(images), tta, cfg.batch_size, calibrated=True).softmax(1)
-            for m in models
-        ]
-    )
+    batch, tta = torch.stack(images), None if cfg.tta is None else int(cfg.tta)
+    if members:  # as evaluate.py computes an ensemble's (tasks/ensemble.py)
+        probs = pooled([m.predict(batch, cfg.batch_size) for m in members], temperature)
+    else:
+        probs = model.predict_logits(batch, tta, cfg.batch_size, calibrated=True).softmax(1)
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
     abstained = abstains(top.values[:, 0], cfg.get("abstain_below")).tolist()
     rows: list[dict[str, Any]] = [
@@ -114,8 +110,13 @@ def predict(cfg: DictConfig) -> list[dict]:
         for path, values, indices, no in zip(readable, top.values.tolist(), top.indices.tolist(), abstained)
     ]
     if cfg.coverage is not None:
-        drawn = draws(cfg.conformal_score, torch.stack(images))
-        add_sets(rows, probs, model, float(cfg.coverage), cfg.conformal_score, drawn)
+        assert scores is not None  # check_coverage / predict_members refuse coverage= without them
+        sets = conformal.prediction_sets(
+            probs, conformal.threshold(scores, float(cfg.coverage), cfg.conformal_score), cfg.conformal_score,
+            draws(cfg.conformal_score, batch),
+        )  # fmt: skip
+        for row, chosen, p in zip(rows, sets, probs):
+            row["set"] = [class_names[i] for i in sorted(chosen.nonzero().flatten().tolist(), key=lambda i: -p[i])]
     for row in rows:
         print(line(row, cfg.coverage))
     if out is not None:
@@ -136,22 +137,25 @@ def named_checkpoints(cfg: DictConfig) -> list[Path]:
     return checkpoints
 
 
-def load_members(checkpoints: list[Path], trusted: Sequence[str]) -> list[ImageClassifier]:
-    """Each checkpoint's model, printed as it loads. Raises UserError (load_model) or for members of other classes
-    or image sizes than the first."""
-    models: list[ImageClassifier] = []
-    for checkpoint in checkpoints:
-        model = load_model(checkpoint, trusted)
-        print(f"checkpoint {checkpoint}")
-        first = models[0] if models else model
-        kind = (list(model.hparams["class_names"]), model.hparams["image_size"])
-        if kind != (list(first.hparams["class_names"]), first.hparams["image_size"]):
-            raise UserError(
-                f"the ensemble's members differ in classes or image size: {checkpoints[0]} and {checkpoint}: "
-                "ensemble runs trained on the same classes and images"
-            )
-        models.append(model)
-    return models
+def load(cfg: DictConfig, checkpoints: list[Path]) -> tuple[ImageClassifier, list[Member], float, torch.Tensor | None]:
+    """The model (an ensemble's first member), the ensemble's members (none for one run), the temperature on top of
+    theirs and the conformal scores, once coverage= and conformal_score= suit them (check_coverage). An ensemble is
+    loaded with its runs' data and calibrated on their validation split as evaluate.py calibrates it
+    (tasks/ensemble.py). Raises UserError as check_coverage and predict_members do."""
+    if not is_group(plain(cfg.ckpt)):
+        model = load_model(checkpoints[0], cfg.get("trusted_modules") or ())
+        check_coverage(cfg.coverage, model, checkpoints[0], cfg.tta, cfg.conformal_score)
+        print(f"checkpoint {checkpoints[0]}")
+        return model.to(inference_device(cfg.trainer.accelerator)), [], 1.0, model.conformal_scores.cpu()
+    check_coverage(cfg.coverage, None, checkpoints[0], cfg.tta, cfg.conformal_score)
+    levels = [] if cfg.coverage is None else [float(cfg.coverage)]
+    print(f"ensemble of {len(checkpoints)}: {', '.join(map(str, checkpoints))}; calibrating on their validation split")
+    members, data = predict_members(cfg, checkpoints, levels, None)
+    temperature, scores = calibrate(members, data)
+    fitted = f"fitted on {len(data.splits['val'])} validation images" if "val" in data.splits else "no val split"
+    print(f"ensemble temperature {temperature:.3f} ({fitted} of {data.root})")
+    assert members[0].model is not None  # predict_members keeps each model
+    return members[0].model, members, temperature, scores
 
 
 def line(row: dict, coverage: float | None = None) -> str:
@@ -178,21 +182,3 @@ def write_csv(path: Path, rows: list[dict], sets: bool = False) -> None:
             writer.writerow(
                 [row["path"], *top, str(row["abstained"]).lower(), *(["|".join(row["set"])] if sets else [])]
             )
-
-
-def add_sets(
-    rows: list[dict],
-    probabilities: torch.Tensor,
-    model: ImageClassifier,
-    coverage: float,
-    score: str = "raps",
-    draws: torch.Tensor | None = None,
-) -> None:
-    """Each row's conformal prediction set at the `coverage` level (conformal.py, the checkpoint's scores, under
-    `score`; raps_randomized with the images' `draws`) as row["set"]: its class names, most probable first (empty:
-    no class is likely enough; raps_randomized and thr only)."""
-    q = conformal.threshold(model.conformal_scores.cpu(), coverage, score)
-    sets = conformal.prediction_sets(probabilities, q, score, draws)
-    class_names = model.hparams["class_names"]
-    for row, chosen, p in zip(rows, sets, probabilities):
-        row["set"] = [class_names[i] for i in sorted(chosen.nonzero().flatten().tolist(), key=lambda i: -p[i])]
