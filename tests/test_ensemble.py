@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 import yaml
@@ -163,6 +164,31 @@ def test_predict_with_an_ensemble_without_a_validation_split_keeps_the_mean_and_
     assert row["top"][0] == (f"class_{int(mean.argmax())}", pytest.approx(float(mean.max()), abs=1e-5))
 
 
+def test_export_of_an_ensemble_is_one_graph_of_its_calibrated_mean(sweep, tmp_path):
+    out = export(compose_config("export", [f"ckpt={sweep / 'sweep'}", "check_images=50"]))
+    assert out == sweep / "sweep" / "model.onnx"
+    images = make_synthetic().test_images[:8]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.tensor(session.run(["logits"], {"images": images.numpy()})[0]).softmax(1)
+    # the members at TTA 0 (their own level here), so the temperature is evaluate.py's
+    temperature = evaluate(f"ckpt={sweep / 'sweep'}")["calibration"]["temperature"]
+    members = [sweep / "sweep" / s for s in ("0", "1")]
+    expected = sum(direct(m, images) for m in members).div(2).log().div(temperature).softmax(1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    listed = f"ckpt=[{members[0]},{members[1]}]"
+    for overrides, message in [
+        ([listed], "say where their ensemble's model goes with output=FILE"),
+        ([listed, f"output={members[1] / 'checkpoints' / 'model.onnx'}"], "a file of a member's run: name another"),
+        ([f"ckpt={sweep / 'sweep'}", "format=mlflow"], "format=mlflow registers one run's model; use format=onnx"),
+    ]:
+        with pytest.raises(UserError, match=f"^[^\\n]*{message}$"):
+            export(compose_config("export", overrides))
+    assert not (members[1] / "checkpoints" / "model.onnx").exists()
+    written = export(compose_config("export", [listed, f"output={tmp_path / 'two.onnx'}", "check_images=8"]))
+    again = onnxruntime.InferenceSession(str(written), providers=["CPUExecutionProvider"])
+    assert torch.allclose(torch.tensor(again.run(["logits"], {"images": images.numpy()})[0]).softmax(1), got, atol=1e-6)
+
+
 def other_data(sweep, tmp_path):
     """A copy of sweep/0 whose recorded data holds out 60 validation images: another data config."""
     copy = tmp_path / "other"
@@ -232,8 +258,6 @@ def test_refusals_as_a_user_sees_them(sweep, tmp_path):
         f"error: {tmp_path / 'unfinished'} is a sweep with no finished job (none has summary.json): let it finish or "
         "resume it"
     ]
-    with pytest.raises(UserError, match="export.py exports one run"):
-        export(compose_config("export", [f"ckpt={sweep / 'sweep'}"]))
     with pytest.raises(UserError, match="out= places an ensemble's evaluation"):
         evaluate(f"ckpt={sweep / 'sweep' / '0'}", f"out={tmp_path / 'out'}")
 

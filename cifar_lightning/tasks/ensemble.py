@@ -19,6 +19,7 @@ import json
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -31,7 +32,7 @@ from cifar_lightning.blocks.metrics import Evaluation, classification_report, ev
 from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.blocks.precision import inference_device
-from cifar_lightning.store.locate import group_checkpoints, is_group
+from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
 from cifar_lightning.tasks.coverage import DEFAULT_COVERAGE, draws
@@ -80,10 +81,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
         raise UserError(
             "an ensemble is evaluated as its members are: calibrate=true, corruptions= and ood= take one run"
         )
-    ckpt = plain(cfg.ckpt)
-    checkpoints, pruned = group_checkpoints(ckpt)
-    if pruned:
-        print(f"note: {pruned} pruned job(s) left out (stopped early)")
+    ckpt, checkpoints = plain(cfg.ckpt), named_checkpoints(cfg.ckpt, cfg.outputs)
     out = None if cfg.get("out") is None else out_folder(str(cfg.out), checkpoints)
     if out is None and not isinstance(ckpt, str):
         raise UserError("ckpt=[...] names several runs: say where their ensemble's evaluation goes with out=DIR")
@@ -101,6 +99,19 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     print(members_table(metrics))
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return metrics
+
+
+def named_checkpoints(ckpt: Any, outputs: str) -> list[Path]:
+    """The checkpoints ckpt= names: one (store.locate.resolve, ckpt=best looking under `outputs`), or an ensemble's
+    (a sweep folder, a list of runs: store.locate.group_checkpoints), with a note of pruned jobs left out. Raises
+    UserError as those do."""
+    ckpt = plain(ckpt)
+    if not is_group(ckpt):
+        return [resolve(str(ckpt), Path(outputs))]
+    checkpoints, pruned = group_checkpoints(ckpt)
+    if pruned:
+        print(f"note: {pruned} pruned job(s) left out (stopped early)")
+    return checkpoints
 
 
 def out_folder(value: str, checkpoints: list[Path]) -> Path:

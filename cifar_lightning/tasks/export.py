@@ -3,39 +3,48 @@ registry (format=mlflow), verified the same way once loaded back through MLflow.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import torch
 from annotated_types import Ge
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.blocks.checks import check_arguments
+from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.ensemble import as_logits
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.module import ImageClassifier, plain
+from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store import registry, tracking
 from cifar_lightning.store.locate import is_group
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
+from cifar_lightning.tasks.ensemble import calibrate, named_checkpoints, predict_members
 from cifar_lightning.tasks.evaluate import model_and_data
 
 
 class RawImagesToLogits(torch.nn.Module):
     """The exported graph takes uint8 images as they are stored, so users need not know the normalisation, and
-    gives logits divided by the calibration temperature (no test-time augmentation): their softmax is the
-    calibrated probabilities."""
+    gives logits whose softmax is the calibrated probabilities (no test-time augmentation): one run's logits divided
+    by its temperature; an ensemble's log of the mean of its members' calibrated probabilities divided by the
+    ensemble's `temperature` (tasks/ensemble.py, fitted at this TTA level)."""
 
-    def __init__(self, model: ImageClassifier):
+    def __init__(self, models: list[ImageClassifier], temperature: float | None = None):
         super().__init__()
-        self.model = model
+        self.models, self.temperature = torch.nn.ModuleList(models), temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(images, tta=0, calibrated=True)
+        each = [cast(ImageClassifier, m).logits(images, tta=0, calibrated=True) for m in self.models]
+        if self.temperature is None:
+            return each[0]
+        # the mean as ensemble.average takes it, whose shape check the ONNX tracer cannot follow
+        return as_logits(torch.stack([logits.softmax(1) for logits in each]).mean(0)) / self.temperature
 
 
 @dataclass
 class ExportOptions:
     """The keys of configs/export.yaml (data is checked as what it builds)."""
 
-    ckpt: str = "best"
+    ckpt: str | list[str] = "best"  # a list, or a sweep folder: an ensemble as one graph
     format: Annotated[Literal["onnx", "mlflow"], "is not supported: use onnx or mlflow"] = "onnx"
     outputs: str = "outputs"
     output: str | None = None
@@ -50,25 +59,27 @@ class ExportOptions:
 def export(cfg: DictConfig) -> Path | str:
     """Writes the ONNX model (default <run>/model.onnx) once onnxruntime agrees with PyTorch on real images; with
     format=mlflow, registers the model instead (to_registry) and returns models:/NAME@ALIAS."""
-    if is_group(plain(cfg.ckpt)):  # several nets as one graph: not done
-        raise UserError(
-            f"ckpt={plain(cfg.ckpt)} names an ensemble (a sweep folder or a list of runs): export.py exports one run; "
-            "export each member (ckpt=RUN) and average their softmax outputs"
-        )
     check_arguments(ExportOptions, {k: plain(v) for k, v in cfg.items() if k != "data"}, "")
+    ckpt = plain(cfg.ckpt)
     if cfg.format == "mlflow":
+        if is_group(ckpt):
+            raise UserError(f"ckpt={ckpt} names an ensemble: format=mlflow registers one run's model; use format=onnx")
         return to_registry(cfg)
     try:
         import onnxruntime
     except ImportError:
         raise UserError('onnxruntime is not installed: pip install -e ".[export]"') from None
-    checkpoint, model, datamodule = model_and_data(cfg, cfg.split)
-    run = RunFolder.of_checkpoint(checkpoint)
-    reads = [checkpoint, *([datamodule.folder] if datamodule.folder else [])]
-    out = output_file(cfg.output, "output", reads, run) if cfg.output else run.export_file(cfg.format)
+    checkpoints, group = named_checkpoints(ckpt, cfg.outputs), is_group(ckpt)
+    if group and not (cfg.output or isinstance(ckpt, str)):
+        raise UserError("ckpt=[...] names several runs: say where their ensemble's model goes with output=FILE")
+    run = RunFolder(user_path(str(ckpt))) if group else RunFolder.of_checkpoint(checkpoints[0])
+    out = output_file(cfg.output, "output", checkpoints, run) if cfg.output else run.export_file(cfg.format)
+    if group and any(RunFolder.of_checkpoint(c).holds(out) for c in checkpoints):
+        raise UserError(f"output={cfg.output} would write over {out}, a file of a member's run: name another")
+    graph, datamodule = graph_and_data(cfg, checkpoints)  # an ensemble's: fitted, so the cheap checks come first
+    if cfg.output and datamodule.folder:
+        output_file(cfg.output, "output", [datamodule.folder], run)
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
-
-    graph = RawImagesToLogits(model).eval()
 
     def write_checked(tmp: Path) -> None:  # into a temporary file: a model that disagrees never takes out's place
         batch = {"images": {0: "batch"}, "logits": {0: "batch"}}
@@ -93,6 +104,22 @@ def export(cfg: DictConfig) -> Path | str:
     write_atomic(out, write_checked)
     print(f"wrote {out}")
     return out
+
+
+def graph_and_data(cfg: DictConfig, checkpoints: list[Path]) -> tuple[RawImagesToLogits, ImageDataModule]:
+    """The graph to export, in eval mode, and the data it is checked on: one run's model, or an ensemble's members
+    with the temperature fitted on their validation split at TTA 0 (tasks/ensemble.py, as evaluate.py fits it).
+    Raises UserError as model_and_data and predict_members do."""
+    if not is_group(plain(cfg.ckpt)):
+        _, model, data = model_and_data(cfg, cfg.split)
+        return RawImagesToLogits([model]).eval(), data
+    untested = cfg.copy()
+    with open_dict(untested):  # the members as the graph runs them: no test-time augmentation
+        untested.update(tta=0, tta_fraction=None, coverage=None, conformal_score="raps", trainer={"accelerator": "cpu"})
+    members, data = predict_members(untested, checkpoints, [], cfg.split)
+    temperature, _ = calibrate(members, data)
+    print(f"ensemble of {len(members)}: temperature {temperature:.3f} fitted on its validation split at TTA 0")
+    return RawImagesToLogits([m.model for m in members if m.model is not None], temperature).eval(), data
 
 
 def to_registry(cfg: DictConfig) -> str:

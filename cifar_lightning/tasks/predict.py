@@ -23,10 +23,10 @@ from cifar_lightning.blocks.paths import user_path, user_pattern
 from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
-from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
+from cifar_lightning.store.locate import is_group
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
 from cifar_lightning.tasks.coverage import check_coverage, draws
-from cifar_lightning.tasks.ensemble import Member, calibrate, predict_members
+from cifar_lightning.tasks.ensemble import Member, calibrate, named_checkpoints, predict_members
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
 
 
@@ -80,7 +80,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     """Prints each image's top classes and, with coverage=, its conformal set (and writes them as CSV with csv=PATH);
     returns them."""
     check_arguments(PredictOptions, {k: plain(v) for k, v in cfg.items() if k != "trainer"}, "")
-    checkpoints, found = named_checkpoints(cfg), find_images(str(cfg.images))
+    checkpoints, found = named_checkpoints(cfg.ckpt, cfg.outputs), find_images(str(cfg.images))
     # checked before any work: the CSV may replace neither an input nor a file of a member's run
     reads = [*checkpoints, *found]
     out = output_file(cfg.csv, "csv", reads, RunFolder.of_checkpoint(checkpoints[0])) if cfg.csv else None
@@ -123,18 +123,6 @@ def predict(cfg: DictConfig) -> list[dict]:
         write_atomic(out, lambda tmp: write_csv(tmp, rows, cfg.coverage is not None))
         print(f"wrote {out}")
     return rows
-
-
-def named_checkpoints(cfg: DictConfig) -> list[Path]:
-    """The checkpoints ckpt= names: one (store.locate.resolve), or an ensemble's (a sweep folder, a list of runs:
-    store.locate.group_checkpoints). Raises UserError as those do."""
-    ckpt = plain(cfg.ckpt)
-    if not is_group(ckpt):
-        return [resolve(str(ckpt), Path(cfg.outputs))]
-    checkpoints, pruned = group_checkpoints(ckpt)
-    if pruned:
-        print(f"note: {pruned} pruned job(s) left out (stopped early)")
-    return checkpoints
 
 
 def load(cfg: DictConfig, checkpoints: list[Path]) -> tuple[ImageClassifier, list[Member], float, torch.Tensor | None]:
