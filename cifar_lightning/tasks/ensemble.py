@@ -11,8 +11,8 @@ as a single model's (evaluate_predictions), `members` (each one's accuracy, ECE,
 its checkpoint's own scores, conformal figures) and `ensemble`. The ensemble's conformal sets are calibrated afresh on
 the validation split with the ensemble's own probabilities (the members share it: same data config).
 
-Refused in one line: calibrate=true, corruptions=, members of other classes, of another data config (batch sizes and
-num_workers aside), or evaluated on other images.
+Refused in one line: calibrate=true, corruptions=, members of other classes or of another data config (batch sizes
+and num_workers aside). Members of one data config share its data, loaded once.
 """
 
 import json
@@ -147,10 +147,11 @@ def predict_members(
     for checkpoint in checkpoints:
         one = cfg.copy()
         one.ckpt = str(checkpoint)  # model_and_data's checks (classes vs data, the split), member by member
-        checkpoint, model, data = model_and_data(one, split)
         config = None if cfg.get("data") is not None else data_config(checkpoint)
+        shared = first[3] if first is not None and config == first[2] else None  # the same data: loaded once
+        checkpoint, model, data = model_and_data(one, split, shared)
         this = (checkpoint, list(model.hparams["class_names"]), config, data)
-        check_alike(this, first or this, split)
+        check_alike(this, first or this)
         first = first or this
         if levels and "val" not in data.splits and cfg.coverage is not None:
             raise UserError(
@@ -189,12 +190,10 @@ def data_config(checkpoint: Path) -> dict:
 def check_alike(
     member: tuple[Path, list[str], dict | None, ImageDataModule],
     first: tuple[Path, list[str], dict | None, ImageDataModule],
-    split: str | None,
 ) -> None:
-    """A member (checkpoint, classes, data config or None for data=, data) can join the `first`: same classes, same
-    data config, same images and labels of `split` (None: of the validation split). Raises UserError: one line
-    naming both and what differs."""
-    checkpoint, classes, config, data = member
+    """A member (checkpoint, classes, data config or None for data=, data) can join the `first`: same classes and
+    the same data config (so that they share its data). Raises UserError: one line naming both and what differs."""
+    checkpoint, classes, config, _ = member
     if classes != first[1]:
         raise UserError(
             f"the ensemble's members differ in classes: {first[0]} has {describe(first[1])}, {checkpoint} has "
@@ -208,11 +207,6 @@ def check_alike(
             f"{checkpoint} was trained on other data than {first[0]} (data.{', data.'.join(keys)} differ): an "
             "ensemble's members are trained on the same data"
         )
-    compared = split or "val"  # data configs alike: both have it or neither
-    if compared in data.splits and compared in first[3].splits:
-        mine, theirs = data.splits[compared], first[3].splits[compared]
-        if not (torch.equal(mine.images, theirs.images) and torch.equal(mine.labels, theirs.labels)):
-            raise UserError(f"{checkpoint} is evaluated on other {compared} images than {first[0]}: the data changed?")
 
 
 def describe(classes: list[str]) -> str:

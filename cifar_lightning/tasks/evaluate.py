@@ -128,18 +128,22 @@ def check_options(cfg: DictConfig) -> dict | None:
     return corruptions
 
 
-def model_and_data(cfg: DictConfig, split: str | None) -> tuple[Path, ImageClassifier, ImageDataModule]:
-    """The checkpoint ckpt= names, its model, and the data it is evaluated on (the run's own unless data= is given),
-    set up, with the checkpoint's classes and the split (None: any)."""
+def model_and_data(
+    cfg: DictConfig, split: str | None, data: ImageDataModule | None = None
+) -> tuple[Path, ImageClassifier, ImageDataModule]:
+    """The checkpoint ckpt= names, its model, and the data it is evaluated on (the run's own unless data= is given,
+    or `data` already set up: an ensemble's members share it), with the checkpoint's classes and the split (None:
+    any)."""
     checkpoint = resolve(str(cfg.ckpt), Path(cfg.outputs))
     model = load_model(checkpoint, cfg.get("trusted_modules") or ())
     chosen = cfg.get("data")
-    if chosen is not None:  # batch_size is training's (interpolated from train.yaml): left unresolved
-        config = {k: plain(chosen[k]) for k in chosen if k not in ImageDataModule.NOT_FOR_EVALUATION}
-    else:
-        config = run_data_config(RunFolder.of_checkpoint(checkpoint).config)
-    data = ImageDataModule.for_evaluation(config)
-    data.setup("test")
+    if data is None and chosen is not None:  # batch_size is training's (interpolated from train.yaml): unresolved
+        data = ImageDataModule.for_evaluation(
+            {k: plain(chosen[k]) for k in chosen if k not in ImageDataModule.NOT_FOR_EVALUATION}
+        )
+    elif data is None:
+        data = ImageDataModule.for_evaluation(run_data_config(RunFolder.of_checkpoint(checkpoint).config))
+    data.setup("test")  # once: a second call keeps what the first loaded
     class_names = list(model.hparams["class_names"])
     if data.class_names != class_names:
         raise UserError(
