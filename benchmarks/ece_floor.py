@@ -38,8 +38,8 @@ def main():
     args, overrides = parser.parse_known_args()
     cfg = compose_config("evaluate", overrides)
     checkpoints, _ = group_checkpoints(plain(cfg.ckpt))
-    members, data = predict_members(cfg, checkpoints, [], cfg.split)
-    _, metrics, probabilities = compute(members, data, cfg.split, [])
+    members, data, own = predict_members(cfg, checkpoints, [], cfg.split)
+    _, metrics, probabilities = compute(members, data, cfg.split, [], own=own)
     floor = sorted(ece_floor(probabilities, args.draws))
     above = sum(e > args.level for e in floor) / len(floor)
     ece = 100 * metrics["ensemble"]["ece"]

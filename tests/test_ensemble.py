@@ -147,7 +147,7 @@ def test_predict_with_a_sweep_gives_the_ensembles_calibrated_probabilities_and_s
     assert [p for r in one for _, p in r["top"]] == pytest.approx([p for r in single for _, p in r["top"]], abs=1e-4)
 
 
-def test_predict_with_an_ensemble_without_a_validation_split_keeps_the_mean_and_refuses_sets(sweep, tmp_path):
+def test_an_ensemble_without_a_validation_split_keeps_the_mean_and_refuses_sets(sweep, tmp_path, capsys):
     runs = []
     for seed in ("0", "1"):  # copies whose recorded data held nothing out
         runs.append(shutil.copytree(sweep / "sweep" / seed, tmp_path / "runs" / seed))
@@ -162,6 +162,11 @@ def test_predict_with_an_ensemble_without_a_validation_split_keeps_the_mean_and_
     image = read_image(tmp_path / "0.png", 32)[None]
     mean = (direct(runs[0], image) + direct(runs[1], image)) / 2
     assert row["top"][0] == (f"class_{int(mean.argmax())}", pytest.approx(float(mean.max()), abs=1e-5))
+    out = export(compose_config("export", [both[0], f"output={tmp_path / 'mean.onnx'}", "check_images=8"]))
+    assert "temperature 1.000 (none: no val split, the plain mean)" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.tensor(session.run(["logits"], {"images": image.numpy()})[0]).softmax(1)
+    assert torch.allclose(got, mean, atol=1e-5)
 
 
 def test_export_of_an_ensemble_is_one_graph_of_its_calibrated_mean(sweep, tmp_path):
@@ -178,15 +183,64 @@ def test_export_of_an_ensemble_is_one_graph_of_its_calibrated_mean(sweep, tmp_pa
     listed = f"ckpt=[{members[0]},{members[1]}]"
     for overrides, message in [
         ([listed], "say where their ensemble's model goes with output=FILE"),
-        ([listed, f"output={members[1] / 'checkpoints' / 'model.onnx'}"], "a file of a member's run: name another"),
+        (
+            [listed, f"output={members[1] / 'model.onnx'}"],
+            "lies in a member's run folder: choose a file outside the runs",
+        ),
         ([f"ckpt={sweep / 'sweep'}", "format=mlflow"], "format=mlflow registers one run's model; use format=onnx"),
     ]:
         with pytest.raises(UserError, match=f"^[^\\n]*{message}$"):
             export(compose_config("export", overrides))
-    assert not (members[1] / "checkpoints" / "model.onnx").exists()
+    assert not (members[1] / "model.onnx").exists()
     written = export(compose_config("export", [listed, f"output={tmp_path / 'two.onnx'}", "check_images=8"]))
     again = onnxruntime.InferenceSession(str(written), providers=["CPUExecutionProvider"])
     assert torch.allclose(torch.tensor(again.run(["logits"], {"images": images.numpy()})[0]).softmax(1), got, atol=1e-6)
+
+
+def mirrored(folder, images) -> torch.Tensor:
+    """A member's calibrated probabilities at TTA 1: softmax of the mean of its logits and its mirror's, over T."""
+    model = load_model(folder / "checkpoints" / "best.ckpt")
+    x = model.normalize(images)
+    with torch.no_grad():
+        return ((model(x) + model(x.flip(3))) / 2 / model.temperature).softmax(1)
+
+
+def test_an_ensemble_is_calibrated_on_what_its_members_held_out_at_the_tta_it_predicts_with(sweep, tmp_path):
+    """Members at TTA 1: evaluate.py fits the ensemble's temperature on their mirrored validation probabilities, also
+    when data= evaluates other images; export.py's graph has no TTA, so its temperature is fitted at TTA 0, and
+    predict.py tta=0 coverage= recalibrates the ensemble's sets at that level too."""
+    runs = [shutil.copytree(sweep / "sweep" / seed, tmp_path / "runs" / seed) for seed in ("0", "1")]
+    for run in runs:
+        checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+        checkpoint["hyper_parameters"]["tta"] = 1
+        torch.save(checkpoint, run / "checkpoints" / "best.ckpt")
+    fit = ImageDataModule(source="synthetic", val_size=40)
+    fit.setup("fit")
+    val = fit.splits["val"]
+    at_tta1 = fit_temperature(sum(mirrored(r, val.images) for r in runs).div(2).log(), val.labels)
+    at_tta0 = fit_temperature(sum(direct(r, val.images) for r in runs).div(2).log(), val.labels)
+    assert at_tta1 != pytest.approx(at_tta0, rel=1e-3)
+    both = f"ckpt=[{runs[0]},{runs[1]}]"
+    assert evaluate(both, f"out={tmp_path / 'e'}")["calibration"]["temperature"] == pytest.approx(at_tta1, rel=1e-4)
+    # data= holding out 100 images, 60 of which the members trained on: still calibrated on their own 40
+    other = evaluate(both, f"out={tmp_path / 'd'}", "data=synthetic", "data.val_size=100")
+    assert other["calibration"]["temperature"] == pytest.approx(at_tta1, rel=1e-4)
+
+    images = make_synthetic().test_images[:8]
+    out = export(compose_config("export", [both, f"output={tmp_path / 'e.onnx'}", "check_images=8"]))
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.tensor(session.run(["logits"], {"images": images.numpy()})[0]).softmax(1)
+    expected = sum(direct(r, images) for r in runs).div(2).log().div(at_tta0).softmax(1)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+    Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
+    (row,) = predict(
+        compose_config("predict", [both, f"images={tmp_path / '0.png'}", "tta=0", "coverage=0.9", "top_k=1"])
+    )
+    one = read_image(tmp_path / "0.png", 32)[None]
+    p = sum(direct(r, one) for r in runs).div(2).log().div(at_tta0).softmax(1)[0]
+    assert row["top"][0] == (f"class_{int(p.argmax())}", pytest.approx(float(p.max()), abs=1e-5))
+    assert row["set"][0] == row["top"][0][0]
 
 
 def other_data(sweep, tmp_path):

@@ -1,18 +1,18 @@
-"""evaluate.py of an ensemble: ckpt= names a sweep folder (its finished, unpruned jobs) or a list of runs
-(ckpt=[RUN1,RUN2]); the ensemble's probabilities are the mean of its members' calibrated ones, softmax(logits / T),
-each member with its own checkpoint's TTA level and temperature (tta= and tta_fraction= override them for all), then
-calibrated as one model: the log of that mean divided by a temperature of the ensemble's own, fitted on the
-validation split ("pool then calibrate", Rahaman & Thiery, NeurIPS 2021: a mean of calibrated members is
-underconfident). Data without a validation split keeps the plain mean (temperature 1).
+"""Ensembles, for evaluate.py, predict.py and export.py: ckpt= names a sweep folder (its finished, unpruned jobs) or a
+list of runs (ckpt=[RUN1,RUN2]); the ensemble's probabilities are the mean of its members' calibrated ones,
+softmax(logits / T), each member with its own checkpoint's TTA level and temperature (tta= and tta_fraction= override
+them for all), then calibrated as one model: the log of that mean divided by a temperature of the ensemble's own,
+fitted on the validation split the members held out ("pool then calibrate", Rahaman & Thiery, NeurIPS 2021: a mean
+of calibrated members is underconfident), whatever data= evaluates. Members that held out none keep the plain mean.
 
-Written to <sweep>/eval/<split>/ for a sweep folder (other data, data=...: eval/<split>_<its folder>/), and to out=DIR
-for a list of runs (required there: no member's folder owns the ensemble). metrics.json holds the ensemble's metrics
-as a single model's (evaluate_predictions), `members` (each one's accuracy, ECE, MCE, NLL, Brier, selective and, from
-its checkpoint's own scores, conformal figures) and `ensemble`. The ensemble's conformal sets are calibrated afresh on
-the validation split with the ensemble's own probabilities (the members share it: same data config).
+evaluate.py writes to <sweep>/eval/<split>/ for a sweep folder (other data, data=...: eval/<split>_<its folder>/), and
+to out=DIR for a list of runs (required there: no member's folder owns the ensemble). metrics.json holds the
+ensemble's metrics as a single model's (evaluate_predictions), `members` (each one's accuracy, ECE, MCE, NLL, Brier,
+selective and, from its checkpoint's own scores, conformal figures) and `ensemble`. The ensemble's conformal sets are
+calibrated afresh on that validation split with the ensemble's own probabilities.
 
-Refused in one line: calibrate=true, corruptions=, members of other classes or of another data config (batch sizes
-and num_workers aside). Members of one data config share its data, loaded once.
+Refused in one line: calibrate=true, corruptions=, members of other classes or trained on another data config (batch
+sizes and num_workers aside). Members share their data, loaded once.
 """
 
 import json
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.blocks import conformal, ensemble, figures, selective
 from cifar_lightning.blocks.calibration import fit_on_logits
@@ -87,10 +87,10 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
         raise UserError("ckpt=[...] names several runs: say where their ensemble's evaluation goes with out=DIR")
     levels = DEFAULT_COVERAGE if cfg.coverage is None else plain(cfg.coverage)
     levels = [float(v) for v in ([levels] if isinstance(levels, (int, float)) else levels)]
-    members, data = predict_members(cfg, checkpoints, levels, cfg.split)
+    members, data, own = predict_members(cfg, checkpoints, levels, cfg.split)
     if out is None:
         out = RunFolder(user_path(ckpt)).eval_dir(cfg.split, None if cfg.get("data") is None else data.root)
-    evaluation, metrics, probabilities = compute(members, data, cfg.split, levels, cfg.conformal_score)
+    evaluation, metrics, probabilities = compute(members, data, cfg.split, levels, cfg.conformal_score, own)
     write(out, evaluation, metrics, probabilities, data.splits[cfg.split].labels)
     print(classification_report(evaluation))
     print(selective.describe(metrics["selective"]))
@@ -136,48 +136,64 @@ def out_folder(value: str, checkpoints: list[Path]) -> Path:
 
 
 def predict_members(
-    cfg: DictConfig, checkpoints: list[Path], levels: list[float], split: str | None
-) -> tuple[list[Member], ImageDataModule]:
-    """Each member's calibrated probabilities on `split` (None: none) and the validation split (if the data has one),
-    and the data, the first member's. Raises UserError (check_alike) before a member unlike the first predicts, and
-    for coverage levels asked of data without a validation split."""
+    cfg: DictConfig, checkpoints: list[Path], levels: list[float], split: str | None, keep_models: bool = False
+) -> tuple[list[Member], ImageDataModule, ImageDataModule]:
+    """Each member's calibrated probabilities on `split` (None: none) of the data evaluated (data=, else the members'
+    own) and on the validation split of the members' own data, which calibrates the ensemble (never data='s: it may
+    hold images they trained on). Returns the members (with their models if `keep_models`), the data evaluated and
+    the members' own data, each loaded once. Raises UserError (check_alike) before a member unlike the first
+    predicts, and for coverage levels asked of members that held out no validation split."""
     device = inference_device(cfg.trainer.accelerator)
     members: list[Member] = []
-    first: tuple[Path, list[str], dict | None, ImageDataModule] | None = None
+    first: tuple[Path, list[str], dict] | None = None
+    own: ImageDataModule | None = None
+    chosen: ImageDataModule | None = None
     for checkpoint in checkpoints:
         one = cfg.copy()
-        one.ckpt = str(checkpoint)  # model_and_data's checks (classes vs data, the split), member by member
-        config = None if cfg.get("data") is not None else data_config(checkpoint)
-        shared = first[3] if first is not None and config == first[2] else None  # the same data: loaded once
-        checkpoint, model, data = model_and_data(one, split, shared)
-        this = (checkpoint, list(model.hparams["class_names"]), config, data)
+        with open_dict(one):  # model_and_data's checks (classes vs data, the split), member by member
+            one.ckpt, one.data = str(checkpoint), None
+        config = data_config(checkpoint)
+        shared = own if first is not None and config == first[2] else None
+        checkpoint, model, mine = model_and_data(one, split if cfg.get("data") is None else None, shared)
+        this = (checkpoint, list(model.hparams["class_names"]), config)
         check_alike(this, first or this)
-        first = first or this
-        if levels and "val" not in data.splits and cfg.coverage is not None:
+        first, own = first or this, mine if own is None else own
+        if cfg.get("data") is not None:
+            one.data = cfg.data
+            chosen = model_and_data(one, split, chosen)[2]  # the images evaluated, loaded once too
+        if levels and "val" not in own.splits and cfg.coverage is not None:
             raise UserError(
-                f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on the validation split, and "
-                f"the data in {data.root} has none (data.val_size=0): drop coverage="
+                f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on the validation split its "
+                f"members held out, and the data in {own.root} has none (data.val_size=0): drop coverage="
             )
-        members.append(predict_member(cfg, checkpoint, model.to(device), data, split))
-    assert first is not None  # group_checkpoints finds one at least
-    return members, first[3]
+        evaluated = own if chosen is None else chosen
+        members.append(predict_member(cfg, checkpoint, model.to(device), (evaluated, own), split))
+        members[-1].model = model if keep_models else None  # else freed: many members need not fit at once
+    assert own is not None  # group_checkpoints finds one at least
+    return members, own if chosen is None else chosen, own
 
 
 def predict_member(
-    cfg: DictConfig, checkpoint: Path, model: ImageClassifier, data: ImageDataModule, split: str | None
+    cfg: DictConfig,
+    checkpoint: Path,
+    model: ImageClassifier,
+    data: tuple[ImageDataModule, ImageDataModule],
+    split: str | None,
 ) -> Member:
-    """One member's calibrated probabilities on `split` and on the validation split if there is one (the
-    ensemble's temperature is fitted there), with its checkpoint's TTA level unless tta= / tta_fraction= say
-    otherwise."""
+    """One member's calibrated probabilities on `split` of the data evaluated and on the validation split of its
+    own data if there is one (the ensemble's temperature is fitted there): `data` is (evaluated, own). With its
+    checkpoint's TTA level unless tta= / tta_fraction= say otherwise."""
     tta = model.hparams["tta"] if cfg.tta is None else int(cfg.tta)
     fraction = model.hparams["tta_fraction"] if cfg.get("tta_fraction") is None else float(cfg.tta_fraction)
     scores = model.conformal_scores.cpu()
     if not conformal.supports(scores, cfg.conformal_score):  # kept without their probabilities: no sets of its own
         scores = scores[:0]
     member = Member(checkpoint, tta, fraction, float(model.temperature), torch.empty(0), None, scores, model)
-    names = {"val", *([split] if split else [])} & data.splits.keys()
-    found = {name: member.predict(data.splits[name].images, data.eval_batch_size) for name in names}
-    member.probabilities, member.validation = found.get(split or "", member.probabilities), found.get("val")
+    evaluated, own = data
+    if split is not None:
+        member.probabilities = member.predict(evaluated.splits[split].images, evaluated.eval_batch_size)
+    if "val" in own.splits:
+        member.validation = member.predict(own.splits["val"].images, own.eval_batch_size)
     return member
 
 
@@ -187,22 +203,17 @@ def data_config(checkpoint: Path) -> dict:
     return {k: v for k, v in config.items() if k not in IGNORED}
 
 
-def check_alike(
-    member: tuple[Path, list[str], dict | None, ImageDataModule],
-    first: tuple[Path, list[str], dict | None, ImageDataModule],
-) -> None:
-    """A member (checkpoint, classes, data config or None for data=, data) can join the `first`: same classes and
+def check_alike(member: tuple[Path, list[str], dict], first: tuple[Path, list[str], dict]) -> None:
+    """A member (checkpoint, classes, the data config it was trained on) can join the `first`: same classes and
     the same data config (so that they share its data). Raises UserError: one line naming both and what differs."""
-    checkpoint, classes, config, _ = member
+    checkpoint, classes, config = member
     if classes != first[1]:
         raise UserError(
             f"the ensemble's members differ in classes: {first[0]} has {describe(first[1])}, {checkpoint} has "
             f"{describe(classes)}: ensemble runs trained on the same classes"
         )
     if config != first[2]:
-        keys = sorted(
-            k for k in {*(config or {}), *(first[2] or {})} if (config or {}).get(k) != (first[2] or {}).get(k)
-        )
+        keys = sorted(k for k in {*config, *first[2]} if config.get(k) != first[2].get(k))
         raise UserError(
             f"{checkpoint} was trained on other data than {first[0]} (data.{', data.'.join(keys)} differ): an "
             "ensemble's members are trained on the same data"
@@ -214,14 +225,20 @@ def describe(classes: list[str]) -> str:
 
 
 def compute(
-    members: list[Member], data: ImageDataModule, split: str, levels: list[float], score: str = "raps"
+    members: list[Member],
+    data: ImageDataModule,
+    split: str,
+    levels: list[float],
+    score: str = "raps",
+    own: ImageDataModule | None = None,
 ) -> tuple[Evaluation, dict, torch.Tensor]:
-    """The ensemble's Evaluation (metrics.evaluate_predictions of its probabilities), metrics.json's content and
-    the ensemble's probabilities; conformal sets of `score` (conformal.py)."""
+    """The ensemble's Evaluation (metrics.evaluate_predictions of its probabilities on `data`'s `split`), calibrated
+    on the members' `own` data (default: `data`), metrics.json's content and the ensemble's probabilities; conformal
+    sets of `score` (conformal.py)."""
     labels = data.splits[split].labels
     drawn = draws(score, data.splits[split].images)
     each = [m.probabilities for m in members]
-    temperature, scores = calibrate(members, data)
+    temperature, scores = calibrate(members, own or data)
     evaluation = evaluate_predictions(ensemble.as_logits(ensemble.average(each)), labels, data.class_names, temperature)
     probabilities = ensemble.pooled(each, temperature)
     mine = ensemble.figures(probabilities, labels, scores, levels, score, drawn)
@@ -249,13 +266,13 @@ def compute(
     return evaluation, metrics, probabilities
 
 
-def calibrate(members: list[Member], data: ImageDataModule) -> tuple[float, torch.Tensor | None]:
+def calibrate(members: list[Member], own: ImageDataModule) -> tuple[float, torch.Tensor | None]:
     """The ensemble's own temperature and conformal scores (calibration.fit_on_logits), fitted on the mean of the
-    members' probabilities over the validation split; (1.0, None) for data without one."""
+    members' probabilities over the validation split of their `own` data; (1.0, None) for data without one."""
     if members[0].validation is None:
         return 1.0, None
     validation = ensemble.as_logits(ensemble.average([m.validation for m in members if m.validation is not None]))
-    return fit_on_logits(validation, data.splits["val"].labels)
+    return fit_on_logits(validation, own.splits["val"].labels)
 
 
 def write(out: Path, evaluation: Evaluation, metrics: dict, probabilities: torch.Tensor, labels: torch.Tensor) -> None:

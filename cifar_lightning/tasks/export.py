@@ -63,20 +63,15 @@ def export(cfg: DictConfig) -> Path | str:
     ckpt = plain(cfg.ckpt)
     if cfg.format == "mlflow":
         if is_group(ckpt):
-            raise UserError(f"ckpt={ckpt} names an ensemble: format=mlflow registers one run's model; use format=onnx")
+            raise UserError("ckpt= names an ensemble: format=mlflow registers one run's model; use format=onnx")
         return to_registry(cfg)
     try:
         import onnxruntime
     except ImportError:
         raise UserError('onnxruntime is not installed: pip install -e ".[export]"') from None
-    checkpoints, group = named_checkpoints(ckpt, cfg.outputs), is_group(ckpt)
-    if group and not (cfg.output or isinstance(ckpt, str)):
-        raise UserError("ckpt=[...] names several runs: say where their ensemble's model goes with output=FILE")
-    run = RunFolder(user_path(str(ckpt))) if group else RunFolder.of_checkpoint(checkpoints[0])
-    out = output_file(cfg.output, "output", checkpoints, run) if cfg.output else run.export_file(cfg.format)
-    if group and any(RunFolder.of_checkpoint(c).holds(out) for c in checkpoints):
-        raise UserError(f"output={cfg.output} would write over {out}, a file of a member's run: name another")
-    graph, datamodule = graph_and_data(cfg, checkpoints)  # an ensemble's: fitted, so the cheap checks come first
+    checkpoints = named_checkpoints(ckpt, cfg.outputs)
+    out, run = destination(cfg, checkpoints)
+    graph, datamodule = graph_and_data(cfg, checkpoints)  # the data's folder is known once it is loaded
     if cfg.output and datamodule.folder:
         output_file(cfg.output, "output", [datamodule.folder], run)
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
@@ -106,20 +101,45 @@ def export(cfg: DictConfig) -> Path | str:
     return out
 
 
+def destination(cfg: DictConfig, checkpoints: list[Path]) -> tuple[Path, RunFolder | None]:
+    """Where the model goes (output=, else <run>/model.<format>, <sweep>/model.<format> for a sweep's ensemble)
+    and the run folder that owns it (None for a list of runs). Raises UserError for a list without output=, or an
+    output= that would replace an input, a file of the run, or anything in a member's run folder."""
+    ckpt = plain(cfg.ckpt)
+    group = is_group(ckpt)
+    run = None if group else RunFolder.of_checkpoint(checkpoints[0])
+    if group and isinstance(ckpt, str):
+        run = RunFolder(user_path(ckpt))  # a sweep's folder holds its ensemble's model
+    if cfg.output:
+        out = output_file(cfg.output, "output", checkpoints, run)
+    elif run is not None:
+        return run.export_file(cfg.format), run
+    else:
+        raise UserError("ckpt=[...] names several runs: say where their ensemble's model goes with output=FILE")
+    members = [RunFolder.of_checkpoint(c).path.resolve() for c in checkpoints] if group else []
+    if any(out.resolve().is_relative_to(folder) for folder in members):  # a member's own model.onnx included
+        raise UserError(f"output={cfg.output}: {out} lies in a member's run folder: choose a file outside the runs")
+    return out, run
+
+
 def graph_and_data(cfg: DictConfig, checkpoints: list[Path]) -> tuple[RawImagesToLogits, ImageDataModule]:
     """The graph to export, in eval mode, and the data it is checked on: one run's model, or an ensemble's members
     with the temperature fitted on their validation split at TTA 0 (tasks/ensemble.py, as evaluate.py fits it).
     Raises UserError as model_and_data and predict_members do."""
+    resolved = cfg.copy()
+    with open_dict(resolved):  # the checkpoints found, not looked up again; the members as the graph runs them
+        resolved.update(ckpt=str(checkpoints[0]), tta=0, tta_fraction=None, coverage=None, conformal_score="raps")
+        resolved.trainer = {"accelerator": "auto"}
     if not is_group(plain(cfg.ckpt)):
-        _, model, data = model_and_data(cfg, cfg.split)
+        _, model, data = model_and_data(resolved, cfg.split)
         return RawImagesToLogits([model]).eval(), data
-    untested = cfg.copy()
-    with open_dict(untested):  # the members as the graph runs them: no test-time augmentation
-        untested.update(tta=0, tta_fraction=None, coverage=None, conformal_score="raps", trainer={"accelerator": "cpu"})
-    members, data = predict_members(untested, checkpoints, [], cfg.split)
-    temperature, _ = calibrate(members, data)
-    print(f"ensemble of {len(members)}: temperature {temperature:.3f} fitted on its validation split at TTA 0")
-    return RawImagesToLogits([m.model for m in members if m.model is not None], temperature).eval(), data
+    members, data, own = predict_members(resolved, checkpoints, [], None, keep_models=True)
+    if cfg.split not in data.splits:
+        raise UserError(f"the data in {data.root} has no {cfg.split} split")
+    temperature, _ = calibrate(members, own)
+    fitted = "fitted on its validation split at TTA 0" if "val" in own.splits else "none: no val split, the plain mean"
+    print(f"ensemble of {len(members)}: temperature {temperature:.3f} ({fitted})")
+    return RawImagesToLogits([m.model.cpu() for m in members if m.model is not None], temperature).eval(), data
 
 
 def to_registry(cfg: DictConfig) -> str:

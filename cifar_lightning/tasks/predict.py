@@ -26,7 +26,7 @@ from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import is_group
 from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
 from cifar_lightning.tasks.coverage import check_coverage, draws
-from cifar_lightning.tasks.ensemble import Member, calibrate, named_checkpoints, predict_members
+from cifar_lightning.tasks.ensemble import calibrate, named_checkpoints, predict_members
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
 
 
@@ -64,7 +64,7 @@ class PredictOptions:
     """The keys of configs/predict.yaml (trainer.accelerator is checked by precision.inference_device)."""
 
     images: str
-    ckpt: str | list[str] = "best"  # a list, or a sweep folder: an ensemble (mean of the members' probabilities)
+    ckpt: str | list[str] = "best"  # a list, or a sweep folder: an ensemble (tasks/ensemble.py)
     outputs: str = "outputs"
     top_k: whole_at_least(1) = 3  # type: ignore[valid-type]
     tta: TTA_OPTION = None
@@ -86,23 +86,15 @@ def predict(cfg: DictConfig) -> list[dict]:
     out = output_file(cfg.csv, "csv", reads, RunFolder.of_checkpoint(checkpoints[0])) if cfg.csv else None
     if out is not None and any(RunFolder.of_checkpoint(c).holds(out) for c in checkpoints):
         raise UserError(f"csv={cfg.csv} would write over {out}, a file of a member's run: name another")
-    model, members, temperature, scores = load(cfg, checkpoints)
-    size, class_names = model.hparams["image_size"], list(model.hparams["class_names"])
-    readable, images = [], []
-    for path in found:
-        try:
-            images.append(read_image(path, size))
-            readable.append(path)
-        except Exception as e:  # PIL raises many kinds for a bad file; each is reported, none stops the rest
-            print(f"skipped {path}: not a readable image ({type(e).__name__})")
-    if not readable:
-        raise UserError(f"none of the files matched by images={cfg.images} is a readable image")
-
-    batch, tta = torch.stack(images), None if cfg.tta is None else int(cfg.tta)
-    if members:  # as evaluate.py computes an ensemble's (tasks/ensemble.py)
-        probs = pooled([m.predict(batch, cfg.batch_size) for m in members], temperature)
+    group, model = is_group(plain(cfg.ckpt)), load_model(checkpoints[0], cfg.get("trusted_modules") or ())
+    check_coverage(cfg.coverage, None if group else model, checkpoints[0], cfg.tta, cfg.conformal_score)
+    readable, batch = read_images(found, model.hparams["image_size"], str(cfg.images))
+    if group:
+        probs, scores = ensemble_probabilities(cfg, checkpoints, batch)
     else:
-        probs = model.predict_logits(batch, tta, cfg.batch_size, calibrated=True).softmax(1)
+        print(f"checkpoint {checkpoints[0]}")
+        probs, scores = one_run(cfg, model, batch)
+    class_names = list(model.hparams["class_names"])
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
     abstained = abstains(top.values[:, 0], cfg.get("abstain_below")).tolist()
     rows: list[dict[str, Any]] = [
@@ -125,25 +117,43 @@ def predict(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-def load(cfg: DictConfig, checkpoints: list[Path]) -> tuple[ImageClassifier, list[Member], float, torch.Tensor | None]:
-    """The model (an ensemble's first member), the ensemble's members (none for one run), the temperature on top of
-    theirs and the conformal scores, once coverage= and conformal_score= suit them (check_coverage). An ensemble is
-    loaded with its runs' data and calibrated on their validation split as evaluate.py calibrates it
-    (tasks/ensemble.py). Raises UserError as check_coverage and predict_members do."""
-    if not is_group(plain(cfg.ckpt)):
-        model = load_model(checkpoints[0], cfg.get("trusted_modules") or ())
-        check_coverage(cfg.coverage, model, checkpoints[0], cfg.tta, cfg.conformal_score)
-        print(f"checkpoint {checkpoints[0]}")
-        return model.to(inference_device(cfg.trainer.accelerator)), [], 1.0, model.conformal_scores.cpu()
-    check_coverage(cfg.coverage, None, checkpoints[0], cfg.tta, cfg.conformal_score)
-    levels = [] if cfg.coverage is None else [float(cfg.coverage)]
+def read_images(found: list[Path], size: int, pattern: str) -> tuple[list[Path], torch.Tensor]:
+    """The readable ones of `found` and their images, uint8 (N, 3, size, size); an unreadable file is reported and
+    skipped. Raises UserError when none is readable."""
+    readable, images = [], []
+    for path in found:
+        try:
+            images.append(read_image(path, size))
+            readable.append(path)
+        except Exception as e:  # PIL raises many kinds for a bad file; each is reported, none stops the rest
+            print(f"skipped {path}: not a readable image ({type(e).__name__})")
+    if not readable:
+        raise UserError(f"none of the files matched by images={pattern} is a readable image")
+    return readable, torch.stack(images)
+
+
+def one_run(cfg: DictConfig, model: ImageClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One run's calibrated probabilities of uint8 `images`, float32 (N, classes), at tta= (null: its own), and
+    its conformal scores."""
+    model.to(inference_device(cfg.trainer.accelerator))
+    tta = None if cfg.tta is None else int(cfg.tta)
+    return model.predict_logits(images, tta, cfg.batch_size, calibrated=True).softmax(1), model.conformal_scores.cpu()
+
+
+def ensemble_probabilities(
+    cfg: DictConfig, checkpoints: list[Path], images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An ensemble's calibrated probabilities of uint8 `images`, float32 (N, classes), and its conformal scores
+    (None without a validation split), as evaluate.py computes them (tasks/ensemble.py): the members are loaded with
+    their runs' data, which must be on disk, and calibrated on the validation split they held out. Raises UserError
+    as predict_members does."""
     print(f"ensemble of {len(checkpoints)}: {', '.join(map(str, checkpoints))}; calibrating on their validation split")
-    members, data = predict_members(cfg, checkpoints, levels, None)
-    temperature, scores = calibrate(members, data)
-    fitted = f"fitted on {len(data.splits['val'])} validation images" if "val" in data.splits else "no val split"
-    print(f"ensemble temperature {temperature:.3f} ({fitted} of {data.root})")
-    assert members[0].model is not None  # predict_members keeps each model
-    return members[0].model, members, temperature, scores
+    levels = [] if cfg.coverage is None else [float(cfg.coverage)]
+    members, _, own = predict_members(cfg, checkpoints, levels, None, keep_models=True)
+    temperature, scores = calibrate(members, own)
+    fitted = f"fitted on {len(own.splits['val'])} validation images" if "val" in own.splits else "no val split"
+    print(f"ensemble temperature {temperature:.3f} ({fitted} of {own.root})")
+    return pooled([m.predict(images, cfg.batch_size) for m in members], temperature), scores
 
 
 def line(row: dict, coverage: float | None = None) -> str:
