@@ -27,7 +27,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -58,38 +58,6 @@ def write_atomic(path: Path, content: str | Callable[[Path], object]) -> None:
         raise
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def output_file(value: str, option: str, reads: Sequence[Path], run: "RunFolder | None" = None) -> Path:
-    """The file an output option (predict.py csv=, export.py output=) names, as user_path reads it, once it is
-    clear that writing it destroys nothing: it is not a folder, its folder exists, and it is none of `reads` (the
-    files the command reads, or folders whose files it reads) nor one of `run`'s own files (RunFolder.holds),
-    by whatever spelling (relative, `..`, a symlink, a hard link).
-
-    Raises:
-        UserError: one line naming the option and the absolute path checked; nothing is written."""
-    path = user_path(value)
-    if path.is_dir():
-        raise UserError(f"{option}={value}: {path} is a folder: name a file (in a folder that exists)")
-    if not path.parent.is_dir():
-        raise UserError(f"{option}={value}: the folder {path.parent} does not exist: create it first")
-    if path.exists():
-        read = next((r for r in reads if _same_or_inside(path, r)), None)
-        if read is not None:
-            what = f"a file in {read}" if read.is_dir() else "a file"
-            raise UserError(f"{option}={value} would write over {path}, {what} this command reads: name another")
-        if run is not None and run.holds(path):
-            raise UserError(f"{option}={value} would write over {path}, a file of the run {run.path}: name another")
-    return path
-
-
-def _same_or_inside(path: Path, read: Path) -> bool:
-    """Whether the existing file `path` is the file `read` or lies in the folder `read`."""
-    if read.is_dir():
-        return path.resolve().is_relative_to(read.resolve())
-    with contextlib.suppress(OSError):
-        return os.path.samefile(path, read)
-    return False
 
 
 def sweep_root(sweep: Path) -> Path | None:

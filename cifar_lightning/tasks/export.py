@@ -17,7 +17,8 @@ from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store import registry, tracking
 from cifar_lightning.store.locate import is_group
-from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
+from cifar_lightning.store.outputs import output_file
+from cifar_lightning.store.runs import RunFolder, write_atomic
 from cifar_lightning.tasks.ensemble import calibrate, named_checkpoints, predict_members
 from cifar_lightning.tasks.evaluate import model_and_data
 
@@ -73,7 +74,7 @@ def export(cfg: DictConfig) -> Path | str:
     out, run = destination(cfg, checkpoints)
     graph, datamodule = graph_and_data(cfg, checkpoints)  # the data's folder is known once it is loaded
     if cfg.output and datamodule.folder:
-        output_file(cfg.output, "output", [datamodule.folder], run)
+        output_file(cfg.output, "output", [datamodule.folder], run, is_onnx_model)
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
 
     def write_checked(tmp: Path) -> None:  # into a temporary file: a model that disagrees never takes out's place
@@ -101,6 +102,16 @@ def export(cfg: DictConfig) -> Path | str:
     return out
 
 
+def is_onnx_model(path: Path) -> bool:
+    """Whether `path` holds an ONNX model with a graph: the only file output= replaces."""
+    import onnx  # with onnxruntime, in the export extra
+
+    try:
+        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # protobuf and onnx raise several kinds for what is no model
+        return False
+
+
 def destination(cfg: DictConfig, checkpoints: list[Path]) -> tuple[Path, RunFolder | None]:
     """Where the model goes (output=, else <run>/model.<format>, <sweep>/model.<format> for a sweep's ensemble)
     and the run folder that owns it (None for a list of runs). Raises UserError for a list without output=, or an
@@ -111,7 +122,7 @@ def destination(cfg: DictConfig, checkpoints: list[Path]) -> tuple[Path, RunFold
     if group and isinstance(ckpt, str):
         run = RunFolder(user_path(ckpt))  # a sweep's folder holds its ensemble's model
     if cfg.output:
-        out = output_file(cfg.output, "output", checkpoints, run)
+        out = output_file(cfg.output, "output", checkpoints, run, is_onnx_model)
     elif run is not None:
         return run.export_file(cfg.format), run
     else:

@@ -2,6 +2,7 @@
 prediction set), printed and optionally
 written as CSV."""
 
+import contextlib
 import csv
 import glob
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from cifar_lightning.blocks.precision import inference_device
 from cifar_lightning.blocks.selective import abstains
 from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import is_group
-from cifar_lightning.store.runs import RunFolder, output_file, write_atomic
+from cifar_lightning.store.outputs import output_file
+from cifar_lightning.store.runs import RunFolder, write_atomic
 from cifar_lightning.tasks.coverage import check_coverage, draws
 from cifar_lightning.tasks.ensemble import calibrate, named_checkpoints, predict_members
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
@@ -83,7 +85,8 @@ def predict(cfg: DictConfig) -> list[dict]:
     checkpoints, found = named_checkpoints(cfg.ckpt, cfg.outputs), find_images(str(cfg.images))
     # checked before any work: the CSV may replace neither an input nor a file of a member's run
     reads = [*checkpoints, *found]
-    out = output_file(cfg.csv, "csv", reads, RunFolder.of_checkpoint(checkpoints[0])) if cfg.csv else None
+    run = RunFolder.of_checkpoint(checkpoints[0])
+    out = output_file(cfg.csv, "csv", reads, run, is_prediction_csv) if cfg.csv else None
     if out is not None and any(RunFolder.of_checkpoint(c).holds(out) for c in checkpoints):
         raise UserError(f"csv={cfg.csv} would write over {out}, a file of a member's run: name another")
     group, model = is_group(plain(cfg.ckpt)), load_model(checkpoints[0], cfg.get("trusted_modules") or ())
@@ -165,6 +168,13 @@ def line(row: dict, coverage: float | None = None) -> str:
         name, p = row["top"][0]
         return f"{row['path']}: abstained (top: {name} {p:.1%})" + shown
     return f"{row['path']}: " + ", ".join(f"{name} {p:.1%}" for name, p in row["top"]) + shown
+
+
+def is_prediction_csv(path: Path) -> bool:
+    """Whether `path` holds what write_csv writes (its header): the only file csv= replaces."""
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, newline="") as f:
+        return f.readline().startswith("path,class_1,prob_1")
+    return False
 
 
 def write_csv(path: Path, rows: list[dict], sets: bool = False) -> None:
