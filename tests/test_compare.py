@@ -38,7 +38,7 @@ def test_compares_a_sweep_with_runs_as_a_user_does(runs, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "compare.json").read_text())
     assert (out / "compare.md").read_text() in result.stdout
-    assert "pruned job(s) left out" in result.stdout
+    assert f"note: group A: {runs / 'sweep_a'}: 1 pruned (stopped early) left out" in result.stdout
     assert [r["checkpoint"] for r in summary["a"]["runs"]] == [
         str(runs / "sweep_a" / s / "checkpoints" / "best.ckpt") for s in ("0", "1")
     ]
@@ -80,7 +80,7 @@ def test_a_refusal_as_a_user_sees_it(runs, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'empty'} is no run folder (.hydra/, checkpoints/) and no sweep folder (jobs with "
-        "summary.json)"
+        "summary.json): give one of those or a .ckpt file"
     ]
     assert result.stdout == ""
 

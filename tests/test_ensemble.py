@@ -69,7 +69,10 @@ def test_a_sweeps_ensemble_is_the_mean_of_its_finished_members(sweep, capsys):
         p.name for p in out.iterdir()
     }
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert "1 pruned job(s) left out" in capsys.readouterr().out
+    resume = f"python train.py -m resume={sweep / 'sweep'}"
+    assert f"note: {sweep / 'sweep'}: 1 pruned (stopped early), 1 unfinished ({resume} finishes them) left out" in (
+        capsys.readouterr().out
+    )
     members = [sweep / "sweep" / s for s in ("0", "1")]  # not 2 (pruned), not 3 (failed)
     assert [m["checkpoint"] for m in metrics["members"]] == [str(m / "checkpoints" / "best.ckpt") for m in members]
 
@@ -260,12 +263,14 @@ def other_data(sweep, tmp_path):
         ("only_pruned", "holds only pruned jobs (stopped early)"),
         ("no_run", "is no run folder (.hydra/, checkpoints/) and no sweep folder (jobs with summary.json)"),
         ("classes", "the ensemble's members differ in classes:"),
-        ("data", "was trained on other data than"),
+        ("data", "(data.val_size 60 vs 40): an ensemble's members are trained on the same data"),
         ("no_out", "names several runs: say where their ensemble's evaluation goes with out=DIR"),
         ("out_taken", "exists and is no ensemble evaluation"),
         ("calibrate", "calibrate=true, corruptions= and ood= take one run"),
         ("ood", "calibrate=true, corruptions= and ood= take one run"),
         ("empty_list", "ckpt=[] names no run"),
+        ("no_checkpoint", "holds no checkpoint yet (stopped in its first epoch): train it again"),
+        ("missing", "does not exist: give a run folder, a sweep folder or a .ckpt file"),
     ],
 )
 def test_refusals_in_one_line(sweep, tmp_path, case, message):
@@ -294,6 +299,11 @@ def test_refusals_in_one_line(sweep, tmp_path, case, message):
         overrides = [f"ckpt={sweep / 'sweep'}", "calibrate=true"]
     elif case == "ood":
         overrides = [f"ckpt={sweep / 'sweep'}", "ood=generated"]
+    elif case == "no_checkpoint":
+        fake_run(tmp_path / "stopped", None)
+        overrides = [f"ckpt=[{s0},{tmp_path / 'stopped'}]", out]
+    elif case == "missing":
+        overrides = [f"ckpt=[{s0},{tmp_path / 'nope'}]", out]
     else:
         overrides = ["ckpt=[]", out]
     with pytest.raises(UserError, match="^[^\n]*$") as raised:
@@ -310,7 +320,7 @@ def test_refusals_as_a_user_sees_them(sweep, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'unfinished'} is a sweep with no finished job (none has summary.json): let it finish or "
-        "resume it"
+        f"resume it: python train.py -m resume={tmp_path / 'unfinished'}"
     ]
     with pytest.raises(UserError, match="out= places an ensemble's evaluation"):
         evaluate(f"ckpt={sweep / 'sweep' / '0'}", f"out={tmp_path / 'out'}")

@@ -49,11 +49,13 @@ def resolve(ckpt: str, outputs: Path) -> Path:
         for candidate in (run.checkpoint("best"), path / "best.ckpt", run.checkpoint("last")):
             if candidate.is_file():
                 return candidate
+        if (path / ".hydra").is_dir():  # a run stopped before its first epoch ended
+            raise UserError(f"{path} holds no checkpoint yet (stopped in its first epoch): train it again")
         raise UserError(f"{path} holds no checkpoints/best.ckpt or last.ckpt: is it a run folder?")
     if not path.is_file():
         raise UserError(
-            f"checkpoint {path} does not exist: use ckpt=best, ckpt=last, a .ckpt file, a run folder or "
-            f"ckpt=mlflow:RUN_ID"
+            f"checkpoint {path} does not exist: use ckpt=best, ckpt=last, a .ckpt file, a run folder, a sweep folder "
+            "or ckpt=mlflow:RUN_ID"
         )
     return path
 
@@ -63,27 +65,40 @@ def is_run_folder(path: Path) -> bool:
     return (path / ".hydra").is_dir() or (path / "checkpoints").is_dir() or (path / "best.ckpt").is_file()
 
 
-def checkpoints_of(value: str) -> tuple[list[Path], int]:
-    """The checkpoints one value names, and how many pruned jobs were left out: a run folder's best (else last)
-    checkpoint, a .ckpt file, or the best checkpoints of a sweep's finished, unpruned jobs (sorted).
+def checkpoints_of(value: str) -> tuple[list[Path], str]:
+    """The checkpoints one value names, and a note of the jobs left out ("" for none): a run folder's best (else
+    last) checkpoint, a .ckpt file, or the best checkpoints of a sweep's finished, unpruned jobs (sorted); pruned
+    jobs stopped early, unfinished ones (no summary.json) are counted with the command that finishes them.
 
     Raises:
         UserError: it does not exist, is no run and no sweep, or is a sweep with no finished job."""
     path = user_path(value)
     if path.is_file() or is_run_folder(path):
-        return [resolve(str(path), Path("outputs"))], 0
+        return [resolve(str(path), Path("outputs"))], ""
     if not path.is_dir():
         raise UserError(f"{path} does not exist: give a run folder, a sweep folder or a .ckpt file")
     # a sweep's jobs are its subfolders (<sweep>/<job>): not every run below a folder (ckpt=outputs)
     finished = [RunFolder(s.parent) for s in sorted(path.glob("*/summary.json"))]
     jobs = [run for run in finished if not run.summary_values().get("pruned")]
+    unfinished = sum(not (job.parent / "summary.json").exists() for job in path.glob("*/.hydra"))
+    counts = {
+        "pruned (stopped early)": len(finished) - len(jobs),
+        f"unfinished ({resume_command(path, sweep=True)} finishes them)": unfinished,
+    }
+    note = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     if jobs:
-        return [resolve(str(run.path), Path("outputs")) for run in jobs], len(finished) - len(jobs)
+        return [resolve(str(run.path), Path("outputs")) for run in jobs], note and f"{path}: {note} left out"
     if finished:
         raise UserError(f"{path} holds only pruned jobs (stopped early): nothing finished to use")
-    if (path / "multirun.yaml").is_file() or any(path.glob("*/.hydra")):
-        raise UserError(f"{path} is a sweep with no finished job (none has summary.json): let it finish or resume it")
-    raise UserError(f"{path} is no run folder (.hydra/, checkpoints/) and no sweep folder (jobs with summary.json)")
+    if (path / "multirun.yaml").is_file() or unfinished:
+        raise UserError(
+            f"{path} is a sweep with no finished job (none has summary.json): let it finish or resume it: "
+            f"{resume_command(path, sweep=True)}"
+        )
+    raise UserError(
+        f"{path} is no run folder (.hydra/, checkpoints/) and no sweep folder (jobs with summary.json): give one of "
+        "those or a .ckpt file"
+    )
 
 
 def is_group(ckpt: object) -> bool:
@@ -97,9 +112,9 @@ def is_group(ckpt: object) -> bool:
     return path.is_dir() and not is_run_folder(path)
 
 
-def group_checkpoints(ckpt: str | list[str]) -> tuple[list[Path], int]:
+def group_checkpoints(ckpt: str | list[str]) -> tuple[list[Path], list[str]]:
     """The checkpoints of an ensemble's ckpt= (a sweep folder, or a list of runs, sweeps or .ckpt files), each once,
-    and how many pruned jobs were left out.
+    and the notes of jobs left out (checkpoints_of).
 
     Raises:
         UserError: as checkpoints_of, for an empty list, or for a checkpoint named twice."""
@@ -107,15 +122,15 @@ def group_checkpoints(ckpt: str | list[str]) -> tuple[list[Path], int]:
     if not values:
         raise UserError("ckpt=[] names no run: list the runs of the ensemble, e.g. ckpt=[RUN1,RUN2]")
     checkpoints: list[Path] = []
-    pruned = 0
+    notes = []
     for value in values:
         found, left_out = checkpoints_of(str(value))
-        pruned += left_out
+        notes += [left_out] if left_out else []
         for checkpoint in found:
             if any(checkpoint.resolve() == c.resolve() for c in checkpoints):
                 raise UserError(f"ckpt= names {checkpoint} twice: each run counts once in an ensemble")
             checkpoints.append(checkpoint)
-    return checkpoints, pruned
+    return checkpoints, notes
 
 
 def register_resolvers() -> None:

@@ -67,9 +67,9 @@ def group(name: str, values: list[str]) -> list[Path]:
     checkpoint named twice."""
     checkpoints: list[Path] = []
     for value in values:
-        found, pruned = checkpoints_of(value)
-        if pruned:
-            print(f"note: group {name}: {value}: {pruned} pruned job(s) left out (stopped early)")
+        found, left_out = checkpoints_of(value)
+        if left_out:
+            print(f"note: group {name}: {left_out}")
         for checkpoint in found:
             if any(checkpoint.resolve() == c.resolve() for c in checkpoints):
                 raise UserError(f"group {name} names {checkpoint} twice: each run counts once")

@@ -103,14 +103,14 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
 
 def named_checkpoints(ckpt: Any, outputs: str) -> list[Path]:
     """The checkpoints ckpt= names: one (store.locate.resolve, ckpt=best looking under `outputs`), or an ensemble's
-    (a sweep folder, a list of runs: store.locate.group_checkpoints), with a note of pruned jobs left out. Raises
+    (a sweep folder, a list of runs: store.locate.group_checkpoints), with a note of the jobs left out. Raises
     UserError as those do."""
     ckpt = plain(ckpt)
     if not is_group(ckpt):
         return [resolve(str(ckpt), Path(outputs))]
-    checkpoints, pruned = group_checkpoints(ckpt)
-    if pruned:
-        print(f"note: {pruned} pruned job(s) left out (stopped early)")
+    checkpoints, notes = group_checkpoints(ckpt)
+    for note in notes:
+        print(f"note: {note}")
     return checkpoints
 
 
@@ -214,9 +214,10 @@ def check_alike(member: tuple[Path, list[str], dict], first: tuple[Path, list[st
         )
     if config != first[2]:
         keys = sorted(k for k in {*config, *first[2]} if config.get(k) != first[2].get(k))
+        differ = ", ".join(f"data.{k} {config.get(k)} vs {first[2].get(k)}" for k in keys)
         raise UserError(
-            f"{checkpoint} was trained on other data than {first[0]} (data.{', data.'.join(keys)} differ): an "
-            "ensemble's members are trained on the same data"
+            f"{checkpoint} was trained on other data than {first[0]} ({differ}): an ensemble's members are trained "
+            "on the same data"
         )
 
 
