@@ -69,11 +69,12 @@ def test_a_sweeps_ensemble_is_the_mean_of_its_finished_members(sweep, capsys):
         p.name for p in out.iterdir()
     }
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    resume = f"python train.py -m resume={sweep / 'sweep'}"
-    assert f"note: {sweep / 'sweep'}: 1 pruned (stopped early), 1 unfinished ({resume} finishes them) left out" in (
-        capsys.readouterr().out
-    )
+    resume, printed = f"python train.py -m resume={sweep / 'sweep'}", capsys.readouterr().out
+    left_out = f"1 pruned (stopped early), 1 unfinished ({resume} finishes them) left out"
+    assert f"note: {sweep / 'sweep'}: {left_out}" in printed
     members = [sweep / "sweep" / s for s in ("0", "1")]  # not 2 (pruned), not 3 (failed)
+    best = [str(m / "checkpoints" / "best.ckpt") for m in members]
+    assert f"ensemble of 2: {best[0]}, {best[1]}\n" in printed
     assert [m["checkpoint"] for m in metrics["members"]] == [str(m / "checkpoints" / "best.ckpt") for m in members]
 
     data = ImageDataModule(source="synthetic", val_size=40)  # FAST's split of the synthetic images
@@ -166,7 +167,9 @@ def test_an_ensemble_without_a_validation_split_keeps_the_mean_and_refuses_sets(
     mean = (direct(runs[0], image) + direct(runs[1], image)) / 2
     assert row["top"][0] == (f"class_{int(mean.argmax())}", pytest.approx(float(mean.max()), abs=1e-5))
     out = export(compose_config("export", [both[0], f"output={tmp_path / 'mean.onnx'}", "check_images=8"]))
-    assert "temperature 1.000 (none: no val split, the plain mean)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ensemble temperature 1.000 (no validation split held out: the plain mean)" in printed  # predict's
+    assert "ensemble temperature 1.000 (no validation split held out)\n" in printed  # export's
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = torch.tensor(session.run(["logits"], {"images": image.numpy()})[0]).softmax(1)
     assert torch.allclose(got, mean, atol=1e-5)

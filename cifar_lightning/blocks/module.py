@@ -221,11 +221,12 @@ class ImageClassifier(L.LightningModule):
         tta_fraction: float | None = None,
     ) -> torch.Tensor:
         """`logits` of any number of uint8 images (N, C, H, W), `batch_size` at a time on the module's device, in
-        eval mode, without gradients; float32 (N, classes) on the CPU. Shows a progress bar past 20 batches.
+        eval mode, without gradients; float32 (N, classes) on the CPU. Shows a progress bar on a terminal once it
+        has taken a second.
         Selective TTA (`tta_fraction` < 1) chooses the least confident images of each batch."""
         self.eval()
         starts = range(0, len(images), batch_size)
-        batches = tqdm(starts, desc="predicting", unit="batch", leave=False, disable=len(starts) <= 20)
+        batches = tqdm(starts, desc="predicting", unit="batch", leave=False, delay=1, disable=None)  # None: tty only
         out = [
             self.logits(images[i : i + batch_size].to(self.device), tta, calibrated, tta_fraction).float().cpu()
             for i in batches

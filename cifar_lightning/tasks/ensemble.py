@@ -111,6 +111,7 @@ def named_checkpoints(ckpt: Any, outputs: str) -> list[Path]:
     checkpoints, notes = group_checkpoints(ckpt)
     for note in notes:
         print(f"note: {note}")
+    print(f"ensemble of {len(checkpoints)}: {', '.join(map(str, checkpoints))}")
     return checkpoints
 
 

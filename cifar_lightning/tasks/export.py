@@ -148,8 +148,8 @@ def graph_and_data(cfg: DictConfig, checkpoints: list[Path]) -> tuple[RawImagesT
     if cfg.split not in data.splits:
         raise UserError(f"the data in {data.root} has no {cfg.split} split")
     temperature, _ = calibrate(members, own)
-    fitted = "fitted on its validation split at TTA 0" if "val" in own.splits else "none: no val split, the plain mean"
-    print(f"ensemble of {len(members)}: temperature {temperature:.3f} ({fitted})")
+    fitted = "fitted on its validation split at TTA 0" if "val" in own.splits else "no validation split held out"
+    print(f"ensemble temperature {temperature:.3f} ({fitted})")
     return RawImagesToLogits([m.model.cpu() for m in members if m.model is not None], temperature).eval(), data
 
 

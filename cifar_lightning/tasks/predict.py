@@ -95,7 +95,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     if group:
         probs, scores = ensemble_probabilities(cfg, checkpoints, batch)
     else:
-        print(f"checkpoint {checkpoints[0]}")
+        print(f"checkpoint {checkpoints[0]} (temperature {float(model.temperature):.3f})")
         probs, scores = one_run(cfg, model, batch)
     class_names = list(model.hparams["class_names"])
     top = probs.topk(min(cfg.top_k, len(class_names)), dim=1)
@@ -150,12 +150,11 @@ def ensemble_probabilities(
     (None without a validation split), as evaluate.py computes them (tasks/ensemble.py): the members are loaded with
     their runs' data, which must be on disk, and calibrated on the validation split they held out. Raises UserError
     as predict_members does."""
-    print(f"ensemble of {len(checkpoints)}: {', '.join(map(str, checkpoints))}; calibrating on their validation split")
     levels = [] if cfg.coverage is None else [float(cfg.coverage)]
     members, _, own = predict_members(cfg, checkpoints, levels, None, keep_models=True)
     temperature, scores = calibrate(members, own)
-    fitted = f"fitted on {len(own.splits['val'])} validation images" if "val" in own.splits else "no val split"
-    print(f"ensemble temperature {temperature:.3f} ({fitted} of {own.root})")
+    fitted = f"fitted on {len(own.splits['val'])} validation images of {own.root}" if "val" in own.splits else ""
+    print(f"ensemble temperature {temperature:.3f} ({fitted or 'no validation split held out: the plain mean'})")
     return pooled([m.predict(images, cfg.batch_size) for m in members], temperature), scores
 
 
