@@ -39,7 +39,7 @@ def main():
     cfg = compose_config("evaluate", overrides)
     checkpoints, _ = group_checkpoints(plain(cfg.ckpt))
     members, data, own = predict_members(cfg, checkpoints, [], cfg.split)
-    _, metrics, probabilities = compute(members, data, cfg.split, [], own=own)
+    _, metrics, probabilities = compute(members, (data, own), cfg.split, [])
     floor = sorted(ece_floor(probabilities, args.draws))
     above = sum(e > args.level for e in floor) / len(floor)
     ece = 100 * metrics["ensemble"]["ece"]

@@ -160,7 +160,9 @@ def test_an_ensemble_without_a_validation_split_keeps_the_mean_and_refuses_sets(
         (runs[-1] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     Image.fromarray(make_synthetic().test_images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
     both = [f"ckpt=[{runs[0]},{runs[1]}]", f"images={tmp_path / '0.png'}"]
-    with pytest.raises(UserError, match="^[^\n]*has none \\(data.val_size=0\\): drop coverage=$"):
+    with pytest.raises(
+        UserError, match="^[^\n]*hold out none in common \\(data.val_size=0, or other folds\\): drop coverage=$"
+    ):
         predict(compose_config("predict", [*both, "coverage=0.9"]))
     (row,) = predict(compose_config("predict", [*both, "top_k=1"]))
     image = read_image(tmp_path / "0.png", 32)[None]
@@ -169,7 +171,7 @@ def test_an_ensemble_without_a_validation_split_keeps_the_mean_and_refuses_sets(
     out = export(compose_config("export", [both[0], f"output={tmp_path / 'mean.onnx'}", "check_images=8"]))
     printed = capsys.readouterr().out
     assert "ensemble temperature 1.000 (no validation split held out: the plain mean)" in printed  # predict's
-    assert "ensemble temperature 1.000 (no validation split held out)\n" in printed  # export's
+    assert "ensemble temperature 1.000 (no validation split held out in common)\n" in printed  # export's
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = torch.tensor(session.run(["logits"], {"images": image.numpy()})[0]).softmax(1)
     assert torch.allclose(got, mean, atol=1e-5)
@@ -257,6 +259,46 @@ def other_data(sweep, tmp_path):
     config["data"]["val_size"] = 60
     (copy / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     return copy
+
+
+def test_members_without_a_validation_split_in_common_keep_the_plain_mean_with_data(sweep, tmp_path, capsys):
+    """With data=, members of other data configs (k-fold members hold out other folds) or loose checkpoints (data
+    unknown) are evaluated on data='s images, and with no validation split they all held out the ensemble keeps
+    the plain mean: temperature 1, no conformal sets of its own."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copyfile(sweep / "sweep" / "1" / "checkpoints" / "best.ckpt", loose / "b.ckpt")
+    images, labels = make_synthetic().test_images, make_synthetic().test_labels
+    first = sweep / "sweep" / "0"
+    for second, source in [(other_data(sweep, tmp_path), first), (loose / "b.ckpt", sweep / "sweep" / "1")]:
+        metrics = evaluate(f"ckpt=[{first},{second}]", f"out={tmp_path / 'out'}", "data=synthetic", "coverage=[]")
+        assert "hold out no validation split in common" in capsys.readouterr().out
+        mean = (direct(first, images) + direct(source, images)) / 2
+        assert metrics["calibration"]["temperature"] == 1.0 and "conformal" not in metrics
+        nll = float(-mean[torch.arange(len(labels)), labels].log().mean())
+        assert metrics["ensemble"]["nll"] == pytest.approx(nll, rel=1e-4)
+    with pytest.raises(UserError, match="hold out none in common"):
+        evaluate(f"ckpt=[{first},{loose / 'b.ckpt'}]", f"out={tmp_path / 'o2'}", "data=synthetic", "coverage=0.9")
+    # a list of loose checkpoints exports beside them: only the checkpoints themselves are the members' own
+    shutil.copyfile(sweep / "sweep" / "0" / "checkpoints" / "best.ckpt", loose / "a.ckpt")
+    listed = [f"ckpt=[{loose / 'a.ckpt'},{loose / 'b.ckpt'}]", "data=synthetic", "check_images=8"]
+    assert export(compose_config("export", [*listed, f"output={loose / 'ens.onnx'}"])) == loose / "ens.onnx"
+    with pytest.raises(UserError, match="a file this command reads: name another$"):
+        export(compose_config("export", [*listed, f"output={loose / 'a.ckpt'}"]))
+
+
+def test_output_replaces_only_a_model_export_wrote(sweep, tmp_path):
+    """An ONNX model of another kind (other inputs and outputs) is no earlier export: refused, kept."""
+    import onnx
+
+    other = tmp_path / "other.onnx"
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    info = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([node], "g", info[:1], info[1:])), other)
+    before = other.read_bytes()
+    with pytest.raises(UserError, match=f"would write over {other}, which it did not write: name a new file$"):
+        export(compose_config("export", [f"ckpt={sweep / 'sweep' / '0'}", f"output={other}"]))
+    assert other.read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -368,7 +410,7 @@ def test_the_ensemble_is_calibrated_as_one_model_on_the_validation_split():
     data = SimpleNamespace(
         splits={"test": split, "val": SimpleNamespace(labels=labels[:1000])}, class_names=list("abcdefghij"), root="d"
     )
-    _, metrics, probabilities = compute(members, data, "test", [0.9])
+    _, metrics, probabilities = compute(members, (data, data), "test", [0.9])
     pooled_val, pooled = (((shown[0] + shown[1]) / 2).log()[s] for s in (slice(0, 1000), slice(1000, None)))
     temperature = fit_temperature(pooled_val, labels[:1000])
     assert temperature < 0.9 and metrics["calibration"]["temperature"] == pytest.approx(temperature)

@@ -11,15 +11,16 @@ ensemble's metrics as a single model's (evaluate_predictions), `members` (each o
 selective and, from its checkpoint's own scores, conformal figures) and `ensemble`. The ensemble's conformal sets are
 calibrated afresh on that validation split with the ensemble's own probabilities.
 
-Refused in one line: calibrate=true, corruptions=, members of other classes or trained on another data config (batch
-sizes and num_workers aside). Members share their data, loaded once.
+Refused in one line: calibrate=true, corruptions=, ood=, members of other classes or, without data=, trained on
+another data config (batch sizes and num_workers aside). Members share their data, loaded once. With data=, members
+of other data configs (k-fold members) hold out no validation split in common: the plain mean, no sets.
 """
 
 import json
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, open_dict
@@ -90,7 +91,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     members, data, own = predict_members(cfg, checkpoints, levels, cfg.split)
     if out is None:
         out = RunFolder(user_path(ckpt)).eval_dir(cfg.split, None if cfg.get("data") is None else data.root)
-    evaluation, metrics, probabilities = compute(members, data, cfg.split, levels, cfg.conformal_score, own)
+    evaluation, metrics, probabilities = compute(members, (data, own), cfg.split, levels, cfg.conformal_score)
     write(out, evaluation, metrics, probabilities, data.splits[cfg.split].labels)
     print(classification_report(evaluation))
     print(selective.describe(metrics["selective"]))
@@ -115,12 +116,18 @@ def named_checkpoints(ckpt: Any, outputs: str) -> list[Path]:
     return checkpoints
 
 
+def members_own(checkpoints: list[Path]) -> list[Path]:
+    """What an ensemble's output may neither lie in nor hold, resolved: each member's run folder, or the checkpoint
+    itself when it lies loose (its folder is the user's, not the run's)."""
+    runs = [(c, RunFolder.of_checkpoint(c).path) for c in checkpoints]
+    return [(run if (run / ".hydra").is_dir() else c).resolve() for c, run in runs]
+
+
 def out_folder(value: str, checkpoints: list[Path]) -> Path:
     """The folder out= names, once it is clear that replacing it destroys nothing: it neither lies in nor holds a
     member's run folder, and it is new, empty or an earlier ensemble evaluation. Raises UserError otherwise."""
     path = user_path(value)
-    for checkpoint in checkpoints:
-        run = RunFolder.of_checkpoint(checkpoint).path.resolve()
+    for run in members_own(checkpoints):
         if path.resolve().is_relative_to(run) or run.is_relative_to(path.resolve()):
             raise UserError(f"out={value}: {path} overlaps the member {run}: choose a folder outside the runs")
     earlier = None
@@ -138,47 +145,56 @@ def out_folder(value: str, checkpoints: list[Path]) -> Path:
 
 def predict_members(
     cfg: DictConfig, checkpoints: list[Path], levels: list[float], split: str | None, keep_models: bool = False
-) -> tuple[list[Member], ImageDataModule, ImageDataModule]:
+) -> tuple[list[Member], ImageDataModule, ImageDataModule | None]:
     """Each member's calibrated probabilities on `split` (None: none) of the data evaluated (data=, else the members'
     own) and on the validation split of the members' own data, which calibrates the ensemble (never data='s: it may
     hold images they trained on). Returns the members (with their models if `keep_models`), the data evaluated and
-    the members' own data, each loaded once. Raises UserError (check_alike) before a member unlike the first
-    predicts, and for coverage levels asked of members that held out no validation split."""
-    device = inference_device(cfg.trainer.accelerator)
+    the members' own data, each loaded once; None when data= evaluates members trained on other data configs
+    (k-fold members): they hold out no validation split in common, and the ensemble keeps the plain mean. Raises
+    UserError (check_alike) before a member unlike the first predicts, and for coverage levels without a split."""
+    device, chosen_data = inference_device(cfg.trainer.accelerator), cfg.get("data") is not None
+    # with data=, a loose checkpoint's data is unknown; without, check_alike refuses members of other data
+    configs = [None if chosen_data and not RunFolder.of_checkpoint(c).config.is_file() else data_config(c)
+               for c in checkpoints]  # fmt: skip
+    common = not chosen_data or configs[0] is not None and all(c == configs[0] for c in configs)
+    if not common:
+        print("note: the members hold out no validation split in common (other data configs, such as folds, or loose "
+              "checkpoints): the ensemble keeps the plain mean of their calibrated probabilities")  # fmt: skip
     members: list[Member] = []
     first: tuple[Path, list[str], dict] | None = None
     own: ImageDataModule | None = None
     chosen: ImageDataModule | None = None
-    for checkpoint in checkpoints:
+    evaluated: ImageDataModule  # by the first member (group_checkpoints finds one at least)
+    for checkpoint, config in zip(checkpoints, configs):
         one = cfg.copy()
         with open_dict(one):  # model_and_data's checks (classes vs data, the split), member by member
             one.ckpt, one.data = str(checkpoint), None
-        config = data_config(checkpoint)
-        shared = own if first is not None and config == first[2] else None
-        checkpoint, model, mine = model_and_data(one, split if cfg.get("data") is None else None, shared)
-        this = (checkpoint, list(model.hparams["class_names"]), config)
-        check_alike(this, first or this)
-        first, own = first or this, mine if own is None else own
-        if cfg.get("data") is not None:
+        if common:
+            shared = own if first is not None and config == first[2] else None
+            checkpoint, model, mine = model_and_data(one, None if chosen_data else split, shared)
+            own = mine if own is None else own
+        if chosen_data:
             one.data = cfg.data
-            chosen = model_and_data(one, split, chosen)[2]  # the images evaluated, loaded once too
-        if levels and "val" not in own.splits and cfg.coverage is not None:
+            checkpoint, model, chosen = model_and_data(one, split, chosen)  # the images evaluated, loaded once too
+        this = (checkpoint, list(model.hparams["class_names"]), config if common and config is not None else {})
+        check_alike(this, first or this)
+        first = first or this
+        if levels and cfg.coverage is not None and (own is None or "val" not in own.splits):
             raise UserError(
-                f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on the validation split its "
-                f"members held out, and the data in {own.root} has none (data.val_size=0): drop coverage="
+                f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on a validation split all its "
+                "members held out, and they hold out none in common (data.val_size=0, or other folds): drop coverage="
             )
-        evaluated = own if chosen is None else chosen
+        evaluated = cast(ImageDataModule, chosen if chosen is not None else own)  # common, or chosen_data
         members.append(predict_member(cfg, checkpoint, model.to(device), (evaluated, own), split))
         members[-1].model = model if keep_models else None  # else freed: many members need not fit at once
-    assert own is not None  # group_checkpoints finds one at least
-    return members, own if chosen is None else chosen, own
+    return members, evaluated, own
 
 
 def predict_member(
     cfg: DictConfig,
     checkpoint: Path,
     model: ImageClassifier,
-    data: tuple[ImageDataModule, ImageDataModule],
+    data: tuple[ImageDataModule, ImageDataModule | None],
     split: str | None,
 ) -> Member:
     """One member's calibrated probabilities on `split` of the data evaluated and on the validation split of its
@@ -193,7 +209,7 @@ def predict_member(
     evaluated, own = data
     if split is not None:
         member.probabilities = member.predict(evaluated.splits[split].images, evaluated.eval_batch_size)
-    if "val" in own.splits:
+    if own is not None and "val" in own.splits:
         member.validation = member.predict(own.splits["val"].images, own.eval_batch_size)
     return member
 
@@ -228,19 +244,19 @@ def describe(classes: list[str]) -> str:
 
 def compute(
     members: list[Member],
-    data: ImageDataModule,
+    evaluated_and_own: tuple[ImageDataModule, ImageDataModule | None],
     split: str,
     levels: list[float],
     score: str = "raps",
-    own: ImageDataModule | None = None,
 ) -> tuple[Evaluation, dict, torch.Tensor]:
-    """The ensemble's Evaluation (metrics.evaluate_predictions of its probabilities on `data`'s `split`), calibrated
-    on the members' `own` data (default: `data`), metrics.json's content and the ensemble's probabilities; conformal
-    sets of `score` (conformal.py)."""
+    """The ensemble's Evaluation (metrics.evaluate_predictions of its probabilities on `split` of the data evaluated),
+    calibrated on the members' own data (calibrate), metrics.json's content and the
+    ensemble's probabilities; conformal sets of `score` (conformal.py)."""
+    data, own = evaluated_and_own
     labels = data.splits[split].labels
     drawn = draws(score, data.splits[split].images)
     each = [m.probabilities for m in members]
-    temperature, scores = calibrate(members, own or data)
+    temperature, scores = calibrate(members, own)
     evaluation = evaluate_predictions(ensemble.as_logits(ensemble.average(each)), labels, data.class_names, temperature)
     probabilities = ensemble.pooled(each, temperature)
     mine = ensemble.figures(probabilities, labels, scores, levels, score, drawn)
@@ -268,10 +284,10 @@ def compute(
     return evaluation, metrics, probabilities
 
 
-def calibrate(members: list[Member], own: ImageDataModule) -> tuple[float, torch.Tensor | None]:
+def calibrate(members: list[Member], own: ImageDataModule | None) -> tuple[float, torch.Tensor | None]:
     """The ensemble's own temperature and conformal scores (calibration.fit_on_logits), fitted on the mean of the
-    members' probabilities over the validation split of their `own` data; (1.0, None) for data without one."""
-    if members[0].validation is None:
+    members' probabilities over the validation split of their `own` data; (1.0, None) without one in common."""
+    if own is None or members[0].validation is None:
         return 1.0, None
     validation = ensemble.as_logits(ensemble.average([m.validation for m in members if m.validation is not None]))
     return fit_on_logits(validation, own.splits["val"].labels)

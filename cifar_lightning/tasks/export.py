@@ -19,7 +19,7 @@ from cifar_lightning.store import registry, tracking
 from cifar_lightning.store.locate import is_group
 from cifar_lightning.store.outputs import output_file
 from cifar_lightning.store.runs import RunFolder, write_atomic
-from cifar_lightning.tasks.ensemble import calibrate, named_checkpoints, predict_members
+from cifar_lightning.tasks.ensemble import calibrate, members_own, named_checkpoints, predict_members
 from cifar_lightning.tasks.evaluate import model_and_data
 
 
@@ -67,9 +67,10 @@ def export(cfg: DictConfig) -> Path | str:
             raise UserError("ckpt= names an ensemble: format=mlflow registers one run's model; use format=onnx")
         return to_registry(cfg)
     try:
+        import onnx  # noqa: F401 (is_onnx_model's)
         import onnxruntime
     except ImportError:
-        raise UserError('onnxruntime is not installed: pip install -e ".[export]"') from None
+        raise UserError('onnx or onnxruntime is not installed: pip install -e ".[export]"') from None
     checkpoints = named_checkpoints(ckpt, cfg.outputs)
     out, run = destination(cfg, checkpoints)
     graph, datamodule = graph_and_data(cfg, checkpoints)  # the data's folder is known once it is loaded
@@ -103,13 +104,17 @@ def export(cfg: DictConfig) -> Path | str:
 
 
 def is_onnx_model(path: Path) -> bool:
-    """Whether `path` holds an ONNX model with a graph: the only file output= replaces."""
-    import onnx  # with onnxruntime, in the export extra
+    """Whether `path` holds a model export.py writes (ONNX, uint8 `images` in, `logits` out): the only file output=
+    replaces. A file over protobuf's 2 GiB is none, unread."""
+    import onnx  # the export extra (export() has checked it is installed)
 
+    if not path.is_file() or path.stat().st_size >= 2**31:
+        return False
     try:
-        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+        graph = onnx.load(str(path), format="protobuf", load_external_data=False).graph
     except Exception:  # protobuf and onnx raise several kinds for what is no model
         return False
+    return [i.name for i in graph.input] == ["images"] and [o.name for o in graph.output] == ["logits"]
 
 
 def destination(cfg: DictConfig, checkpoints: list[Path]) -> tuple[Path, RunFolder | None]:
@@ -127,8 +132,7 @@ def destination(cfg: DictConfig, checkpoints: list[Path]) -> tuple[Path, RunFold
         return run.export_file(cfg.format), run
     else:
         raise UserError("ckpt=[...] names several runs: say where their ensemble's model goes with output=FILE")
-    members = [RunFolder.of_checkpoint(c).path.resolve() for c in checkpoints] if group else []
-    if any(out.resolve().is_relative_to(folder) for folder in members):  # a member's own model.onnx included
+    if group and any(out.resolve().is_relative_to(own) for own in members_own(checkpoints)):  # its model.onnx too
         raise UserError(f"output={cfg.output}: {out} lies in a member's run folder: choose a file outside the runs")
     return out, run
 
@@ -146,9 +150,10 @@ def graph_and_data(cfg: DictConfig, checkpoints: list[Path]) -> tuple[RawImagesT
         return RawImagesToLogits([model]).eval(), data
     members, data, own = predict_members(resolved, checkpoints, [], None, keep_models=True)
     if cfg.split not in data.splits:
-        raise UserError(f"the data in {data.root} has no {cfg.split} split")
+        raise UserError(f"the data in {data.root} has no {cfg.split} split: check the export on split=test or val")
     temperature, _ = calibrate(members, own)
-    fitted = "fitted on its validation split at TTA 0" if "val" in own.splits else "no validation split held out"
+    held_out = own is not None and "val" in own.splits
+    fitted = "fitted on its validation split at TTA 0" if held_out else "no validation split held out in common"
     print(f"ensemble temperature {temperature:.3f} ({fitted})")
     return RawImagesToLogits([m.model.cpu() for m in members if m.model is not None], temperature).eval(), data
 

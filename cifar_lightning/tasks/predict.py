@@ -153,8 +153,10 @@ def ensemble_probabilities(
     levels = [] if cfg.coverage is None else [float(cfg.coverage)]
     members, _, own = predict_members(cfg, checkpoints, levels, None, keep_models=True)
     temperature, scores = calibrate(members, own)
-    fitted = f"fitted on {len(own.splits['val'])} validation images of {own.root}" if "val" in own.splits else ""
-    print(f"ensemble temperature {temperature:.3f} ({fitted or 'no validation split held out: the plain mean'})")
+    fitted = "no validation split held out: the plain mean"
+    if own is not None and "val" in own.splits:
+        fitted = f"fitted on {len(own.splits['val'])} validation images of {own.root}"
+    print(f"ensemble temperature {temperature:.3f} ({fitted})")
     return pooled([m.predict(images, cfg.batch_size) for m in members], temperature), scores
 
 
@@ -171,15 +173,15 @@ def line(row: dict, coverage: float | None = None) -> str:
 
 def is_prediction_csv(path: Path) -> bool:
     """Whether `path` holds what write_csv writes (its header): the only file csv= replaces."""
-    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, newline="") as f:
-        return f.readline().startswith("path,class_1,prob_1")
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, newline="", encoding="utf-8") as f:
+        return path.is_file() and f.readline(64).startswith("path,class_1,prob_1")  # a bounded read of any file
     return False
 
 
 def write_csv(path: Path, rows: list[dict], sets: bool = False) -> None:
     """path, class_1, prob_1, ... class_k, prob_k, abstained (true/false), and with `sets` the conformal set (its
     classes joined by |), a row per image."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         k = len(rows[0]["top"])
         columns = [f"{what}_{i + 1}" for i in range(k) for what in ("class", "prob")]
