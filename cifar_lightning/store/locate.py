@@ -80,16 +80,18 @@ def checkpoints_of(value: str) -> tuple[list[Path], str]:
     # a sweep's jobs are its subfolders (<sweep>/<job>): not every run below a folder (ckpt=outputs)
     finished = [RunFolder(s.parent) for s in sorted(path.glob("*/summary.json"))]
     jobs = [run for run in finished if not run.summary_values().get("pruned")]
-    unfinished = sum(not (job.parent / "summary.json").exists() for job in path.glob("*/.hydra"))
+    unfinished = [RunFolder(job.parent) for job in path.glob("*/.hydra") if not (job.parent / "summary.json").exists()]
+    training = sum(bool(run.trained_by()) for run in unfinished)
     counts = {
         "pruned (stopped early)": len(finished) - len(jobs),
-        f"unfinished ({resume_command(path, sweep=True)} finishes them)": unfinished,
+        "still training": training,
+        f"unfinished ({resume_command(path, sweep=True)} finishes them)": len(unfinished) - training,
     }
     note = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     if jobs:
         return [resolve(str(run.path), Path("outputs")) for run in jobs], note and f"{path}: {note} left out"
     if finished:
-        rest = f"; {unfinished} unfinished: {resume_command(path, sweep=True)} finishes them" if unfinished else ""
+        rest = f"; {len(unfinished)} unfinished: {resume_command(path, sweep=True)} finishes them" if unfinished else ""
         raise UserError(f"{path} holds only pruned jobs (stopped early): nothing finished to use{rest}")
     if (path / "multirun.yaml").is_file() or unfinished:
         raise UserError(

@@ -190,6 +190,21 @@ def predict_members(
     return members, evaluated, own
 
 
+def calibrated_members(
+    cfg: DictConfig, checkpoints: list[Path], levels: list[float]
+) -> tuple[list[Member], ImageDataModule, float, torch.Tensor | None]:
+    """predict.py's and export.py's ensemble: the members with their models (predict_members, no split predicted),
+    the data evaluated, and the ensemble's temperature and conformal scores (calibrate), printed. Raises UserError as
+    predict_members does."""
+    members, data, own = predict_members(cfg, checkpoints, levels, None, keep_models=True)
+    temperature, scores = calibrate(members, own)
+    fitted = "no validation split held out in common: the plain mean"
+    if own is not None and "val" in own.splits:
+        fitted = f"fitted on {len(own.splits['val'])} validation images of {own.root} at TTA {members[0].tta}"
+    print(f"ensemble temperature {temperature:.3f} ({fitted})")
+    return members, data, temperature, scores
+
+
 def predict_member(
     cfg: DictConfig,
     checkpoint: Path,

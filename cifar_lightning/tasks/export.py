@@ -19,7 +19,7 @@ from cifar_lightning.store import registry, tracking
 from cifar_lightning.store.locate import is_group
 from cifar_lightning.store.outputs import output_file
 from cifar_lightning.store.runs import RunFolder, write_atomic
-from cifar_lightning.tasks.ensemble import calibrate, members_own, named_checkpoints, predict_members
+from cifar_lightning.tasks.ensemble import calibrated_members, members_own, named_checkpoints
 from cifar_lightning.tasks.evaluate import model_and_data
 
 
@@ -148,13 +148,9 @@ def graph_and_data(cfg: DictConfig, checkpoints: list[Path]) -> tuple[RawImagesT
     if not is_group(plain(cfg.ckpt)):
         _, model, data = model_and_data(resolved, cfg.split)
         return RawImagesToLogits([model]).eval(), data
-    members, data, own = predict_members(resolved, checkpoints, [], None, keep_models=True)
+    members, data, temperature, _ = calibrated_members(resolved, checkpoints, [])
     if cfg.split not in data.splits:
         raise UserError(f"the data in {data.root} has no {cfg.split} split: check the export on split=test or val")
-    temperature, _ = calibrate(members, own)
-    held_out = own is not None and "val" in own.splits
-    fitted = "fitted on its validation split at TTA 0" if held_out else "no validation split held out in common"
-    print(f"ensemble temperature {temperature:.3f} ({fitted})")
     return RawImagesToLogits([m.model.cpu() for m in members if m.model is not None], temperature).eval(), data
 
 

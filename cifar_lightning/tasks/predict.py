@@ -28,7 +28,7 @@ from cifar_lightning.store.locate import is_group
 from cifar_lightning.store.outputs import output_file
 from cifar_lightning.store.runs import RunFolder, write_atomic
 from cifar_lightning.tasks.coverage import check_coverage, draws
-from cifar_lightning.tasks.ensemble import calibrate, named_checkpoints, predict_members
+from cifar_lightning.tasks.ensemble import calibrated_members, named_checkpoints
 from cifar_lightning.tasks.evaluate import TTA_OPTION, whole_at_least
 
 
@@ -151,12 +151,7 @@ def ensemble_probabilities(
     their runs' data, which must be on disk, and calibrated on the validation split they held out. Raises UserError
     as predict_members does."""
     levels = [] if cfg.coverage is None else [float(cfg.coverage)]
-    members, _, own = predict_members(cfg, checkpoints, levels, None, keep_models=True)
-    temperature, scores = calibrate(members, own)
-    fitted = "no validation split held out: the plain mean"
-    if own is not None and "val" in own.splits:
-        fitted = f"fitted on {len(own.splits['val'])} validation images of {own.root}"
-    print(f"ensemble temperature {temperature:.3f} ({fitted})")
+    members, _, temperature, scores = calibrated_members(cfg, checkpoints, levels)
     return pooled([m.predict(images, cfg.batch_size) for m in members], temperature), scores
 
 
