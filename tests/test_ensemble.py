@@ -67,7 +67,7 @@ def direct(folder, images) -> torch.Tensor:
 def test_a_sweeps_ensemble_is_the_mean_of_its_finished_members(sweep, capsys):
     metrics = evaluate(f"ckpt={sweep / 'sweep'}")
     out = sweep / "sweep" / "eval" / "test"
-    assert {"metrics.json", "report.md", "classification_report.txt", "risk_coverage.png"} <= {
+    assert {"metrics.json", "report.md", "classification_report.txt", "risk_coverage.png", "misclassified.png"} <= {
         p.name for p in out.iterdir()
     }
     assert json.loads((out / "metrics.json").read_text()) == metrics

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.blocks import conformal, ensemble, figures, selective
 from cifar_lightning.blocks.calibration import fit_on_logits
-from cifar_lightning.blocks.data import ImageDataModule
+from cifar_lightning.blocks.data import ImageDataModule, InMemoryImages
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.metrics import Evaluation, classification_report, evaluate_predictions
 from cifar_lightning.blocks.module import ImageClassifier, plain
@@ -92,7 +92,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     if out is None:
         out = RunFolder(user_path(ckpt)).eval_dir(cfg.split, None if cfg.get("data") is None else data.root)
     evaluation, metrics, probabilities = compute(members, (data, own), cfg.split, levels, cfg.conformal_score)
-    write(out, evaluation, metrics, probabilities, data.splits[cfg.split].labels)
+    write(out, evaluation, metrics, probabilities, data.splits[cfg.split], cfg.misclassified)
     print(classification_report(evaluation))
     print(selective.describe(metrics["selective"]))
     if "conformal" in metrics:
@@ -308,16 +308,21 @@ def calibrate(members: list[Member], own: ImageDataModule | None) -> tuple[float
     return fit_on_logits(validation, own.splits["val"].labels)
 
 
-def write(out: Path, evaluation: Evaluation, metrics: dict, probabilities: torch.Tensor, labels: torch.Tensor) -> None:
-    """metrics.json, the classification report, figures and report.md (with the members' table) into `out`,
-    replaced whole once all are written."""
+def write(
+    out: Path, evaluation: Evaluation, metrics: dict, probabilities: torch.Tensor, split: InMemoryImages, count: int
+) -> None:
+    """metrics.json, the classification report, figures (`count` most confident mistakes among the `split`'s
+    images) and report.md (with the members' table) into `out`, replaced whole once all are written."""
     with RunFolder(out.parent).replace_folder(out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "classification_report.txt").write_text(classification_report(evaluation))
         pngs = [
             figures.confusion_matrix(evaluation, tmp / "confusion_matrix.png"),
+            figures.misclassified(
+                split.images, split.labels, probabilities, evaluation.class_names, tmp / "misclassified.png", count
+            ),  # fmt: skip
             figures.reliability(evaluation, tmp / "reliability.png"),
-            figures.risk_coverage(evaluation, probabilities, labels, tmp / "risk_coverage.png"),
+            figures.risk_coverage(evaluation, probabilities, split.labels, tmp / "risk_coverage.png"),
         ]
         title = f"Ensemble of {len(metrics['members'])} on the {metrics['split']} split ({metrics['data_root']})"
         sections = [
