@@ -172,9 +172,7 @@ def test_an_ensemble_without_a_validation_split_keeps_the_mean_and_refuses_sets(
         (runs[-1] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     Image.fromarray(make_synthetic().test_images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
     both = [f"ckpt=[{runs[0]},{runs[1]}]", f"images={tmp_path / '0.png'}"]
-    with pytest.raises(
-        UserError, match="^[^\n]*hold out none in common \\(data.val_size=0, or other folds\\): drop coverage=$"
-    ):
+    with pytest.raises(UserError, match="^[^\n]*hold out none in common \\(data.val_size=0\\): drop coverage=$"):
         predict(compose_config("predict", [*both, "coverage=0.9"]))
     (row,) = predict(compose_config("predict", [*both, "top_k=1"]))
     image = read_image(tmp_path / "0.png", 32)[None]
@@ -281,14 +279,15 @@ def test_members_without_a_validation_split_in_common_keep_the_plain_mean_with_d
     shutil.copyfile(sweep / "sweep" / "1" / "checkpoints" / "best.ckpt", loose / "b.ckpt")
     images, labels = make_synthetic().test_images, make_synthetic().test_labels
     first = sweep / "sweep" / "0"
-    for second, source in [(other_data(sweep, tmp_path), first), (loose / "b.ckpt", sweep / "sweep" / "1")]:
-        metrics = evaluate(f"ckpt=[{first},{second}]", f"out={tmp_path / 'out'}", "data=synthetic", "coverage=[]")
+    cases = [(other_data(sweep, tmp_path), first, []), (loose / "b.ckpt", sweep / "sweep" / "1", ["coverage=[]"])]
+    for second, source, levels in cases:  # the default coverage too: no sets without scores of the ensemble's own
+        metrics = evaluate(f"ckpt=[{first},{second}]", f"out={tmp_path / 'out'}", "data=synthetic", *levels)
         assert "hold out no validation split in common" in capsys.readouterr().out
         mean = (direct(first, images) + direct(source, images)) / 2
         assert metrics["calibration"]["temperature"] == 1.0 and "conformal" not in metrics
         nll = float(-mean[torch.arange(len(labels)), labels].log().mean())
         assert metrics["ensemble"]["nll"] == pytest.approx(nll, rel=1e-4)
-    with pytest.raises(UserError, match="hold out none in common"):
+    with pytest.raises(UserError, match="none in common \\(other data configs, such as folds, or loose checkpoints\\)"):
         evaluate(f"ckpt=[{first},{loose / 'b.ckpt'}]", f"out={tmp_path / 'o2'}", "data=synthetic", "coverage=0.9")
     # a list of loose checkpoints exports beside them: only the checkpoints themselves are the members' own
     shutil.copyfile(sweep / "sweep" / "0" / "checkpoints" / "best.ckpt", loose / "a.ckpt")
@@ -316,7 +315,8 @@ def test_output_replaces_only_a_model_export_wrote(sweep, tmp_path):
     "case, message",
     [
         ("unfinished", "is a sweep with no finished job (none has summary.json): let it finish or resume it"),
-        ("only_pruned", "holds only pruned jobs (stopped early)"),
+        ("only_pruned", "holds only pruned jobs (stopped early): nothing finished to use"),
+        ("pruned_and_unfinished", "nothing finished to use; 1 unfinished (python train.py -m resume="),
         ("no_run", "is no run folder (.hydra/, checkpoints/) and no sweep folder (jobs with summary.json)"),
         ("classes", "the ensemble's members differ in classes:"),
         ("data", "(data.val_size 60 vs 40): an ensemble's members are trained on the same data"),
@@ -335,8 +335,10 @@ def test_refusals_in_one_line(sweep, tmp_path, case, message):
     if case == "unfinished":
         fake_run(tmp_path / "unfinished" / "0", None)
         overrides = [f"ckpt={tmp_path / 'unfinished'}"]
-    elif case == "only_pruned":
+    elif case in ("only_pruned", "pruned_and_unfinished"):
         fake_run(tmp_path / "pruned" / "0", {"pruned": True})
+        if case == "pruned_and_unfinished":
+            fake_run(tmp_path / "pruned" / "1", None)
         overrides = [f"ckpt={tmp_path / 'pruned'}"]
     elif case == "no_run":
         (tmp_path / "empty").mkdir()

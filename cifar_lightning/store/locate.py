@@ -91,8 +91,8 @@ def checkpoints_of(value: str) -> tuple[list[Path], str]:
     if jobs:
         return [resolve(str(run.path), Path("outputs")) for run in jobs], note and f"{path}: {note} left out"
     if finished:
-        rest = f"; {len(unfinished)} unfinished: {resume_command(path, sweep=True)} finishes them" if unfinished else ""
-        raise UserError(f"{path} holds only pruned jobs (stopped early): nothing finished to use{rest}")
+        others = "".join(f"; {n} {what}" for what, n in list(counts.items())[1:] if n)  # all but the pruned
+        raise UserError(f"{path} holds only pruned jobs (stopped early): nothing finished to use{others}")
     if (path / "multirun.yaml").is_file() or unfinished:
         raise UserError(
             f"{path} is a sweep with no finished job (none has summary.json): let it finish or resume it: "

@@ -157,6 +157,8 @@ def predict_members(
     configs = [None if chosen_data and not RunFolder.of_checkpoint(c).config.is_file() else data_config(c)
                for c in checkpoints]  # fmt: skip
     common = not chosen_data or configs[0] is not None and all(c == configs[0] for c in configs)
+    if not common and levels and cfg.coverage is not None:
+        raise UserError(no_sets(cfg.coverage, "other data configs, such as folds, or loose checkpoints"))
     if not common:
         print("note: the members hold out no validation split in common (other data configs, such as folds, or loose "
               "checkpoints): the ensemble keeps the plain mean of their calibrated probabilities")  # fmt: skip
@@ -179,11 +181,8 @@ def predict_members(
         this = (checkpoint, list(model.hparams["class_names"]), config if common and config is not None else {})
         check_alike(this, first or this)
         first = first or this
-        if levels and cfg.coverage is not None and (own is None or "val" not in own.splits):
-            raise UserError(
-                f"coverage={cfg.coverage}: an ensemble's conformal sets are calibrated on a validation split all its "
-                "members held out, and they hold out none in common (data.val_size=0, or other folds): drop coverage="
-            )
+        if levels and cfg.coverage is not None and own is not None and "val" not in own.splits:
+            raise UserError(no_sets(cfg.coverage, "data.val_size=0"))
         evaluated = cast(ImageDataModule, chosen if chosen is not None else own)  # common, or chosen_data
         members.append(predict_member(cfg, checkpoint, model.to(device), (evaluated, own), split))
         members[-1].model = model if keep_models else None  # else freed: many members need not fit at once
@@ -200,9 +199,18 @@ def calibrated_members(
     temperature, scores = calibrate(members, own)
     fitted = "no validation split held out in common: the plain mean"
     if own is not None and "val" in own.splits:
-        fitted = f"fitted on {len(own.splits['val'])} validation images of {own.root} at TTA {members[0].tta}"
+        tta = ", ".join(map(str, sorted({m.tta for m in members})))
+        fitted = f"fitted on {len(own.splits['val'])} validation images of {own.root} at TTA {tta}"
     print(f"ensemble temperature {temperature:.3f} ({fitted})")
     return members, data, temperature, scores
+
+
+def no_sets(coverage: Any, why: str) -> str:
+    """The one line refusing coverage= of an ensemble whose members hold out no validation split in common."""
+    return (
+        f"coverage={coverage}: an ensemble's conformal sets are calibrated on a validation split all its members held "
+        f"out, and they hold out none in common ({why}): drop coverage="
+    )
 
 
 def predict_member(

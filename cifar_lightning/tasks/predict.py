@@ -168,8 +168,10 @@ def line(row: dict, coverage: float | None = None) -> str:
 
 def is_prediction_csv(path: Path) -> bool:
     """Whether `path` holds what write_csv writes (its header): the only file csv= replaces."""
+    if not path.is_file():  # a FIFO would block the read
+        return False
     with contextlib.suppress(OSError, UnicodeDecodeError), open(path, newline="", encoding="utf-8") as f:
-        return path.is_file() and f.readline(64).startswith("path,class_1,prob_1")  # a bounded read of any file
+        return f.readline(64).startswith("path,class_1,prob_1")  # a bounded read of any file
     return False
 
 
