@@ -1,19 +1,13 @@
 """Ensembles, for evaluate.py, predict.py and export.py: ckpt= names a sweep folder (its finished, unpruned jobs) or a
-list of runs (ckpt=[RUN1,RUN2]); the ensemble's probabilities are the mean of its members' calibrated ones,
-softmax(logits / T), each member with its own checkpoint's TTA level and temperature (tta= and tta_fraction= override
-them for all), then calibrated as one model: the log of that mean divided by a temperature of the ensemble's own,
-fitted on the validation split the members held out ("pool then calibrate", Rahaman & Thiery, NeurIPS 2021: a mean
-of calibrated members is underconfident), whatever data= evaluates. Members that held out none keep the plain mean.
-
-evaluate.py writes to <sweep>/eval/<split>/ for a sweep folder (other data, data=...: eval/<split>_<its folder>/), and
-to out=DIR for a list of runs (required there: no member's folder owns the ensemble). metrics.json holds the
-ensemble's metrics as a single model's (evaluate_predictions), `members` (each one's accuracy, ECE, MCE, NLL, Brier,
-selective and, from its checkpoint's own scores, conformal figures) and `ensemble`. The ensemble's conformal sets are
-calibrated afresh on that validation split with the ensemble's own probabilities.
-
-Refused in one line: calibrate=true, corruptions=, ood=, members of other classes or, without data=, trained on
-another data config (batch sizes and num_workers aside). Members share their data, loaded once. With data=, members
-of other data configs (k-fold members) hold out no validation split in common: the plain mean, no sets.
+list of runs. The ensemble's probabilities are the mean of its members' calibrated ones, softmax(logits / T), each
+at its own TTA (tta= and tta_fraction= override them for all), then calibrated as one model: the log of that mean
+over a temperature of the ensemble's own, fitted on the validation split the members held out, whatever data=
+evaluates ("pool then calibrate", Rahaman & Thiery, NeurIPS 2021: a mean of calibrated members is underconfident).
+Members that hold out no validation split in common (val_size=0; with data=, folds or loose checkpoints) keep the
+plain mean, without sets. evaluate.py writes <sweep>/eval/<split>[_<data folder>]/ or out=DIR (required for a list):
+metrics.json (the ensemble as a single model, `members`, `ensemble`), figures, report.md. Refused in one line:
+calibrate=true, corruptions=, ood=, members of other classes or, without data=, of another data config (batch sizes
+and num_workers aside). Members share their data, loaded once.
 """
 
 import json
