@@ -295,6 +295,14 @@ def test_members_without_a_validation_split_in_common_keep_the_plain_mean_with_d
     assert export(compose_config("export", [*listed, f"output={loose / 'ens.onnx'}"])) == loose / "ens.onnx"
     with pytest.raises(UserError, match="a file this command reads: name another$"):
         export(compose_config("export", [*listed, f"output={loose / 'a.ckpt'}"]))
+    # without data=, export has no images to check on; predict needs none: the plain mean of loose checkpoints
+    with pytest.raises(UserError, match="^the members' data is unknown .*: name the images to check the export on"):
+        export(compose_config("export", [listed[0], f"output={tmp_path / 'x.onnx'}"]))
+    Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
+    (row,) = predict(compose_config("predict", [listed[0], f"images={tmp_path / '0.png'}", "top_k=1"]))
+    one = read_image(tmp_path / "0.png", 32)[None]
+    mean = (direct(first, one) + direct(sweep / "sweep" / "1", one)) / 2
+    assert row["top"][0] == (f"class_{int(mean.argmax())}", pytest.approx(float(mean.max()), abs=1e-5))
 
 
 def test_output_replaces_only_a_model_export_wrote(sweep, tmp_path):

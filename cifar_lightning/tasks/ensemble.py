@@ -14,7 +14,7 @@ import json
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, open_dict
@@ -27,6 +27,7 @@ from cifar_lightning.blocks.metrics import Evaluation, classification_report, ev
 from cifar_lightning.blocks.module import ImageClassifier, plain
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.blocks.precision import inference_device
+from cifar_lightning.store.checkpoints import load_model
 from cifar_lightning.store.locate import group_checkpoints, is_group, resolve
 from cifar_lightning.store.runs import RunFolder
 from cifar_lightning.store.trust import run_data_config
@@ -83,6 +84,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     levels = DEFAULT_COVERAGE if cfg.coverage is None else plain(cfg.coverage)
     levels = [float(v) for v in ([levels] if isinstance(levels, (int, float)) else levels)]
     members, data, own = predict_members(cfg, checkpoints, levels, cfg.split)
+    assert data is not None  # a split evaluated: on data= or on the data the members share
     if out is None:
         out = RunFolder(user_path(ckpt)).eval_dir(cfg.split, None if cfg.get("data") is None else data.root)
     evaluation, metrics, probabilities = compute(members, (data, own), cfg.split, levels, cfg.conformal_score)
@@ -139,18 +141,19 @@ def out_folder(value: str, checkpoints: list[Path]) -> Path:
 
 def predict_members(
     cfg: DictConfig, checkpoints: list[Path], levels: list[float], split: str | None, keep_models: bool = False
-) -> tuple[list[Member], ImageDataModule, ImageDataModule | None]:
+) -> tuple[list[Member], ImageDataModule | None, ImageDataModule | None]:
     """Each member's calibrated probabilities on `split` (None: none) of the data evaluated (data=, else the members'
     own) and on the validation split of the members' own data, which calibrates the ensemble (never data='s: it may
     hold images they trained on). Returns the members (with their models if `keep_models`), the data evaluated and
-    the members' own data, each loaded once; None when data= evaluates members trained on other data configs
-    (k-fold members): they hold out no validation split in common, and the ensemble keeps the plain mean. Raises
-    UserError (check_alike) before a member unlike the first predicts, and for coverage levels without a split."""
+    the members' own data, each loaded once or None: with data= or no split, members of other data configs (k-fold
+    members) or loose checkpoints hold out no validation split in common, and the ensemble keeps the plain mean.
+    Raises UserError (check_alike) before a member unlike the first predicts, and for coverage levels without one."""
     device, chosen_data = inference_device(cfg.trainer.accelerator), cfg.get("data") is not None
-    # with data=, a loose checkpoint's data is unknown; without, check_alike refuses members of other data
-    configs = [None if chosen_data and not RunFolder.of_checkpoint(c).config.is_file() else data_config(c)
+    # only where their own data is evaluated (evaluate.py without data=) must the members share it
+    unknown_ok = chosen_data or split is None
+    configs = [None if unknown_ok and not RunFolder.of_checkpoint(c).config.is_file() else data_config(c)
                for c in checkpoints]  # fmt: skip
-    common = not chosen_data or configs[0] is not None and all(c == configs[0] for c in configs)
+    common = not unknown_ok or configs[0] is not None and all(c == configs[0] for c in configs)
     if not common and levels and cfg.coverage is not None:
         raise UserError(no_sets(cfg.coverage, "other data configs, such as folds, or loose checkpoints"))
     if not common:
@@ -160,7 +163,6 @@ def predict_members(
     first: tuple[Path, list[str], dict] | None = None
     own: ImageDataModule | None = None
     chosen: ImageDataModule | None = None
-    evaluated: ImageDataModule  # by the first member (group_checkpoints finds one at least)
     for checkpoint, config in zip(checkpoints, configs):
         one = cfg.copy()
         with open_dict(one):  # model_and_data's checks (classes vs data, the split), member by member
@@ -172,12 +174,14 @@ def predict_members(
         if chosen_data:
             one.data = cfg.data
             checkpoint, model, chosen = model_and_data(one, split, chosen)  # the images evaluated, loaded once too
+        elif not common:  # predict.py, export.py: the model alone
+            model = load_model(checkpoint, cfg.get("trusted_modules") or ())
         this = (checkpoint, list(model.hparams["class_names"]), config if common and config is not None else {})
         check_alike(this, first or this)
         first = first or this
         if levels and cfg.coverage is not None and own is not None and "val" not in own.splits:
             raise UserError(no_sets(cfg.coverage, "data.val_size=0"))
-        evaluated = cast(ImageDataModule, chosen if chosen is not None else own)  # common, or chosen_data
+        evaluated = chosen if chosen is not None else own
         members.append(predict_member(cfg, checkpoint, model.to(device), (evaluated, own), split))
         members[-1].model = model if keep_models else None  # else freed: many members need not fit at once
     return members, evaluated, own
@@ -185,7 +189,7 @@ def predict_members(
 
 def calibrated_members(
     cfg: DictConfig, checkpoints: list[Path], levels: list[float]
-) -> tuple[list[Member], ImageDataModule, float, torch.Tensor | None]:
+) -> tuple[list[Member], ImageDataModule | None, float, torch.Tensor | None]:
     """predict.py's and export.py's ensemble: the members with their models (predict_members, no split predicted),
     the data evaluated, and the ensemble's temperature and conformal scores (calibrate), printed. Raises UserError as
     predict_members does."""
@@ -211,7 +215,7 @@ def predict_member(
     cfg: DictConfig,
     checkpoint: Path,
     model: ImageClassifier,
-    data: tuple[ImageDataModule, ImageDataModule | None],
+    data: tuple[ImageDataModule | None, ImageDataModule | None],
     split: str | None,
 ) -> Member:
     """One member's calibrated probabilities on `split` of the data evaluated and on the validation split of its
@@ -224,7 +228,7 @@ def predict_member(
         scores = scores[:0]
     member = Member(checkpoint, tta, fraction, float(model.temperature), torch.empty(0), None, scores, model)
     evaluated, own = data
-    if split is not None:
+    if split is not None and evaluated is not None:  # a split is asked with data, data= or the members' own
         member.probabilities = member.predict(evaluated.splits[split].images, evaluated.eval_batch_size)
     if own is not None and "val" in own.splits:
         member.validation = member.predict(own.splits["val"].images, own.eval_batch_size)

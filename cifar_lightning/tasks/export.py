@@ -148,10 +148,13 @@ def graph_and_data(cfg: DictConfig, checkpoints: list[Path]) -> tuple[RawImagesT
     if not is_group(plain(cfg.ckpt)):
         _, model, data = model_and_data(resolved, cfg.split)
         return RawImagesToLogits([model]).eval(), data
-    members, data, temperature, _ = calibrated_members(resolved, checkpoints, [])
-    if cfg.split not in data.splits:
-        raise UserError(f"the data in {data.root} has no {cfg.split} split: check the export on split=test or val")
-    return RawImagesToLogits([m.model.cpu() for m in members if m.model is not None], temperature).eval(), data
+    members, checked, temperature, _ = calibrated_members(resolved, checkpoints, [])
+    if checked is None:
+        raise UserError("the members' data is unknown (loose checkpoints) or differs: name the images to check the "
+                        "export on, e.g. data=cifar10 data.root=data")  # fmt: skip
+    if cfg.split not in checked.splits:
+        raise UserError(f"the data in {checked.root} has no {cfg.split} split: check the export on split=test or val")
+    return RawImagesToLogits([m.model.cpu() for m in members if m.model is not None], temperature).eval(), checked
 
 
 def to_registry(cfg: DictConfig) -> str:
