@@ -1,7 +1,6 @@
 """Finding a run: `ckpt=` and `resume=` as a user names them (best, last, latest, a folder, a .ckpt file,
 mlflow:RUN_ID), and the resolvers through which Hydra chooses a run's folder (configs/hydra/default.yaml)."""
 
-import shlex
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from omegaconf import OmegaConf
 from cifar_lightning.blocks.errors import UserError
 from cifar_lightning.blocks.paths import user_path
 from cifar_lightning.store import tracking
-from cifar_lightning.store.runs import STAMP, RunFolder, claim
+from cifar_lightning.store.runs import STAMP, RunFolder, claim, resume_command
 
 
 def newest(outputs: Path, name: str, idle: bool = False) -> RunFolder | None:
@@ -204,27 +203,3 @@ def config_subdir(resume: str | None, outputs: str = "outputs") -> str | None:
         return ".hydra"
     run = to_resume(resume, outputs)
     return None if run is not None and run.finished else f".hydra/resume_{time.strftime(STAMP)}"
-
-
-def check_unused(folder: Path, option: str) -> None:
-    """Raises UserError (one line) when `folder` holds anything: a new run or sweep (`option`: hydra.run.dir or
-    hydra.sweep.dir, as the user set it) never writes over files, an earlier run's, a sweep's or the user's. The
-    line says how to continue an earlier run or sweep found there."""
-    held = sorted(p.name for p in folder.glob("*"))  # pathlib's * matches .hydra too
-    if not held:
-        return
-    if (folder / "multirun.yaml").is_file():
-        what = f", or continue that sweep with {resume_command(folder, sweep=True)}"
-    elif RunFolder(folder).checkpoint("last").is_file():
-        what = f", or continue that run with {resume_command(folder)}"
-    else:
-        what = ""
-    raise UserError(
-        f"{option}={folder} holds {', '.join(held[:3])}{', ...' * (len(held) > 3)} already: a new run or sweep "
-        f"never writes over files; choose a new or empty folder{what}"
-    )
-
-
-def resume_command(folder: str | Path, sweep: bool = False) -> str:
-    """The command that continues the run in `folder` (with `sweep`, the sweep), quoted for a shell."""
-    return f"python train.py {'-m ' if sweep else ''}{shlex.quote(f'resume={folder}')}"

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
 import tempfile
 import time
@@ -303,6 +304,30 @@ class RunFolder:
 
 
 # ----------------------------------------------------------------------------------------- finding runs
+def check_unused(folder: Path, option: str) -> None:
+    """Raises UserError (one line) when `folder` holds anything: a new run or sweep (`option`: hydra.run.dir or
+    hydra.sweep.dir, as the user set it) never writes over files, an earlier run's, a sweep's or the user's. The
+    line says how to continue an earlier run or sweep found there."""
+    held = sorted(p.name for p in folder.glob("*"))  # pathlib's * matches .hydra too
+    if not held:
+        return
+    if (folder / "multirun.yaml").is_file():
+        what = f", or continue that sweep with {resume_command(folder, sweep=True)}"
+    elif RunFolder(folder).checkpoint("last").is_file():
+        what = f", or continue that run with {resume_command(folder)}"
+    else:
+        what = ""
+    raise UserError(
+        f"{option}={folder} holds {', '.join(held[:3])}{', ...' * (len(held) > 3)} already: a new run or sweep "
+        f"never writes over files; choose a new or empty folder{what}"
+    )
+
+
+def resume_command(folder: str | Path, sweep: bool = False) -> str:
+    """The command that continues the run in `folder` (with `sweep`, the sweep), quoted for a shell."""
+    return f"python train.py {'-m ' if sweep else ''}{shlex.quote(f'resume={folder}')}"
+
+
 def claim(parent: str | Path) -> RunFolder:
     """A new folder in `parent` named by the time (so names sort by start) and a random suffix, created here:
     mkdir fails if the name is taken, by another process too, and another suffix is drawn."""

@@ -34,8 +34,7 @@ from cifar_lightning.blocks.console import quiet
 from cifar_lightning.blocks.errors import UserError, first_line, stop_while_importing
 from cifar_lightning.blocks.paths import check_working_folder, quoted, user_path
 from cifar_lightning.store.checkpoints import saved_epoch
-from cifar_lightning.store.locate import check_unused, resume_command
-from cifar_lightning.store.runs import RunFolder
+from cifar_lightning.store.runs import RunFolder, check_unused, resume_command
 
 REPORTED: "weakref.WeakSet[UserError]" = weakref.WeakSet()  # the errors printed in this process already
 
@@ -173,7 +172,7 @@ def run(hydra_main: Callable) -> None:
 
 class NewFolders(Callback):
     """Hydra's hooks before it makes a run's or a sweep's folder and writes into it (configs/hydra/default.yaml): a
-    new run or sweep never writes into a folder that holds files (store.locate.check_unused). Only a folder the
+    new run or sweep never writes into a folder that holds files (store.runs.check_unused). Only a folder the
     user chose is looked at: the project's own resolvers claim a new one, and resume= continues one on purpose."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
