@@ -163,6 +163,19 @@ def test_predict_with_a_sweep_gives_the_ensembles_calibrated_probabilities_and_s
     assert [p for r in one for _, p in r["top"]] == pytest.approx([p for r in single for _, p in r["top"]], abs=1e-4)
 
 
+def test_predicts_csv_is_never_a_file_of_any_members_run(sweep, tmp_path):
+    """Not the first member's only: a record of the second, or a new file in one of its folders, is refused."""
+    Image.fromarray(make_synthetic().test_images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
+    second = sweep / "sweep" / "1"
+    for target in (second / "summary.json", second / "checkpoints" / "new.csv"):
+        before = {p: p.read_bytes() for p in second.rglob("*") if p.is_file()}
+        with pytest.raises(UserError, match=f"^csv=.* would write over {target}, a file of the run {second}: name"):
+            predict(
+                compose_config("predict", [f"ckpt={sweep / 'sweep'}", f"images={tmp_path / '0.png'}", f"csv={target}"])
+            )
+        assert {p: p.read_bytes() for p in second.rglob("*") if p.is_file()} == before
+
+
 def test_an_ensemble_without_a_validation_split_keeps_the_mean_and_refuses_sets(sweep, tmp_path, capsys):
     runs = []
     for seed in ("0", "1"):  # copies whose recorded data held nothing out

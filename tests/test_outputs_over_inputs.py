@@ -105,8 +105,8 @@ def test_new_files_and_earlier_outputs_of_the_same_option_may_be_written(run, tm
     ckpt = run / "checkpoints" / "best.ckpt"
     reads = [ckpt, tmp_path / "keep.png"]
     for name in ("predictions.csv", "notes.txt"):
-        assert output_file(str(run / name), "csv", reads, RunFolder(run), is_prediction_csv) == run / name
-    assert output_file(str(tmp_path / "p.csv"), "csv", reads, RunFolder(run), is_prediction_csv) == tmp_path / "p.csv"
+        assert output_file(str(run / name), "csv", reads, [RunFolder(run)], is_prediction_csv) == run / name
+    assert output_file(str(tmp_path / "p.csv"), "csv", reads, [RunFolder(run)], is_prediction_csv) == tmp_path / "p.csv"
     rows = predict(compose_config("predict", [f"ckpt={run}", f"images={tmp_path}", f"csv={tmp_path}/p.csv"]))
     assert len(rows) == 2 and (tmp_path / "p.csv").read_text().startswith("path,class_1,prob_1")
     again = predict(compose_config("predict", [f"ckpt={run}", f"images={tmp_path}", f"csv={tmp_path}/p.csv"]))
@@ -149,7 +149,7 @@ def test_a_loose_checkpoints_folder_is_no_run_and_only_the_checkpoint_is_protect
     (loose.parent / "results").mkdir(parents=True)
     shutil.copyfile(run / "checkpoints" / "best.ckpt", loose)
     (loose.parent / "results" / "p.csv").write_text("path,class_1,prob_1\n")  # an earlier prediction
-    earlier = RunFolder.of_checkpoint(loose), is_prediction_csv
+    earlier = [RunFolder.of_checkpoint(loose)], is_prediction_csv
     assert output_file(str(loose.parent / "results" / "p.csv"), "csv", [loose], *earlier)
     with pytest.raises(UserError, match="a file this command reads"):
         output_file(str(loose), "csv", [loose], *earlier)

@@ -11,13 +11,14 @@ from cifar_lightning.store.runs import RunFolder
 
 
 def output_file(
-    value: str, option: str, reads: Sequence[Path], run: RunFolder | None, earlier: Callable[[Path], bool]
+    value: str, option: str, reads: Sequence[Path], runs: Sequence[RunFolder], earlier: Callable[[Path], bool]
 ) -> Path:
     """The file an output option (predict.py csv=, export.py output=) names, as user_path reads it, once it is
-    clear that writing it destroys nothing: it is not a folder, its folder exists, and if it exists it is none of
-    `reads` (the files the command reads, or folders whose files it reads) nor one of `run`'s own files
-    (RunFolder.holds), by whatever spelling (relative, `..`, a symlink, a hard link), and it is what the option
-    wrote before (`earlier(path)`: a README, an image or a sweep's record are never replaced).
+    clear that writing it destroys nothing: it is not a folder, its folder exists, it is none of the `runs`' own
+    files (RunFolder.holds: their records and anything in their subfolders, new or not), and if it exists it is none
+    of `reads` (the files the command reads, or folders whose files it reads), by whatever spelling (relative, `..`,
+    a symlink, a hard link), and it is what the option wrote before (`earlier(path)`: a README, an image or a
+    sweep's record are never replaced).
 
     Raises:
         UserError: one line naming the option and the absolute path checked; nothing is written."""
@@ -31,8 +32,10 @@ def output_file(
         if read is not None:
             what = f"a file in {read}" if read.is_dir() else "a file"
             raise UserError(f"{option}={value} would write over {path}, {what} this command reads: name another")
-        if run is not None and run.holds(path):
-            raise UserError(f"{option}={value} would write over {path}, a file of the run {run.path}: name another")
+    run = next((run for run in runs if run.holds(path)), None)
+    if run is not None:
+        raise UserError(f"{option}={value} would write over {path}, a file of the run {run.path}: name another")
+    if path.exists():
         if not earlier(path):
             raise UserError(f"{option}={value} would write over {path}, which it did not write: name a new file")
     return path

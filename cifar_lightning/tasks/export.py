@@ -75,7 +75,7 @@ def export(cfg: DictConfig) -> Path | str:
     out, run = destination(cfg, checkpoints)
     graph, datamodule = graph_and_data(cfg, checkpoints)  # the data's folder is known once it is loaded
     if cfg.output and datamodule.folder:
-        output_file(cfg.output, "output", [datamodule.folder], run, is_onnx_model)
+        output_file(cfg.output, "output", [datamodule.folder], [run] if run else [], is_onnx_model)
     images = datamodule.splits[cfg.split].images[: cfg.check_images]
 
     def write_checked(tmp: Path) -> None:  # into a temporary file: a model that disagrees never takes out's place
@@ -127,7 +127,7 @@ def destination(cfg: DictConfig, checkpoints: list[Path]) -> tuple[Path, RunFold
     if group and isinstance(ckpt, str):
         run = RunFolder(user_path(ckpt))  # a sweep's folder holds its ensemble's model
     if cfg.output:
-        out = output_file(cfg.output, "output", checkpoints, run, is_onnx_model)
+        out = output_file(cfg.output, "output", checkpoints, [run] if run else [], is_onnx_model)
     elif run is not None:
         return run.export_file(cfg.format), run
     else:

@@ -84,11 +84,8 @@ def predict(cfg: DictConfig) -> list[dict]:
     check_arguments(PredictOptions, {k: plain(v) for k, v in cfg.items() if k != "trainer"}, "")
     checkpoints, found = named_checkpoints(cfg.ckpt, cfg.outputs), find_images(str(cfg.images))
     # checked before any work: the CSV may replace neither an input nor a file of a member's run
-    reads = [*checkpoints, *found]
-    run = RunFolder.of_checkpoint(checkpoints[0])
-    out = output_file(cfg.csv, "csv", reads, run, is_prediction_csv) if cfg.csv else None
-    if out is not None and any(RunFolder.of_checkpoint(c).holds(out) for c in checkpoints):
-        raise UserError(f"csv={cfg.csv} would write over {out}, a file of a member's run: name another")
+    runs = [RunFolder.of_checkpoint(c) for c in checkpoints]
+    out = output_file(cfg.csv, "csv", [*checkpoints, *found], runs, is_prediction_csv) if cfg.csv else None
     group, model = is_group(plain(cfg.ckpt)), load_model(checkpoints[0], cfg.get("trusted_modules") or ())
     check_coverage(cfg.coverage, None if group else model, checkpoints[0], cfg.tta, cfg.conformal_score)
     readable, batch = read_images(found, model.hparams["image_size"], str(cfg.images))
